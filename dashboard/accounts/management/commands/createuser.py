@@ -1,0 +1,46 @@
+"""createuser NAME --role viewer|operator|admin [--password P]: prints the user's API token on the last line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import transaction
+
+from dashboard.accounts.models import UserToken
+from dashboard.accounts.roles import ROLES, set_role
+from dashboard.accounts.tokens import display_prefix, new_token
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a user (or update an existing one's role/password) and issue a new API token. "
+        "The token is printed alone on the last line of stdout and is not stored in readable form: keep it."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("name", help="login name")
+        parser.add_argument("--role", required=True, choices=ROLES, help="viewer (read), operator (act), admin (all)")
+        parser.add_argument("--password", help="password for the browser login (omit for an API-only user)")
+        parser.add_argument("--email", default="", help="e-mail address (optional)")
+
+    @transaction.atomic
+    def handle(self, *args: Any, **opts: Any) -> None:
+        User = get_user_model()
+        name: str = opts["name"].strip()
+        if not name or len(name) > 150:
+            raise CommandError("NAME must be 1-150 characters.")
+        user, created = User.objects.get_or_create(username=name, defaults={"email": opts["email"]})
+        if opts["password"]:
+            user.set_password(opts["password"])
+        elif created:
+            user.set_unusable_password()
+        user.is_staff = opts["role"] == "admin"
+        user.save()
+        set_role(user, opts["role"])
+        plain, dig = new_token("user")
+        UserToken.objects.create(user=user, prefix=display_prefix(plain), digest=dig, name="createuser")
+        verb = "Created" if created else "Updated"
+        self.stdout.write(f"{verb} user {name!r} with role {opts['role']}. API token (shown once):")
+        self.stdout.write(plain)

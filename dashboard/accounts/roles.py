@@ -1,0 +1,59 @@
+"""Roles are Django groups, ordered: viewer < operator < admin (a superuser is an admin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
+from rest_framework.permissions import BasePermission
+
+ROLES = ("viewer", "operator", "admin")
+RANK = {name: i for i, name in enumerate(ROLES)}
+
+
+def role_of(user: AbstractBaseUser | AnonymousUser | None) -> str | None:
+    if user is None or not user.is_authenticated or not user.is_active:
+        return None
+    if getattr(user, "is_superuser", False):
+        return "admin"
+    names = {g.name for g in user.groups.all()}  # type: ignore[union-attr]
+    for name in reversed(ROLES):
+        if name in names:
+            return name
+    return None
+
+
+def has_role(user: Any, needed: str) -> bool:
+    role = role_of(user)
+    return role is not None and RANK[role] >= RANK[needed]
+
+
+def set_role(user: Any, role: str) -> None:
+    if role not in RANK:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    user.groups.remove(*Group.objects.filter(name__in=ROLES))
+    group, _ = Group.objects.get_or_create(name=role)
+    user.groups.add(group)
+
+
+class _RolePermission(BasePermission):
+    role = "viewer"
+    message = "This needs the viewer role."
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return has_role(request.user, self.role)
+
+
+class IsViewer(_RolePermission):
+    role = "viewer"
+    message = "This needs the viewer role (or higher)."
+
+
+class IsOperator(_RolePermission):
+    role = "operator"
+    message = "This needs the operator role (or admin)."
+
+
+class IsAdmin(_RolePermission):
+    role = "admin"
+    message = "This needs the admin role."

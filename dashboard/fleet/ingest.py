@@ -1,0 +1,249 @@
+"""The ingest service behind POST /api/v1/ingest: auth, limits, validation, storage, acknowledgement.
+
+Everything here is synchronous and runs on a worker thread (see views.ingest), one request per thread, with the
+thread's own persistent database connection. Nothing of a request is stored unless all of it is valid, and the
+200 goes out only after the transaction has committed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+from dashboard.accounts.tokens import digest
+from dashboard.fleet.validation import Batch, Sample, validate
+from dashboard.metrics import partitions
+from dashboard.metrics.latest import redis_client, store_latest
+from dashboard.metrics.rollups import LOOKBACK
+from dashboard.metrics.storage import copy_samples
+
+# How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
+LAST_SEEN_RESOLUTION = timedelta(seconds=15)
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error(status: int, message: str, fields: dict[str, str] | None = None, **headers: str) -> Reply:
+    return Reply(status, {"error": message, "fields": fields or {}}, dict(headers))
+
+
+@dataclass
+class NodeInfo:
+    id: int
+    name: str
+    pool: str
+    state: str
+    interval_s: int | None
+    endpoint: str
+    models: list[str]
+    agent: str
+    last_seen: datetime | None
+
+
+def lookup_token(token: str) -> NodeInfo | None:
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT n.id, n.name, p.name, n.state, n.interval_s, n.endpoint, n.models, n.agent, n.last_seen "
+            "FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id JOIN fleet_pool p ON p.id = n.pool_id "
+            "WHERE t.digest = %s AND t.revoked IS NULL",
+            [digest(token)],
+        )
+        row = cur.fetchone()
+    if row is None:
+        return None
+    models = row[6] if isinstance(row[6], list) else json.loads(row[6] or "[]")
+    return NodeInfo(row[0], row[1], row[2], row[3], row[4], row[5], models, row[7], row[8])
+
+
+def decode_body(raw: bytes, encoding: str) -> bytes | Reply:
+    limit = settings.INGEST_MAX_BYTES
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding != "gzip":
+        return error(415, f"Content-Encoding {encoding!r} is not supported; send gzip or nothing")
+    # Bounded inflate: a small gzip bomb must not expand into gigabytes in memory.
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(raw, limit + 1)
+    except zlib.error as exc:
+        return error(400, f"the body is not valid gzip ({exc})")
+    if len(out) > limit or inflater.unconsumed_tail:
+        return error(413, f"the body inflates to more than {limit} bytes; send fewer samples per request")
+    if not inflater.eof:
+        return error(400, "the gzip body is truncated")
+    return out
+
+
+def parse_json(body: bytes) -> Any | Reply:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses NaN and Infinity; the standard parser reads them so that validation can name the field.
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        return error(400, f"the body is not valid JSON: {exc}")
+
+
+def rate_limited(node_id: int) -> Reply | None:
+    limit = settings.INGEST_RATE_PER_MINUTE
+    now = time.time()
+    minute = int(now // 60)
+    key = f"sy:rl:ingest:{node_id}:{minute}"
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    count = pipe.execute()[0]
+    if count > limit:
+        retry = max(1, 60 - int(now % 60))
+        return error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
+                     **{"Retry-After": str(retry)})
+    return None
+
+
+def desired_for(node: NodeInfo) -> dict[str, Any]:
+    return {
+        "interval_s": node.interval_s or settings.AGENT_INTERVAL_S,
+        "state": node.state,
+        "power_limit_w": {},
+    }
+
+
+def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
+    if not token:
+        return error(401, "missing node token: send 'Authorization: Bearer <token>' (python manage.py createnode)")
+    node = lookup_token(token)
+    if node is None:
+        return error(401, "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P")
+    limited = rate_limited(node.id)
+    if limited is not None:
+        return limited
+    body = decode_body(raw, encoding)
+    if isinstance(body, Reply):
+        return body
+    doc = parse_json(body)
+    if isinstance(doc, Reply):
+        return doc
+    if isinstance(doc, dict) and isinstance(doc.get("node"), str) and doc["node"] != node.name:
+        return error(403, f"this token belongs to node {node.name!r}, not {doc['node'][:63]!r}",
+                     {"node": f"{doc['node'][:63]!r} does not match the token's node {node.name!r}"})
+    now = datetime.now(UTC)
+    oldest = now - timedelta(days=settings.RETENTION_RAW_DAYS)
+    batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
+    if batch is None:
+        return error(400, errors.summary(), errors.fields)
+    accepted = store(node, batch, now)
+    body_out: dict[str, Any] = {
+        "accepted": accepted,
+        "duplicates": len(batch.samples) - accepted,
+        "desired": desired_for(node),
+    }
+    if batch.ignored:
+        body_out["ignored"] = sorted(batch.ignored)[:20]
+    return Reply(200, body_out)
+
+
+def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
+    node_rows: list[list[Any]] = []
+    gpu_rows: list[list[Any]] = []
+    seen_seq: set[int] = set()
+    days: set[date] = set()
+    for s in batch.samples:
+        if s.seq in seen_seq:
+            continue  # the same seq twice in one batch counts as a duplicate, like a replay
+        seen_seq.add(s.seq)
+        days.add(s.ts.date())
+        node_rows.append([s.ts, node.id, s.seq, *s.host_inference])
+        for g in s.gpus:
+            gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
+    partitions.ensure_days(days)
+    with transaction.atomic():
+        accepted, _ = copy_samples(node_rows, gpu_rows)
+        update_node(node, batch, now)
+    newest = max(batch.samples, key=lambda s: s.ts)
+    late_before = now - LOOKBACK - timedelta(minutes=1)
+    late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}
+    store_latest(node.name, snapshot(node, batch, newest), late)
+    return accepted
+
+
+def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:
+    changes: dict[str, Any] = {}
+    if batch.endpoint is not None and batch.endpoint != node.endpoint:
+        changes["endpoint"] = batch.endpoint
+    if batch.models is not None and batch.models != node.models:
+        changes["models"] = json.dumps(batch.models)
+    if batch.agent and batch.agent != node.agent:
+        changes["agent"] = batch.agent
+    if changes or node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
+        changes["last_seen"] = now
+        sets = ", ".join(f"{k} = %s" for k in changes)
+        with connection.cursor() as cur:
+            cur.execute(f"UPDATE fleet_node SET {sets} WHERE id = %s", [*changes.values(), node.id])
+    upsert_gpus(node, batch, now)
+
+
+_known_gpus: dict[tuple[int, int], tuple[str, str]] = {}
+
+
+def upsert_gpus(node: NodeInfo, batch: Batch, now: datetime) -> None:
+    """Register GPUs the first time they report (or when their uuid/name change); a cache skips the rest."""
+    fresh = {}
+    for s in batch.samples:
+        for g in s.gpus:
+            if _known_gpus.get((node.id, g.index)) != (g.uuid, g.name):
+                fresh[g.index] = (g.uuid, g.name)
+    if not fresh:
+        return
+    with connection.cursor() as cur:
+        for index, (uuid, name) in fresh.items():
+            cur.execute(
+                "INSERT INTO fleet_gpu (node_id, index, uuid, name, first_seen) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (node_id, index) DO UPDATE SET uuid = EXCLUDED.uuid, name = EXCLUDED.name",
+                [node.id, index, uuid, name, now],
+            )
+    transaction.on_commit(lambda: _known_gpus.update({(node.id, i): v for i, v in fresh.items()}))
+
+
+_HOST = [m.name for m in HOST_METRICS]
+_INFERENCE = [m.name for m in INFERENCE_METRICS]
+_GPU = [m.name for m in GPU_METRICS]
+
+
+def snapshot(node: NodeInfo, batch: Batch, newest: Sample) -> dict[str, Any]:
+    """The node's latest state as the live view and the scheduler read it (validated values only)."""
+    values = newest.host_inference
+    return {
+        "node": node.name,
+        "pool": node.pool,
+        "state": node.state,
+        "ts": newest.ts.isoformat(),
+        "seq": newest.seq,
+        "received": timezone.now().isoformat(),
+        "endpoint": batch.endpoint if batch.endpoint is not None else node.endpoint,
+        "models": batch.models if batch.models is not None else node.models,
+        "applied": batch.applied or {},
+        "host": dict(zip(_HOST, values[: len(_HOST)], strict=True)),
+        "inference": dict(zip(_INFERENCE, values[len(_HOST):], strict=True)),
+        "gpus": [
+            {"index": g.index, "uuid": g.uuid, "name": g.name, **dict(zip(_GPU, g.values, strict=True))}
+            for g in newest.gpus
+        ],
+    }

@@ -1,0 +1,49 @@
+"""The latest sample of every node, kept in Redis for the live view, the scheduler and /metrics/fleet.
+
+One hash (`sy:latest`, field = node name, value = JSON) so that a reader gets the whole fleet in one HGETALL.
+Every ingest also publishes the node name on `sy:ingest` so live readers can react without polling.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+
+LATEST_KEY = "sy:latest"
+INGEST_CHANNEL = "sy:ingest"
+# Minutes (epoch seconds) that received samples after their rollup may have run; the rollup task redoes them.
+LATE_MINUTES_KEY = "sy:rollup:late-minutes"
+LATE_HOURS_KEY = "sy:rollup:late-hours"
+
+
+@lru_cache(maxsize=1)
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=2,
+                                health_check_interval=30)
+
+
+def store_latest(node: str, snapshot: dict[str, Any], late_minutes: set[int] | None = None) -> None:
+    p = redis_client().pipeline(transaction=False)
+    p.hset(LATEST_KEY, node, orjson.dumps(snapshot))
+    p.publish(INGEST_CHANNEL, node)
+    if late_minutes:
+        p.sadd(LATE_MINUTES_KEY, *late_minutes)
+    p.execute()
+
+
+def all_latest() -> dict[str, dict[str, Any]]:
+    raw = redis_client().hgetall(LATEST_KEY)
+    return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+
+def latest(node: str) -> dict[str, Any] | None:
+    raw = redis_client().hget(LATEST_KEY, node)
+    return orjson.loads(raw) if raw else None
+
+
+def forget(node: str) -> None:
+    redis_client().hdel(LATEST_KEY, node)

@@ -1,0 +1,223 @@
+"""Django settings, read from SWITCHYARD_* environment variables (README has the table).
+
+Secure by default: DEBUG is off unless asked for, the secret key is generated once and kept in the var dir with
+mode 0600 when none is given, and only loopback hosts are allowed until SWITCHYARD_ALLOWED_HOSTS says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+from celery.schedules import crontab
+
+from dashboard import embedded
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(f"SWITCHYARD_{name}", default)
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = env(name)
+    if not raw:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"SWITCHYARD_{name} must be an integer, got {raw!r}") from exc
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+def database_from_url(url: str) -> dict[str, Any]:
+    """postgres://user:pass@host:port/name?host=/socket/dir&sslmode=... -> Django DATABASES entry."""
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql"}:
+        raise ValueError(f"SWITCHYARD_DATABASE_URL must be a postgresql:// URL, got scheme {parsed.scheme!r}")
+    query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+    host = query.pop("host", None) or (unquote(parsed.hostname) if parsed.hostname else "")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "switchyard",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": host,
+        "PORT": str(parsed.port or ""),
+        "OPTIONS": query,
+        # Persistent connections matter on the ingest path: a connect per push would cost more than the COPY.
+        "CONN_MAX_AGE": env_int("DB_CONN_MAX_AGE", 300),
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+def _secret_key() -> str:
+    given = env("SECRET_KEY")
+    if given:
+        return given
+    path = embedded.var_dir() / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+DATABASE_URL = env("DATABASE_URL") or embedded.postgres_url()
+REDIS_URL = env("REDIS_URL") or embedded.redis_url()
+DATABASES = {"default": database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "dashboard.accounts",
+    "dashboard.fleet",
+    "dashboard.metrics",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "dashboard.urls"
+ASGI_APPLICATION = "dashboard.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "dashboard" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = embedded.var_dir() / "staticfiles"
+# Serve straight from STATICFILES_DIRS/app dirs: no collectstatic step between `git clone` and a working page.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+# --- Ingest and storage ---------------------------------------------------------------------------------------
+INGEST_MAX_BYTES = env_int("INGEST_MAX_BYTES", 4 * 1024 * 1024)
+INGEST_MAX_SAMPLES = env_int("INGEST_MAX_SAMPLES", 1000)
+INGEST_RATE_PER_MINUTE = env_int("INGEST_RATE_PER_MINUTE", 600)
+INGEST_MAX_FUTURE_S = 300
+AGENT_INTERVAL_S = env_int("AGENT_INTERVAL_S", 5)
+STALE_AFTER_INTERVALS = env_int("STALE_AFTER_INTERVALS", 3)
+PARTITIONS_AHEAD_DAYS = env_int("PARTITIONS_AHEAD_DAYS", 3)
+RETENTION_RAW_DAYS = env_int("RETENTION_RAW_DAYS", 7)
+RETENTION_1M_DAYS = env_int("RETENTION_1M_DAYS", 90)
+RETENTION_1H_DAYS = env_int("RETENTION_1H_DAYS", 730)
+DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES
+
+# --- Redis, Channels, Celery ------------------------------------------------------------------------------------
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL]},
+    }
+}
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "rollup-1m": {"task": "dashboard.metrics.tasks.rollup_minutes", "schedule": 60.0},
+    "rollup-1h": {"task": "dashboard.metrics.tasks.rollup_hours", "schedule": 300.0},
+    "partitions-ahead": {"task": "dashboard.metrics.tasks.ensure_partitions", "schedule": 3600.0},
+    "retention": {"task": "dashboard.metrics.tasks.apply_retention", "schedule": crontab(minute=17)},
+}
+
+# --- REST API --------------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "dashboard.accounts.auth.UserTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["dashboard.accounts.roles.IsViewer"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "dashboard.api_errors.exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Switchyard API",
+    "DESCRIPTION": "Monitoring and control plane for GPU inference fleets.",
+    "VERSION": "1",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    "loggers": {"pgserver": {"level": "WARNING"}},
+}

@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from dashboard.fleet import api as fleet_api
+from dashboard.fleet import views as fleet_views
+from dashboard.metrics import views as metric_views
+
+api = [
+    path("ingest", fleet_views.ingest, name="ingest"),
+    path("pools/", fleet_api.PoolList.as_view(), name="pool-list"),
+    path("nodes/", fleet_api.NodeList.as_view(), name="node-list"),
+    path("nodes/<str:name>/", fleet_api.NodeDetail.as_view(), name="node-detail"),
+    path("gpus/", fleet_api.GPUList.as_view(), name="gpu-list"),
+    path("metrics/query", metric_views.MetricQuery.as_view(), name="metric-query"),
+    path("metrics/catalogue", metric_views.Catalogue.as_view(), name="metric-catalogue"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api)),
+    path("metrics/fleet", metric_views.FleetExposition.as_view(), name="metrics-fleet"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]
