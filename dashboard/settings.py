@@ -146,6 +146,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = embedded.var_dir() / "staticfiles"
+STATIC_ROOT.mkdir(exist_ok=True)
 # Serve straight from STATICFILES_DIRS/app dirs: no collectstatic step between `git clone` and a working page.
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG

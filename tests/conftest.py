@@ -1,0 +1,116 @@
+"""Shared fixtures: real PostgreSQL and Redis (embedded or the machine's, by the same rule as the app)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+
+from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+from dashboard.metrics import latest as latest_mod
+from dashboard.metrics import partitions, schema
+
+# Tests use their own Redis database so that they never clear a running demo's state on the same server.
+settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + "/15"
+settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
+latest_mod.redis_client.cache_clear()
+
+
+@pytest.fixture
+def redis_db() -> Iterator[Any]:
+    client = latest_mod.redis_client()
+    client.flushdb()
+    yield client
+    client.flushdb()
+
+
+@pytest.fixture
+def clean_samples(transactional_db: None, redis_db: Any) -> Iterator[None]:
+    """Sample tables are raw SQL tables that Django's flush does not know: empty them around each test."""
+    names = ", ".join(t.name for t in schema.ALL_TABLES)
+
+    def truncate() -> None:
+        with connection.cursor() as cur:
+            cur.execute(f"TRUNCATE {names}, metrics_rollup_state")
+
+    truncate()
+    partitions._known_days.clear()
+    yield
+    truncate()
+
+
+def make_node(name: str = "gpu-a-1", pool: str = "pool-a") -> str:
+    """Register a node through the real command and return its token (the command's last stdout line)."""
+    from io import StringIO
+
+    out = StringIO()
+    call_command("createnode", name, "--pool", pool, stdout=out)
+    return out.getvalue().strip().splitlines()[-1]
+
+
+def iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def full_sample(seq: int, ts: datetime | None = None, gpus: int = 2, base: float = 10.0) -> dict[str, Any]:
+    """A sample with every catalogue metric set to an in-range value derived from `base`."""
+    ts = ts or datetime.now(UTC)
+
+    def value(m: Any, offset: float) -> float | int:
+        v = min(m.hi, max(m.lo, base + offset))
+        return int(v) if m.integer else float(v)
+
+    return {
+        "ts": iso(ts),
+        "seq": seq,
+        "host": {m.name: value(m, i) for i, m in enumerate(HOST_METRICS)},
+        "inference": {m.name: value(m, i) for i, m in enumerate(INFERENCE_METRICS)},
+        "gpus": [
+            {"index": g, "uuid": f"GPU-{g:04d}", "name": "NVIDIA H100 80GB HBM3",
+             **{m.name: value(m, g + i * 0.5) for i, m in enumerate(GPU_METRICS)}}
+            for g in range(gpus)
+        ],
+    }
+
+
+@pytest.fixture
+def push(client: Client) -> Callable[..., Any]:
+    def _push(token: str | None, body: Any, raw: bytes | None = None, **headers: str) -> Any:
+        data = raw if raw is not None else json.dumps(body).encode()
+        extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+        if token is not None:
+            extra["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+        return client.generic("POST", "/api/v1/ingest", data, content_type="application/json", **extra)
+
+    return _push
+
+
+def count(table: str) -> int:
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return int(cur.fetchone()[0])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_worker_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Ingest runs on pool threads with their own connections; end them so the test database can be dropped."""
+    yield
+    with django_db_blocker.unblock(), connection.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+
+def make_user(name: str, role: str) -> str:
+    """Create a user through the real command; returns its API token."""
+    from io import StringIO
+
+    out = StringIO()
+    call_command("createuser", name, "--role", role, "--password", "correct-horse-battery", stdout=out)
+    return out.getvalue().strip().splitlines()[-1]

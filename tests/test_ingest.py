@@ -1,0 +1,287 @@
+"""POST /api/v1/ingest: the agent contract of DESIGN.md, good and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+from dashboard.fleet.models import GPU, Node
+from dashboard.metrics.latest import latest
+from tests.conftest import count, full_sample, iso, make_node
+
+pytestmark = pytest.mark.usefixtures("clean_samples")
+
+
+def body(*samples: dict[str, Any], node: str = "gpu-a-1", **extra: Any) -> dict[str, Any]:
+    return {"node": node, "agent": "switchyard-agent/1.0", "samples": list(samples), **extra}
+
+
+def stored() -> tuple[int, int]:
+    return count("node_sample"), count("gpu_sample")
+
+
+def test_happy_path_stores_every_catalogue_metric(push: Any) -> None:
+    token = make_node()
+    sample = full_sample(1, gpus=2)
+    resp = push(token, body(sample, endpoint="http://10.0.3.17:8000", models=["deepseek-r1"]))
+    assert resp.status_code == 200, resp.content
+    assert resp.json() == {"accepted": 1, "duplicates": 0,
+                           "desired": {"interval_s": 5, "state": "active", "power_limit_w": {}}}
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT {', '.join(m.name for m in GPU_METRICS)} FROM gpu_sample WHERE gpu = 1")
+        gpu_row = dict(zip([m.name for m in GPU_METRICS], cur.fetchone(), strict=True))
+        node_metrics = HOST_METRICS + INFERENCE_METRICS
+        cur.execute(f"SELECT {', '.join(m.name for m in node_metrics)} FROM node_sample")
+        node_row = dict(zip([m.name for m in node_metrics], cur.fetchone(), strict=True))
+    for m in GPU_METRICS:
+        assert gpu_row[m.name] == pytest.approx(sample["gpus"][1][m.name], rel=1e-6), m.name
+    for m in HOST_METRICS:
+        assert node_row[m.name] == pytest.approx(sample["host"][m.name], rel=1e-6), m.name
+    for m in INFERENCE_METRICS:
+        assert node_row[m.name] == pytest.approx(sample["inference"][m.name], rel=1e-6), m.name
+    node = Node.objects.get(name="gpu-a-1")
+    assert node.endpoint == "http://10.0.3.17:8000"
+    assert node.served_models == ["deepseek-r1"]
+    assert node.last_seen is not None
+    assert list(GPU.objects.filter(node=node).values_list("index", "uuid")) == [(0, "GPU-0000"), (1, "GPU-0001")]
+    snap = latest("gpu-a-1")
+    assert snap is not None and snap["seq"] == 1 and snap["pool"] == "pool-a"
+    assert snap["gpus"][1]["gpu_util_pct"] == sample["gpus"][1]["gpu_util_pct"]
+
+
+def test_null_metrics_are_stored_as_null_not_zero(push: Any) -> None:
+    token = make_node()
+    sample = full_sample(1, gpus=1)
+    sample["gpus"][0]["fan_pct"] = None
+    del sample["gpus"][0]["sm_active_pct"]
+    sample["inference"] = None
+    assert push(token, body(sample)).status_code == 200
+    with connection.cursor() as cur:
+        cur.execute("SELECT fan_pct, sm_active_pct, gpu_util_pct FROM gpu_sample")
+        assert cur.fetchone()[:2] == (None, None)
+        cur.execute("SELECT requests_running, kv_cache_usage_pct, cpu_util_pct FROM node_sample")
+        row = cur.fetchone()
+    assert row[0] is None and row[1] is None and row[2] is not None
+
+
+def test_gzip_body_and_batches(push: Any) -> None:
+    token = make_node()
+    now = datetime.now(UTC)
+    samples = [full_sample(i, now - timedelta(seconds=5 * (10 - i))) for i in range(10)]
+    raw = gzip.compress(json.dumps(body(*samples)).encode())
+    resp = push(token, None, raw=raw, **{"Content-Encoding": "gzip"})
+    assert resp.status_code == 200, resp.content
+    assert resp.json()["accepted"] == 10
+    assert stored() == (10, 20)
+
+
+def test_duplicate_seq_is_counted_not_stored_twice(push: Any) -> None:
+    token = make_node()
+    first = full_sample(7)
+    assert push(token, body(first)).json()["accepted"] == 1
+    resp = push(token, body(first, full_sample(8)))
+    assert resp.status_code == 200
+    assert resp.json()["accepted"] == 1 and resp.json()["duplicates"] == 1
+    assert stored() == (2, 4)
+    # The same seq twice inside one batch is a duplicate too.
+    again = full_sample(9)
+    resp = push(token, body(again, again))
+    assert (resp.json()["accepted"], resp.json()["duplicates"]) == (1, 1)
+    assert stored() == (3, 6)
+
+
+def bad_cases() -> list[tuple[str, Any, str, str]]:
+    """(case id, mutation of a valid sample, field path in the error, words in its message)."""
+
+    def gpu(metric: str, value: Any) -> Any:
+        def mutate(s: dict[str, Any]) -> None:
+            s["gpus"][1][metric] = value
+        return mutate
+
+    def host(metric: str, value: Any) -> Any:
+        def mutate(s: dict[str, Any]) -> None:
+            s["host"][metric] = value
+        return mutate
+
+    def field(key: str, value: Any) -> Any:
+        def mutate(s: dict[str, Any]) -> None:
+            s[key] = value
+        return mutate
+
+    future = iso(datetime.now(UTC) + timedelta(minutes=10))
+    ancient = iso(datetime.now(UTC) - timedelta(days=30))
+    return [
+        ("above-range", gpu("gpu_util_pct", 140), "samples[0].gpus[1].gpu_util_pct", "140 is above 100"),
+        ("below-range", gpu("temp_c", -80), "samples[0].gpus[1].temp_c", "-80 is below -50"),
+        ("negative-bytes", host("mem_used_bytes", -1), "samples[0].host.mem_used_bytes", "-1 is below 0"),
+        ("wrong-type", gpu("power_w", "300W"), "samples[0].gpus[1].power_w", "is not a number"),
+        ("bool", host("cpu_util_pct", True), "samples[0].host.cpu_util_pct", "is not a number"),
+        ("fraction-in-int", gpu("pstate", 1.5), "samples[0].gpus[1].pstate", "not a whole number"),
+        ("future-ts", field("ts", future), "samples[0].ts", "in the future"),
+        ("ancient-ts", field("ts", ancient), "samples[0].ts", "older than the raw retention"),
+        ("naive-ts", field("ts", "2026-11-28T14:00:05"), "samples[0].ts", "no timezone"),
+        ("garbage-ts", field("ts", "yesterday"), "samples[0].ts", "not an ISO 8601 timestamp"),
+        ("negative-seq", field("seq", -1), "samples[0].seq", "not a sequence number"),
+        ("string-seq", field("seq", "12"), "samples[0].seq", "not a sequence number"),
+        ("host-not-object", field("host", [1, 2]), "samples[0].host", "must be an object"),
+        ("bad-gpu-index", gpu("index", 999), "samples[0].gpus[1].index", "not a GPU index"),
+        ("duplicate-gpu", gpu("index", 0), "samples[0].gpus[1].index", "appears twice"),
+        ("huge-uuid", gpu("uuid", "x" * 500), "samples[0].gpus[1].uuid", "longer than 96"),
+    ]
+
+
+@pytest.mark.parametrize("case", bad_cases(), ids=lambda c: c[0])
+def test_bad_values_get_400_naming_the_field_and_store_nothing(push: Any, case: Any) -> None:
+    _, mutate, path, words = case
+    token = make_node()
+    good, bad = full_sample(1), full_sample(2)
+    mutate(bad)
+    # The valid sample in the same batch must not be stored either.
+    resp = push(token, body(bad, good))
+    assert resp.status_code == 400, resp.content
+    err = resp.json()
+    assert err["fields"][path].find(words) >= 0, err
+    assert path in err["error"] and "nothing was stored" in err["error"]
+    assert stored() == (0, 0)
+    assert latest("gpu-a-1") is None
+
+
+@pytest.mark.parametrize("literal,word", [("NaN", "NaN"), ("Infinity", "inf"), ("-Infinity", "-inf")])
+def test_nan_and_infinity_are_named(push: Any, literal: str, word: str) -> None:
+    token = make_node()
+    text = json.dumps(body(full_sample(1))).replace('"gpu_util_pct": ', f'"gpu_util_pct": {literal}, "x_": ', 1)
+    resp = push(token, None, raw=text.encode())
+    assert resp.status_code == 400, resp.content
+    msg = resp.json()["fields"]["samples[0].gpus[0].gpu_util_pct"]
+    assert "not a finite number" in msg and word.lower() in msg.lower()
+    assert stored() == (0, 0)
+
+
+def test_errors_are_collected_with_paths(push: Any) -> None:
+    token = make_node()
+    bad = full_sample(1)
+    bad["gpus"][0]["gpu_util_pct"] = 101
+    bad["gpus"][1]["temp_c"] = 400
+    resp = push(token, body(full_sample(0), bad))
+    fields = resp.json()["fields"]
+    assert fields == {"samples[1].gpus[0].gpu_util_pct": "101 is above 100",
+                      "samples[1].gpus[1].temp_c": "400 is above 150"}
+
+
+@pytest.mark.parametrize(
+    "doc,path",
+    [
+        ([1, 2, 3], "$"),
+        ({"samples": []}, "samples"),
+        ({"node": "gpu-a-1", "samples": "many"}, "samples"),
+        ({"node": "gpu-a-1", "samples": [full_sample(1)], "models": "deepseek"}, "models"),
+        ({"node": "gpu-a-1", "samples": [full_sample(1)], "endpoint": "javascript:alert(1)"}, "endpoint"),
+        ({"node": "gpu-a-1", "samples": ["<script>"]}, "samples[0]"),
+    ],
+)
+def test_malformed_documents(push: Any, doc: Any, path: str) -> None:
+    token = make_node()
+    resp = push(token, doc)
+    assert resp.status_code == 400
+    assert path in resp.json()["fields"]
+    assert stored() == (0, 0)
+
+
+def test_malformed_json(push: Any) -> None:
+    token = make_node()
+    resp = push(token, None, raw=b'{"node": "gpu-a-1", "samples": [')
+    assert resp.status_code == 400
+    assert "not valid JSON" in resp.json()["error"]
+    deep = b"[" * 100_000 + b"]" * 100_000
+    resp = push(token, None, raw=deep)
+    assert resp.status_code == 400
+    assert stored() == (0, 0)
+
+
+def test_auth_failures(push: Any) -> None:
+    token = make_node()
+    other = make_node("gpu-b-1", "pool-b")
+    resp = push(None, body(full_sample(1)))
+    assert resp.status_code == 401 and "missing node token" in resp.json()["error"]
+    assert resp["WWW-Authenticate"].startswith("Bearer")
+    resp = push("sy_node_not-a-real-token", body(full_sample(1)))
+    assert resp.status_code == 401 and "unknown or revoked" in resp.json()["error"]
+    resp = push(other, body(full_sample(1)))
+    assert resp.status_code == 403
+    assert "belongs to node 'gpu-b-1'" in resp.json()["error"] and "node" in resp.json()["fields"]
+    resp = push(token, body(full_sample(1), node="no-such-node"))
+    assert resp.status_code == 403
+    assert stored() == (0, 0)
+
+
+def test_rotate_invalidates_the_old_token(push: Any) -> None:
+    from io import StringIO
+
+    old = make_node()
+    out = StringIO()
+    call_command("createnode", "gpu-a-1", "--pool", "pool-a", "--rotate", stdout=out)
+    new = out.getvalue().strip().splitlines()[-1]
+    assert new != old and new.startswith("sy_node_")
+    assert push(old, body(full_sample(1))).status_code == 401
+    assert push(new, body(full_sample(1))).status_code == 200
+
+
+def test_oversize_body_is_413(push: Any, settings: Any) -> None:
+    settings.INGEST_MAX_BYTES = 50_000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 50_000
+    token = make_node()
+    samples = [full_sample(i, datetime.now(UTC) - timedelta(seconds=i)) for i in range(40)]
+    resp = push(token, body(*samples))
+    assert resp.status_code == 413
+    assert "limit" in resp.json()["error"]
+    # A small gzip body that inflates past the limit (a zip bomb) is refused too.
+    bomb = gzip.compress(b" " * 5_000_000)
+    resp = push(token, None, raw=bomb, **{"Content-Encoding": "gzip"})
+    assert resp.status_code == 413
+    assert stored() == (0, 0)
+
+
+def test_too_many_samples_in_one_request(push: Any, settings: Any) -> None:
+    settings.INGEST_MAX_SAMPLES = 3
+    token = make_node()
+    samples = [full_sample(i, datetime.now(UTC) - timedelta(seconds=i), gpus=0) for i in range(4)]
+    resp = push(token, body(*samples))
+    assert resp.status_code == 400 and "at most 3" in resp.json()["fields"]["samples"]
+
+
+def test_rate_limit_answers_429_with_retry_after(push: Any, settings: Any) -> None:
+    settings.INGEST_RATE_PER_MINUTE = 2
+    token = make_node()
+    codes = [push(token, body(full_sample(i))).status_code for i in range(3)]
+    # The minute window can roll over between pushes; allow that one retry.
+    if codes[2] == 200:
+        codes = [push(token, body(full_sample(i + 10))).status_code for i in range(3)]
+    assert codes[-1] == 429
+    resp = push(token, body(full_sample(99)))
+    assert resp.status_code == 429 and 1 <= int(resp["Retry-After"]) <= 60
+    assert count("node_sample") <= 4
+
+
+def test_unknown_metrics_are_reported_not_refused(push: Any) -> None:
+    token = make_node()
+    sample = full_sample(1)
+    sample["gpus"][0]["future_metric_pct"] = 3
+    resp = push(token, body(sample))
+    assert resp.status_code == 200
+    assert resp.json()["ignored"] == ["future_metric_pct"]
+
+
+def test_wrong_method_and_encoding(client: Any, push: Any) -> None:
+    token = make_node()
+    assert client.get("/api/v1/ingest").status_code == 405
+    resp = push(token, None, raw=b"xx", **{"Content-Encoding": "br"})
+    assert resp.status_code == 415
+    resp = push(token, None, raw=b"not gzip", **{"Content-Encoding": "gzip"})
+    assert resp.status_code == 400 and "gzip" in resp.json()["error"]

@@ -1,0 +1,135 @@
+"""Reading the data back: nodes with latest values, metric queries, Prometheus exposition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from dashboard.metrics import rollups
+from tests.conftest import full_sample, make_node, make_user
+
+pytestmark = pytest.mark.usefixtures("clean_samples")
+
+
+@pytest.fixture
+def viewer() -> Client:
+    token = make_user("vera", "viewer")
+    return Client(HTTP_AUTHORIZATION=f"Token {token}")
+
+
+def seed(push: Any, minutes: int = 20, nodes: tuple[str, ...] = ("gpu-a-1",)) -> datetime:
+    start = rollups.floor_to(datetime.now(UTC) - timedelta(minutes=minutes + 1), timedelta(minutes=1))
+    for name in nodes:
+        token = make_node(name)
+        samples = [full_sample(i + 1, start + timedelta(seconds=15 * i), gpus=2, base=i % 50)
+                   for i in range(minutes * 4)]
+        assert push(token, {"node": name, "samples": samples}).status_code == 200
+    return start
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nodes/", "/api/v1/pools/", "/api/v1/gpus/",
+                                  "/api/v1/metrics/query?metric=gpu_util_pct", "/api/v1/metrics/catalogue",
+                                  "/metrics/fleet"])
+def test_reads_need_a_user(client: Client, path: str) -> None:
+    resp = client.get(path)
+    assert resp.status_code in (401, 403)
+    assert "error" in resp.json()
+    bad = Client(HTTP_AUTHORIZATION="Token sy_user_nope")
+    assert bad.get(path).status_code == 401
+    # A node token is for ingest only; it does not read the API.
+    node_token = make_node("gpu-z-9", "pool-z")
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {node_token}").get(path).status_code == 401
+
+
+def test_nodes_list_shows_last_seen_and_latest(push: Any, viewer: Client) -> None:
+    make_node("gpu-silent", "pool-a")
+    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [full_sample(3, gpus=2, base=42)],
+                                 "endpoint": "http://127.0.0.1:9001", "models": ["m1"]})
+    nodes = {n["name"]: n for n in viewer.get("/api/v1/nodes/").json()}
+    live = nodes["gpu-a-1"]
+    assert live["status"] == "up" and live["pool"] == "pool-a" and live["gpus"] == 2
+    assert live["last_seen"] and live["models"] == ["m1"] and live["endpoint"] == "http://127.0.0.1:9001"
+    assert live["latest"]["gpus"][0]["gpu_util_pct"] == 42.0
+    assert nodes["gpu-silent"]["status"] == "down" and nodes["gpu-silent"]["latest"] is None
+    assert viewer.get("/api/v1/nodes/gpu-a-1/").json()["name"] == "gpu-a-1"
+    assert viewer.get("/api/v1/nodes/nope/").status_code == 404
+    assert [n["name"] for n in viewer.get("/api/v1/nodes/?pool=pool-b").json()] == []
+
+
+def test_query_raw_picks_raw_and_returns_units(push: Any, viewer: Client) -> None:
+    seed(push)
+    resp = viewer.get("/api/v1/metrics/query", {"metric": "gpu_util_pct", "node": "gpu-a-1", "gpu": "1",
+                                                "from": "-30m", "step": "15"})
+    assert resp.status_code == 200, resp.content
+    data = resp.json()
+    assert data["source"] == "raw" and data["unit"] == "percent" and data["step"] == 15
+    assert [(s["node"], s["gpu"]) for s in data["series"]] == [("gpu-a-1", 1)]
+    points = data["series"][0]["points"]
+    assert len(points) == 80
+    assert points[0][1] == pytest.approx(0 + 1)  # base 0 + gpu 1 offset
+
+
+def test_query_uses_rollups_for_coarse_steps(push: Any, viewer: Client) -> None:
+    seed(push, minutes=20)
+    rollups.rollup_minutes()
+    data = viewer.get("/api/v1/metrics/query", {"metric": "cpu_util_pct", "from": "-1h", "step": "300"}).json()
+    assert data["source"] == "1m" and data["scope"] == "host"
+    # Each 5-minute point from the 1-minute rollup equals the plain average of the raw samples in it.
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT date_bin('300 seconds', ts, TIMESTAMPTZ '2000-01-01') AS t, avg(cpu_util_pct) "
+                    "FROM node_sample WHERE ts < date_trunc('minute', now()) GROUP BY t ORDER BY t")
+        expected = [(t.isoformat(), v) for t, v in cur.fetchall()]
+    points = data["series"][0]["points"]
+    assert len(points) == len(expected) >= 4
+    for (t, v), (et, ev) in zip(points, expected, strict=True):
+        assert t == et and v == pytest.approx(ev)
+    agg_max = viewer.get("/api/v1/metrics/query", {"metric": "cpu_util_pct", "from": "-1h", "step": "3600",
+                                                   "agg": "max"}).json()
+    assert agg_max["source"] == "1h" and agg_max["agg"] == "max"
+
+
+@pytest.mark.parametrize(
+    "params,field",
+    [
+        ({"metric": "gpu_utilization"}, "metric"),
+        ({}, "metric"),
+        ({"metric": "gpu_util_pct", "from": "last tuesday"}, "from"),
+        ({"metric": "gpu_util_pct", "from": "-1h", "to": "-2h"}, "from"),
+        ({"metric": "gpu_util_pct", "step": "0"}, "step"),
+        ({"metric": "gpu_util_pct", "step": "-5"}, "step"),
+        ({"metric": "gpu_util_pct", "from": "-7d", "step": "1"}, "step"),
+        ({"metric": "cpu_util_pct", "gpu": "0"}, "gpu"),
+        ({"metric": "gpu_util_pct", "gpu": "x; DROP TABLE gpu_sample"}, "gpu"),
+        ({"metric": "gpu_util_pct", "agg": "sum"}, "agg"),
+        ({"metric": "gpu_util_pct", "node": "ghost"}, "node"),
+    ],
+)
+def test_query_bad_parameters(viewer: Client, params: dict[str, str], field: str) -> None:
+    resp = viewer.get("/api/v1/metrics/query", params)
+    assert resp.status_code == 400
+    assert field in resp.json()["fields"], resp.json()
+
+
+def test_prometheus_exposition(push: Any, viewer: Client) -> None:
+    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [full_sample(1, gpus=2, base=33)]})
+    old = full_sample(1, datetime.now(UTC) - timedelta(minutes=10), gpus=1, base=77)
+    push(make_node("gpu-old", "pool-b"), {"node": "gpu-old", "samples": [old]})
+    resp = viewer.get("/metrics/fleet")
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain")
+    text = resp.content.decode()
+    assert '# TYPE switchyard_gpu_util_pct gauge' in text
+    assert 'switchyard_gpu_util_pct{pool="pool-a",node="gpu-a-1",gpu="1",uuid="GPU-0001"} 34.0' in text
+    assert '# TYPE switchyard_energy_j counter' in text
+    assert 'switchyard_cpu_util_pct{pool="pool-a",node="gpu-a-1"} 33.0' in text
+    # A node that stopped reporting is down, and its old numbers are not exported as if live.
+    assert 'switchyard_node_up{pool="pool-b",node="gpu-old"} 0' in text
+    assert 'node="gpu-old",gpu=' not in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name for f in text_string_to_metric_families(text)}
+    assert "switchyard_gpu_util_pct" in families
