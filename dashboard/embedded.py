@@ -9,6 +9,7 @@ are reused by every process that asks for them, and stop when the last process t
 from __future__ import annotations
 
 import atexit
+import warnings
 import fcntl
 import json
 import os
@@ -31,7 +32,9 @@ def var_dir() -> Path:
 
 def postgres_url() -> str:
     """Start (or join) the embedded PostgreSQL and return a URL to the `switchyard` database."""
-    import pgserver  # imported here: only the embedded default needs it
+    with warnings.catch_warnings():  # pgserver's platformdirs use warns on every import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import pgserver  # imported here: only the embedded default needs it
 
     server = pgserver.get_server(var_dir() / "pg", cleanup_mode="stop")
     base = server.get_uri("postgres")
@@ -152,3 +155,62 @@ def _shutdown_redis(port: int) -> None:
             sock.recv(16)
     except OSError:
         pass  # already gone
+
+
+# --- `python -m dashboard.embedded status|stop` (no Django: asking must not start the servers) ---------------------
+
+def _pg_pid(pgdata: Path) -> int | None:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def status() -> dict[str, str]:
+    vd = var_dir()
+    pg_pid = _pg_pid(vd / "pg")
+    port_file = vd / "redis" / "port"
+    port = int(port_file.read_text()) if port_file.exists() else 0
+    return {
+        "postgres": f"running (pid {pg_pid}, data {vd / 'pg'})" if pg_pid else "stopped",
+        "redis": f"running (127.0.0.1:{port}, data {vd / 'redis'})" if port and _ping(port) else "stopped",
+    }
+
+
+def stop() -> None:
+    import signal
+
+    vd = var_dir()
+    pg_pid = _pg_pid(vd / "pg")
+    if pg_pid:
+        os.kill(pg_pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit
+        for _ in range(100):
+            if not _alive(pg_pid):
+                break
+            time.sleep(0.1)
+    port_file = vd / "redis" / "port"
+    if port_file.exists():
+        _shutdown_redis(int(port_file.read_text()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m dashboard.embedded",
+        description="Status or stop of the embedded PostgreSQL and Redis under the var dir "
+                    "(SWITCHYARD_VAR_DIR, default .var/). They normally stop by themselves when the last "
+                    "Switchyard process exits; `stop` is for one that was killed.",
+    )
+    parser.add_argument("action", choices=["status", "stop"])
+    args = parser.parse_args(argv)
+    if args.action == "stop":
+        stop()
+    for name, state in status().items():
+        print(f"{name}: {state}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,11 +3,9 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from dashboard.fleet import api as fleet_api
-from dashboard.fleet import views as fleet_views
 from dashboard.metrics import views as metric_views
 
 api = [
-    path("ingest", fleet_views.ingest, name="ingest"),
     path("pools/", fleet_api.PoolList.as_view(), name="pool-list"),
     path("nodes/", fleet_api.NodeList.as_view(), name="node-list"),
     path("nodes/<str:name>/", fleet_api.NodeDetail.as_view(), name="node-detail"),

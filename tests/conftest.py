@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +13,6 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
-from django.test import Client
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from dashboard.metrics import latest as latest_mod
@@ -80,14 +81,57 @@ def full_sample(seq: int, ts: datetime | None = None, gpus: int = 2, base: float
     }
 
 
+@dataclass
+class AsgiResponse:
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    def __getitem__(self, name: str) -> str:
+        return self.headers[name.lower()]
+
+
+def asgi_request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> AsgiResponse:
+    """Drive the real ASGI application (the same router uvicorn serves) with one HTTP request."""
+    from dashboard.asgi import application
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    asyncio.run(application(scope, receive, send))
+    start = messages[0]
+    return AsgiResponse(
+        start["status"],
+        {k.decode().lower(): v.decode() for k, v in start["headers"]},
+        b"".join(m.get("body", b"") for m in messages[1:]),
+    )
+
+
 @pytest.fixture
-def push(client: Client) -> Callable[..., Any]:
-    def _push(token: str | None, body: Any, raw: bytes | None = None, **headers: str) -> Any:
+def push() -> Callable[..., AsgiResponse]:
+    """POST to /api/v1/ingest through the ASGI app, as an agent would."""
+
+    def _push(token: str | None, body: Any, raw: bytes | None = None, method: str = "POST",
+              **headers: str) -> AsgiResponse:
         data = raw if raw is not None else json.dumps(body).encode()
-        extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+        hdrs = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
         if token is not None:
-            extra["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-        return client.generic("POST", "/api/v1/ingest", data, content_type="application/json", **extra)
+            hdrs["Authorization"] = f"Bearer {token}"
+        return asgi_request(method, "/api/v1/ingest", hdrs, data)
 
     return _push
 

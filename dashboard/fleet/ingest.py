@@ -25,10 +25,10 @@ from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import redis_client, store_latest
 from dashboard.metrics.rollups import LOOKBACK
-from dashboard.metrics.storage import copy_samples
+from dashboard.metrics.storage import copy_samples, ensure_staging
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
-LAST_SEEN_RESOLUTION = timedelta(seconds=15)
+LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
 
 @dataclass
@@ -174,6 +174,7 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
     partitions.ensure_days(days)
+    ensure_staging()
     with transaction.atomic():
         accepted, _ = copy_samples(node_rows, gpu_rows)
         update_node(node, batch, now)

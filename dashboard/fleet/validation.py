@@ -101,7 +101,8 @@ def check_metric(m: Metric, value: Any, path: str, errors: Errors) -> Any:
                 errors.add(path, f"{fmt(value)} is not a whole number")
                 return None
             return int(value)
-    return value
+        return value
+    return float(value)  # binary COPY into real/double columns needs floats
 
 
 def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, ignored: set[str]) -> list[Any]:
