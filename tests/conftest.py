@@ -15,12 +15,15 @@ from django.core.management import call_command
 from django.db import connection
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+from dashboard.celery import app as celery_app
 from dashboard.metrics import latest as latest_mod
 from dashboard.metrics import partitions, schema
 
 # Tests use their own Redis database so that they never clear a running demo's state on the same server.
 settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + "/15"
 settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
+settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = settings.REDIS_URL
+celery_app.conf.update(broker_url=settings.REDIS_URL, result_backend=settings.REDIS_URL)
 latest_mod.redis_client.cache_clear()
 
 
@@ -158,3 +161,23 @@ def make_user(name: str, role: str) -> str:
     out = StringIO()
     call_command("createuser", name, "--role", role, "--password", "correct-horse-battery", stdout=out)
     return out.getvalue().strip().splitlines()[-1]
+
+
+def database_url_for_subprocess() -> str:
+    """A URL to the test database pytest-django created, for subprocesses (workers, the demo) to use."""
+    from urllib.parse import quote
+
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "") + (f":{quote(db['PASSWORD'])}" if db["PASSWORD"] else "")
+    host = db["HOST"] or ""
+    if host.startswith("/"):
+        return f"postgresql://{auth}@/{db['NAME']}?host={host}"
+    port = f":{db['PORT']}" if db["PORT"] else ""
+    return f"postgresql://{auth}@{host}{port}/{db['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    import os
+
+    return dict(os.environ, SWITCHYARD_DATABASE_URL=database_url_for_subprocess(), SWITCHYARD_REDIS_URL=settings.REDIS_URL,
+                **extra)
