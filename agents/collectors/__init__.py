@@ -1,0 +1,1 @@
+"""Metric sources of the agent: real (NVML, psutil, a vLLM/SGLang scrape) and simulated."""

@@ -1,0 +1,393 @@
+"""The push loop: collect a sample every interval, spool it, push the spool to the server in order.
+
+Every sample goes through the on-disk spool, pushed or not, so the order on the server is the order of
+collection and an outage, a crash or a restart loses nothing but what the spool's bound drops. The server's
+answer steers the loop: 200 acknowledges and carries what the controller wants of this node (`desired`), 400
+sends the batch to a dead-letter file, 413 halves the batch, 401/403/429/5xx and network errors keep the samples
+and back off.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agents import __version__
+from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS, Metric
+from agents.collectors.base import Backend, finite
+from agents.spool import Spool, atomic_write, dumps, loads
+
+log = logging.getLogger(__name__)
+
+AGENT = f"switchyard-agent/{__version__}"
+INGEST_PATH = "/api/v1/ingest"
+MAX_BATCH = 100
+MAX_BACKOFF_S = 60.0
+MAX_RETRY_AFTER_S = 3600.0  # a server asking for more than an hour is treated as asking for an hour
+MODELS_REFRESH_S = 60.0
+INTERVAL_RANGE = (1, 300)
+NODE_STATES = frozenset({"active", "draining", "cordoned"})
+GPU_ID_KEYS = ("index", "uuid", "name")
+MAX_MODELS, MAX_MODEL_NAME = 64, 200  # what the server accepts
+
+
+@dataclass
+class PushConfig:
+    server: str
+    token: str = field(repr=False)  # never in a log line or a repr
+    node: str
+    state_dir: Path
+    interval_s: int = 5
+    endpoint: str | None = None
+    buffer_max_mb: float = 64.0
+    timeout_s: float = 10.0
+
+
+class StateDirBusy(RuntimeError):
+    pass
+
+
+def iso_now() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def clamp_interval(value: float) -> int:
+    return int(max(INTERVAL_RANGE[0], min(INTERVAL_RANGE[1], round(value))))
+
+
+_out_of_range_warned: set[str] = set()
+
+
+def _value(m: Metric, raw: Any) -> Any:
+    value = finite(raw)
+    if value is None:
+        return None
+    if not m.lo <= value <= m.hi:
+        if not m.is_pct:
+            # A reading outside the physical range is a glitch; sent as is, the server would refuse the whole batch.
+            if m.name not in _out_of_range_warned:
+                _out_of_range_warned.add(m.name)
+                log.warning("%s reads %r, outside %s..%s; sending null", m.name, raw, m.lo, m.hi)
+            return None
+        value = max(m.lo, min(m.hi, value))  # rounding pushes percentages a hair past 100
+    if m.integer:
+        return int(round(value))
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) and value == raw else value
+
+
+def _clean(metrics: tuple[Metric, ...], values: Any, ids: tuple[str, ...] = ()) -> dict[str, Any]:
+    values = values if isinstance(values, dict) else {}
+    out: dict[str, Any] = {k: values.get(k) for k in ids}
+    out.update((m.name, _value(m, values.get(m.name))) for m in metrics)
+    return out
+
+
+def normalize(body: dict[str, Any]) -> dict[str, Any]:
+    """A backend's sample body held to the catalogue: every name present, finite, in range, whole where whole."""
+    return {
+        "host": _clean(HOST_METRICS, body.get("host")),
+        "gpus": [_clean(GPU_METRICS, g, GPU_ID_KEYS) for g in body.get("gpus") or []],
+        "inference": _clean(INFERENCE_METRICS, body.get("inference")),
+    }
+
+
+def _retry_after(header: str | None) -> float | None:
+    if not header:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(header) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, min(MAX_RETRY_AFTER_S, seconds)) if math.isfinite(seconds) else None
+
+
+def _reply(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        doc = resp.json()
+    except ValueError:
+        return {"error": resp.text[:500]}
+    return doc if isinstance(doc, dict) else {"error": str(doc)[:500]}
+
+
+class Pusher:
+    """Owns a state directory (spool, sequence number, dead letters) and pushes a backend's samples.
+
+    `clock`, `sleep` and `rng` are injectable so that tests drive time instead of waiting for it.
+    """
+
+    def __init__(self, config: PushConfig, backend: Backend, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Any] | None = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self._clock = clock
+        self._stop = threading.Event()
+        self._sleep = sleep if sleep is not None else self._stop.wait
+        self._rng = rng if rng is not None else random.Random()
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._lock()
+        self.spool = Spool(self.state_dir / "spool", max_bytes=int(config.buffer_max_mb * 1024 * 1024))
+        self.deadletter_path = self.state_dir / "deadletter.jsonl"
+        self._seq_path = self.state_dir / "seq"
+        self._seq = self._load_seq()
+        self._url = config.server.rstrip("/") + INGEST_PATH
+        self._client = httpx.Client(timeout=httpx.Timeout(config.timeout_s), headers={
+            "Authorization": f"Bearer {config.token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "User-Agent": AGENT,
+        })
+        self.interval = clamp_interval(config.interval_s)
+        self.applied: dict[str, Any] = {"interval_s": self.interval, "power_limit_w": {}}
+        self.state: str | None = None
+        self.last_error: str | None = None
+        self._failures = 0
+        self._retry_at = -math.inf
+        self._rtt_ms: float | None = None
+        self._models: list[str] | None = None
+        self._models_at = -math.inf
+        self._desired_power: dict[int, float] = {}
+
+    # -- state directory -------------------------------------------------------------------------------------
+
+    def _lock(self) -> int:
+        # Two agents on one state directory would interleave sequence numbers and ack each other's samples.
+        fd = os.open(self.state_dir / "agent.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StateDirBusy(f"another agent is already using the state directory {self.state_dir}") from None
+        return fd
+
+    def _load_seq(self) -> int:
+        try:
+            return int(self._seq_path.read_text().strip())
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            log.warning("%s is unreadable; sequence numbers restart at 1", self._seq_path)
+            return 0
+
+    def _next_seq(self) -> int:
+        # Durable before use: a sequence number handed out twice would make the server drop a sample as a duplicate.
+        self._seq += 1
+        atomic_write(self._seq_path, str(self._seq).encode())
+        return self._seq
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    # -- collection ------------------------------------------------------------------------------------------
+
+    def collect_once(self) -> dict[str, Any]:
+        """Collect one sample and append it to the spool."""
+        ts = iso_now()
+        raw = self.backend.collect()
+        host = dict(raw.get("host") or {}, net_rtt_ms=self._rtt_ms)
+        sample = {"ts": ts, "seq": self._next_seq(), **normalize({**raw, "host": host})}
+        self.spool.append(sample)
+        self._refresh_models()
+        return sample
+
+    def _refresh_models(self) -> None:
+        if self._clock() - self._models_at < MODELS_REFRESH_S:
+            return
+        self._models_at = self._clock()
+        models = self.backend.models()
+        if models is not None:
+            self._models = [m for m in models if isinstance(m, str) and 0 < len(m) <= MAX_MODEL_NAME][:MAX_MODELS]
+
+    # -- pushing ---------------------------------------------------------------------------------------------
+
+    def _payload(self, samples: list[Any]) -> bytes:
+        doc: dict[str, Any] = {"node": self.config.node, "agent": AGENT}
+        if self.config.endpoint:
+            doc["endpoint"] = self.config.endpoint
+        if self._models is not None:
+            doc["models"] = self._models
+        doc["applied"] = self.applied
+        doc["samples"] = samples
+        return gzip.compress(dumps(doc), compresslevel=6)
+
+    def _next_batch(self, limit: int) -> tuple[list[Any], bytes | None]:
+        """Up to `limit` oldest samples; or, when the oldest spooled line is unreadable, ([], that line)."""
+        samples: list[Any] = []
+        for raw in self.spool.peek_raw(limit):
+            try:
+                samples.append(loads(raw))
+            except ValueError:
+                if not samples:
+                    return [], raw
+                break  # pushed on its own next round, so that only it goes to the dead letters
+        return samples, None
+
+    def flush(self, deadline: float | None = None) -> bool:
+        """Push spooled samples oldest first. True when the spool is empty; False after a failed push (the
+        samples stay and a retry time is set) or when `deadline` (a clock value) passes."""
+        limit = MAX_BATCH
+        while len(self.spool):
+            if deadline is not None and self._clock() >= deadline:
+                return False
+            batch, unreadable = self._next_batch(limit)
+            if unreadable is not None:
+                self._dead_letter([unreadable.decode(errors="replace")], None, {"error": "unreadable spool line"})
+                self.spool.ack(1)
+                continue
+            try:
+                started = time.perf_counter()
+                resp = self._client.post(self._url, content=self._payload(batch))
+            except httpx.HTTPError as exc:
+                self._fail(f"push to {self._url} failed: {type(exc).__name__}: {exc}")
+                return False
+            status = resp.status_code
+            if status == 200:
+                self._rtt_ms = round((time.perf_counter() - started) * 1000.0, 3)
+                self.spool.ack(len(batch))
+                self._failures = 0
+                self.last_error = None
+                self._apply(_reply(resp).get("desired"))
+                continue
+            reply = _reply(resp)
+            reason = str(reply.get("error") or f"HTTP {status}")
+            if status == 400:
+                # The server stores nothing of a batch it refuses. The whole batch is dead-lettered, good samples
+                # and bad alike: the reason names the bad ones by index, and the file can be replayed by hand.
+                self._dead_letter(batch, status, reply)
+                self.spool.ack(len(batch))
+                log.error("server refused %d sample(s) (seq %s..%s): %s; moved to %s", len(batch),
+                          batch[0].get("seq"), batch[-1].get("seq"), reason, self.deadletter_path)
+                continue
+            if status == 413:
+                if len(batch) > 1:
+                    limit = len(batch) // 2
+                    log.warning("server says a %d-sample push is too large; retrying with %d", len(batch), limit)
+                    continue
+                self._dead_letter(batch, status, reply)
+                self.spool.ack(1)
+                log.error("sample seq %s alone is too large for the server (%s); moved to %s",
+                          batch[0].get("seq"), reason, self.deadletter_path)
+                continue
+            if status == 401:
+                self._fail(f"server rejected the token (401: {reason}): the token is wrong or revoked; check "
+                           "--token / SWITCHYARD_AGENT_TOKEN", level=logging.ERROR)
+                return False
+            if status == 403:
+                self._fail(f"server refused this node's push (403: {reason}): the token belongs to another node "
+                           f"than {self.config.node!r}; check --node and --token", level=logging.ERROR)
+                return False
+            self._fail(f"server answered {status}: {reason}", retry_after=_retry_after(resp.headers.get("Retry-After")))
+            return False
+        return True
+
+    def _fail(self, message: str, level: int = logging.WARNING, retry_after: float | None = None) -> None:
+        """Keep the samples and schedule the next try: Retry-After when the server gave one, else exponential
+        backoff with jitter (so a fleet does not return in lockstep after an outage), capped."""
+        self._failures += 1
+        if retry_after is not None and retry_after > 0:
+            delay = retry_after
+        else:
+            base = min(MAX_BACKOFF_S, 2.0 ** (self._failures - 1))
+            delay = base / 2 + self._rng.uniform(0.0, base / 2)
+        self._retry_at = self._clock() + delay
+        self.last_error = message
+        log.log(level, "%s; %d sample(s) kept, next try in %.1f s", message, len(self.spool), delay)
+
+    def _dead_letter(self, samples: list[Any], status: int | None, reason: Any) -> None:
+        at = iso_now()
+        with open(self.deadletter_path, "ab") as f:
+            for sample in samples:
+                f.write(dumps({"dead_at": at, "status": status, "reason": reason, "sample": sample}) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- what the server wants -------------------------------------------------------------------------------
+
+    def _apply(self, desired: Any) -> None:
+        if not isinstance(desired, dict):
+            return
+        interval = finite(desired.get("interval_s"))
+        if interval is not None and clamp_interval(interval) != self.interval:
+            self.interval = clamp_interval(interval)
+            self.applied["interval_s"] = self.interval
+            log.info("server set the interval to %d s", self.interval)
+        state = desired.get("state")
+        if state in NODE_STATES and state != self.state:
+            log.info("server set this node's state to %s", state)
+            self.state = state
+        limits = desired.get("power_limit_w")
+        if isinstance(limits, dict):
+            for key, raw in limits.items():
+                self._apply_power(key, raw)
+
+    def _apply_power(self, key: Any, raw: Any) -> None:
+        watts = finite(raw)
+        if not str(key).isdigit() or watts is None or watts <= 0:
+            log.warning("ignoring desired power limit %r: %r", key, raw)
+            return
+        index = int(key)
+        # Desired state comes with every answer; NVML is only asked again when the wish changes.
+        if self._desired_power.get(index) == watts:
+            return
+        self._desired_power[index] = watts
+        applied = self.backend.set_power_limit(index, watts)
+        if applied is not None:
+            self.applied["power_limit_w"][str(index)] = applied
+            log.info("GPU %d power limit set to %.1f W (asked %.1f W)", index, applied, watts)
+
+    # -- loop ------------------------------------------------------------------------------------------------
+
+    def once(self) -> bool:
+        """Collect one sample and push everything spooled; True when all of it reached the server."""
+        self.collect_once()
+        return self.flush()
+
+    def run(self, max_iterations: int | None = None) -> None:
+        """Collect every `interval` seconds and push between collections, until stop() (or `max_iterations`)."""
+        next_collect = self._clock()
+        done = 0
+        while not self._stop.is_set():
+            now = self._clock()
+            if now >= next_collect:
+                try:
+                    self.collect_once()
+                except Exception:  # noqa: BLE001 - one bad reading must not end the agent
+                    log.exception("collecting a sample failed")
+                done += 1
+                next_collect += self.interval
+                if next_collect <= now:  # fell behind (a slow push): skip the missed ticks rather than burst
+                    next_collect = now + self.interval
+            if len(self.spool) and self._clock() >= self._retry_at:
+                self.flush(deadline=next_collect)
+            if max_iterations is not None and done >= max_iterations:
+                return
+            wake = min(next_collect, self._retry_at) if len(self.spool) else next_collect
+            self._sleep(max(0.0, wake - self._clock()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._client.close()
+        if self._lock_fd >= 0:  # twice would close whatever file later reused the descriptor number
+            os.close(self._lock_fd)
+            self._lock_fd = -1
