@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -117,6 +118,17 @@ def _retry_after(header: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
     return max(0.0, min(MAX_RETRY_AFTER_S, seconds)) if math.isfinite(seconds) else None
+
+
+_SAMPLE_PATH = re.compile(r"^samples\[(\d+)\]")
+
+
+def _bad_indices(reply: dict[str, Any]) -> set[int]:
+    """Indices of the samples a 400's `fields` names (paths like "samples[3].gpus[1].temp_c")."""
+    fields = reply.get("fields")
+    if not isinstance(fields, dict):
+        return set()
+    return {int(m.group(1)) for key in fields if isinstance(key, str) and (m := _SAMPLE_PATH.match(key))}
 
 
 def _reply(resp: httpx.Response) -> dict[str, Any]:
@@ -270,12 +282,20 @@ class Pusher:
             reply = _reply(resp)
             reason = str(reply.get("error") or f"HTTP {status}")
             if status == 400:
-                # The server stores nothing of a batch it refuses. The whole batch is dead-lettered, good samples
-                # and bad alike: the reason names the bad ones by index, and the file can be replayed by hand.
-                self._dead_letter(batch, status, reply)
-                self.spool.ack(len(batch))
-                log.error("server refused %d sample(s) (seq %s..%s): %s; moved to %s", len(batch),
-                          batch[0].get("seq"), batch[-1].get("seq"), reason, self.deadletter_path)
+                # The server stores nothing of a batch it refuses, and names each bad field by its path
+                # ("samples[3].gpus[1].temp_c"). Only the oldest sample is decided now: dead-lettered when the
+                # server named it (or named no sample at all), otherwise the samples before the first bad one are
+                # pushed alone next round. So good samples are never dead-lettered with a bad neighbour.
+                bad = _bad_indices(reply)
+                first_bad = min(bad) if bad else 0
+                if first_bad > 0:
+                    limit = first_bad
+                    continue
+                self._dead_letter(batch[:1], status, reply)
+                self.spool.ack(1)
+                limit = MAX_BATCH
+                log.error("server refused sample seq %s: %s; moved to %s", batch[0].get("seq"), reason,
+                          self.deadletter_path)
                 continue
             if status == 413:
                 if len(batch) > 1:

@@ -36,7 +36,7 @@ def redis_db() -> Iterator[Any]:
 
 
 @pytest.fixture
-def clean_samples(transactional_db: None, redis_db: Any) -> Iterator[None]:
+def clean_samples(transactional_db: None, redis_db: Any, _close_worker_connections: None) -> Iterator[None]:
     """Sample tables are raw SQL tables that Django's flush does not know: empty them around each test."""
     names = ", ".join(t.name for t in schema.ALL_TABLES)
 
@@ -145,7 +145,7 @@ def count(table: str) -> int:
         return int(cur.fetchone()[0])
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _close_worker_connections(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """Ingest runs on pool threads with their own connections; end them so the test database can be dropped."""
     yield

@@ -33,7 +33,7 @@ def test_happy_path_stores_every_catalogue_metric(push: Any) -> None:
     resp = push(token, body(sample, endpoint="http://10.0.3.17:8000", models=["deepseek-r1"]))
     assert resp.status_code == 200, resp.content
     assert resp.json() == {"accepted": 1, "duplicates": 0,
-                           "desired": {"interval_s": 5, "state": "active", "power_limit_w": {}}}
+                           "desired": {"interval_s": None, "state": "active", "power_limit_w": {}}}
     with connection.cursor() as cur:
         cur.execute(f"SELECT {', '.join(m.name for m in GPU_METRICS)} FROM gpu_sample WHERE gpu = 1")
         gpu_row = dict(zip([m.name for m in GPU_METRICS], cur.fetchone(), strict=True))
@@ -47,12 +47,15 @@ def test_happy_path_stores_every_catalogue_metric(push: Any) -> None:
     for m in INFERENCE_METRICS:
         assert node_row[m.name] == pytest.approx(sample["inference"][m.name], rel=1e-6), m.name
     node = Node.objects.get(name="gpu-a-1")
+    # An interval set for the node reaches its agent in the next reply.
+    Node.objects.filter(pk=node.pk).update(interval_s=15)
+    assert push(token, body(full_sample(2))).json()["desired"]["interval_s"] == 15
     assert node.endpoint == "http://10.0.3.17:8000"
     assert node.served_models == ["deepseek-r1"]
     assert node.last_seen is not None
     assert list(GPU.objects.filter(node=node).values_list("index", "uuid")) == [(0, "GPU-0000"), (1, "GPU-0001")]
     snap = latest("gpu-a-1")
-    assert snap is not None and snap["seq"] == 1 and snap["pool"] == "pool-a"
+    assert snap is not None and snap["seq"] == 2 and snap["pool"] == "pool-a"
     assert snap["gpus"][1]["gpu_util_pct"] == sample["gpus"][1]["gpu_util_pct"]
 
 

@@ -119,8 +119,9 @@ def rate_limited(node_id: int) -> Reply | None:
 
 
 def desired_for(node: NodeInfo) -> dict[str, Any]:
+    # interval_s is null unless an operator set one for the node: the agent then keeps its own --interval.
     return {
-        "interval_s": node.interval_s or settings.AGENT_INTERVAL_S,
+        "interval_s": node.interval_s,
         "state": node.state,
         "power_limit_w": {},
     }

@@ -269,22 +269,43 @@ def test_spool_bound_drops_the_oldest(server: IngestServer, make: Callable[..., 
 
 # -- what the server answers ----------------------------------------------------------------------------------
 
-def test_400_dead_letters_the_batch_and_later_samples_still_go(server: IngestServer,
-                                                               make: Callable[..., Pusher]) -> None:
+def test_400_dead_letters_only_the_samples_the_server_names(server: IngestServer,
+                                                            make: Callable[..., Pusher]) -> None:
+    """Like the real server: a batch holding the bad sample is refused whole, with the bad one named by index."""
     pusher = make(server.url)
-    reason = {"error": "1 invalid field(s): samples[1].gpus[0].gpu_util_pct: 140 is above 100; nothing was stored",
-              "fields": {"samples[1].gpus[0].gpu_util_pct": "140 is above 100"}}
-    server.script = [Reply(400, reason)]
-    pusher.collect_once()
-    pusher.collect_once()
-    assert pusher.flush()  # nothing left to push: the batch went to the dead letters
+    bad_seq = 2
+
+    def respond(doc: dict[str, Any]) -> Reply | None:
+        seqs = [s["seq"] for s in doc["samples"]]
+        if bad_seq not in seqs:
+            return None
+        i = seqs.index(bad_seq)
+        return Reply(400, {"error": f"1 invalid field(s): samples[{i}].gpus[0].gpu_util_pct: 140 is above 100",
+                           "fields": {f"samples[{i}].gpus[0].gpu_util_pct": "140 is above 100"}})
+
+    server.respond = respond
+    for _ in range(4):
+        pusher.collect_once()
+    assert pusher.flush()  # nothing left to push
     dead = dead_letters(pusher)
-    assert [d["sample"]["seq"] for d in dead] == [1, 2]
-    assert all(d["status"] == 400 and d["reason"] == reason for d in dead)
-    assert all(re.fullmatch(r"\d{4}-.*Z", d["dead_at"]) for d in dead)
+    assert [d["sample"]["seq"] for d in dead] == [2]
+    assert dead[0]["status"] == 400 and "samples[0].gpus[0].gpu_util_pct" in dead[0]["reason"]["fields"]
+    assert re.fullmatch(r"\d{4}-.*Z", dead[0]["dead_at"])
+    assert server.seqs == [1, 3, 4]  # the good neighbours arrived, in order
 
     assert pusher.once()
-    assert server.seqs == [3]
+    assert server.seqs == [1, 3, 4, 5]
+
+
+def test_400_naming_no_sample_dead_letters_one_at_a_time(server: IngestServer,
+                                                         make: Callable[..., Pusher]) -> None:
+    pusher = make(server.url)
+    server.script = [Reply(400, {"error": "models: must be a list", "fields": {"models": "must be a list"}})]
+    pusher.collect_once()
+    pusher.collect_once()
+    assert pusher.flush()
+    assert [d["sample"]["seq"] for d in dead_letters(pusher)] == [1]
+    assert server.seqs == [2]
 
 
 def test_413_splits_the_batch(server: IngestServer, make: Callable[..., Pusher]) -> None:
