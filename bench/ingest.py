@@ -143,7 +143,7 @@ class Agent:
                     length = int(line.split(b":")[1])
             await self.reader.readexactly(length)
             status = int(status_line.split()[1])
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, IndexError, ValueError) as exc:
             stats.error(type(exc).__name__)
             self.writer = None
             return

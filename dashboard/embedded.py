@@ -9,15 +9,15 @@ are reused by every process that asks for them, and stop when the last process t
 from __future__ import annotations
 
 import atexit
-import warnings
 import fcntl
 import json
 import os
 import socket
 import subprocess
 import time
-from contextlib import contextmanager
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DB_NAME = "switchyard"

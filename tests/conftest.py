@@ -181,3 +181,25 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 
     return dict(os.environ, SWITCHYARD_DATABASE_URL=database_url_for_subprocess(), SWITCHYARD_REDIS_URL=settings.REDIS_URL,
                 **extra)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")

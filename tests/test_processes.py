@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,10 @@ from typing import Any
 import pytest
 
 from dashboard.metrics import rollups
-from tests.conftest import count, full_sample, make_node, subprocess_env
+from tests.conftest import count, free_port, full_sample, make_node, subprocess_env
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("clean_samples")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate: Any, timeout: float) -> bool:

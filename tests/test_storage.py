@@ -100,7 +100,7 @@ def test_rollups_equal_a_direct_aggregate_over_raw_rows(push: Any) -> None:
     node_got = direct("SELECT bucket, node_id, cpu_util_pct_avg, queue_time_p95_s_max FROM node_sample_1m "
                       "ORDER BY 1, 2")
     assert [g[:2] for g in node_got] == [e[:2] for e in node_expected]
-    assert all(g[2] == pytest.approx(e[2]) and g[3] == pytest.approx(e[3]) for e, g in zip(node_expected, node_got))
+    assert all(g[2] == pytest.approx(e[2]) and g[3] == pytest.approx(e[3]) for e, g in zip(node_expected, node_got, strict=True))
 
 
 def test_rollups_are_incremental_and_pick_up_late_samples(push: Any, redis_db: Any) -> None:
