@@ -133,3 +133,16 @@ def test_prometheus_exposition(push: Any, viewer: Client) -> None:
 
     families = {f.name for f in text_string_to_metric_families(text)}
     assert "switchyard_gpu_util_pct" in families
+
+
+def test_openapi_schema_and_docs_are_served_from_vendored_assets(viewer: Client, client: Client) -> None:
+    schema = viewer.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200
+    doc = schema.json()
+    assert {"/api/v1/nodes/", "/api/v1/metrics/query", "/api/v1/pools/"} <= set(doc["paths"])
+    assert doc["components"]["securitySchemes"]["tokenAuth"]["name"] == "Authorization"
+    assert client.get("/api/schema/").status_code in (401, 403)
+    page = viewer.get("/api/docs/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in html and "cdn" not in html.lower()

@@ -37,3 +37,10 @@ def test_database_url_parsing() -> None:
     assert sock["HOST"] == "/tmp/pg" and sock["OPTIONS"] == {}
     with pytest.raises(ValueError, match="postgresql://"):
         database_from_url("mysql://root@localhost/db")
+
+
+@pytest.mark.django_db
+def test_no_model_change_lacks_a_migration() -> None:
+    from django.core.management import call_command
+
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)

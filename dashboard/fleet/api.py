@@ -6,6 +6,8 @@ from typing import Any
 
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -33,24 +35,39 @@ class GPUSerializer(serializers.ModelSerializer):
 
 
 class NodeSerializer(serializers.ModelSerializer):
+    """A node with its liveness and latest values; pass the node's latest snapshot as context["snaps"]."""
+
     pool = serializers.CharField(source="pool.name", read_only=True)
     gpus = serializers.IntegerField(source="gpu_count", read_only=True)
     models = serializers.JSONField(source="served_models", read_only=True)
+    status = serializers.SerializerMethodField(help_text="up, stale (missed pushes) or down")
+    last_seen = serializers.SerializerMethodField(help_text="time of the latest sample")
+    latest = serializers.SerializerMethodField(help_text="latest host, inference and per-GPU values")
 
     class Meta:
         model = Node
-        fields = ["name", "pool", "state", "endpoint", "models", "agent", "gpus", "created"]
+        fields = ["name", "pool", "state", "status", "last_seen", "endpoint", "models", "agent", "gpus", "created",
+                  "latest"]
 
+    def _snap(self, node: Node) -> dict[str, Any] | None:
+        return self.context.get("snaps", {}).get(node.name)
 
-def node_view(node: Node, snap: dict[str, Any] | None) -> dict[str, Any]:
-    data = NodeSerializer(node).data
-    data["status"] = status_of(snap, node.interval_s)
-    data["last_seen"] = snap["ts"] if snap else (node.last_seen.isoformat() if node.last_seen else None)
-    data["latest"] = (
-        {"host": snap["host"], "inference": snap["inference"], "gpus": snap["gpus"], "applied": snap["applied"]}
-        if snap else None
-    )
-    return data
+    def get_status(self, node: Node) -> str:
+        return status_of(self._snap(node), node.interval_s)
+
+    def get_last_seen(self, node: Node) -> str | None:
+        snap = self._snap(node)
+        if snap:
+            return str(snap["ts"])
+        return node.last_seen.isoformat() if node.last_seen else None
+
+    @extend_schema_field(OpenApiTypes.OBJECT)
+    def get_latest(self, node: Node) -> dict[str, Any] | None:
+        snap = self._snap(node)
+        if not snap:
+            return None
+        return {"host": snap["host"], "inference": snap["inference"], "gpus": snap["gpus"],
+                "applied": snap["applied"]}
 
 
 def nodes_queryset() -> Any:
@@ -58,29 +75,34 @@ def nodes_queryset() -> Any:
 
 
 class PoolList(APIView):
+    @extend_schema(responses=PoolSerializer(many=True))
     def get(self, request: Request) -> Response:
         pools = Pool.objects.annotate(node_count=Count("nodes"))
         return Response(PoolSerializer(pools, many=True).data)
 
 
 class NodeList(APIView):
-    """Every node with its status (up/stale/down), last-seen time and latest values. Filter with ?pool=NAME."""
+    """Every node with its status (up/stale/down), last-seen time and latest values."""
 
+    @extend_schema(responses=NodeSerializer(many=True),
+                   parameters=[OpenApiParameter("pool", str, description="only the nodes of this pool")])
     def get(self, request: Request) -> Response:
         qs = nodes_queryset()
         if pool := request.query_params.get("pool"):
             qs = qs.filter(pool__name=pool)
-        snaps = all_latest()
-        return Response([node_view(n, snaps.get(n.name)) for n in qs])
+        return Response(NodeSerializer(qs, many=True, context={"snaps": all_latest()}).data)
 
 
 class NodeDetail(APIView):
+    @extend_schema(responses=NodeSerializer)
     def get(self, request: Request, name: str) -> Response:
         node = get_object_or_404(nodes_queryset(), name=name)
-        return Response(node_view(node, latest(node.name)))
+        return Response(NodeSerializer(node, context={"snaps": {node.name: latest(node.name)}}).data)
 
 
 class GPUList(APIView):
+    @extend_schema(responses=GPUSerializer(many=True),
+                   parameters=[OpenApiParameter("node", str, description="only the GPUs of this node")])
     def get(self, request: Request) -> Response:
         qs = GPU.objects.select_related("node")
         if node := request.query_params.get("node"):

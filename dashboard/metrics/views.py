@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -20,8 +22,20 @@ def _bad(field: str, message: str) -> Response:
 
 
 class MetricQuery(APIView):
-    """GET ?metric=&node=&gpu=&from=&to=&step=&agg=avg|max — series with units, from raw/1m/1h data by step."""
+    """Series with units, from raw, 1-minute or 1-hour data chosen by the step."""
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("metric", str, required=True, description="a catalogue metric, e.g. gpu_util_pct"),
+            OpenApiParameter("node", str, description="node name(s), comma-separated; default all"),
+            OpenApiParameter("gpu", int, description="GPU index (per-GPU metrics only)"),
+            OpenApiParameter("from", str, description="ISO 8601, unix seconds or relative (-1h); default -1h"),
+            OpenApiParameter("to", str, description="as `from`; default now"),
+            OpenApiParameter("step", int, description="seconds per point; default about 300 points"),
+            OpenApiParameter("agg", str, enum=["avg", "max"], description="aggregate per step; default avg"),
+        ],
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+    )
     def get(self, request: Request) -> Response:
         try:
             q = query.build(request.query_params)
@@ -37,6 +51,7 @@ class MetricQuery(APIView):
 
 
 class Catalogue(APIView):
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request: Request) -> Response:
         return Response([
             {"name": m.name, "scope": m.scope, "unit": m.unit, "kind": m.kind, "help": m.help, "min": m.lo,
@@ -48,5 +63,6 @@ class Catalogue(APIView):
 class FleetExposition(APIView):
     """Prometheus text format; scrape with a viewer's API token (`authorization: {credentials: <token>}`)."""
 
+    @extend_schema(exclude=True)
     def get(self, request: Request) -> Any:
         return HttpResponse(exposition.render(all_latest()), content_type="text/plain; version=0.0.4")
