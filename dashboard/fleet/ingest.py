@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
@@ -25,7 +25,7 @@ from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import redis_client, store_latest
 from dashboard.metrics.rollups import LOOKBACK
-from dashboard.metrics.storage import copy_samples, ensure_staging
+from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_staging
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
@@ -175,10 +175,16 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
     partitions.ensure_days(days)
-    ensure_staging()
-    with transaction.atomic():
-        accepted, _ = copy_samples(node_rows, gpu_rows)
-        update_node(node, batch, now)
+    try:
+        with transaction.atomic():
+            accepted = copy_direct(node_rows, gpu_rows)
+            update_node(node, batch, now)
+    except IntegrityError:
+        # A replayed sample: redo the whole push so that only the new samples are stored.
+        ensure_staging()
+        with transaction.atomic():
+            accepted = copy_deduplicated(node_rows, gpu_rows)
+            update_node(node, batch, now)
     newest = max(batch.samples, key=lambda s: s.ts)
     late_before = now - LOOKBACK - timedelta(minutes=1)
     late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}

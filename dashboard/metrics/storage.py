@@ -1,8 +1,10 @@
 """Bulk writes of raw samples with COPY.
 
-COPY cannot skip duplicates, so rows are copied into per-connection temporary staging tables and moved into the
-partitioned tables with one INSERT .. ON CONFLICT DO NOTHING; the GPU rows of a replayed (duplicate) sample are
-dropped in the same statement, so a replay never stores anything twice.
+Fast path: COPY straight into the partitioned tables. The unique (node_id, seq, ts) index of node_sample refuses
+a replayed sample, and then the whole transaction is redone on the slow path: COPY into per-connection temporary
+staging tables and one INSERT .. ON CONFLICT DO NOTHING that also drops the GPU rows of the duplicates. Replays
+are rare (an agent back from an outage whose last push was stored but not acknowledged), so nearly every push
+costs two COPYs and a commit.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_node_sample (LIKE node_sample) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS stage_gpu_sample (LIKE gpu_sample) ON COMMIT DELETE ROWS;"
 )
+_COPY_NODE_DIRECT = f"COPY node_sample ({', '.join(RAW_NODE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_GPU_DIRECT = f"COPY gpu_sample ({', '.join(RAW_GPU_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_NODE = f"COPY stage_node_sample ({', '.join(RAW_NODE_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_GPU = f"COPY stage_gpu_sample ({', '.join(RAW_GPU_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _MOVE_SQL = f"""
@@ -56,21 +60,30 @@ def ensure_staging() -> None:
         _staged.add(raw)
 
 
-def copy_samples(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[Any]]) -> tuple[int, int]:
-    """Store raw rows (in RAW_*_COLUMNS order) inside the caller's transaction. Returns (samples, GPU rows) new.
+def _copy(cur: Any, sql: str, types: list[str], rows: Sequence[Sequence[Any]]) -> None:
+    # cursor.copy() reaches psycopg directly, past Django's error translation: translate here, so callers
+    # catch django.db.IntegrityError / DatabaseError as for any other query.
+    with connection.wrap_database_errors, cur.copy(sql) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
 
-    Float columns must get floats (the validator converts), integer columns ints: binary COPY does not coerce.
-    """
+
+def copy_direct(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[Any]]) -> int:
+    """Fast path, inside the caller's transaction. Raises IntegrityError when a sample is already stored."""
     with connection.cursor() as cur:
-        with cur.copy(_COPY_NODE) as copy:
-            copy.set_types(_NODE_TYPES)
-            for row in node_rows:
-                copy.write_row(row)
+        _copy(cur, _COPY_NODE_DIRECT, _NODE_TYPES, node_rows)
         if gpu_rows:
-            with cur.copy(_COPY_GPU) as copy:
-                copy.set_types(_GPU_TYPES)
-                for row in gpu_rows:
-                    copy.write_row(row)
+            _copy(cur, _COPY_GPU_DIRECT, _GPU_TYPES, gpu_rows)
+    return len(node_rows)
+
+
+def copy_deduplicated(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[Any]]) -> int:
+    """Slow path, inside the caller's transaction (call ensure_staging() before it). Returns new samples."""
+    with connection.cursor() as cur:
+        _copy(cur, _COPY_NODE, _NODE_TYPES, node_rows)
+        if gpu_rows:
+            _copy(cur, _COPY_GPU, _GPU_TYPES, gpu_rows)
         cur.execute(_MOVE_SQL)
-        new_samples, new_gpu_rows = cur.fetchone()
-    return int(new_samples), int(new_gpu_rows)
+        new_samples, _new_gpu_rows = cur.fetchone()
+    return int(new_samples)
