@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from dashboard.fleet import api as fleet_api
@@ -15,6 +16,8 @@ api = [
 ]
 
 urlpatterns = [
+    # Until the live dashboard exists, the front page is the admin's fleet list.
+    path("", RedirectView.as_view(url="/admin/fleet/node/", permanent=False)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api)),
     path("metrics/fleet", metric_views.FleetExposition.as_view(), name="metrics-fleet"),

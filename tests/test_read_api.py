@@ -146,3 +146,17 @@ def test_openapi_schema_and_docs_are_served_from_vendored_assets(viewer: Client,
     assert page.status_code == 200
     html = page.content.decode()
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in html and "cdn" not in html.lower()
+
+
+def test_admin_lists_the_fleet_for_an_admin_only(client: Client) -> None:
+    make_node("gpu-a-7")
+    make_user("ada", "admin")
+    make_user("vic", "viewer")
+    assert client.get("/").status_code == 302
+    assert client.get("/admin/fleet/node/").status_code == 302  # to the login page
+    assert client.login(username="vic", password="correct-horse-battery")
+    assert client.get("/admin/fleet/node/").status_code == 302  # a viewer is not staff
+    assert client.login(username="ada", password="correct-horse-battery")
+    page = client.get("/admin/fleet/node/")
+    assert page.status_code == 200 and "gpu-a-7" in page.content.decode()
+    assert client.get("/admin/fleet/nodetoken/add/").status_code == 403

@@ -34,6 +34,9 @@ def set_role(user: Any, role: str) -> None:
     user.groups.remove(*Group.objects.filter(name__in=ROLES))
     group, _ = Group.objects.get_or_create(name=role)
     user.groups.add(group)
+    # Django's own flags follow the role, so the admin site and role checks agree on who is an admin.
+    user.is_staff = user.is_superuser = role == "admin"
+    user.save(update_fields=["is_staff", "is_superuser"])
 
 
 class _RolePermission(BasePermission):

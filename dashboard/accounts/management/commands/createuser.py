@@ -36,7 +36,6 @@ class Command(BaseCommand):
             user.set_password(opts["password"])
         elif created:
             user.set_unusable_password()
-        user.is_staff = opts["role"] == "admin"
         user.save()
         set_role(user, opts["role"])
         plain, dig = new_token("user")

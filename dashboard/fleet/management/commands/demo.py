@@ -97,10 +97,9 @@ class Command(BaseCommand):
             self.stdout.write("Stopped.")
 
     def seed_admin(self) -> str:
-        user, _ = get_user_model().objects.get_or_create(username="admin", defaults={"is_staff": True})
+        user, _ = get_user_model().objects.get_or_create(username="admin")
         password = secrets.token_urlsafe(9)
         user.set_password(password)  # a fresh one each run: the old one was printed to a terminal
-        user.is_staff = True
         user.save()
         set_role(user, "admin")
         return password
