@@ -131,6 +131,7 @@ def bad_cases() -> list[tuple[str, Any, str, str]]:
         ("ancient-ts", field("ts", ancient), "samples[0].ts", "older than the raw retention"),
         ("naive-ts", field("ts", "2026-11-28T14:00:05"), "samples[0].ts", "no timezone"),
         ("garbage-ts", field("ts", "yesterday"), "samples[0].ts", "not an ISO 8601 timestamp"),
+        ("ts-before-year-1-in-utc", field("ts", "0001-01-01T00:00:00+14:00"), "samples[0].ts", "out of the range"),
         ("negative-seq", field("seq", -1), "samples[0].seq", "not a sequence number"),
         ("string-seq", field("seq", "12"), "samples[0].seq", "not a sequence number"),
         ("host-not-object", field("host", [1, 2]), "samples[0].host", "must be an object"),

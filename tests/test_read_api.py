@@ -100,6 +100,7 @@ def test_query_uses_rollups_for_coarse_steps(push: Any, viewer: Client) -> None:
         ({}, "metric"),
         ({"metric": "gpu_util_pct", "from": "last tuesday"}, "from"),
         ({"metric": "gpu_util_pct", "from": "-1h", "to": "-2h"}, "from"),
+        ({"metric": "gpu_util_pct", "from": "-99999999999d"}, "from"),
         ({"metric": "gpu_util_pct", "step": "0"}, "step"),
         ({"metric": "gpu_util_pct", "step": "-5"}, "step"),
         ({"metric": "gpu_util_pct", "from": "-7d", "step": "1"}, "step"),

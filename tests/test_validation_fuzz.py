@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import given, settings
@@ -49,3 +49,15 @@ def test_any_value_in_a_metric_is_either_accepted_in_range_or_named(metric: str,
         assert value is None or stored is not None  # a given value is never turned into null silently
         assert not isinstance(value, bool)
     json.dumps(errors.fields)  # the answer is always serialisable
+
+
+offsets = st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-14), max_value=timedelta(hours=14)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(ts=st.datetimes(timezones=offsets | st.none()).map(lambda d: d.isoformat()))
+def test_any_timestamp_string_is_answered(ts: str) -> None:
+    sample = full_sample(1, NOW)
+    sample["ts"] = ts
+    batch, errors = validate({"node": "n", "samples": [sample]}, NOW, OLDEST, 100)
+    assert batch is not None or set(errors.fields) == {"samples[0].ts"}

@@ -153,7 +153,11 @@ def _parse_ts(value: Any, path: str, errors: Errors, now: datetime, oldest: date
     if ts.tzinfo is None:
         errors.add(path, f"{fmt(value)} has no timezone; send UTC with a trailing Z")
         return None
-    ts = ts.astimezone(UTC)
+    try:
+        ts = ts.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        errors.add(path, f"{value} is out of the range of timestamps")
+        return None
     if ts > now + timedelta(seconds=300):
         errors.add(path, f"{value} is more than 5 minutes in the future (server time {now:%Y-%m-%dT%H:%M:%SZ}); "
                          "check the node's clock")

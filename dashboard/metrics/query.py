@@ -43,7 +43,10 @@ def parse_time(value: str | None, field: str, default: datetime, now: datetime) 
         return now
     if value.startswith("-") and value[-1:] in "smhd" and value[1:-1].isdigit():
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[value[-1]]
-        return now - timedelta(seconds=int(value[1:-1]) * unit)
+        try:
+            return now - timedelta(seconds=int(value[1:-1]) * unit)
+        except OverflowError as exc:
+            raise QueryError(field, f"{value!r} reaches before year 1") from exc
     try:
         return datetime.fromtimestamp(float(value), UTC)
     except (ValueError, OverflowError):
