@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     "dashboard.accounts",
     "dashboard.fleet",
     "dashboard.metrics",
+    "dashboard.live",
 ]
 
 MIDDLEWARE = [
@@ -126,6 +127,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.accounts.views.role_context",
             ],
         },
     },

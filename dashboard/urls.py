@@ -1,6 +1,5 @@
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from dashboard.fleet import api as fleet_api
@@ -16,8 +15,8 @@ api = [
 ]
 
 urlpatterns = [
-    # Until the live dashboard exists, the front page is the admin's fleet list.
-    path("", RedirectView.as_view(url="/admin/fleet/node/", permanent=False)),
+    path("", include("dashboard.live.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api)),
     path("metrics/fleet", metric_views.FleetExposition.as_view(), name="metrics-fleet"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,7 +21,8 @@ from dashboard.metrics import latest as latest_mod
 from dashboard.metrics import partitions, schema
 
 # Tests use their own Redis database so that they never clear a running demo's state on the same server.
-settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + "/15"
+# TEST_REDIS_DB lets two suites share one Redis server (parallel work trees) without flushing each other.
+settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + "/" + os.environ.get("TEST_REDIS_DB", "15")
 settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
 settings.CELERY_BROKER_URL = settings.CELERY_RESULT_BACKEND = settings.REDIS_URL
 celery_app.conf.update(broker_url=settings.REDIS_URL, result_backend=settings.REDIS_URL)
