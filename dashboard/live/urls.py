@@ -1,10 +1,12 @@
 from django.urls import path
 
-from dashboard.live import node_views, views
+from dashboard.live import history_api, node_views, views
 
 urlpatterns = [
     path("", views.overview, name="overview"),
     path("heatmap/", views.heatmap, name="heatmap"),
     path("pools/", node_views.pools, name="pools"),
     path("nodes/<str:name>/", node_views.node_detail, name="node"),
+    path("api/v1/nodes/<str:name>/history", history_api.NodeHistory.as_view(), name="node-history"),
+    path("api/v1/pools/summary", history_api.PoolsSummary.as_view(), name="pools-summary"),
 ]

@@ -1,0 +1,47 @@
+"""JSON behind the node and pools pages: a node's history in one response, and the pools summary."""
+
+from __future__ import annotations
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dashboard.accounts.roles import IsViewer
+from dashboard.fleet.models import Node
+from dashboard.live import history, pool_summary
+
+
+class NodeHistory(APIView):
+    """Every series of the node page (per-GPU, host, inference), throttle intervals and GPU error events.
+
+    The range picks the table: raw up to 1 h, the 1-minute rollup up to 24 h, the 1-hour rollup beyond.
+    """
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("range", str, enum=list(history.RANGES),
+                                     description=f"time range; default {history.DEFAULT_RANGE}")],
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request, name: str) -> Response:
+        try:
+            rng = history.parse_range(request.query_params.get("range"))
+        except history.RangeError as exc:
+            return Response({"error": f"range: {exc}", "fields": {"range": str(exc)}}, status=400)
+        node = Node.objects.filter(name=name).only("id", "name").first()
+        if node is None:
+            return Response({"error": f"no node named {name[:63]!r}", "fields": {}}, status=404)
+        return Response({"node": node.name, **history.history(node.id, rng)})
+
+
+class PoolsSummary(APIView):
+    """Per pool: node counts by status and state, GPUs, aggregate load of the nodes that are up, and the nodes."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request: Request) -> Response:
+        return Response(pool_summary.summary())
