@@ -13,7 +13,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from agents.catalogue import BY_NAME, decode_clock_reasons
+from agents.catalogue import BY_NAME, CLOCK_EVENT_REASONS, decode_clock_reasons
 from dashboard.accounts.views import role_required
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
@@ -47,6 +47,7 @@ def node_detail(request: HttpRequest, name: str) -> HttpResponse:
         "interval_s": node.interval_s or settings.AGENT_INTERVAL_S,
         "history_url": f"/api/v1/nodes/{node.name}/history",
         "charts": [asdict(c) for c in history.CHARTS],
+        "clock_reasons": {str(bit): word for bit, word in CLOCK_EVENT_REASONS.items()},
     }
     return render(request, "live/node.html", {
         "nav": "pools",

@@ -1,0 +1,349 @@
+/* Node page: draws every chart from /api/v1/nodes/<name>/history, then follows the node live.
+ *
+ * Live tail: with window.SwitchyardLive (static/switchyard/live.js) each new raw sample of the node is appended to
+ * the charts with Plotly.extendTraces and points older than the range are dropped. Without it the page polls the
+ * history endpoint instead (every 5 s for the 15 m range, every minute for longer ones).
+ *
+ * Hooks for tests and for anyone poking at the page: window.switchyardNode.charts[<chart id>] is the number of
+ * points drawn on that chart; .source / .step say which table fed it; .mode is "live", "poll" or "loading".
+ */
+(function () {
+  "use strict";
+
+  const cfg = JSON.parse(document.getElementById("node-page").textContent);
+  const PALETTE = ["#4aa3ff", "#3fb950", "#d29922", "#f85149", "#bc8cff", "#39c5cf", "#ff9bce", "#e3b341",
+    "#8b949e", "#56d364", "#79c0ff", "#ffa657", "#d2a8ff", "#a5d6ff", "#7ee787", "#ff7b72"];
+  const DASH = ["solid", "dot", "dash"];
+  const LABEL = {
+    gpu_util_pct: "util", fb_used_bytes: "used", power_w: "power", power_limit_w: "limit", temp_c: "core",
+    mem_temp_c: "HBM", sm_clock_mhz: "SM", mem_clock_mhz: "memory", cpu_util_pct: "CPU", cpu_iowait_pct: "iowait",
+    load1: "load1", mem_used_bytes: "used", mem_available_bytes: "available", swap_used_bytes: "swap",
+    disk_busy_pct: "busy", disk_read_bytes_s: "read", disk_write_bytes_s: "write", net_rx_bytes_s: "rx",
+    net_tx_bytes_s: "tx", net_rtt_ms: "RTT", requests_running: "running", requests_waiting: "waiting",
+    kv_cache_usage_pct: "KV cache", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
+    prompt_tokens_s: "prompt", e2e_p95_s: "p95",
+  };
+  const AXIS = {  // per unit: y-axis suffix, number format, fixed range
+    percent: {suffix: "%", format: ".1f", range: [0, 100]},
+    bytes: {suffix: "B", format: ".3~s"},
+    bytes_per_second: {suffix: "B/s", format: ".3~s"},
+    watts: {suffix: " W", format: ".0f"},
+    celsius: {suffix: " °C", format: ".0f"},
+    megahertz: {suffix: " MHz", format: ".0f"},
+    milliseconds: {suffix: " ms", format: ".1f"},
+    seconds: {suffix: " s", format: ".3~g"},
+    tokens_per_second: {suffix: " tok/s", format: ".3~s"},
+    count: {suffix: "", format: ".0f"},
+    load: {suffix: "", format: ".2f"},
+  };
+  const SOURCE_WORDS = {raw: "raw samples", "1m": "1m rollup", "1h": "1h rollup"};
+
+  const state = {
+    node: cfg.node, range: cfg.range, source: cfg.source, step: cfg.step, mode: "loading",
+    charts: {}, samples: 0, lastTs: null, loads: 0, error: null,
+  };
+  window.switchyardNode = state;
+
+  let data = null;     // the last history response, extended by live samples
+  const keys = {};     // chart id -> [{metric, gpu}] per trace, in trace order (null for the event marker trace)
+  let events = [];
+  let throttle = [];
+
+  function t(x) { return Date.parse(x); }
+  function el(id) { return document.getElementById(id); }
+  function text(node, value) { node.textContent = value; }
+  function fmtTime(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? String(iso) : d.toLocaleString(undefined, {hour12: false});
+  }
+
+  function layoutFor(chart, shapes) {
+    const axis = AXIS[chart.unit] || {suffix: "", format: ".3~g"};
+    const end = state.lastTs ? new Date(Math.max(Date.now(), state.lastTs)) : new Date();
+    return {
+      paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)", font: {color: "#e6e9ef", size: 11},
+      margin: {l: 64, r: 12, t: 8, b: 32}, height: 240, showlegend: true, hovermode: "x unified",
+      legend: {orientation: "h", y: -0.18, font: {size: 10}},
+      xaxis: {type: "date", gridcolor: "#2a303b", range: [new Date(end - cfg.range_seconds * 1000), end]},
+      yaxis: {gridcolor: "#2a303b", ticksuffix: axis.suffix, tickformat: axis.format, rangemode: "tozero",
+        range: axis.range, autorange: axis.range ? false : true},
+      shapes: shapes || [],
+    };
+  }
+
+  function tracesFor(chart) {
+    const traces = [];
+    const k = [];
+    const axis = AXIS[chart.unit] || {suffix: "", format: ".3~g"};
+    const hover = `%{y:${axis.format}}${axis.suffix}`;
+    if (chart.scope === "gpu") {
+      chart.metrics.forEach((metric, mi) => {
+        data.gpu_series.forEach((g) => {
+          traces.push({
+            type: "scatter", mode: "lines", x: g.t.slice(), y: g.series[metric].slice(),
+            name: `GPU ${g.index}` + (chart.metrics.length > 1 ? ` ${LABEL[metric] || metric}` : ""),
+            legendgroup: `gpu${g.index}`, hovertemplate: hover,
+            line: {color: PALETTE[g.index % PALETTE.length], width: mi ? 1 : 1.6, dash: DASH[mi % DASH.length]},
+          });
+          k.push({metric: metric, gpu: g.index});
+        });
+      });
+    } else {
+      const s = data.node_series;
+      chart.metrics.forEach((metric, mi) => {
+        traces.push({
+          type: "scatter", mode: "lines", x: s.t.slice(), y: s.series[metric].slice(),
+          name: LABEL[metric] || metric, hovertemplate: hover,
+          line: {color: PALETTE[mi % PALETTE.length], width: 1.6},
+        });
+        k.push({metric: metric, gpu: null});
+      });
+    }
+    if (chart.id === "gpu-util" && events.length) {
+      // XID/ECC events as markers along the top of the utilisation chart; details in the table below.
+      traces.push({
+        type: "scatter", mode: "markers", name: "events", x: events.map((e) => e.ts), y: events.map(() => 100),
+        text: events.map((e) => `GPU ${e.gpu}: ${e.text}`), hovertemplate: "%{text}<extra></extra>",
+        marker: {symbol: "x", size: 10, color: "#f85149"},
+      });
+      k.push(null);
+    }
+    keys[chart.id] = k;
+    return traces;
+  }
+
+  function throttleShapes(chart) {
+    if (chart.id !== "gpu-clocks") return [];
+    // Shade the intervals a GPU was held back for a reason other than being idle.
+    return throttle.filter((i) => i.mask & ~1).slice(-200).map((i) => ({
+      type: "rect", xref: "x", yref: "paper", x0: i.from, x1: i.to, y0: 0, y1: 1, layer: "below",
+      fillcolor: "rgba(210,153,34,0.18)", line: {width: 0},
+    }));
+  }
+
+  function countPoints(id) {
+    const gd = el(`chart-${id}`);
+    let n = 0;
+    (gd.data || []).forEach((tr, i) => { if (keys[id][i]) n += (tr.x || []).length; });
+    state.charts[id] = n;
+  }
+
+  function drawAll() {
+    cfg.charts.forEach((chart) => {
+      const gd = el(`chart-${chart.id}`);
+      if (!gd) return;
+      Plotly.react(gd, tracesFor(chart), layoutFor(chart, throttleShapes(chart)),
+        {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]});
+      countPoints(chart.id);
+    });
+  }
+
+  function row(cells) {
+    const tr = document.createElement("tr");
+    cells.forEach((c) => {
+      const td = document.createElement("td");
+      td.textContent = c;
+      tr.appendChild(td);
+    });
+    return tr;
+  }
+
+  function renderTables() {
+    const showIdle = el("show-idle").checked;
+    const tbody = el("throttle-table").tBodies[0];
+    tbody.replaceChildren();
+    const shown = throttle.filter((i) => showIdle || i.mask & ~1).slice().reverse();
+    shown.slice(0, 500).forEach((i) => tbody.appendChild(row([`GPU ${i.gpu}`, fmtTime(i.from), fmtTime(i.to),
+      i.reasons.join(", ")])));
+    if (!shown.length) tbody.appendChild(row(["none in this range"]));
+    const ebody = el("event-table").tBodies[0];
+    ebody.replaceChildren();
+    events.slice().reverse().slice(0, 500).forEach((e) => {
+      const tr = row([fmtTime(e.ts), `GPU ${e.gpu}`, e.text]);
+      tr.dataset.kind = e.kind;
+      ebody.appendChild(tr);
+    });
+    if (!events.length) ebody.appendChild(row(["none in this range"]));
+  }
+
+  function showSource() {
+    const badge = el("history-source");
+    badge.dataset.source = state.source;
+    badge.dataset.step = state.step;
+    text(badge, `${SOURCE_WORDS[state.source] || state.source}, ${state.step} s per point`);
+  }
+
+  function newestTs(body) {
+    let newest = null;
+    const consider = (arr) => { if (arr.length) newest = Math.max(newest || 0, t(arr[arr.length - 1])); };
+    consider(body.node_series.t);
+    body.gpu_series.forEach((g) => consider(g.t));
+    return newest;
+  }
+
+  async function load() {
+    try {
+      const resp = await fetch(`${cfg.history_url}?range=${encodeURIComponent(state.range)}`,
+        {headers: {Accept: "application/json"}, credentials: "same-origin"});
+      const body = await resp.json();
+      if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
+      data = body;
+      events = body.events;
+      throttle = body.throttle;
+      state.source = body.source;
+      state.step = body.step;
+      state.lastTs = Math.max(state.lastTs || 0, newestTs(body) || 0) || null;
+      state.loads += 1;
+      state.error = null;
+      showSource();
+      renderTables();
+      drawAll();
+    } catch (err) {
+      state.error = String(err);
+      text(el("tail-mode"), `history failed to load: ${err}`);
+    }
+  }
+
+  // --- live tail -------------------------------------------------------------------------------------------
+
+  function valueOf(sample, k) {
+    if (k.gpu !== null) {
+      const g = (sample.gpus || []).find((x) => x.index === k.gpu);
+      return g && g[k.metric] !== undefined ? g[k.metric] : null;
+    }
+    const host = sample.host || {};
+    const inf = sample.inference || {};
+    const v = k.metric in host ? host[k.metric] : inf[k.metric];
+    return v === undefined ? null : v;
+  }
+
+  function appendToModel(sample) {
+    // Keep `data` in step with the charts so a later full redraw (a new GPU, a resize) shows the tail too.
+    const s = data.node_series;
+    s.t.push(sample.ts);
+    Object.keys(s.series).forEach((m) => s.series[m].push(valueOf(sample, {metric: m, gpu: null})));
+    let structural = false;
+    (sample.gpus || []).forEach((g) => {
+      let mine = data.gpu_series.find((x) => x.index === g.index);
+      if (!mine) {
+        mine = {index: g.index, t: [], series: {}};
+        Object.keys(data.units).forEach((m) => { if (m in g) mine.series[m] = []; });
+        data.gpu_series.push(mine);
+        data.gpu_series.sort((a, b) => a.index - b.index);
+        structural = true;
+      }
+      mine.t.push(sample.ts);
+      Object.keys(mine.series).forEach((m) => mine.series[m].push(g[m] === undefined ? null : g[m]));
+    });
+    const cutoff = t(sample.ts) - cfg.range_seconds * 1000;
+    const trim = (obj) => {
+      let drop = 0;
+      while (drop < obj.t.length && t(obj.t[drop]) < cutoff) drop += 1;
+      if (!drop) return;
+      obj.t.splice(0, drop);
+      Object.keys(obj.series).forEach((m) => obj.series[m].splice(0, drop));
+    };
+    trim(s);
+    data.gpu_series.forEach(trim);
+    return structural;
+  }
+
+  function reasonsOf(mask) {
+    // The bit -> word table comes from the server's catalogue (CLOCK_EVENT_REASONS), so the two never disagree.
+    if (!mask) return [];
+    return Object.entries(cfg.clock_reasons).filter(([bit]) => mask & Number(bit)).map(([, word]) => word);
+  }
+
+  function noteEvents(sample) {
+    let changed = false;
+    (sample.gpus || []).forEach((g) => {
+      if (g.xid_count) {
+        events.push({ts: sample.ts, gpu: g.index, kind: "xid", value: g.xid_count, code: g.xid_last,
+          text: `XID ${g.xid_last == null ? "?" : g.xid_last} ×${g.xid_count}`});
+        changed = true;
+      }
+      const chip = document.querySelector(`.gpu-chip[data-gpu="${g.index}"] .gpu-reasons`);
+      const words = reasonsOf(g.clocks_event_reasons);
+      if (chip) chip.textContent = words.length ? `: ${words.join(", ")}` : "";
+    });
+    if (changed) renderTables();
+  }
+
+  function onSample(sample) {
+    if (!sample || !sample.ts || !data) return;
+    const ts = t(sample.ts);
+    if (state.lastTs && ts <= state.lastTs) return;  // a sample the charts already hold
+    state.lastTs = ts;
+    state.samples += 1;
+    const structural = appendToModel(sample);
+    text(el("node-last-seen"), sample.ts);
+    el("node-last-seen").setAttribute("datetime", sample.ts);
+    const status = el("node-status");
+    status.className = "badge node-status status-up";
+    status.dataset.status = "up";
+    text(status, "up");
+    noteEvents(sample);
+    if (structural) { drawAll(); return; }
+    const cutoff = ts - cfg.range_seconds * 1000;
+    cfg.charts.forEach((chart) => {
+      const gd = el(`chart-${chart.id}`);
+      const k = keys[chart.id] || [];
+      const idx = [];
+      const xs = [];
+      const ys = [];
+      const keep = [];
+      k.forEach((key, i) => {
+        if (!key) return;
+        const tr = gd.data[i];
+        let stale = 0;
+        while (stale < tr.x.length && t(tr.x[stale]) < cutoff) stale += 1;
+        idx.push(i);
+        xs.push([sample.ts]);
+        ys.push([valueOf(sample, key)]);
+        keep.push(tr.x.length + 1 - stale);
+      });
+      if (!idx.length) return;
+      Plotly.extendTraces(gd, {x: xs, y: ys}, idx, {x: keep, y: keep});
+      Plotly.relayout(gd, {"xaxis.range": [new Date(ts - cfg.range_seconds * 1000), new Date(ts)]});
+      countPoints(chart.id);
+    });
+  }
+
+  function watchStale() {
+    // The header says "stale" on its own once the node misses pushes, as the fleet pages do.
+    setInterval(() => {
+      if (!state.lastTs) return;
+      const age = (Date.now() - state.lastTs) / 1000;
+      const status = el("node-status");
+      if (age > cfg.interval_s * 3 && status.dataset.status === "up") {
+        status.className = "badge node-status status-stale";
+        status.dataset.status = "stale";
+        text(status, "stale");
+      }
+    }, 1000);
+  }
+
+  function startTail() {
+    const Live = window.SwitchyardLive;
+    if (Live && typeof Live.connect === "function") {
+      try {
+        const live = Live.connect();
+        if (live && typeof live.subscribe === "function") {
+          live.subscribe(`tail:${cfg.node}`, onSample);
+          state.mode = "live";
+          text(el("tail-mode"), "live tail");
+          return;
+        }
+      } catch (err) {
+        console.warn("switchyard: live tail unavailable, polling instead", err);
+      }
+    }
+    state.mode = "poll";
+    const every = state.range === "15m" ? 5000 : 60000;
+    text(el("tail-mode"), `refreshing every ${every / 1000} s`);
+    setInterval(load, every);
+  }
+
+  el("show-idle").addEventListener("change", renderTables);
+  load().then(() => { startTail(); watchStale(); });
+})();
