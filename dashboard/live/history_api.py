@@ -9,8 +9,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dashboard.accounts.roles import IsViewer
+from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
 from dashboard.live import history, pool_summary
+from dashboard.metrics.latest import latest
 
 
 class NodeHistory(APIView):
@@ -31,10 +33,13 @@ class NodeHistory(APIView):
             rng = history.parse_range(request.query_params.get("range"))
         except history.RangeError as exc:
             return Response({"error": f"range: {exc}", "fields": {"range": str(exc)}}, status=400)
-        node = Node.objects.filter(name=name).only("id", "name").first()
+        node = Node.objects.filter(name=name).only("id", "name", "interval_s").first()
         if node is None:
             return Response({"error": f"no node named {name[:63]!r}", "fields": {}}, status=404)
-        return Response({"node": node.name, **history.history(node.id, rng)})
+        snap = latest(node.name)
+        # Status and last sample time ride along so a polling page keeps its header current too.
+        return Response({"node": node.name, "status": status_of(snap, node.interval_s),
+                         "last_seen": snap["ts"] if snap else None, **history.history(node.id, rng)})
 
 
 class PoolsSummary(APIView):

@@ -23,8 +23,8 @@
     kv_cache_usage_pct: "KV cache", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
     prompt_tokens_s: "prompt", e2e_p95_s: "p95",
   };
-  const AXIS = {  // per unit: y-axis suffix, number format, fixed range
-    percent: {suffix: "%", format: ".1f", range: [0, 100]},
+  const AXIS = {  // per unit: y-axis suffix, tick format, hover format when it differs, fixed range
+    percent: {suffix: " %", format: ".0f", hover: ".1f", range: [0, 100]},
     bytes: {suffix: "B", format: ".3~s"},
     bytes_per_second: {suffix: "B/s", format: ".3~s"},
     watts: {suffix: " W", format: ".0f"},
@@ -40,7 +40,7 @@
 
   const state = {
     node: cfg.node, range: cfg.range, source: cfg.source, step: cfg.step, mode: "loading",
-    charts: {}, samples: 0, lastTs: null, loads: 0, error: null,
+    charts: {}, samples: 0, lastTs: null, lastSeen: null, loads: 0, error: null,
   };
   window.switchyardNode = state;
 
@@ -75,7 +75,7 @@
     const traces = [];
     const k = [];
     const axis = AXIS[chart.unit] || {suffix: "", format: ".3~g"};
-    const hover = `%{y:${axis.format}}${axis.suffix}`;
+    const hover = `%{y:${axis.hover || axis.format}}${axis.suffix}`;
     if (chart.scope === "gpu") {
       chart.metrics.forEach((metric, mi) => {
         data.gpu_series.forEach((g) => {
@@ -166,6 +166,16 @@
     if (!events.length) ebody.appendChild(row(["none in this range"]));
   }
 
+  function showLastSeen(iso) {
+    state.lastSeen = Math.max(state.lastSeen || 0, t(iso));
+    iso = new Date(state.lastSeen).toISOString();
+    const node = el("node-last-seen");
+    const age = Math.max(0, Math.round((Date.now() - t(iso)) / 1000));
+    node.setAttribute("datetime", iso);
+    text(node, `${fmtTime(iso)} (${age < 120 ? `${age} s` : age < 7200 ? `${Math.round(age / 60)} min`
+      : `${Math.round(age / 3600)} h`} ago)`);
+  }
+
   function showSource() {
     const badge = el("history-source");
     badge.dataset.source = state.source;
@@ -193,6 +203,8 @@
       state.source = body.source;
       state.step = body.step;
       state.lastTs = Math.max(state.lastTs || 0, newestTs(body) || 0) || null;
+      if (body.last_seen) showLastSeen(body.last_seen);
+      if (body.status) setStatus(body.status);
       state.loads += 1;
       state.error = null;
       showSource();
@@ -269,19 +281,33 @@
     if (changed) renderTables();
   }
 
-  function onSample(sample) {
+  function setStatus(value) {
+    const status = el("node-status");
+    if (status.dataset.status === value) return;
+    status.className = `badge node-status status-${value}`;
+    status.dataset.status = value;
+    text(status, value);
+  }
+
+  function onTail(msg) {
+    // live.js hands over the sample itself; a whole tail frame ({status, sample}) is accepted too.
+    if (msg && typeof msg === "object" && "sample" in msg) {
+      onSample(msg.sample, msg.status);
+    } else {
+      onSample(msg, null);
+    }
+  }
+
+  function onSample(sample, status) {
+    if (status) setStatus(status);
     if (!sample || !sample.ts || !data) return;
     const ts = t(sample.ts);
-    if (state.lastTs && ts <= state.lastTs) return;  // a sample the charts already hold
+    if (isNaN(ts) || (state.lastTs && ts <= state.lastTs)) return;  // a sample the charts already hold
     state.lastTs = ts;
     state.samples += 1;
     const structural = appendToModel(sample);
-    text(el("node-last-seen"), sample.ts);
-    el("node-last-seen").setAttribute("datetime", sample.ts);
-    const status = el("node-status");
-    status.className = "badge node-status status-up";
-    status.dataset.status = "up";
-    text(status, "up");
+    showLastSeen(sample.ts);
+    if (!status && Date.now() - ts < cfg.interval_s * 3000) setStatus("up");
     noteEvents(sample);
     if (structural) { drawAll(); return; }
     const cutoff = ts - cfg.range_seconds * 1000;
@@ -312,14 +338,10 @@
   function watchStale() {
     // The header says "stale" on its own once the node misses pushes, as the fleet pages do.
     setInterval(() => {
-      if (!state.lastTs) return;
-      const age = (Date.now() - state.lastTs) / 1000;
-      const status = el("node-status");
-      if (age > cfg.interval_s * 3 && status.dataset.status === "up") {
-        status.className = "badge node-status status-stale";
-        status.dataset.status = "stale";
-        text(status, "stale");
-      }
+      if (!state.lastSeen) return;
+      const age = (Date.now() - state.lastSeen) / 1000;
+      if (age > cfg.interval_s * 3 && el("node-status").dataset.status === "up") setStatus("stale");
+      showLastSeen(new Date(state.lastSeen).toISOString());
     }, 1000);
   }
 
@@ -329,7 +351,7 @@
       try {
         const live = Live.connect();
         if (live && typeof live.subscribe === "function") {
-          live.subscribe(`tail:${cfg.node}`, onSample);
+          live.subscribe(`tail:${cfg.node}`, onTail);
           state.mode = "live";
           text(el("tail-mode"), "live tail");
           return;
@@ -345,5 +367,7 @@
   }
 
   el("show-idle").addEventListener("change", renderTables);
+  const seen = el("node-last-seen").getAttribute("datetime");
+  if (seen) showLastSeen(seen);
   load().then(() => { startTail(); watchStale(); });
 })();

@@ -13,6 +13,8 @@
     return Number(v).toFixed(digits) + (suffix || "");
   }
 
+  function zero(n) { return n ? "" : " zero"; }  // a zero count is muted so the non-zero ones stand out
+
   function td(content, cls, field) {
     const cell = document.createElement("td");
     if (cls) cell.className = cls;
@@ -75,10 +77,9 @@
       body.dataset.pool = p.name;
       const head = tr([
         td(p.name), td(String(p.nodes), "num", "nodes"),
-        td(String(p.status.up), "num count-up", "up"), td(String(p.status.stale), "num count-stale", "stale"),
-        td(String(p.status.down), "num count-down", "down"),
-        td(String(p.state.active), "num", "active"), td(String(p.state.draining), "num", "draining"),
-        td(String(p.state.cordoned), "num", "cordoned"), td(String(p.gpus), "num", "gpus"),
+        ...["up", "stale", "down"].map((s) => td(String(p.status[s]), `num count-${s}${zero(p.status[s])}`, s)),
+        ...["active", "draining", "cordoned"].map((s) => td(String(p.state[s]), `num${zero(p.state[s])}`, s)),
+        td(String(p.gpus), "num", "gpus"),
         td(num(p.gpu_util_pct, 1, " %"), "num", "gpu_util_pct"), td(num(p.queue, 0), "num", "queue"),
         td(num(p.tokens_s, 0), "num", "tokens_s"), td(num(p.power_w, 0, " W"), "num", "power_w"),
       ]);

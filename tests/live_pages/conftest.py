@@ -9,6 +9,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+# The real-browser fixtures (a `manage.py serve` process, chromium via Playwright) for test_node_page_browser.
+from tests.browser.conftest import chromium, page, server  # noqa: F401
 from tests.conftest import make_user
 
 ROLES = ("viewer", "operator", "admin")
