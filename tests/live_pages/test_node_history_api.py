@@ -284,3 +284,16 @@ def test_another_nodes_samples_stay_out(push: Any, viewer: Client) -> None:
     body = viewer.get(URL.format("gpu-a-1"), {"range": "15m"}).json()
     assert [g["index"] for g in body["gpu_series"]] == [0, 1]
     assert body["node_series"]["series"]["cpu_util_pct"] == [pytest.approx(1.0)]
+
+
+def test_status_and_last_seen_ride_along(push: Any, viewer: Client) -> None:
+    token = make_node("gpu-a-1")
+    assert viewer.get(URL.format("gpu-a-1")).json()["status"] == "down"  # never reported
+    now = datetime.now(UTC)
+    newest = quiet(2, now - timedelta(seconds=40))
+    push_ok(push, token, "gpu-a-1", [quiet(1, now - timedelta(seconds=60)), newest])
+    body = viewer.get(URL.format("gpu-a-1"), {"range": "15m"}).json()
+    assert body["status"] == "stale"  # 40 s silent at a 5 s interval
+    assert datetime.fromisoformat(body["last_seen"]) == datetime.fromisoformat(newest["ts"])
+    push_ok(push, token, "gpu-a-1", [quiet(3, now)])
+    assert viewer.get(URL.format("gpu-a-1")).json()["status"] == "up"
