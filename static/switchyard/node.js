@@ -71,6 +71,9 @@
     };
   }
 
+  // A lone point draws nothing in "lines" mode: show markers until there are enough points to see a line.
+  function modeFor(xs) { return xs.length <= 60 ? "lines+markers" : "lines"; }
+
   function tracesFor(chart) {
     const traces = [];
     const k = [];
@@ -80,7 +83,7 @@
       chart.metrics.forEach((metric, mi) => {
         data.gpu_series.forEach((g) => {
           traces.push({
-            type: "scatter", mode: "lines", x: g.t.slice(), y: g.series[metric].slice(),
+            type: "scatter", mode: modeFor(g.t), marker: {size: 4}, x: g.t.slice(), y: g.series[metric].slice(),
             name: `GPU ${g.index}` + (chart.metrics.length > 1 ? ` ${LABEL[metric] || metric}` : ""),
             legendgroup: `gpu${g.index}`, hovertemplate: hover,
             line: {color: PALETTE[g.index % PALETTE.length], width: mi ? 1 : 1.6, dash: DASH[mi % DASH.length]},
@@ -92,7 +95,7 @@
       const s = data.node_series;
       chart.metrics.forEach((metric, mi) => {
         traces.push({
-          type: "scatter", mode: "lines", x: s.t.slice(), y: s.series[metric].slice(),
+          type: "scatter", mode: modeFor(s.t), marker: {size: 4}, x: s.t.slice(), y: s.series[metric].slice(),
           name: LABEL[metric] || metric, hovertemplate: hover,
           line: {color: PALETTE[mi % PALETTE.length], width: 1.6},
         });
@@ -128,15 +131,15 @@
     state.charts[id] = n;
   }
 
-  function drawAll() {
-    cfg.charts.forEach((chart) => {
-      const gd = el(`chart-${chart.id}`);
-      if (!gd) return;
-      Plotly.react(gd, tracesFor(chart), layoutFor(chart, throttleShapes(chart)),
-        {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]});
-      countPoints(chart.id);
-    });
+  function drawChart(chart) {
+    const gd = el(`chart-${chart.id}`);
+    if (!gd) return;
+    Plotly.react(gd, tracesFor(chart), layoutFor(chart, throttleShapes(chart)),
+      {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]});
+    countPoints(chart.id);
   }
+
+  function drawAll() { cfg.charts.forEach(drawChart); }
 
   function row(cells) {
     const tr = document.createElement("tr");
@@ -266,9 +269,21 @@
     return Object.entries(cfg.clock_reasons).filter(([bit]) => mask & Number(bit)).map(([, word]) => word);
   }
 
-  function noteEvents(sample) {
+  function noteEvents(sample, prevTs) {
     let changed = false;
     (sample.gpus || []).forEach((g) => {
+      const mask = Number(g.clocks_event_reasons) || 0;
+      if (mask) {
+        // Extend the GPU's open interval when the reasons are the same as at the previous sample, else open one.
+        let last = null;
+        for (let i = throttle.length - 1; i >= 0; i -= 1) if (throttle[i].gpu === g.index) { last = throttle[i]; break; }
+        if (last && last.mask === mask && prevTs && t(last.to) >= prevTs) {
+          last.to = sample.ts;
+        } else {
+          throttle.push({gpu: g.index, from: sample.ts, to: sample.ts, mask: mask, reasons: reasonsOf(mask)});
+        }
+        changed = true;
+      }
       if (g.xid_count) {
         events.push({ts: sample.ts, gpu: g.index, kind: "xid", value: g.xid_count, code: g.xid_last,
           text: `XID ${g.xid_last == null ? "?" : g.xid_last} ×${g.xid_count}`});
@@ -278,7 +293,15 @@
       const words = reasonsOf(g.clocks_event_reasons);
       if (chip) chip.textContent = words.length ? `: ${words.join(", ")}` : "";
     });
+    // Events and throttle intervals that fell out of the range leave with the points.
+    const cutoff = t(sample.ts) - cfg.range_seconds * 1000;
+    const keptEvents = events.filter((e) => t(e.ts) >= cutoff);
+    const keptThrottle = throttle.filter((i) => t(i.to) >= cutoff);
+    if (keptEvents.length !== events.length || keptThrottle.length !== throttle.length) changed = true;
+    events = keptEvents;
+    throttle = keptThrottle;
     if (changed) renderTables();
+    return changed;
   }
 
   function setStatus(value) {
@@ -303,12 +326,13 @@
     if (!sample || !sample.ts || !data) return;
     const ts = t(sample.ts);
     if (isNaN(ts) || (state.lastTs && ts <= state.lastTs)) return;  // a sample the charts already hold
+    const prevTs = state.lastTs;
     state.lastTs = ts;
     state.samples += 1;
     const structural = appendToModel(sample);
     showLastSeen(sample.ts);
     if (!status && Date.now() - ts < cfg.interval_s * 3000) setStatus("up");
-    noteEvents(sample);
+    const eventsChanged = noteEvents(sample, prevTs);
     if (structural) { drawAll(); return; }
     const cutoff = ts - cfg.range_seconds * 1000;
     cfg.charts.forEach((chart) => {
@@ -333,6 +357,7 @@
       Plotly.relayout(gd, {"xaxis.range": [new Date(ts - cfg.range_seconds * 1000), new Date(ts)]});
       countPoints(chart.id);
     });
+    if (eventsChanged) cfg.charts.filter((c) => c.id === "gpu-util" || c.id === "gpu-clocks").forEach(drawChart);
   }
 
   function watchStale() {

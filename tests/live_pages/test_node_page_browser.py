@@ -69,6 +69,7 @@ def test_live_samples_are_appended_and_old_points_dropped(page: Any, server: Ser
     assert ys[:GPUS] == [77.0] * GPUS
     assert "XID 79 ×1" in page.inner_text("#event-table")
     assert "SW power cap" in page.inner_text(".gpu-chip[data-gpu='1']")
+    assert "SW power cap" in page.inner_text("#throttle-table")
 
     # The same sample again (a reconnect replays the latest) is not drawn twice; a whole frame is accepted too.
     page.evaluate("s => window.__tails['tail:gpu-a-1']({status: 'up', sample: s})", new)
@@ -79,6 +80,9 @@ def test_live_samples_are_appended_and_old_points_dropped(page: Any, server: Ser
     page.evaluate("s => window.__tails['tail:gpu-a-1'](s)", later)
     after = charts(page)
     assert after["gpu-util"] == GPUS and after["host-cpu"] == 2
+    # ...and so do the XID and the throttle interval of 20 minutes ago.
+    assert "none in this range" in page.inner_text("#event-table")
+    assert "none in this range" in page.inner_text("#throttle-table")
     assert page.evaluate("() => window.switchyardNode.samples") == 2
     screenshot(page, "node-live-tail")
     assert page.js_errors == []
