@@ -110,7 +110,10 @@
       state.error = null;
       render(body);
     } catch (err) {
+      // Keep the last numbers but say they are old, rather than let them pass for current.
       state.error = String(err);
+      const updated = document.getElementById("pools-updated");
+      updated.textContent = `${updated.getAttribute("datetime")} (refresh failed: ${state.error})`;
     }
   }
 
