@@ -100,10 +100,15 @@ INSTALLED_APPS = [
     "dashboard.fleet",
     "dashboard.metrics",
     "dashboard.live",
+    "pgtrigger",
+    "control.audit",
+    "control.policy",
+    "control.nodes",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "control.audit.middleware.RequestIdMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -16,6 +16,7 @@ api = [
 
 urlpatterns = [
     path("", include("dashboard.live.urls")),
+    path("", include("control.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api)),

@@ -1,0 +1,1 @@
+"""Policy documents (scheduler, scaling, priorities, power, alerts) with immutable revisions and rollback."""

@@ -1,0 +1,55 @@
+"""The documents every installation starts with (revision 1 of each kind)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+_PRIORITY_DEFAULTS = [
+    # Most important first. Batch work is sheddable: at saturation it gets 429 + Retry-After, never a slot.
+    {"name": "realtime", "sheddable": False, "queue_limit": 1000, "queue_timeout_s": 5.0},
+    {"name": "standard", "sheddable": False, "queue_limit": 5000, "queue_timeout_s": 30.0},
+    {"name": "batch", "sheddable": True, "queue_limit": 20000, "queue_timeout_s": 600.0},
+]
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency  (queue depth and KV cache ready, weight 0)
+    "scheduler": {
+        "scorers": [
+            {"metric": "gpu_free", "weight": 0.6, "invert": False},
+            {"metric": "cpu_load", "weight": 0.3, "invert": True},
+            {"metric": "latency", "weight": -0.1, "invert": False},
+            {"metric": "queue_depth", "weight": 0.0, "invert": True},
+            {"metric": "kv_cache", "weight": 0.0, "invert": True},
+        ],
+        "filters": {
+            "require_model": True,
+            "exclude_states": ["draining", "cordoned"],
+            "max_gpu_util_pct": 99.0,
+            "max_queue_depth": 256,
+            "max_kv_cache_pct": 98.0,
+            "max_stale_s": 15,
+        },
+        "picker": {"strategy": "highest", "tie_break": "random", "tie_epsilon": 0.01},
+    },
+    "scaling": {
+        "default": {
+            "min_nodes": 1,
+            "max_nodes": 64,
+            "rules": [
+                {"metric": "gpu_util_pct", "threshold": 85.0, "step": 2, "cooldown_s": 300},
+                {"metric": "queue_length", "threshold": 50.0, "step": 1, "cooldown_s": 600},
+            ],
+            "scale_down": {"stabilization_window_s": 300, "step": 1, "gpu_util_below_pct": 30.0},
+            "predictive": {"enabled": False, "horizon_min": 10},
+        },
+        "pools": {},
+    },
+    "priorities": {"classes": _PRIORITY_DEFAULTS, "default_class": "standard"},
+    "power": {"default": {"mode": "uncapped", "cap_w": None}, "pools": {}},
+    "alerts": {"rules": []},
+}
+
+
+def default_document(kind: str) -> dict[str, Any]:
+    return copy.deepcopy(DEFAULTS[kind])

@@ -1,0 +1,258 @@
+"""The schema of each policy kind (pydantic v2, unknown keys refused) and the translation of errors into paths.
+
+Scheduler score, as the gateway computes it from a `scheduler` document:
+
+    score(node) = sum(s.weight * (1 - x if s.invert else x) for s in scorers), x = the metric normalised to [0, 1]
+
+so the classic `0.6*gpu_free + 0.3*(1-cpu_load) - 0.1*latency` is the scorers
+`{gpu_free, 0.6}`, `{cpu_load, 0.3, invert}` and `{latency, -0.1}` (a negative weight is a cost). `score()` below is
+that formula, for the gateway and for tests.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+
+KINDS = ("scheduler", "scaling", "priorities", "power", "alerts")
+
+NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+PoolName = Annotated[str, Field(pattern=NAME)]
+Weight = Annotated[float, Field(ge=-10, le=10)]
+Seconds = Annotated[int, Field(ge=0, le=7 * 86400)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=False)
+
+
+# --- scheduler --------------------------------------------------------------------------------------------------
+SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache")
+
+
+class Scorer(Strict):
+    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache"]
+    weight: Weight
+    invert: bool = Field(False, description="score 1 - x instead of x (x is the metric normalised to [0, 1])")
+
+
+class Filters(Strict):
+    require_model: bool = True
+    exclude_states: list[Literal["draining", "cordoned"]] = ["draining", "cordoned"]
+    max_gpu_util_pct: float = Field(99.0, ge=0, le=100)
+    max_queue_depth: int = Field(256, ge=0, le=100_000)
+    max_kv_cache_pct: float = Field(98.0, ge=0, le=100)
+    max_stale_s: int = Field(15, ge=1, le=3600)
+
+
+class Picker(Strict):
+    strategy: Literal["highest"] = "highest"
+    tie_break: Literal["random", "first"] = "random"
+    tie_epsilon: float = Field(0.01, ge=0, le=1)
+
+
+class Scheduler(Strict):
+    scorers: list[Scorer] = Field(min_length=1, max_length=len(SCORER_METRICS))
+    filters: Filters
+    picker: Picker
+
+    @field_validator("scorers")
+    @classmethod
+    def _unique_metrics(cls, scorers: list[Scorer]) -> list[Scorer]:
+        seen = [s.metric for s in scorers]
+        dupes = sorted({m for m in seen if seen.count(m) > 1})
+        if dupes:
+            raise ValueError(f"each metric may have one scorer; repeated: {', '.join(dupes)}")
+        return scorers
+
+
+def score(document: dict[str, Any], values: dict[str, float]) -> float:
+    """A node's score under a scheduler document, `values` being each scorer metric normalised to [0, 1]."""
+    total = 0.0
+    for s in document["scorers"]:
+        x = values[s["metric"]]
+        total += s["weight"] * ((1.0 - x) if s.get("invert") else x)
+    return total
+
+
+# --- scaling ----------------------------------------------------------------------------------------------------
+SCALING_METRICS = ("gpu_util_pct", "queue_length", "kv_cache_usage_pct", "ttft_p95_s", "e2e_p95_s", "cpu_util_pct")
+
+
+class ScaleRule(Strict):
+    metric: Literal["gpu_util_pct", "queue_length", "kv_cache_usage_pct", "ttft_p95_s", "e2e_p95_s", "cpu_util_pct"]
+    threshold: float = Field(ge=0, le=1_000_000, description="scale out when the pool's value is above this")
+    step: int = Field(ge=1, le=100, description="nodes added")
+    cooldown_s: Seconds
+
+    @model_validator(mode="after")
+    def _percent_in_range(self) -> ScaleRule:
+        if self.metric.endswith("_pct") and self.threshold > 100:
+            raise ValueError(f"threshold {self.threshold:g} is above 100 for the percentage {self.metric}")
+        return self
+
+
+class ScaleDown(Strict):
+    stabilization_window_s: Seconds
+    step: int = Field(1, ge=1, le=100)
+    gpu_util_below_pct: float = Field(30.0, ge=0, le=100)
+
+
+class Predictive(Strict):
+    enabled: bool = False
+    horizon_min: int = Field(10, ge=1, le=24 * 60)
+
+
+class PoolScaling(Strict):
+    min_nodes: int = Field(ge=0, le=10_000)
+    max_nodes: int = Field(ge=0, le=10_000)
+    rules: list[ScaleRule] = Field(max_length=32)
+    scale_down: ScaleDown
+    predictive: Predictive
+
+    @field_validator("max_nodes")
+    @classmethod
+    def _max_not_below_min(cls, value: int, info: Any) -> int:
+        low = info.data.get("min_nodes")
+        if low is not None and value < low:
+            raise ValueError(f"max_nodes {value} is below min_nodes {low}")
+        return value
+
+
+class Scaling(Strict):
+    default: PoolScaling = Field(description="rules for every pool without its own entry")
+    pools: dict[PoolName, PoolScaling] = Field(default_factory=dict, max_length=1000)
+
+
+# --- priorities -------------------------------------------------------------------------------------------------
+class PriorityClass(Strict):
+    name: str = Field(pattern=NAME)
+    sheddable: bool = Field(description="refused with 429 + Retry-After when the fleet is saturated")
+    queue_limit: int = Field(ge=0, le=1_000_000, description="requests that may wait; 0 = never queued")
+    queue_timeout_s: float = Field(gt=0, le=3600)
+
+
+class Priorities(Strict):
+    classes: list[PriorityClass] = Field(min_length=1, max_length=16, description="most important first")
+    default_class: str
+
+    @model_validator(mode="after")
+    def _names(self) -> Priorities:
+        names = [c.name for c in self.classes]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"class names must be unique; repeated: {', '.join(dupes)}")
+        if self.default_class not in names:
+            raise ValueError(f"default_class {self.default_class!r} is not one of the classes")
+        return self
+
+
+# --- power ------------------------------------------------------------------------------------------------------
+class PoolPower(Strict):
+    mode: Literal["uncapped", "cap"] = "uncapped"
+    cap_w: float | None = Field(None, ge=50, le=2000, description="per-GPU power limit in watts, when mode is cap")
+
+    @model_validator(mode="after")
+    def _cap_with_mode(self) -> PoolPower:
+        if self.mode == "cap" and self.cap_w is None:
+            raise ValueError("mode cap needs cap_w")
+        if self.mode == "uncapped" and self.cap_w is not None:
+            raise ValueError("cap_w is only allowed with mode cap")
+        return self
+
+
+class Power(Strict):
+    default: PoolPower
+    pools: dict[PoolName, PoolPower] = Field(default_factory=dict, max_length=1000)
+
+
+# --- alerts -----------------------------------------------------------------------------------------------------
+ALERT_METRICS = tuple(m.name for m in (*GPU_METRICS, *HOST_METRICS, *INFERENCE_METRICS))
+
+
+class AlertRule(Strict):
+    name: str = Field(pattern=NAME)
+    metric: str
+    scope: Literal["gpu", "node", "pool", "fleet"] = "node"
+    comparison: Literal[">", ">=", "<", "<="]
+    threshold: float
+    for_s: Seconds = 0
+    severity: Literal["info", "warning", "critical"] = "warning"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in ALERT_METRICS:
+            raise ValueError(f"unknown metric {value!r}; see /api/v1/metrics/catalogue")
+        return value
+
+
+class Alerts(Strict):
+    rules: list[AlertRule] = Field(default_factory=list, max_length=500)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[AlertRule]) -> list[AlertRule]:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
+        return rules
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "scheduler": Scheduler,
+    "scaling": Scaling,
+    "priorities": Priorities,
+    "power": Power,
+    "alerts": Alerts,
+}
+
+
+class DocumentError(ValueError):
+    """A document that its schema refuses; `fields` maps each bad path to the reason."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        self.fields = fields
+        first = next(iter(fields.items()))
+        super().__init__(f"invalid document: {first[0]}: {first[1]}" + (
+            f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""))
+
+
+def error_path(loc: tuple[Any, ...]) -> str:
+    """('default', 'rules', 0, 'threshold') -> 'default.rules[0].threshold'; the document itself is '$'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}" if out else str(part)
+        else:  # pool names with '-' or '.', which a dotted path would make ambiguous
+            out += f"[{str(part)!r}]"
+    return out or "$"
+
+
+def validate(kind: str, document: Any) -> dict[str, Any]:
+    """The document normalised by its schema (defaults filled in), or DocumentError with the path of each fault."""
+    schema = SCHEMAS[kind]
+    if not isinstance(document, dict):
+        raise DocumentError({"$": f"a {kind} document must be a JSON object, not {type(document).__name__}"})
+    try:
+        model = schema.model_validate(document)
+    except ValidationError as exc:
+        fields: dict[str, str] = {}
+        for err in exc.errors(include_url=False):
+            # Drop pydantic's internal step names (e.g. 'function-after[...]') that are not part of the document.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"].removeprefix("Value error, ")
+            fields.setdefault(error_path(loc), msg)
+        raise DocumentError(fields) from None
+    return model.model_dump(mode="json")
+
+
+def json_schema(kind: str) -> dict[str, Any]:
+    return SCHEMAS[kind].model_json_schema()

@@ -1,0 +1,1 @@
+"""User API tokens: list, issue (shown once) and revoke, each issue and revoke audited."""
