@@ -8,9 +8,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from dashboard.accounts.models import UserToken
-from dashboard.accounts.roles import ROLES, set_role
-from dashboard.accounts.tokens import display_prefix, new_token
+from control.audit.context import Origin
+from control.audit.record import record
+from control.tokens.service import issue
+from dashboard.accounts.roles import ROLES, role_of, set_role
 
 
 class Command(BaseCommand):
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--role", required=True, choices=ROLES, help="viewer (read), operator (act), admin (all)")
         parser.add_argument("--password", help="password for the browser login (omit for an API-only user)")
         parser.add_argument("--email", default="", help="e-mail address (optional)")
+        parser.add_argument("--reason", default="manage.py createuser", help="why (kept in the audit log)")
 
     @transaction.atomic
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -31,15 +33,23 @@ class Command(BaseCommand):
         name: str = opts["name"].strip()
         if not name or len(name) > 150:
             raise CommandError("NAME must be 1-150 characters.")
+        origin, reason = Origin.command("createuser"), opts["reason"].strip() or "manage.py createuser"
         user, created = User.objects.get_or_create(username=name, defaults={"email": opts["email"]})
+        old_role = None if created else role_of(user)
         if opts["password"]:
             user.set_password(opts["password"])
         elif created:
             user.set_unusable_password()
         user.save()
         set_role(user, opts["role"])
-        plain, dig = new_token("user")
-        UserToken.objects.create(user=user, prefix=display_prefix(plain), digest=dig, name="createuser")
+        target = f"user:{name}"
+        if created:
+            record(origin, "user.create", target, reason, after={"role": opts["role"]})
+        elif old_role != opts["role"]:
+            record(origin, "user.role", target, reason, before={"role": old_role}, after={"role": opts["role"]})
+        if opts["password"] and not created:
+            record(origin, "user.password", target, reason)  # that it changed, never what to
+        plain = issue(user, "createuser", origin, reason)[1]
         verb = "Created" if created else "Updated"
         self.stdout.write(f"{verb} user {name!r} with role {opts['role']}. API token (shown once):")
         self.stdout.write(plain)

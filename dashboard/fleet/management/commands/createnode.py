@@ -9,6 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
+from control.audit.context import Origin
+from control.audit.record import record
 from dashboard.accounts.tokens import display_prefix, new_token
 from dashboard.fleet.models import NAME_RE, Node, NodeToken, Pool
 
@@ -25,6 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--pool", required=True, help="pool the node belongs to; created if it does not exist")
         parser.add_argument("--rotate", action="store_true", help="issue a new token and revoke the node's old ones")
         parser.add_argument("--endpoint", default="", help="base URL of the node's inference server (optional)")
+        parser.add_argument("--reason", default="manage.py createnode", help="why (kept in the audit log)")
 
     @transaction.atomic
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -34,6 +37,7 @@ class Command(BaseCommand):
                 NAME_RE(value)
             except ValidationError as exc:
                 raise CommandError(f"{label} {value!r}: {exc.messages[0]}") from exc
+        origin, reason = Origin.command("createnode"), opts["reason"].strip() or "manage.py createnode"
         pool, _ = Pool.objects.get_or_create(name=pool_name)
         node = Node.objects.filter(name=name).first()
         if node is not None and not opts["rotate"]:
@@ -42,13 +46,19 @@ class Command(BaseCommand):
             )
         if node is None:
             node = Node.objects.create(name=name, pool=pool, endpoint=opts["endpoint"])
+            record(origin, "node.create", f"node:{name}", reason, after={"pool": pool.name, "endpoint": node.endpoint})
             self.stdout.write(f"Created node {name!r} in pool {pool.name!r}.")
         else:
             if node.pool_id != pool.id:
                 raise CommandError(f"node {name!r} is in pool {node.pool.name!r}, not {pool.name!r}")
+            old = list(NodeToken.objects.filter(node=node, revoked__isnull=True).values_list("prefix", flat=True))
             revoked = NodeToken.objects.filter(node=node, revoked__isnull=True).update(revoked=timezone.now())
+            record(origin, "node.token.revoke", f"node:{name}", reason, before={"tokens": old},
+                   after={"tokens": []}, details={"revoked": revoked})
             self.stdout.write(f"Revoked {revoked} old token(s) of node {name!r}.")
         plain, dig = new_token("node")
-        NodeToken.objects.create(node=node, prefix=display_prefix(plain), digest=dig)
+        token = NodeToken.objects.create(node=node, prefix=display_prefix(plain), digest=dig)
+        record(origin, "node.token.create", f"node:{name}", reason, after={"prefix": token.prefix},
+               details={"token": token.pk})
         self.stdout.write("Agent token (shown once, stored hashed):")
         self.stdout.write(plain)
