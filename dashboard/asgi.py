@@ -8,9 +8,12 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (Django must be set up first)
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (Django must be set up first)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.fleet import ingest_asgi  # noqa: E402
+from dashboard.live.routing import websocket_urlpatterns  # noqa: E402
 
 
 async def http_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -20,4 +23,9 @@ async def http_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await django_asgi_app(scope, receive, send)
 
 
-application = ProtocolTypeRouter({"http": http_router})
+# Browsers send cookies with cross-site websocket handshakes: the origin check stops another site's page from
+# riding a logged-in operator's session.
+application = ProtocolTypeRouter({
+    "http": http_router,
+    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+})
