@@ -16,6 +16,12 @@ ROLES = ("viewer", "operator", "admin")
 PASSWORD = "correct-horse-battery"
 
 
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings: Any) -> None:
+    # Three users per test with PBKDF2 would spend most of the run hashing passwords.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def tokens(db: None) -> dict[str, str]:
     """An API token per role; the users are named after their roles."""
