@@ -1,0 +1,384 @@
+"""Live dashboard benchmark: frame build time, frame size on the wire, ingest-to-websocket latency.
+
+    .venv/bin/python bench/live.py                                # 1,000 nodes x 8 GPUs, 20 websocket clients
+    .venv/bin/python bench/live.py --db sy_h2 --redis-db 2        # choose the database and Redis db it may wipe
+
+It uses its own database (default `switchyard_bench`, on the configured PostgreSQL server; migrated and emptied
+first) and its own Redis database (`--redis-db`, default 13, flushed), so a running demo is never touched.
+
+1. Build: 1,000 nodes' latest samples are written to `sy:latest`; each round changes 20 % of them (what a 5 s push
+   interval gives per second) and times what the broadcaster does for one heatmap topic per tick: read the fleet
+   (HGETALL, parsing only changed values), build the gpu:gpu_util_pct frame, diff it against the last, encode it.
+2. Size: the full frame and the deltas of a tick with 20 % of nodes changed and with one node changed, as JSON
+   (and deflated, as websocket permessage-deflate would send them).
+3. End to end: starts `manage.py serve --workers 2`, connects 20 logged-in websocket clients subscribed to
+   gpu:gpu_util_pct, then POSTs samples of probe nodes to /api/v1/ingest and times until each client holds the
+   new value. "quiet": only the probes push (1-2 s apart). "busy": 200 other nodes' samples per second land in
+   Redis too (as if the whole fleet pushed every 5 s), so every probe waits for the next 1 s tick.
+
+The bench nodes get a push interval of one hour so that the static ones stay "up" for the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+
+POOLS = ("pool-a", "pool-b", "pool-c", "pool-d")
+METRIC = "gpu_util_pct"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def setup(db_name: str, redis_db: int, nodes: int, gpus: int, probes: int) -> dict[str, Any]:
+    """Point Django at the bench database and Redis db, migrate, empty, create the fleet. Returns what the run needs."""
+    import django
+    from django.conf import settings
+
+    settings.DATABASES["default"]["NAME"] = db_name  # before the first connection is made
+    settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"
+    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
+    from dashboard import embedded
+
+    url = urlparse(settings.DATABASE_URL)
+    embedded._create_database(url._replace(path="/postgres").geturl(), db_name)
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test import Client
+
+    from dashboard.accounts.roles import set_role
+    from dashboard.accounts.tokens import display_prefix, new_token
+    from dashboard.fleet.models import GPU, Node, NodeToken, Pool
+    from dashboard.metrics import schema
+    from dashboard.metrics.latest import redis_client
+
+    call_command("migrate", verbosity=0)
+    with connection.cursor() as cur:
+        cur.execute(f"TRUNCATE {', '.join(t.name for t in schema.ALL_TABLES)}, fleet_gpu, fleet_nodetoken, "
+                    "fleet_node, fleet_pool CASCADE")
+    redis_client().flushdb()
+    pools = [Pool.objects.create(name=p) for p in POOLS]
+    made = Node.objects.bulk_create([Node(name=f"bench-{i:05d}", pool=pools[i % len(pools)], interval_s=3600)
+                                     for i in range(nodes)])
+    GPU.objects.bulk_create([GPU(node=n, index=g, uuid=f"GPU-{n.name}-{g}", name="NVIDIA H100 80GB HBM3")
+                             for n in made for g in range(gpus)])
+    probe_nodes = random.Random(7).sample(made, probes)
+    tokens = {}
+    for n in probe_nodes:
+        plain, dig = new_token("node")
+        NodeToken.objects.create(node=n, prefix=display_prefix(plain), digest=dig)
+        tokens[n.name] = plain
+    user, _ = get_user_model().objects.get_or_create(username="bench-viewer")
+    set_role(user, "viewer")
+    client = Client()
+    client.force_login(user)
+    db_url = url._replace(path=f"/{db_name}").geturl()
+    return {"nodes": [(n.name, pools[i % len(pools)].name) for i, n in enumerate(made)], "tokens": tokens,
+            "session": client.cookies["sessionid"].value, "db_url": db_url, "redis_url": settings.REDIS_URL}
+
+
+def snapshot(name: str, pool: str, gpus: int, rng: random.Random, seq: int = 1) -> dict[str, Any]:
+    """A node's latest sample in the shape ingest stores it (dashboard/fleet/ingest.py: snapshot)."""
+    from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+
+    def val(m: Any) -> float | int:
+        lo, hi = m.lo, min(m.hi, 1e12)
+        v = lo + (hi - lo) * rng.random() * 0.5
+        return int(v) if m.integer else round(v, 3)
+
+    now = datetime.now(UTC).isoformat()
+    return {"node": name, "pool": pool, "state": "active", "ts": now, "seq": seq, "received": now,
+            "endpoint": "", "models": [], "applied": {},
+            "host": {m.name: val(m) for m in HOST_METRICS},
+            "inference": {m.name: val(m) for m in INFERENCE_METRICS},
+            "gpus": [{"index": g, "uuid": f"GPU-{name}-{g}", "name": "NVIDIA H100 80GB HBM3",
+                      **{m.name: val(m) for m in GPU_METRICS}} for g in range(gpus)]}
+
+
+def write_fleet(nodes: list[tuple[str, str]], gpus: int, rng: random.Random, seq: int = 1) -> None:
+    from dashboard.metrics.latest import LATEST_KEY, redis_client
+
+    mapping = {name: orjson.dumps(snapshot(name, pool, gpus, rng, seq)) for name, pool in nodes}
+    redis_client().hset(LATEST_KEY, mapping=mapping)
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+# --- 1 + 2: build time and sizes --------------------------------------------------------------------------------
+
+def measure_build(nodes: list[tuple[str, str]], gpus: int, rounds: int) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from dashboard.live import broadcast, frames
+
+    rng = random.Random(1)
+    frames.forget_nodes()
+    t = time.perf_counter()
+    view = frames.load_view()  # cold: every value parsed
+    cold_ms = (time.perf_counter() - t) * 1000
+    prev = frames.gpu_frame(view, METRIC)
+    prev["seq"] = 1
+    full_text = broadcast.encode_full(prev)
+    times: list[float] = []
+    parts: dict[str, list[float]] = {"read": [], "build": [], "diff+encode": []}
+    deltas: list[str] = []
+    for i in tqdm(range(rounds), desc="frame builds", unit="build", file=sys.stderr, leave=False):
+        write_fleet(rng.sample(nodes, len(nodes) // 5), gpus, rng, seq=i + 2)  # 20 % of nodes pushed this second
+        t0 = time.perf_counter()
+        view = frames.load_view()
+        t1 = time.perf_counter()
+        frame = frames.gpu_frame(view, METRIC)
+        t2 = time.perf_counter()
+        change, payload = frames.diff(prev, frame)
+        frame["seq"] = prev["seq"] + 1
+        text = broadcast.encode_full(frame) if change == "full" else broadcast.encode_delta(
+            frame["topic"], frame["seq"], payload or {})
+        t3 = time.perf_counter()
+        times.append((t3 - t0) * 1000)
+        parts["read"].append((t1 - t0) * 1000)
+        parts["build"].append((t2 - t1) * 1000)
+        parts["diff+encode"].append((t3 - t2) * 1000)
+        deltas.append(text)
+        prev = frame
+    # One node changed: the smallest useful delta (the quiet case).
+    one = nodes[0]
+    write_fleet([one], gpus, rng, seq=10_000)
+    single = frames.gpu_frame(frames.load_view(), METRIC)
+    change, payload = frames.diff(prev, single)
+    single_text = broadcast.encode_delta(single["topic"], prev["seq"] + 1, payload or {})
+    typical = sorted(deltas, key=len)[len(deltas) // 2]
+    node_frame = broadcast.encode_full(frames.node_frame(frames.load_view()))
+    return {
+        "cold_read_ms": cold_ms, "p50_ms": pct(times, 0.5), "p95_ms": pct(times, 0.95),
+        "parts_p50": {k: pct(v, 0.5) for k, v in parts.items()},
+        "full_bytes": len(full_text.encode()), "full_deflated": len(zlib.compress(full_text.encode())),
+        "node_full_bytes": len(node_frame.encode()),
+        "delta_bytes": len(typical.encode()), "delta_deflated": len(zlib.compress(typical.encode())),
+        "delta_kind": orjson.loads(typical)["type"],
+        "single_bytes": len(single_text.encode()), "rounds": rounds,
+    }
+
+
+# --- 3: end to end ---------------------------------------------------------------------------------------------
+
+def start_server(port: int, workers: int, db_url: str, redis_url: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
+    proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(workers)],
+                            cwd=ROOT, env=env)
+    import socket
+
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the server did not start; run `python manage.py serve` by hand to see why")
+
+
+class Client:
+    """One websocket client holding the gpu heatmap state, noting when each probe value shows up."""
+
+    def __init__(self, idx: int) -> None:
+        self.idx = idx
+        self.state: dict[str, Any] | None = None
+        self.rows: dict[str, int] = {}
+        self.waiting: dict[tuple[int, float], float] = {}  # (row, value) -> t0
+        self.latencies: list[float] = []
+        self.messages = 0
+        self.ready = asyncio.Event()
+
+    async def run(self, url: str, headers: dict[str, str]) -> None:
+        from websockets.asyncio.client import connect
+
+        async with connect(url, additional_headers=headers, max_size=2**26) as ws:
+            await ws.send(orjson.dumps({"type": "subscribe", "topic": f"gpu:{METRIC}"}).decode())
+            async for raw in ws:
+                msg = orjson.loads(raw)
+                self.messages += 1
+                now = time.perf_counter()
+                if msg.get("type") == "frame":
+                    self.state = msg
+                    self.rows = {r["node"]: i for i, r in enumerate(msg["rows"])}
+                    self.ready.set()
+                    hits = [(row, v) for (row, v) in self.waiting if msg["z"][row][0] == v]
+                elif msg.get("type") == "delta" and self.state is not None:
+                    if msg["seq"] != self.state["seq"] + 1:
+                        await ws.send(orjson.dumps({"type": "resync", "topic": msg["topic"]}).decode())
+                        continue
+                    for c in msg.get("cells", ()):
+                        self.state["z"][c[0]][c[1]] = c[2]
+                    self.state["seq"] = msg["seq"]
+                    hits = [(c[0], c[2]) for c in msg.get("cells", ()) if c[1] == 0 and (c[0], c[2]) in self.waiting]
+                else:
+                    continue
+                for key in hits:
+                    self.latencies.append(now - self.waiting.pop(key))
+
+
+async def end_to_end(port: int, run: dict[str, Any], clients_n: int, probes: int, busy_rate: int,
+                     gpus: int) -> dict[str, Any]:
+    import httpx
+    from tqdm import tqdm
+
+    url = f"ws://127.0.0.1:{port}/ws/fleet/"
+    headers = {"Cookie": f"sessionid={run['session']}", "Origin": f"http://127.0.0.1:{port}"}
+    clients = [Client(i) for i in range(clients_n)]
+    tasks = [asyncio.create_task(c.run(url, headers)) for c in clients]
+    await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in clients)), 60)
+    log(f"{clients_n} websocket clients connected and hold the full frame")
+    rng = random.Random(3)
+    probe_names = list(run["tokens"])
+    stop = asyncio.Event()
+    bg_count = 0
+
+    async def background() -> None:
+        """Other nodes' pushes, straight into Redis (HSET + PUBLISH as ingest does), at busy_rate per second."""
+        nonlocal bg_count
+        from dashboard.metrics.latest import store_latest
+
+        others = [n for n in run["nodes"] if n[0] not in run["tokens"]]
+        brng = random.Random(5)
+        while not stop.is_set():
+            t = time.perf_counter()
+            batch = brng.sample(others, max(1, busy_rate // 10))
+            for name, pool in batch:
+                store_latest(name, snapshot(name, pool, gpus, brng, seq=bg_count + 2))
+                bg_count += 1
+            await asyncio.sleep(max(0.0, 0.1 - (time.perf_counter() - t)))
+
+    results: dict[str, Any] = {}
+    bg: asyncio.Task[None] | None = None
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        seqs = dict.fromkeys(probe_names, 100)
+        for phase in ("quiet", "busy"):
+            if phase == "busy":
+                if busy_rate <= 0:
+                    break
+                bg = asyncio.create_task(background())
+                await asyncio.sleep(2)
+            for c in clients:
+                c.latencies.clear()
+            errors = 0
+            for k in tqdm(range(probes), desc=f"probes ({phase})", unit="push", file=sys.stderr, leave=False):
+                name = rng.choice(probe_names)
+                seqs[name] += 1
+                value = round(rng.uniform(0, 100), 3)
+                sample = snapshot(name, "", gpus, rng)
+                body = {"node": name, "agent": "bench/1.0", "samples": [{
+                    "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "seq": seqs[name], "host": sample["host"], "inference": sample["inference"],
+                    "gpus": [{**g, METRIC: value} if g["index"] == 0 else g for g in sample["gpus"]]}]}
+                t0 = time.perf_counter()
+                for c in clients:
+                    c.waiting[(c.rows[name], value)] = t0
+                resp = await http.post("/api/v1/ingest", content=orjson.dumps(body),
+                                       headers={"Authorization": f"Bearer {run['tokens'][name]}",
+                                                "Content-Type": "application/json"})
+                if resp.status_code != 200:
+                    errors += 1
+                    log(f"probe {k}: ingest answered {resp.status_code}: {resp.text[:200]}")
+                await asyncio.sleep(rng.uniform(1.0, 2.0) if phase == "quiet" else rng.uniform(0.3, 1.3))
+            await asyncio.sleep(3)
+            lat = [x * 1000 for c in clients for x in c.latencies]
+            missed = sum(len(c.waiting) for c in clients)
+            for c in clients:
+                c.waiting.clear()
+            results[phase] = {"p50_ms": pct(lat, 0.5), "p95_ms": pct(lat, 0.95), "max_ms": max(lat, default=0),
+                              "received": len(lat), "missed": missed, "errors": errors}
+            log(f"{phase}: {orjson.dumps(results[phase]).decode()}")
+        stop.set()
+        if bg is not None:
+            await bg
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    results["background_pushes"] = bg_count
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000, help="nodes in the fleet (default 1000)")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
+    parser.add_argument("--rounds", type=int, default=200, help="frame builds timed (default 200)")
+    parser.add_argument("--clients", type=int, default=20, help="websocket clients (default 20)")
+    parser.add_argument("--probes", type=int, default=40, help="ingest probes per phase (default 40)")
+    parser.add_argument("--busy-rate", type=int, default=200,
+                        help="other nodes' samples per second in the busy phase, 0 to skip it (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the started server (default 2)")
+    parser.add_argument("--port", type=int, default=8766, help="port of the started server (default 8766)")
+    parser.add_argument("--db", default="switchyard_bench", help="database to use and empty (default switchyard_bench)")
+    parser.add_argument("--redis-db", type=int, default=13, help="Redis database to use and flush (default 13)")
+    args = parser.parse_args()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe would bury the progress bars
+
+    log(f"preparing {args.nodes} nodes x {args.gpus} GPUs in database {args.db}, Redis db {args.redis_db} ...")
+    run = setup(args.db, args.redis_db, args.nodes, args.gpus, probes=min(20, args.nodes))
+    write_fleet(run["nodes"], args.gpus, random.Random(0))
+    build = measure_build(run["nodes"], args.gpus, args.rounds)
+    log(f"build: {orjson.dumps(build).decode()}")
+    write_fleet(run["nodes"], args.gpus, random.Random(0))  # fresh timestamps for the live part
+    server = start_server(args.port, args.workers, run["db_url"], run["redis_url"])
+    try:
+        e2e = asyncio.run(end_to_end(args.port, run, args.clients, args.probes, args.busy_rate, args.gpus))
+    finally:
+        server.terminate()
+        server.wait(15)
+
+    rows = [
+        ("fleet", f"{args.nodes} nodes x {args.gpus} GPUs, {len(POOLS)} pools"),
+        ("frame build, gpu heatmap (read + build + diff + encode)",
+         f"p50 {build['p50_ms']:.1f} ms, p95 {build['p95_ms']:.1f} ms over {build['rounds']} ticks with 20 % of "
+         f"nodes changed (read {build['parts_p50']['read']:.1f} / build {build['parts_p50']['build']:.1f} / "
+         f"diff+encode {build['parts_p50']['diff+encode']:.1f} ms p50); first read, all parsed, "
+         f"{build['cold_read_ms']:.0f} ms"),
+        ("full gpu frame on the wire", f"{build['full_bytes']:,} B JSON ({build['full_deflated']:,} B deflated)"),
+        ("full per-node frame", f"{build['node_full_bytes']:,} B JSON"),
+        ("delta, 20 % of nodes changed", f"{build['delta_bytes']:,} B JSON ({build['delta_deflated']:,} B deflated, "
+                                         f"{build['delta_kind']})"),
+        ("delta, one node changed", f"{build['single_bytes']:,} B JSON"),
+    ]
+    for phase in ("quiet", "busy"):
+        if phase in e2e:
+            r = e2e[phase]
+            rows.append((f"ingest POST -> {args.clients} ws clients, {phase}",
+                         f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, max {r['max_ms']:.0f} ms "
+                         f"({r['received']} deliveries, {r['missed']} missed, {r['errors']} errors)"))
+    width = max(len(k) for k, _ in rows)
+    print()
+    for k, v in rows:
+        print(f"{k.ljust(width)}  {v}")
+    ok = build["p95_ms"] < 50 and e2e["quiet"]["p95_ms"] < 1000 and not e2e["quiet"]["missed"]
+    print(f"\ntargets (build p95 < 50 ms, ingest->client p95 < 1 s): {'met' if ok else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
