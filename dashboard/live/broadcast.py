@@ -159,6 +159,8 @@ class Broadcaster:
         self.last_tick = 0.0
         self.last_full_refresh = 0.0
         self.next_transition: float | None = None  # epoch seconds
+        self.changed: set[str] = set()  # nodes that pushed since the last tick (names from sy:ingest)
+        self.need_full_read = True  # no trusted copy of sy:latest yet (start, new leader, listener reconnected)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
         self.dirty = asyncio.Event()
@@ -185,7 +187,7 @@ class Broadcaster:
             del self.local[topic]
 
     # --- one tick --------------------------------------------------------------------------------------------
-    def tick_sync(self, dirty: bool) -> list[tuple[str, str]]:
+    def tick_sync(self, dirty: bool, changed: set[str] | None = None) -> list[tuple[str, str]]:
         """Refresh presence, take or keep the lease, and (leader only) build what is due. Returns messages to send
         as (group, text) pairs. Runs on the build thread."""
         self.ticks += 1
@@ -194,6 +196,7 @@ class Broadcaster:
         self.leader = bool(r.register_script(_LEASE_LUA)(keys=[LEASE_KEY], args=[self.ident, LEASE_MS]))
         if not self.leader:
             self.frames.clear()  # another process builds; reload from Redis if the lease comes back
+            self.need_full_read = True
             return []
         topics = active_topics()
         if not topics:
@@ -205,13 +208,17 @@ class Broadcaster:
                or time.monotonic() - self.last_full_refresh > REFRESH_S)
         if not due:
             return []
-        return self.build_topics(topics)
+        return self.build_topics(topics, changed)
 
-    def build_topics(self, topics: list[str]) -> list[tuple[str, str]]:
+    def build_topics(self, topics: list[str], changed: set[str] | None = None) -> list[tuple[str, str]]:
         close_old_connections()
-        view = frames.load_view()
+        full = self.need_full_read or changed is None or time.monotonic() - self.last_full_refresh > REFRESH_S
+        view = frames.load_view(changed=None if full else changed)
+        if full:
+            self.need_full_read = False
+            self.last_full_refresh = time.monotonic()
         self.next_transition = view.next_transition
-        self.last_build = self.last_full_refresh = time.monotonic()
+        self.last_build = time.monotonic()
         r = redis_client()
         seqs = dict(zip(topics, r.hmget(SEQ_KEY, topics), strict=True))
         out: list[tuple[str, str]] = []
@@ -245,7 +252,8 @@ class Broadcaster:
     async def tick(self, dirty: bool = False) -> int:
         """One tick; returns how many messages were sent."""
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(self.executor, self.tick_sync, dirty)
+        changed, self.changed = self.changed, set()
+        messages = await loop.run_in_executor(self.executor, self.tick_sync, dirty, changed)
         self.last_tick = time.monotonic()
         if not self.leader and dirty:
             self.last_build = self.last_tick  # only throttles a non-leader's ticks; it builds nothing
@@ -264,9 +272,13 @@ class Broadcaster:
             ps = client.pubsub()
             try:
                 await ps.subscribe(INGEST_CHANNEL)
+                self.need_full_read = True  # pushes may have been missed while not listening
                 while True:
                     msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if msg is not None:
+                        data = msg.get("data")
+                        if isinstance(data, bytes):
+                            self.changed.add(data.decode(errors="replace"))
                         self.dirty.set()
             except asyncio.CancelledError:
                 raise

@@ -145,3 +145,19 @@ def test_tail_frame_and_topic_checks() -> None:
     for bad in ("", "gpu:", "gpu:load1", "node:", "node:temp_c", "tail:UPPER", "tail:", "x" * 400, "fleet"):
         with pytest.raises(frames.TopicError):
             frames.check_topic(bad)
+
+
+def test_reader_refresh_rereads_only_the_named_nodes(redis_db: Any) -> None:
+    import orjson
+
+    from dashboard.metrics.latest import LATEST_KEY
+
+    reader = frames.LatestReader()
+    redis_db.hset(LATEST_KEY, mapping={"a": orjson.dumps({"v": 1}), "b": orjson.dumps({"v": 1})})
+    assert reader.read() == {"a": {"v": 1}, "b": {"v": 1}}
+    redis_db.hset(LATEST_KEY, mapping={"a": orjson.dumps({"v": 2}), "b": orjson.dumps({"v": 2})})
+    assert reader.refresh({"a"}) == {"a": {"v": 2}, "b": {"v": 1}}  # b did not announce a push: not re-read
+    redis_db.hdel(LATEST_KEY, "a")
+    redis_db.hset(LATEST_KEY, "c", b"not json")
+    assert reader.refresh({"a", "c"}) == {"b": {"v": 1}}  # forgotten node dropped, bad value skipped
+    assert reader.read() == {"b": {"v": 2}}
