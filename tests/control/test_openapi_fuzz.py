@@ -61,6 +61,7 @@ def test_no_server_errors_and_responses_match_the_schema(tokens: dict[str, str])
         except Exception as exc:  # collect all operations' failures, then report them together
             failures.append(f"{operation.label}: {exc}"[:2000])
     assert not failures, "\n\n".join(failures)
-    # The run reached every operation and got past validation into the views for the read operations at least.
+    # The run reached every operation, and requests got through authentication into the views.
     assert set(statuses) == {op.label for op in operations}
-    assert sum(1 for codes in statuses.values() if codes & {200, 201}) >= 8, statuses
+    for label in ("GET /api/v1/policies/", "GET /api/v1/audit/", "GET /api/v1/tokens/"):
+        assert 200 in statuses[label], statuses
