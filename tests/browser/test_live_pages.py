@@ -5,15 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
-
 from dashboard.fleet.models import Node
 from tests.browser.conftest import Server, login, screenshot
 from tests.conftest import full_sample, make_node
 
 FLEET = {"gpu-a-1": "pool-a", "gpu-a-2": "pool-a", "gpu-b-1": "pool-b"}
 GPUS = 4
-pytestmark = pytest.mark.skip(reason="WIP: enabled when the live pages are in")  # TODO(remove before resolving 3)
 
 CELL = """([node, gpu]) => {
   const s = window.switchyardHeatmap && window.switchyardHeatmap.gpu;
