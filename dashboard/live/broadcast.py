@@ -155,7 +155,8 @@ class Broadcaster:
         self.builds: Counter[str] = Counter()  # frames built per topic (tests prove one build per tick)
         self.ticks = 0
         self.leader = False
-        self.last_build = 0.0  # monotonic
+        self.last_build = 0.0  # monotonic; the last build that sent something or answered a push (rate limit)
+        self.last_any_build = 0.0
         self.last_tick = 0.0
         self.last_full_refresh = 0.0
         self.next_transition: float | None = None  # epoch seconds
@@ -200,12 +201,13 @@ class Broadcaster:
             return []
         topics = active_topics()
         if not topics:
+            self.need_full_read = True  # the pushes named in `changed` are not being read now
             return []
         r.hset(SEEN_KEY, mapping={t: now_ms() for t in topics})
         wall = time.time()
         due = (dirty or any(t not in self.frames for t in topics)
                or (self.next_transition is not None and wall >= self.next_transition)
-               or time.monotonic() - self.last_full_refresh > REFRESH_S)
+               or time.monotonic() - self.last_any_build > REFRESH_S)
         if not due:
             return []
         return self.build_topics(topics, changed)
@@ -218,7 +220,7 @@ class Broadcaster:
             self.need_full_read = False
             self.last_full_refresh = time.monotonic()
         self.next_transition = view.next_transition
-        self.last_build = time.monotonic()
+        self.last_any_build = time.monotonic()
         r = redis_client()
         seqs = dict(zip(topics, r.hmget(SEQ_KEY, topics), strict=True))
         out: list[tuple[str, str]] = []
@@ -255,8 +257,10 @@ class Broadcaster:
         changed, self.changed = self.changed, set()
         messages = await loop.run_in_executor(self.executor, self.tick_sync, dirty, changed)
         self.last_tick = time.monotonic()
-        if not self.leader and dirty:
-            self.last_build = self.last_tick  # only throttles a non-leader's ticks; it builds nothing
+        if dirty or messages:
+            # The once-per-tick limit is on what clients get; a heartbeat build that found nothing new must not
+            # delay the next push's frame. (A non-leader builds nothing: this only throttles its lease attempts.)
+            self.last_build = self.last_tick
         layer = get_channel_layer()
         for group, text in messages:
             await layer.group_send(group, {"type": "live.message", "text": text})
@@ -325,6 +329,7 @@ class Broadcaster:
                     await self.tick(dirty)
                 except Exception:  # noqa: BLE001 - log and keep ticking; a bad tick must not end the live view
                     log.exception("live: tick failed")
+                    self.need_full_read = True  # the names of this tick's pushes are gone with it
                     self.last_tick = self.last_build = time.monotonic()
         finally:
             listener.cancel()

@@ -28,7 +28,6 @@ import orjson
 from django.conf import settings
 
 from agents.catalogue import BY_NAME, GPU_NAMES, HOST_NAMES, INFERENCE_NAMES, Metric
-from dashboard.fleet.liveness import status_of
 from dashboard.metrics.latest import LATEST_KEY, redis_client
 
 DEFAULT_NODE_METRICS: tuple[str, ...] = ("cpu_util_pct", "disk_busy_pct", "requests_waiting", "kv_cache_usage_pct",
@@ -88,28 +87,39 @@ def natural_key(name: str) -> tuple[Any, ...]:
 
 
 def make_view(nodes: list[NodeInfo], latest: dict[str, dict[str, Any]], now: datetime | None = None) -> FleetView:
-    """Rows for every registered node, grouped by pool then name; nodes only in Redis (deleted) are left out."""
+    """Rows for every registered node, grouped by pool then name; nodes only in Redis (deleted) are left out.
+
+    Status follows dashboard.fleet.liveness.status_of (tests hold the two to the same answers), computed here from
+    the cached epoch of each sample's ts because this runs for every node on every tick.
+    """
     now = now or datetime.now(UTC)
     now_s = now.timestamp()
     stale_after = settings.STALE_AFTER_INTERVALS
+    default_interval = settings.AGENT_INTERVAL_S
     rows: list[Row] = []
     max_gpu = -1
     next_transition: float | None = None
     for info in sorted(nodes, key=lambda n: (n.pool, natural_key(n.name))):
         snap = latest.get(info.name)
-        status = status_of(snap, info.interval_s, now)
         ts = _epoch(snap["ts"]) if snap and snap.get("ts") else None
+        if ts is None:
+            status = "down"
+        else:
+            window = (info.interval_s or default_interval) * stale_after
+            age = now_s - ts
+            status = "up" if age <= window else "stale" if age <= window * 10 else "down"
+            if status != "down":
+                change = ts + (window if status == "up" else window * 10)
+                next_transition = change if next_transition is None else min(next_transition, change)
         gpus = {int(g["index"]): g for g in snap.get("gpus", ())} if snap else {}
         max_gpu = max(max_gpu, info.max_gpu, max(gpus, default=-1))
         rows.append(Row(info.name, info.pool, status, ts, snap, gpus))
-        if ts is not None and status != "down":
-            window = (info.interval_s or settings.AGENT_INTERVAL_S) * stale_after
-            change = ts + (window if status == "up" else window * 10)
-            next_transition = change if next_transition is None else min(next_transition, change)
     return FleetView(rows, list(range(max_gpu + 1)), now_s, next_transition=next_transition)
 
 
+@lru_cache(maxsize=65536)
 def _epoch(ts: str) -> float:
+    """Most nodes' ts is the same string as last tick: parse each once."""
     return datetime.fromisoformat(ts).timestamp()
 
 

@@ -161,3 +161,15 @@ def test_reader_refresh_rereads_only_the_named_nodes(redis_db: Any) -> None:
     redis_db.hset(LATEST_KEY, "c", b"not json")
     assert reader.refresh({"a", "c"}) == {"b": {"v": 1}}  # forgotten node dropped, bad value skipped
     assert reader.read() == {"b": {"v": 2}}
+
+
+@pytest.mark.parametrize("interval", [None, 1, 60])
+def test_status_agrees_with_liveness_status_of(interval: int | None) -> None:
+    from dashboard.fleet.liveness import status_of
+
+    ages = [0, 1, 2.9, 3, 3.1, 14.9, 15, 15.1, 29, 30, 31, 149, 150, 151, 179, 180, 181, 1799, 1800, 1801, 10**6]
+    latest = {f"n{i}": snap(f"n{i}", "p", age_s=a) for i, a in enumerate(ages)}
+    infos = [NodeInfo(name, "p", interval, 1) for name in latest]
+    v = frames.make_view(infos, latest, NOW)
+    for name, s in latest.items():
+        assert v.by_name[name].status == status_of(s, interval, NOW), (name, s["ts"])
