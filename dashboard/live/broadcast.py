@@ -254,13 +254,14 @@ class Broadcaster:
     async def tick(self, dirty: bool = False) -> int:
         """One tick; returns how many messages were sent."""
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
         changed, self.changed = self.changed, set()
         messages = await loop.run_in_executor(self.executor, self.tick_sync, dirty, changed)
         self.last_tick = time.monotonic()
-        if dirty or messages:
+        if dirty or messages:  # measured from the start: frames go out every TICK_S, not every TICK_S + build time
             # The once-per-tick limit is on what clients get; a heartbeat build that found nothing new must not
             # delay the next push's frame. (A non-leader builds nothing: this only throttles its lease attempts.)
-            self.last_build = self.last_tick
+            self.last_build = started
         layer = get_channel_layer()
         for group, text in messages:
             await layer.group_send(group, {"type": "live.message", "text": text})
