@@ -218,6 +218,8 @@ class Client:
         self.waiting: dict[tuple[int, float], float] = {}  # (row, value) -> t0
         self.latencies: list[float] = []
         self.messages = 0
+        self.resyncs = 0
+        self.arrivals: list[float] = []
         self.ready = asyncio.Event()
 
     async def run(self, url: str, headers: dict[str, str]) -> None:
@@ -235,7 +237,9 @@ class Client:
                     self.ready.set()
                     hits = [(row, v) for (row, v) in self.waiting if msg["z"][row][0] == v]
                 elif msg.get("type") == "delta" and self.state is not None:
+                    self.arrivals.append(now)
                     if msg["seq"] != self.state["seq"] + 1:
+                        self.resyncs += 1
                         await ws.send(orjson.dumps({"type": "resync", "topic": msg["topic"]}).decode())
                         continue
                     for c in msg.get("cells", ()):
@@ -320,8 +324,12 @@ async def end_to_end(port: int, run: dict[str, Any], clients_n: int, probes: int
             missed = sum(len(c.waiting) for c in clients)
             for c in clients:
                 c.waiting.clear()
+            gaps = [b - a for a, b in zip(clients[0].arrivals, clients[0].arrivals[1:], strict=False)]
             results[phase] = {"p50_ms": pct(lat, 0.5), "p95_ms": pct(lat, 0.95), "max_ms": max(lat, default=0),
-                              "received": len(lat), "missed": missed, "errors": errors}
+                              "received": len(lat), "missed": missed, "errors": errors,
+                              "resyncs": sum(c.resyncs for c in clients),
+                              "delta_gap_p50_ms": pct(gaps, 0.5) * 1000 if gaps else None}
+            clients[0].arrivals.clear()
             log(f"{phase}: {orjson.dumps(results[phase]).decode()}")
         stop.set()
         if bg is not None:
