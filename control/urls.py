@@ -9,6 +9,7 @@ from control.nodes import views as node_views
 from control.policy import api as policy_api
 from control.policy import views as policy_views
 from control.tokens import api as token_api
+from control.tokens import views as token_views
 
 api = [
     path("policies/", policy_api.PolicyKinds.as_view(), name="policy-kinds"),
@@ -39,6 +40,8 @@ pages = [
     path("audit/<int:pk>/", audit_views.audit_detail, name="audit-event"),
     path("node-actions/", node_views.node_actions, name="node-actions"),
     path("node-actions/<str:name>/<str:action>/", node_views.node_action, name="node-action"),
+    path("account/tokens/", token_views.tokens, name="account-tokens"),
+    path("account/tokens/<int:pk>/revoke/", token_views.revoke, name="account-token-revoke"),
 ]
 
 urlpatterns = [

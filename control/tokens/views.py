@@ -1,0 +1,50 @@
+"""The "API tokens" page: a user lists, creates (secret shown once) and revokes their own tokens."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from control.audit.context import Origin
+from control.tokens import service
+from dashboard.accounts.models import UserToken
+from dashboard.accounts.views import role_required
+
+
+def _clean(value: str, limit: int) -> str:
+    return value.replace("\x00", "").strip()[:limit]
+
+
+@role_required("viewer")
+def tokens(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        name, reason = _clean(request.POST.get("name", ""), 100), _clean(request.POST.get("reason", ""), 2000)
+        if not name or not reason:
+            messages.error(request, "A new token needs a name and a reason (e.g. 'grafana', 'CI deploy job').")
+            return redirect("account-tokens")
+        token, plain = service.issue(request.user, name, Origin.from_request(request), reason)
+        # The secret goes into this one response only; a reload shows the list without it.
+        return render(request, "account/tokens.html", _context(request, created=(token, plain)), status=201)
+    return render(request, "account/tokens.html", _context(request))
+
+
+def _context(request: HttpRequest, created: tuple[UserToken, str] | None = None) -> dict[str, object]:
+    return {"nav": "tokens", "tokens": UserToken.objects.filter(user=request.user), "created": created}
+
+
+@require_POST
+@role_required("viewer")
+def revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    token = UserToken.objects.filter(pk=pk, user=request.user).first()
+    if token is None:  # someone else's token looks exactly like a missing one
+        raise Http404("no such token of yours")
+    reason = _clean(request.POST.get("reason", ""), 2000)
+    if not reason:
+        messages.error(request, f"Revoking {token.prefix}… needs a reason.")
+    elif service.revoke(token, Origin.from_request(request), reason):
+        messages.success(request, f"Token {token.prefix}… revoked; clients using it now get 401.")
+    else:
+        messages.info(request, f"Token {token.prefix}… was already revoked.")
+    return redirect("account-tokens")
