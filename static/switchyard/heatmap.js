@@ -74,7 +74,7 @@
     const marks = poolMarks(state.rows);
     return Object.assign({}, THEME, {
       height: height(state.rows.length),
-      margin: {l: 150, r: 20, t: 28, b: 40},
+      margin: {l: 150, r: 20, t: 64, b: 20},
       yaxis: {type: "category", autorange: "reversed", automargin: true, tickfont: {size: 10}},
       shapes: marks.shapes, annotations: marks.annotations,
       datarevision: state.seq,
@@ -102,7 +102,8 @@
       xgap: 1, ygap: state.rows.length < 150 ? 1 : 0, hoverongaps: true,
     };
     Plotly.react(gpuEl, [staleTrace(state, x, y), main], layoutFor(state, {
-      title: {text: state.metric + " (" + (UNIT[state.unit] || state.unit) + ")", font: {size: 13}, x: 0.01},
+      title: {text: state.metric + " (" + (UNIT[state.unit] || state.unit) + ")", font: {size: 13}, x: 0.01,
+              yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: "gpu:" + state.metric,
     }), {displaylogo: false, responsive: true});
@@ -122,7 +123,8 @@
       xgap: 1, ygap: state.rows.length < 150 ? 1 : 0, hoverongaps: true,
     };
     Plotly.react(nodeEl, [staleTrace(state, x, y), main], layoutFor(state, {
-      title: {text: "per node (each column on its own scale)", font: {size: 13}, x: 0.01},
+      title: {text: "per node (each column on its own scale)", font: {size: 13}, x: 0.01,
+              yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: state.topic,
     }), {displaylogo: false, responsive: true});
