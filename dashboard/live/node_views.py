@@ -64,6 +64,7 @@ def node_detail(request: HttpRequest, name: str) -> HttpResponse:
         "step": step,
         "charts": history.CHARTS,
         "page": page,
+        "node_actions": ("drain", "cordon", "uncordon"),
     })
 
 

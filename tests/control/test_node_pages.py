@@ -35,3 +35,16 @@ def test_buttons_change_state_with_a_reason_and_audit(browser: Callable[..., Any
     assert csrf_post(client, "/node-actions/nope/drain/", {"reason": "x"}).status_code == 404
     assert csrf_post(client, "/node-actions/gpu-a-1/reboot/", {"reason": "x"}).status_code == 404
     assert client.get("/node-actions/gpu-a-1/drain/").status_code == 405
+
+
+def test_node_page_has_the_buttons_for_operators_and_comes_back_to_itself(browser: Callable[..., Any]) -> None:
+    make_node("gpu-a-1", "pool-a")
+    assert "/node-actions/gpu-a-1/drain/" not in browser("viewer").get("/nodes/gpu-a-1/").content.decode()
+    client = browser("operator")
+    assert "/node-actions/gpu-a-1/cordon/" in client.get("/nodes/gpu-a-1/").content.decode()
+    response = csrf_post(client, "/node-actions/gpu-a-1/cordon/", {"reason": "flaky NIC", "next": "/nodes/gpu-a-1/"})
+    assert response.status_code == 302 and response["Location"] == "/nodes/gpu-a-1/"
+    assert Node.objects.get(name="gpu-a-1").state == "cordoned"
+    # An open redirect is refused: a foreign `next` falls back to the node-actions page.
+    response = csrf_post(client, "/node-actions/gpu-a-1/uncordon/", {"reason": "ok", "next": "https://evil.example/"})
+    assert response["Location"] == "/node-actions/"
