@@ -136,6 +136,7 @@ def measure_build(nodes: list[tuple[str, str]], gpus: int, rounds: int) -> dict[
     from dashboard.live import broadcast, frames
 
     rng = random.Random(1)
+    frames.tune_gc()  # as the broadcaster does in the server
     frames.forget_nodes()
     t = time.perf_counter()
     view = frames.load_view()  # cold: every value parsed
@@ -395,8 +396,10 @@ def main() -> int:
     print()
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
-    ok = build["p95_ms"] < 50 and e2e["quiet"]["p95_ms"] < 1000 and not e2e["quiet"]["missed"]
-    print(f"\ntargets (build p95 < 50 ms, ingest->client p95 < 1 s): {'met' if ok else 'NOT met'}")
+    verdicts = [("build p95 < 50 ms", build["p95_ms"] < 50)]
+    for phase, r in e2e.items():
+        verdicts.append((f"ingest->client p95 < 1 s, {phase}", r["p95_ms"] < 1000 and not r["missed"]))
+    print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in verdicts))
     return 0
 
 

@@ -148,6 +148,7 @@ class Broadcaster:
     """One per process (per event loop). Sockets attach/detach and add/remove the topics they watch."""
 
     def __init__(self, ident: str | None = None) -> None:
+        frames.tune_gc()
         self.ident = ident or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.local: Counter[str] = Counter()
         self.connections = 0
