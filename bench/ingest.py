@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import os
 import random
 import statistics
 import subprocess
@@ -23,51 +22,29 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlparse
 
+import benchlib
 import orjson
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+from benchlib import percentile, use_bench_database
 
 BENCH_DB = "switchyard_bench"
 
 
 def setup_database(nodes: int, gpus: int) -> tuple[list[tuple[str, str]], str, str]:
-    """Point Django at the bench database, migrate, empty it and create the nodes. Returns (nodes, db url, redis)."""
-    import django
-    from django.conf import settings
-
-    settings.DATABASES["default"]["NAME"] = BENCH_DB  # before the first connection is made
-    from dashboard import embedded
-
-    url = urlparse(settings.DATABASE_URL)
-    admin = url._replace(path="/postgres").geturl()
-    embedded._create_database(admin, BENCH_DB)
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
-
+    """Migrate and empty the bench database and create the nodes. Returns (nodes and tokens, db url, redis url)."""
+    db_url, redis_url = use_bench_database(BENCH_DB)
     from dashboard.accounts.tokens import display_prefix, new_token
     from dashboard.fleet.models import Node, NodeToken, Pool
-    from dashboard.metrics import schema
+    from dashboard.metrics.latest import redis_client
 
-    call_command("migrate", verbosity=0)
-    with connection.cursor() as cur:
-        cur.execute(f"TRUNCATE {', '.join(t.name for t in schema.ALL_TABLES)}, fleet_gpu, fleet_nodetoken, "
-                    "fleet_node, fleet_pool CASCADE")
     pool = Pool.objects.create(name="bench")
     made = Node.objects.bulk_create([Node(name=f"bench-{i:05d}", pool=pool) for i in range(nodes)])
     tokens = [new_token("node") for _ in made]
     NodeToken.objects.bulk_create([NodeToken(node=n, prefix=display_prefix(t), digest=d)
                                    for n, (t, d) in zip(made, tokens, strict=True)])
-    from dashboard.metrics.latest import redis_client
-
     redis_client().delete(*[k for k in redis_client().scan_iter("sy:rl:ingest:*")] or ["-"])
-    db_url = url._replace(path=f"/{BENCH_DB}").geturl()
-    return [(n.name, t) for n, (t, _) in zip(made, tokens, strict=True)], db_url, settings.REDIS_URL
+    return [(n.name, t) for n, (t, _) in zip(made, tokens, strict=True)], db_url, redis_url
 
 
 def stored_samples() -> tuple[int, int]:
@@ -188,27 +165,11 @@ async def run_load(agents: list[Agent], interval: float, duration: float, label:
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+    return percentile(values, q) * 1000  # seconds -> ms
 
 
 def start_server(port: int, workers: int, db_url: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
-               SWITCHYARD_INGEST_RATE_PER_MINUTE="100000")
-    proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(workers)],
-                            cwd=ROOT, env=env)
-    import socket
-
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start; run `python manage.py serve` by hand to see why")
+    return benchlib.start_server(port, workers, db_url, redis_url, SWITCHYARD_INGEST_RATE_PER_MINUTE="100000")
 
 
 def report(label: str, nodes: int, gpus: int, interval: float, duration: float, stats: Stats,

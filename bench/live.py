@@ -24,22 +24,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
 import time
 import zlib
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import orjson
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dashboard.settings")
+from benchlib import percentile, start_server, use_bench_database
 
 POOLS = ("pool-a", "pool-b", "pool-c", "pool-d")
 METRIC = "gpu_util_pct"
@@ -51,32 +44,15 @@ def log(msg: str) -> None:
 
 def setup(db_name: str, redis_db: int, nodes: int, gpus: int, probes: int) -> dict[str, Any]:
     """Point Django at the bench database and Redis db, migrate, empty, create the fleet. Returns what the run needs."""
-    import django
-    from django.conf import settings
-
-    settings.DATABASES["default"]["NAME"] = db_name  # before the first connection is made
-    settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"
-    settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
-    from dashboard import embedded
-
-    url = urlparse(settings.DATABASE_URL)
-    embedded._create_database(url._replace(path="/postgres").geturl(), db_name)
-    django.setup()
+    db_url, redis_url = use_bench_database(db_name, redis_db)
     from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from django.db import connection
     from django.test import Client
 
     from dashboard.accounts.roles import set_role
     from dashboard.accounts.tokens import display_prefix, new_token
     from dashboard.fleet.models import GPU, Node, NodeToken, Pool
-    from dashboard.metrics import schema
     from dashboard.metrics.latest import redis_client
 
-    call_command("migrate", verbosity=0)
-    with connection.cursor() as cur:
-        cur.execute(f"TRUNCATE {', '.join(t.name for t in schema.ALL_TABLES)}, fleet_gpu, fleet_nodetoken, "
-                    "fleet_node, fleet_pool CASCADE")
     redis_client().flushdb()
     pools = [Pool.objects.create(name=p) for p in POOLS]
     made = Node.objects.bulk_create([Node(name=f"bench-{i:05d}", pool=pools[i % len(pools)], interval_s=3600)
@@ -93,9 +69,8 @@ def setup(db_name: str, redis_db: int, nodes: int, gpus: int, probes: int) -> di
     set_role(user, "viewer")
     client = Client()
     client.force_login(user)
-    db_url = url._replace(path=f"/{db_name}").geturl()
     return {"nodes": [(n.name, pools[i % len(pools)].name) for i, n in enumerate(made)], "tokens": tokens,
-            "session": client.cookies["sessionid"].value, "db_url": db_url, "redis_url": settings.REDIS_URL}
+            "session": client.cookies["sessionid"].value, "db_url": db_url, "redis_url": redis_url}
 
 
 def snapshot(name: str, pool: str, gpus: int, rng: random.Random, seq: int = 1) -> dict[str, Any]:
@@ -124,8 +99,7 @@ def write_fleet(nodes: list[tuple[str, str]], gpus: int, rng: random.Random, seq
 
 
 def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+    return percentile(values, q)
 
 
 # --- 1 + 2: build time and sizes --------------------------------------------------------------------------------
@@ -192,22 +166,6 @@ def measure_build(nodes: list[tuple[str, str]], gpus: int, rounds: int) -> dict[
 
 
 # --- 3: end to end ---------------------------------------------------------------------------------------------
-
-def start_server(port: int, workers: int, db_url: str, redis_url: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
-    proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(workers)],
-                            cwd=ROOT, env=env)
-    import socket
-
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the server did not start; run `python manage.py serve` by hand to see why")
-
 
 class Client:
     """One websocket client holding the gpu heatmap state, noting when each probe value shows up."""

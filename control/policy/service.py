@@ -169,14 +169,8 @@ def activate(kind: str, revision: Any, reason: Any, origin: Origin, *, expected_
     check_kind(kind)
     reason = check_reason(reason)
     with transaction.atomic():
-        pointer = _pointer(kind, scope, lock=True)
-        previous = pointer.revision
-        _check_expected(kind, previous, expected_active)
-        rev = get_revision(kind, revision)
-        if rev.scope != scope:
-            raise NotFound(f"revision {rev.pk} belongs to scope {rev.scope}", {"revision": "other scope"})
-        if rev.pk == previous.pk:
-            raise Conflict(f"revision {rev.pk} is already the active {kind} revision", {"revision": "already active"})
+        pointer, previous, rev = _lock_and_pick(kind, scope, revision, expected_active,
+                                                f"revision {{}} is already the active {kind} revision")
         _point(pointer, rev)
         record(origin, "policy.activate", target(kind, scope), reason, before=previous.document, after=rev.document,
                details={"revision": rev.pk, "version": rev.version, "previous": previous.pk})
@@ -189,21 +183,29 @@ def rollback(kind: str, revision: Any, reason: Any, origin: Origin, *, expected_
     check_kind(kind)
     reason = check_reason(reason)
     with transaction.atomic():
-        pointer = _pointer(kind, scope, lock=True)
-        previous = pointer.revision
-        _check_expected(kind, previous, expected_active)
-        source = get_revision(kind, revision)
-        if source.scope != scope:
-            raise NotFound(f"revision {source.pk} belongs to scope {source.scope}", {"revision": "other scope"})
-        if source.pk == previous.pk:
-            raise Conflict(f"revision {source.pk} is the active one; there is nothing to roll back to",
-                           {"revision": "already active"})
+        pointer, previous, source = _lock_and_pick(kind, scope, revision, expected_active,
+                                                   "revision {} is the active one; there is nothing to roll back to")
         rev = _new_revision(kind, scope, source.document, origin, reason, previous, restored_from=source)
         _point(pointer, rev)
         record(origin, "policy.rollback", target(kind, scope), reason, before=previous.document, after=rev.document,
                details={"revision": rev.pk, "version": rev.version, "restored_from": source.pk,
                         "restored_version": source.version, "previous": previous.pk})
     return Change(rev, previous)
+
+
+def _lock_and_pick(kind: str, scope: str, revision: Any, expected_active: Any,
+                   already_active: str) -> tuple[Any, PolicyRevision, PolicyRevision]:
+    """Lock the kind's active pointer (inside the caller's transaction), check If-Match, and fetch `revision`,
+    which must be in the same scope and not be the active one. Returns (pointer, active revision, revision)."""
+    pointer = _pointer(kind, scope, lock=True)
+    previous = pointer.revision
+    _check_expected(kind, previous, expected_active)
+    rev = get_revision(kind, revision)
+    if rev.scope != scope:
+        raise NotFound(f"revision {rev.pk} belongs to scope {rev.scope}", {"revision": "other scope"})
+    if rev.pk == previous.pk:
+        raise Conflict(already_active.format(rev.pk), {"revision": "already active"})
+    return pointer, previous, rev
 
 
 def _check_expected(kind: str, current: PolicyRevision, expected: Any) -> None:
