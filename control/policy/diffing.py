@@ -11,7 +11,9 @@ from control.policy.schemas import error_path
 
 
 def pretty(document: Any) -> str:
-    return json.dumps(document, indent=2, ensure_ascii=False) if document is not None else ""
+    # Sorted keys: PostgreSQL's jsonb keeps its own key order and a submitted document has the author's, so only a
+    # canonical order lets the line diff show what changed rather than where keys happen to sit.
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) if document is not None else ""
 
 
 def changes(a: Any, b: Any, loc: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
