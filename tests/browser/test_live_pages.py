@@ -127,3 +127,18 @@ def test_disconnected_badge_while_the_server_is_down_then_live_again(page: Any, 
         page.wait_for_function(f"({CELL})(['gpu-a-1', 0]) !== null")
     finally:
         restarted.stop()
+
+
+def test_clicking_a_heatmap_cell_opens_that_node(page: Any, server: Server) -> None:
+    seed(server)
+    login(page, server, "vera", "viewer")
+    page.goto(f"{server.url}/heatmap/")
+    page.wait_for_function(f"({CELL})(['gpu-a-1', 0]) !== null", timeout=10_000)
+    drag = page.wait_for_selector(".js-plotly-plot .nsewdrag")  # the GPU heatmap's plot area comes first
+    box = drag.bounding_box()
+    rows = len(FLEET)
+    order = page.evaluate("() => window.switchyardHeatmap.gpu.rows.map(r => r.node)")
+    # Rows are drawn top to bottom in frame order (pool, then name): click the middle of the bottom-left cell.
+    page.mouse.click(box["x"] + box["width"] / (2 * GPUS), box["y"] + box["height"] * (rows - 0.5) / rows)
+    page.wait_for_url(f"{server.url}/nodes/{order[-1]}/**")
+    assert order[-1] == "gpu-b-1"
