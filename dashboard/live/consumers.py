@@ -6,11 +6,15 @@ fans out to the topic's channel-layer group. This consumer never builds frames p
 
 from __future__ import annotations
 
+import time
+from importlib import import_module
 from typing import Any
 
 import orjson
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from dashboard.accounts.roles import has_role
 from dashboard.live import broadcast, frames
@@ -21,6 +25,19 @@ MAX_TOPICS = 32
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_BIG = 1009
+RECHECK_S = 30.0  # how long a socket may outlive its user's logout, deactivation or loss of the viewer role
+
+
+def close_code_for(user_id: Any, session_key: str | None) -> int | None:
+    """None while the socket's user may still watch; else the close code (session ended, or role lost)."""
+    if session_key is not None:
+        store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+        if str(store.get("_auth_user_id")) != str(user_id):  # logged out, expired or flushed
+            return CLOSE_UNAUTHENTICATED
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return CLOSE_UNAUTHENTICATED
+    return None if has_role(user, "viewer") else CLOSE_FORBIDDEN
 
 
 def _node_exists(name: str) -> bool:
@@ -46,6 +63,10 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.authorized = True
+        self.user_id = user.pk
+        session = self.scope.get("session")
+        self.session_key = getattr(session, "session_key", None)
+        self.checked = time.monotonic()
         self.hub = broadcast.get()
         await self.hub.attach()
         await self.send_json({"type": "hello", "protocol": PROTOCOL, "tick_s": broadcast.TICK_S,
@@ -125,6 +146,15 @@ class FleetConsumer(AsyncJsonWebsocketConsumer):
 
     async def live_message(self, event: dict[str, Any]) -> None:
         """A frame or delta from the broadcaster, already serialised once for every socket."""
+        if time.monotonic() - self.checked >= RECHECK_S:
+            # The role was checked at connect; a wall screen's socket can stay open for weeks, so look again now
+            # and then: a logged-out or demoted user stops receiving within RECHECK_S of the next frame.
+            self.checked = time.monotonic()
+            code = await database_sync_to_async(close_code_for)(self.user_id, self.session_key)
+            if code is not None:
+                self.authorized = False
+                await self.close(code=code)
+                return
         await self.send(text_data=event["text"])
 
     async def error(self, message: str, topic: str | None = None) -> None:

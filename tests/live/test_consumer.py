@@ -249,3 +249,27 @@ def test_two_processes_build_once_per_tick(fleet: dict[str, str]) -> None:
     redis_client().delete(broadcast.LEASE_KEY)
     b.tick_sync(dirty=True)
     assert b.leader and b.frames["kpi"]["seq"] == seq
+
+
+async def test_logout_or_lost_role_closes_an_open_socket(fleet: dict[str, str], push: Callable[..., Any],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from channels.db import database_sync_to_async
+    from django.contrib.auth import get_user_model
+    from django.contrib.sessions.models import Session
+
+    from dashboard.live import consumers
+
+    monkeypatch.setattr(consumers, "RECHECK_S", 0.0)  # look again on every frame
+    cookies = {name: await database_sync_to_async(session_for)(name, "viewer") for name in ("out", "demoted", "stays")}
+    socks = {name: await viewer_socket(cookie) for name, cookie in cookies.items()}
+    for comm in socks.values():
+        await subscribe(comm, "gpu:gpu_util_pct")
+    await database_sync_to_async(lambda: Session.objects.filter(session_key=cookies["out"]).delete())()
+    await database_sync_to_async(lambda: get_user_model().objects.get(username="demoted").groups.clear())()
+    resp = await in_thread(push, fleet["gpu-a-2"], {"node": "gpu-a-2", "samples": [sample_at(2, 50.0)]})
+    assert resp.status_code == 200
+    assert (await socks["stays"].receive_json_from(timeout=10))["type"] == "delta"
+    for name, code in (("out", 4401), ("demoted", 4403)):
+        closed = await socks[name].receive_output(timeout=10)
+        assert closed == {"type": "websocket.close", "code": code}, name
+    await socks["stays"].disconnect()
