@@ -6,11 +6,13 @@ from typing import Any
 
 from django.contrib import admin
 
+from control.audit.admin_audit import AuditedAdmin
 from dashboard.fleet.models import GPU, Node, NodeToken, Pool
 
 
 @admin.register(Pool)
-class PoolAdmin(admin.ModelAdmin):
+class PoolAdmin(AuditedAdmin):
+    audit_kind = "pool"
     list_display = ["name", "description", "created"]
     search_fields = ["name"]
 
@@ -23,7 +25,8 @@ class GPUInline(admin.TabularInline):
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(AuditedAdmin):
+    audit_kind = "node"
     list_display = ["name", "pool", "state", "endpoint", "agent", "last_seen"]
     list_filter = ["pool", "state"]
     search_fields = ["name", "endpoint"]
@@ -32,9 +35,13 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(NodeToken)
-class NodeTokenAdmin(admin.ModelAdmin):
+class NodeTokenAdmin(AuditedAdmin):
+    audit_kind = "nodetoken"
     list_display = ["node", "prefix", "created", "revoked"]
     readonly_fields = ["node", "prefix", "digest", "created"]
 
     def has_add_permission(self, request: Any) -> bool:
         return False  # a token typed into a form would not be random: use manage.py createnode
+
+    def target_of(self, obj: Any) -> str:
+        return f"nodetoken:{obj.pk}"
