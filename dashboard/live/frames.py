@@ -28,7 +28,7 @@ from typing import Any, Literal
 import orjson
 from django.conf import settings
 
-from agents.catalogue import BY_NAME, GPU_NAMES, HOST_NAMES, INFERENCE_NAMES, Metric
+from agents.catalogue import BY_NAME, GPU_NAMES, HOST_NAMES, INFERENCE_NAMES, Metric, decode_clock_reasons
 from dashboard.metrics.latest import LATEST_KEY, redis_client
 
 DEFAULT_NODE_METRICS: tuple[str, ...] = ("cpu_util_pct", "disk_busy_pct", "requests_waiting", "kv_cache_usage_pct",
@@ -319,6 +319,66 @@ def node_frame(view: FleetView, spec: str = "default") -> dict[str, Any]:
             "rows": [_row_meta(r) for r in view.rows], "z": z, "raw": raw, "seq": 0}
 
 
+# What puts a node on the overview's "needs attention" list. Fixed thresholds for the wall screen; the alerts
+# issue brings operator-set rules (the `alerts` policy) with durations and paging.
+ATTENTION_LIMIT = 12
+THROTTLE_BITS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power/thermal slowdowns; idle and app-clock settings are normal
+GPU_CHECKS: tuple[tuple[str, float, str], ...] = (
+    ("temp_c", 85.0, "at {value:.0f} °C"),
+    ("mem_temp_c", 95.0, "HBM at {value:.0f} °C"),
+)
+NODE_CHECKS: tuple[tuple[str, str, float, str], ...] = (
+    ("inference", "requests_waiting", 50, "queue {value:.0f}"),
+    ("inference", "kv_cache_usage_pct", 95.0, "KV cache {value:.0f} %"),
+    ("inference", "ttft_p95_s", 2.0, "p95 TTFT {value:.1f} s"),
+    ("host", "cpu_util_pct", 90.0, "CPU {value:.0f} %"),
+    ("host", "disk_busy_pct", 90.0, "disk {value:.0f} % busy"),
+)
+
+
+def attention_of(row: Row) -> list[str]:
+    """Plain-words reasons an operator should look at this node now (empty: nothing to see)."""
+    if row.status != "up":
+        return [f"{row.status}: no live sample"]
+    reasons: list[str] = []
+    hot = [g for g in row.gpus.values() if (g.get("gpu_util_pct") or 0) >= 95.0]
+    if hot:
+        reasons.append(f"{len(hot)} of {len(row.gpus)} GPUs at ≥ 95 % util")
+    per_gpu: dict[str, list[int]] = {}  # "throttled: HW slowdown" -> [0, 3]: one line for all GPUs that share it
+    for index, g in sorted(row.gpus.items()):
+        found: list[str] = []
+        for metric, limit, text in GPU_CHECKS:
+            value = g.get(metric)
+            if value is not None and value >= limit:
+                found.append(text.format(value=value))
+        mask = g.get("clocks_event_reasons")
+        if isinstance(mask, int) and mask & THROTTLE_BITS:
+            found.append(f"throttled: {', '.join(decode_clock_reasons(mask & THROTTLE_BITS))}")
+        if g.get("xid_count"):
+            found.append(f"XID {g.get('xid_last') if g.get('xid_last') is not None else '?'}")
+        if g.get("row_remap_pending"):
+            found.append("row remap pending")
+        for text in found:
+            per_gpu.setdefault(text, []).append(index)
+    for text, gpus in per_gpu.items():
+        reasons.append(f"GPU{'s' if len(gpus) > 1 else ''} {', '.join(map(str, gpus))} {text}")
+    snap = row.snap or {}
+    for section, metric, limit, text in NODE_CHECKS:
+        value = (snap.get(section) or {}).get(metric)
+        if value is not None and value >= limit:
+            reasons.append(text.format(value=value))
+    return reasons
+
+
+def attention(view: FleetView) -> list[dict[str, Any]]:
+    """The nodes to look at first: not live ones, then by number of reasons; at most ATTENTION_LIMIT."""
+    found = [(r, attention_of(r)) for r in view.rows]
+    found = [(r, why) for r, why in found if why and not (r.status == "down" and r.ts is None)]
+    found.sort(key=lambda item: (item[0].status == "up", -len(item[1]), natural_key(item[0].node)))
+    return [{"node": r.node, "pool": r.pool, "status": r.status, "ts": r.ts, "reasons": why}
+            for r, why in found[:ATTENTION_LIMIT]]
+
+
 def kpi_frame(view: FleetView) -> dict[str, Any]:
     """Fleet KPIs over nodes that are up (stale numbers would mislead).
 
@@ -363,6 +423,7 @@ def kpi_frame(view: FleetView) -> dict[str, Any]:
         "tokens_s": round(tokens, 1) if have["tokens"] else None,
         "power_w": round(power) if have["power"] else None,
         "alerts_active": None,  # filled in by the alerts issue
+        "attention": attention(view),
     }
     return {"topic": "kpi", "kind": "kpi", "values": values, "seq": 0}
 

@@ -16,6 +16,41 @@
     alerts_active: (v) => v > 0,
   };
 
+  // "Needs attention": nodes that are not live first, then those with the most reasons, in plain words.
+  function drawAttention(items, total) {
+    const body = document.querySelector("#attention tbody");
+    const rows = items.map((item) => {
+      const tr = document.createElement("tr");
+      tr.dataset.node = item.node;
+      tr.className = "status-row-" + item.status;
+      const link = document.createElement("a");
+      link.href = "/nodes/" + encodeURIComponent(item.node) + "/";
+      link.textContent = item.node;
+      const cells = [link, item.pool, item.status, null];
+      cells.forEach((content, i) => {
+        const td = document.createElement("td");
+        if (content instanceof Node) td.appendChild(content);
+        else if (i === 2) { td.textContent = content; td.className = "status-" + item.status; }
+        else if (content != null) td.textContent = content;
+        else {
+          const why = item.status === "up" ? item.reasons.join(" · ")
+            : "no sample for " + (item.ts == null ? "ever" : Math.round(live.ageOf(item.ts)) + " s");
+          td.textContent = why;
+        }
+        tr.appendChild(td);
+      });
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = document.createElement("tr");
+      tr.className = "none";
+      tr.innerHTML = '<td colspan="4" class="muted"></td>';
+      tr.firstChild.textContent = total ? "Nothing: every node is live and within limits." : "No nodes yet.";
+      rows.push(tr);
+    }
+    body.replaceChildren(...rows);
+  }
+
   live.subscribe("kpi", (state) => {
     for (const tile of document.querySelectorAll("[data-kpi]")) {
       const name = tile.dataset.kpi;
@@ -25,6 +60,7 @@
       tile.dataset.value = v == null ? "" : String(v);
       tile.classList.toggle("warn", v != null && !!warn[name] && warn[name](v));
     }
+    drawAttention(state.values.attention || [], state.values.nodes_total || 0);
     const upd = document.getElementById("kpi-updated");
     upd.dataset.seq = String(state.seq);
     upd.textContent = "live";

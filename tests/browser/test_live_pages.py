@@ -142,3 +142,18 @@ def test_clicking_a_heatmap_cell_opens_that_node(page: Any, server: Server) -> N
     page.mouse.click(box["x"] + box["width"] / (2 * GPUS), box["y"] + box["height"] * (rows - 0.5) / rows)
     page.wait_for_url(f"{server.url}/nodes/{order[-1]}/**")
     assert order[-1] == "gpu-b-1"
+
+
+def test_overview_says_which_node_needs_attention_and_why(page: Any, server: Server) -> None:
+    tokens = seed(server)
+    login(page, server, "vera", "viewer")
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#attention tr[data-node]", timeout=10_000)  # (the seed's samples carry XIDs)
+    hot = sample_with(2, gpu=3, util=99.0)
+    hot["gpus"][3]["temp_c"] = 92.0
+    assert server.ingest(tokens["gpu-b-1"], {"node": "gpu-b-1", "samples": [hot]}).status_code == 200
+    page.wait_for_function("(document.querySelector('#attention tr[data-node=\"gpu-b-1\"]') || {}).textContent"
+                           "?.includes('GPU 3 at 92 °C')", timeout=5_000)
+    row = page.inner_text("#attention tr[data-node=gpu-b-1]")
+    assert "1 of 4 GPUs at ≥ 95 % util" in row and "/nodes/gpu-b-1/" in page.inner_html("#attention")
+    screenshot(page, "overview-attention")

@@ -123,16 +123,19 @@ def test_diff_none_delta_full_and_apply() -> None:
 def test_node_and_kpi_deltas() -> None:
     latest = {"a": snap("a", "p"), "b": snap("b", "p")}
     old_n, old_k = frames.node_frame(view(latest)), frames.kpi_frame(view(latest))
-    busy = dict(latest, b=snap("b", "p", cpu_util_pct=90.0))
+    busy = dict(latest, b=snap("b", "p", cpu_util_pct=89.0))  # below the attention threshold
     new_n = frames.node_frame(view(busy))
     kind, delta = frames.diff(old_n, new_n)
-    assert kind == "delta" and delta["cells"] == [[1, 0, 0.9, 90.0]]
+    assert kind == "delta" and delta["cells"] == [[1, 0, 0.89, 89.0]]
     assert frames.apply(old_n, {**delta, "seq": 5})["raw"] == new_n["raw"]
     kind, delta = frames.diff(old_k, frames.kpi_frame(view(busy)))
     assert kind == "none"
-    hot = dict(latest, b=snap("b", "p", util=95.0))
-    assert frames.diff(old_k, frames.kpi_frame(view(hot))) == ("delta", {"values": {"gpu_util_mean": 73.0,
-                                                                                     "gpu_util_max": 96.0}})
+    hot = dict(latest, b=snap("b", "p", util=94.0))  # 94 and 95 %: one GPU over the attention threshold
+    kind, delta = frames.diff(old_k, frames.kpi_frame(view(hot)))
+    assert kind == "delta" and set(delta["values"]) == {"gpu_util_mean", "gpu_util_max", "attention"}
+    assert (delta["values"]["gpu_util_mean"], delta["values"]["gpu_util_max"]) == (72.5, 95.0)
+    assert [(i["node"], i["reasons"]) for i in delta["values"]["attention"]] == [
+        ("b", ["1 of 2 GPUs at ≥ 95 % util"])]
 
 
 def test_tail_frame_and_topic_checks() -> None:
@@ -173,3 +176,24 @@ def test_status_agrees_with_liveness_status_of(interval: int | None) -> None:
     v = frames.make_view(infos, latest, NOW)
     for name, s in latest.items():
         assert v.by_name[name].status == status_of(s, interval, NOW), (name, s["ts"])
+
+
+def test_attention_lists_not_live_nodes_first_then_the_reasons_in_words() -> None:
+    hot = snap("hot", "p", util=96.0, requests_waiting=63, ttft_p95_s=2.4)
+    hot["gpus"][1].update(temp_c=91.0, clocks_event_reasons=0x1 | 0x20, xid_count=1, xid_last=79)
+    hot["gpus"][0].update(clocks_event_reasons=0x20)  # the same reason on two GPUs is one line
+    idle = snap("idle", "p")
+    idle["gpus"][0]["clocks_event_reasons"] = 0x1 | 0x2  # idle and app clocks: normal, not throttling
+    v = view({"hot": hot, "idle": idle, "old": snap("old", "p", age_s=60), "fine": snap("fine", "p")})
+    items = frames.kpi_frame(v)["values"]["attention"]
+    assert [i["node"] for i in items] == ["old", "hot"]
+    assert items[0]["status"] == "stale" and items[0]["ts"] is not None
+    assert items[1]["reasons"] == ["2 of 2 GPUs at ≥ 95 % util", "GPUs 0, 1 throttled: SW thermal slowdown",
+                                   "GPU 1 at 91 °C", "GPU 1 XID 79", "queue 63", "p95 TTFT 2.4 s"]
+
+
+def test_attention_is_bounded_and_never_reported_nodes_stay_off_it() -> None:
+    latest = {f"n{i}": snap(f"n{i}", "p", util=99.0) for i in range(frames.ATTENTION_LIMIT + 5)}
+    infos = [NodeInfo(n, "p", None, -1) for n in [*latest, "new-node"]]
+    items = frames.attention(view(latest, infos))
+    assert len(items) == frames.ATTENTION_LIMIT and "new-node" not in {i["node"] for i in items}
