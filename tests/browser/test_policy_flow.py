@@ -59,3 +59,22 @@ def test_side_by_side_diff_shows_only_the_changed_line(page: Any, server: Server
     changed = page.query_selector_all("table.side-by-side tr.row-changed, table.side-by-side tr.row-added, "
                                       "table.side-by-side tr.row-removed")
     assert len(changed) == 1, [r.inner_text() for r in changed]
+
+
+def test_schema_errors_show_as_you_type(page: Any, server: Server) -> None:
+    login(page, server, "olga", "operator")
+    page.goto(f"{server.url}/policies/scaling/")
+    page.wait_for_function("document.getElementById('schema-status').textContent.includes('valid')")
+    document = json.loads(page.input_value("#document"))
+    document["default"]["rules"][0]["threshold"] = -5
+    page.fill("#document", json.dumps(document, indent=2))
+    page.wait_for_function("document.getElementById('schema-status').textContent.includes('rules[0].threshold')",
+                           timeout=5_000)
+    assert "default.rules[0].threshold" in page.inner_text("#schema-status")
+    stored = service.revisions("scaling").count()
+    document["default"]["rules"][0]["threshold"] = 90
+    page.fill("#document", json.dumps(document, indent=2))
+    page.wait_for_function("document.getElementById('schema-status').textContent.includes('1 change')",
+                           timeout=5_000)
+    assert service.revisions("scaling").count() == stored  # checking stores nothing
+    assert page.js_errors == []
