@@ -78,3 +78,16 @@ class AuditedAdmin(admin.ModelAdmin):
         changed = sorted(k for k in after if before is None or before.get(k) != after.get(k))
         record(Origin.from_request(request), action, self.target_of(obj), form.cleaned_data[REASON_FIELD],
                before=before, after=after, details={"via": "admin", "fields": changed})
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Browse only: for records that change through audited code paths (or never), not through admin forms."""
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
+        return False

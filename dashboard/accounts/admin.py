@@ -7,7 +7,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 
-from control.audit.admin_audit import AuditedAdmin
+from control.audit.admin_audit import AuditedAdmin, ReadOnlyAdmin
 from dashboard.accounts.models import UserToken
 from dashboard.accounts.roles import ROLES
 
@@ -56,14 +56,5 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
 
 
 @admin.register(Group)
-class RoleGroupAdmin(GroupAdmin):
+class RoleGroupAdmin(ReadOnlyAdmin, GroupAdmin):
     """The groups are the three roles: read-only here (a user's role is set on the user)."""
-
-    def has_add_permission(self, request: Any) -> bool:
-        return False
-
-    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: Any, obj: Any = None) -> bool:
-        return False

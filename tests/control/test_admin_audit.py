@@ -72,3 +72,16 @@ def test_role_change_on_a_user_is_audited_and_deletes_are_off(browser: Callable[
     assert client.post(f"/admin/fleet/pool/{Pool.objects.create(name='p').pk}/delete/",
                        {"post": "yes"}).status_code == 403
     assert client.get("/admin/auth/group/add/").status_code == 403  # roles are fixed
+
+
+def test_audit_events_and_revisions_are_read_only_in_the_admin(browser: Callable[..., Any]) -> None:
+    from control.audit.models import AuditEvent
+    from control.policy import service
+
+    client = browser("admin")
+    rev = service.active("scheduler")
+    event = AuditEvent.objects.order_by("-id").first()
+    assert client.get(f"/admin/policy/policyrevision/{rev.pk}/change/").status_code == 200  # viewable
+    assert client.post(f"/admin/policy/policyrevision/{rev.pk}/change/", {"reason": "x"}).status_code == 403
+    assert client.get("/admin/audit/auditevent/add/").status_code == 403
+    assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
