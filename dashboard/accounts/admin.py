@@ -6,8 +6,11 @@ from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
+from django.db import transaction
 
 from control.audit.admin_audit import AuditedAdmin, ReadOnlyAdmin
+from control.audit.context import Origin
+from control.audit.record import record
 from dashboard.accounts.models import UserToken
 from dashboard.accounts.roles import ROLES
 
@@ -46,6 +49,18 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
                   "description": "Pick one role group: viewer (read), operator (change policies, drain), admin."}),
         ("Important dates", {"fields": ("last_login", "date_joined")}),
     )
+
+    def user_change_password(self, request: Any, id: str, form_url: str = "") -> Any:
+        # The password form has no reason field (it is Django's own page); the event and the change land together.
+        with transaction.atomic():
+            return super().user_change_password(request, id, form_url)
+
+    def log_change(self, request: Any, obj: Any, message: Any) -> Any:
+        entry = super().log_change(request, obj, message)
+        if request.path.rstrip("/").endswith("/password"):
+            record(Origin.from_request(request), "user.password", f"user:{obj.get_username()}",
+                   "password set in the admin site", details={"via": "admin"})  # that it changed, never what to
+        return entry
 
     def after_save(self, obj: Any) -> None:
         role = role_from_groups({g.name for g in obj.groups.all()})

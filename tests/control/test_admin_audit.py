@@ -85,3 +85,17 @@ def test_audit_events_and_revisions_are_read_only_in_the_admin(browser: Callable
     assert client.post(f"/admin/policy/policyrevision/{rev.pk}/change/", {"reason": "x"}).status_code == 403
     assert client.get("/admin/audit/auditevent/add/").status_code == 403
     assert client.post(f"/admin/audit/auditevent/{event.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_a_password_set_in_the_admin_is_audited_without_the_password(browser: Callable[..., Any]) -> None:
+    client = browser("admin")
+    client.handler.enforce_csrf_checks = False
+    viewer = get_user_model().objects.get(username="viewer")
+    mark = last_event_id()
+    resp = client.post(f"/admin/auth/user/{viewer.pk}/password/",
+                       {"password1": "a-new-long-passphrase-42", "password2": "a-new-long-passphrase-42",
+                        "usable_password": "true"})
+    assert resp.status_code == 302, resp.content.decode()[-2000:]
+    [event] = events_since(mark)
+    assert (event.action, event.target, event.actor) == ("user.password", "user:viewer", "admin")
+    assert "a-new-long-passphrase-42" not in str(event.before) + str(event.after) + str(event.details)
