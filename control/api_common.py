@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse
-from rest_framework import serializers, status
+from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
+
+from dashboard.api_errors import errors  # noqa: F401  (the control views import it from here)
 
 # A policy document is a few KiB; a megabyte of one is a mistake or an attack, refused before it is parsed.
 MAX_BODY_BYTES = 256 * 1024
@@ -67,14 +68,3 @@ def query_text(request: Request, name: str, max_length: int = 200) -> str | None
     return text(value, name, required=False, max_length=max_length) or None
 
 
-class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField()
-    fields = serializers.DictField(child=serializers.CharField())
-
-
-def errors(*codes: int) -> dict[int, OpenApiResponse]:
-    """The error responses an operation documents (all share the one error format)."""
-    text_for = {400: "invalid input (paths in fields)", 401: "not authenticated", 403: "role too low",
-                404: "not found", 409: "conflict (stale parent or nothing to do)", 412: "If-Match is stale",
-                413: "body too large", 415: "not JSON"}
-    return {c: OpenApiResponse(ErrorSerializer, description=text_for.get(c, "")) for c in (401, 403, *codes)}

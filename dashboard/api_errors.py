@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_handler
 
@@ -40,3 +42,16 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         body = {"error": f"{len(fields)} invalid field(s): {first[0]}: {first[1]}", "fields": fields}
     response.data = body
     return response
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    fields = serializers.DictField(child=serializers.CharField())
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    """The error responses an operation documents (all share the one error format)."""
+    text_for = {400: "invalid input (paths in fields)", 401: "not authenticated", 403: "role too low",
+                404: "not found", 409: "conflict (stale parent or nothing to do)", 412: "If-Match is stale",
+                413: "body too large", 415: "not JSON"}
+    return {c: OpenApiResponse(ErrorSerializer, description=text_for.get(c, "")) for c in (401, 403, *codes)}

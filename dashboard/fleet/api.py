@@ -6,13 +6,13 @@ from typing import Any
 
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from dashboard.api_errors import errors
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import GPU, Node, Pool
 from dashboard.metrics.latest import all_latest, latest
@@ -52,16 +52,18 @@ class NodeSerializer(serializers.ModelSerializer):
     def _snap(self, node: Node) -> dict[str, Any] | None:
         return self.context.get("snaps", {}).get(node.name)
 
+    @extend_schema_field(serializers.ChoiceField(choices=["up", "stale", "down"]))
     def get_status(self, node: Node) -> str:
         return status_of(self._snap(node), node.interval_s)
 
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_last_seen(self, node: Node) -> str | None:
         snap = self._snap(node)
         if snap:
             return str(snap["ts"])
         return node.last_seen.isoformat() if node.last_seen else None
 
-    @extend_schema_field(OpenApiTypes.OBJECT)
+    @extend_schema_field(serializers.DictField(allow_null=True))
     def get_latest(self, node: Node) -> dict[str, Any] | None:
         snap = self._snap(node)
         if not snap:
@@ -75,7 +77,7 @@ def nodes_queryset() -> Any:
 
 
 class PoolList(APIView):
-    @extend_schema(responses=PoolSerializer(many=True))
+    @extend_schema(responses={200: PoolSerializer(many=True), **errors()})
     def get(self, request: Request) -> Response:
         pools = Pool.objects.annotate(node_count=Count("nodes"))
         return Response(PoolSerializer(pools, many=True).data)
@@ -84,7 +86,7 @@ class PoolList(APIView):
 class NodeList(APIView):
     """Every node with its status (up/stale/down), last-seen time and latest values."""
 
-    @extend_schema(responses=NodeSerializer(many=True),
+    @extend_schema(responses={200: NodeSerializer(many=True), **errors()},
                    parameters=[OpenApiParameter("pool", str, description="only the nodes of this pool")])
     def get(self, request: Request) -> Response:
         qs = nodes_queryset()
@@ -94,14 +96,14 @@ class NodeList(APIView):
 
 
 class NodeDetail(APIView):
-    @extend_schema(responses=NodeSerializer)
+    @extend_schema(responses={200: NodeSerializer, **errors(404)})
     def get(self, request: Request, name: str) -> Response:
         node = get_object_or_404(nodes_queryset(), name=name)
         return Response(NodeSerializer(node, context={"snaps": {node.name: latest(node.name)}}).data)
 
 
 class GPUList(APIView):
-    @extend_schema(responses=GPUSerializer(many=True),
+    @extend_schema(responses={200: GPUSerializer(many=True), **errors()},
                    parameters=[OpenApiParameter("node", str, description="only the GPUs of this node")])
     def get(self, request: Request) -> Response:
         qs = GPU.objects.select_related("node")

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dashboard.accounts.roles import IsViewer
+from dashboard.api_errors import errors
 from dashboard.live import broadcast, frames
 
 
@@ -21,7 +22,7 @@ class LiveFrame(APIView):
 
     permission_classes = [IsViewer]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **errors(400)})
     def get(self, request: Request, topic: str) -> Response:
         try:
             frames.check_topic(topic)

@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dashboard.accounts.roles import IsViewer
+from dashboard.api_errors import errors
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
 from dashboard.live import history, pool_summary
@@ -26,7 +27,7 @@ class NodeHistory(APIView):
     @extend_schema(
         parameters=[OpenApiParameter("range", str, enum=list(history.RANGES),
                                      description=f"time range; default {history.DEFAULT_RANGE}")],
-        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT, 404: OpenApiTypes.OBJECT},
+        responses={200: OpenApiTypes.OBJECT, **errors(400, 404)},
     )
     def get(self, request: Request, name: str) -> Response:
         try:
@@ -47,6 +48,6 @@ class PoolsSummary(APIView):
 
     permission_classes = [IsViewer]
 
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses={200: OpenApiTypes.OBJECT, **errors()})
     def get(self, request: Request) -> Response:
         return Response(pool_summary.summary())

@@ -7,11 +7,13 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.catalogue import ALL_METRICS
+from dashboard.api_errors import errors
 from dashboard.fleet.models import Node
 from dashboard.metrics import exposition, query
 from dashboard.metrics.latest import all_latest
@@ -34,7 +36,7 @@ class MetricQuery(APIView):
             OpenApiParameter("step", int, description="seconds per point; default about 300 points"),
             OpenApiParameter("agg", str, enum=["avg", "max"], description="aggregate per step; default avg"),
         ],
-        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT},
+        responses={200: OpenApiTypes.OBJECT, **errors(400)},
     )
     def get(self, request: Request) -> Response:
         try:
@@ -50,8 +52,18 @@ class MetricQuery(APIView):
         return Response(query.run(q))
 
 
+class CatalogueEntry(serializers.Serializer):
+    name = serializers.CharField()
+    scope = serializers.ChoiceField(choices=["gpu", "host", "inference"])
+    unit = serializers.CharField()
+    kind = serializers.CharField()
+    help = serializers.CharField()
+    min = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+
+
 class Catalogue(APIView):
-    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @extend_schema(responses={200: CatalogueEntry(many=True), **errors()})
     def get(self, request: Request) -> Response:
         return Response([
             {"name": m.name, "scope": m.scope, "unit": m.unit, "kind": m.kind, "help": m.help, "min": m.lo,
