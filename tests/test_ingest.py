@@ -290,3 +290,12 @@ def test_wrong_method_and_encoding(push: Any) -> None:
     assert resp.status_code == 415
     resp = push(token, None, raw=b"not gzip", **{"Content-Encoding": "gzip"})
     assert resp.status_code == 400 and "gzip" in resp.json()["error"]
+
+
+def test_every_answer_carries_its_own_request_id(push: Any) -> None:
+    token = make_node()
+    ok = push(token, body(full_sample(1)))
+    bad = push("sy_node_not-a-token", body(full_sample(2)))
+    assert (ok.status_code, bad.status_code) == (200, 401)
+    ids = {ok["x-request-id"], bad["x-request-id"]}
+    assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

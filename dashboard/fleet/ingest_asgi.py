@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -41,7 +42,9 @@ def run_service(token: str | None, raw: bytes, encoding: str) -> service.Reply:
 
 async def _send(send: Any, reply: service.Reply) -> None:
     body = orjson.dumps(reply.body)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               # Django's middleware does not run on this path; the id lets an agent's log line meet the server's.
+               (b"x-request-id", uuid.uuid4().hex.encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
     if reply.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="switchyard-ingest"'))
