@@ -47,4 +47,8 @@ pages = [
 urlpatterns = [
     path("api/v1/", include(api)),
     *pages,
+    path("", include("control.alerts.urls")),
+    path("", include("control.webhooks.urls")),
+    path("", include("control.routing.urls")),
+    path("", include("control.jobs.urls")),
 ]

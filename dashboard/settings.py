@@ -104,6 +104,10 @@ INSTALLED_APPS = [
     "control.audit",
     "control.policy",
     "control.nodes",
+    "control.alerts",
+    "control.webhooks",
+    "control.routing",
+    "control.jobs",
 ]
 
 MIDDLEWARE = [
@@ -197,6 +201,9 @@ CELERY_BEAT_SCHEDULE = {
     "rollup-1h": {"task": "dashboard.metrics.tasks.rollup_hours", "schedule": 300.0},
     "partitions-ahead": {"task": "dashboard.metrics.tasks.ensure_partitions", "schedule": 3600.0},
     "retention": {"task": "dashboard.metrics.tasks.apply_retention", "schedule": crontab(minute=17)},
+    "alerts-evaluate": {"task": "control.alerts.tasks.evaluate", "schedule": 10.0},
+    "webhooks-deliver": {"task": "control.webhooks.tasks.deliver_due", "schedule": 5.0},
+    "routing-aggregate": {"task": "control.routing.tasks.aggregate", "schedule": 10.0},
 }
 
 # --- REST API --------------------------------------------------------------------------------------------------
@@ -231,3 +238,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
     "loggers": {"pgserver": {"level": "WARNING"}},
 }
+
+# --- gateway, jobs, webhooks -------------------------------------------------------------------------------------
+# Where Celery jobs send their work (the gateway routes it like any other request) and the URL alerts link back to.
+GATEWAY_URL = env("GATEWAY_URL", "http://127.0.0.1:8400")
+EXTERNAL_URL = env("EXTERNAL_URL", "http://127.0.0.1:8000")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from control.alerts.defaults import DEFAULT_ALERTS
+
 _PRIORITY_DEFAULTS = [
     # Most important first. Batch work is sheddable: at saturation it gets 429 + Retry-After, never a slot.
     {"name": "realtime", "sheddable": False, "queue_limit": 1000, "queue_timeout_s": 5.0},
@@ -47,7 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "priorities": {"classes": _PRIORITY_DEFAULTS, "default_class": "standard"},
     "power": {"default": {"mode": "uncapped", "cap_w": None}, "pools": {}},
-    "alerts": {"rules": []},
+    "alerts": DEFAULT_ALERTS,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
+from control.alerts.schema import Alerts
 
 KINDS = ("scheduler", "scaling", "priorities", "power", "alerts")
 
@@ -170,40 +170,7 @@ class Power(Strict):
     pools: dict[PoolName, PoolPower] = Field(default_factory=dict, max_length=1000)
 
 
-# --- alerts -----------------------------------------------------------------------------------------------------
-ALERT_METRICS = tuple(m.name for m in (*GPU_METRICS, *HOST_METRICS, *INFERENCE_METRICS))
-
-
-class AlertRule(Strict):
-    name: str = Field(pattern=NAME)
-    metric: str
-    scope: Literal["gpu", "node", "pool", "fleet"] = "node"
-    comparison: Literal[">", ">=", "<", "<="]
-    threshold: float
-    for_s: Seconds = 0
-    severity: Literal["info", "warning", "critical"] = "warning"
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, value: str) -> str:
-        if value not in ALERT_METRICS:
-            raise ValueError(f"unknown metric {value!r}; see /api/v1/metrics/catalogue")
-        return value
-
-
-class Alerts(Strict):
-    rules: list[AlertRule] = Field(default_factory=list, max_length=500)
-
-    @field_validator("rules")
-    @classmethod
-    def _unique_names(cls, rules: list[AlertRule]) -> list[AlertRule]:
-        names = [r.name for r in rules]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
-        return rules
-
-
+# --- alerts: the schema lives in control/alerts/schema.py, beside the evaluator that reads it -------------------
 SCHEMAS: dict[str, type[BaseModel]] = {
     "scheduler": Scheduler,
     "scaling": Scaling,

@@ -1,0 +1,1 @@
+"""The simulated GPU fleet: OpenAI-speaking virtual nodes with a performance model and a virtual NVML."""

@@ -1,0 +1,1 @@
+"""Alert rules (from the alerts policy), the evaluator, silences and alert states."""

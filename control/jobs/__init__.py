@@ -1,0 +1,1 @@
+"""Asynchronous (and sharded) inference jobs run through Celery and the gateway."""

@@ -1,0 +1,1 @@
+"""Routed-request log aggregated per minute, and the routing page."""

@@ -1,0 +1,1 @@
+"""Webhook receivers, the one outbound sender, signatures, and the events receivers subscribe to."""
