@@ -104,6 +104,7 @@ INSTALLED_APPS = [
     "control.audit",
     "control.policy",
     "control.nodes",
+    "control.scheduler",
     "control.alerts",
     "control.webhooks",
     "control.routing",
