@@ -109,6 +109,7 @@ INSTALLED_APPS = [
     "control.webhooks",
     "control.routing",
     "control.jobs",
+    "control.loadgen",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class LoadgenConfig(AppConfig):
+    name = "control.loadgen"
+    label = "loadgen"

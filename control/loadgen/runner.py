@@ -1,0 +1,146 @@
+"""The open-loop runner: arrivals follow the rate curve whatever the server does (a closed loop would slow down with
+the server and hide exactly the overload an operator needs to see). Arrivals are a non-homogeneous Poisson process,
+drawn by thinning against the curve's peak rate."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from control.loadgen.curves import Curve, peak_of
+from control.loadgen.mix import Mix
+
+_WORDS = ("fleet gpu token batch prefill decode cache queue latency power node pool route weight scale drain cordon "
+          "alert metric sample shard merge policy").split()
+
+
+@dataclass
+class Outcome:
+    """One request as the client saw it. status 0 = no HTTP answer (connection error, timeout, client overload)."""
+
+    sent_at: float
+    cls: str
+    stream: bool
+    status: int = 0
+    latency_s: float = 0.0
+    ttft_s: float | None = None
+    completion_tokens: int = 0
+    node: str = ""
+    error: str = ""
+
+
+@dataclass
+class LoadSpec:
+    url: str
+    model: str
+    curve: Curve
+    duration_s: float
+    prompt_tokens: Mix
+    max_tokens: Mix
+    classes: Mix
+    stream_fraction: float = 0.5
+    temperature: float = 0.7
+    token: str = ""
+    timeout_s: float = 120.0
+    max_outstanding: int = 2000
+    seed: int | None = None
+    path: str = "/v1/chat/completions"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+def prompt_of(tokens: int, rng: random.Random) -> str:
+    # About one word per token plus a nonce, so identical prompts (and answer-cache hits) happen only when asked for.
+    words = [rng.choice(_WORDS) for _ in range(max(1, tokens - 1))]
+    return f"[{rng.getrandbits(40):x}] " + " ".join(words)
+
+
+async def _one(client: httpx.AsyncClient, spec: LoadSpec, out: Outcome, body: bytes, headers: dict[str, str]) -> None:
+    start = time.perf_counter()
+    try:
+        if out.stream:
+            async with client.stream("POST", spec.path, content=body, headers=headers) as resp:
+                out.status, out.node = resp.status_code, resp.headers.get("x-switchyard-node", "")
+                if resp.status_code != 200:
+                    out.error = (await resp.aread()).decode(errors="replace")[:200]
+                    out.latency_s = time.perf_counter() - start
+                    return
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    if out.ttft_s is None:
+                        out.ttft_s = time.perf_counter() - start
+                    if _chunk_has_text(line[6:]):
+                        out.completion_tokens += 1
+        else:
+            resp = await client.post(spec.path, content=body, headers=headers)
+            out.status, out.node = resp.status_code, resp.headers.get("x-switchyard-node", "")
+            if resp.status_code == 200:
+                usage = orjson.loads(resp.content).get("usage") or {}
+                out.completion_tokens = int(usage.get("completion_tokens") or 0)
+            else:
+                out.error = resp.text[:200]
+    except httpx.TimeoutException:
+        out.error = "timeout"
+    except httpx.HTTPError as exc:
+        out.error = f"{type(exc).__name__}: {exc}"[:200]
+    out.latency_s = time.perf_counter() - start
+
+
+def _chunk_has_text(data: str) -> bool:
+    try:
+        choice = (orjson.loads(data).get("choices") or [{}])[0]
+    except (orjson.JSONDecodeError, AttributeError, IndexError):
+        return False
+    delta = choice.get("delta") or {}
+    return bool(delta.get("content") or choice.get("text"))
+
+
+async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = None) -> list[Outcome]:
+    """Send the load; returns every outcome (in send order). `progress(elapsed_s, sent)` is called about 4x a second."""
+    rng = random.Random(spec.seed)
+    peak = peak_of(spec.curve, spec.duration_s)
+    headers = {"Content-Type": "application/json", **spec.extra_headers}
+    if spec.token:
+        headers["Authorization"] = f"Bearer {spec.token}"
+    limits = httpx.Limits(max_connections=spec.max_outstanding, max_keepalive_connections=min(512, spec.max_outstanding))
+    outcomes: list[Outcome] = []
+    tasks: set[asyncio.Task[None]] = set()
+    async with httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits) as client:
+        t0 = time.perf_counter()
+        t = 0.0
+        last_report = 0.0
+        while True:
+            t += rng.expovariate(peak)
+            if t >= spec.duration_s:
+                break
+            if rng.random() * peak > spec.curve(t):
+                continue  # thinning: keep the candidate with probability rate(t) / peak
+            delay = t0 + t - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            cls, stream = spec.classes.pick(rng), rng.random() < spec.stream_fraction
+            out = Outcome(sent_at=t, cls=cls, stream=stream)
+            outcomes.append(out)
+            if len(tasks) >= spec.max_outstanding:
+                out.error = "client overloaded (--max-outstanding reached)"
+                continue
+            payload = {"model": spec.model, "messages": [{"role": "user", "content": prompt_of(
+                spec.prompt_tokens.pick(rng), rng)}], "max_tokens": spec.max_tokens.pick(rng),
+                "temperature": spec.temperature, "stream": stream}
+            task = asyncio.create_task(_one(client, spec, out, orjson.dumps(payload), {**headers, "X-Priority": cls}))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            if progress and t - last_report >= 0.25:
+                last_report = t
+                progress(t, len(outcomes))
+        if tasks:
+            await asyncio.wait(tasks)
+    if progress:
+        progress(spec.duration_s, len(outcomes))
+    return outcomes
