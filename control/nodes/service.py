@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -9,6 +10,10 @@ from django.db import transaction
 from control.audit.context import Origin
 from control.audit.record import record
 from dashboard.fleet.models import Node
+
+log = logging.getLogger(__name__)
+# Gateways subscribe to this channel and reload the node registry at once (polling every second is the fallback).
+NODES_CHANNEL = "sy:nodes"
 
 # What each action sets. Draining lets in-flight work finish and takes no new work; cordoned takes no new work.
 ACTIONS = {"drain": Node.State.DRAINING, "cordon": Node.State.CORDONED, "uncordon": Node.State.ACTIVE}
@@ -36,4 +41,15 @@ def apply(name: str, action: str, reason: str, origin: Origin) -> Outcome:
         node.save(update_fields=["state"])
         record(origin, f"node.{action}", f"node:{node.name}", reason, before={"state": previous},
                after={"state": wanted}, details={"pool": node.pool.name})
+        transaction.on_commit(lambda: _announce(name))
     return Outcome(node, previous, True)
+
+
+def _announce(name: str) -> None:
+    """Tell gateways (sy:nodes) after the commit; a Redis failure is logged, never fails the action."""
+    from dashboard.metrics.latest import redis_client
+
+    try:
+        redis_client().publish(NODES_CHANNEL, name)
+    except Exception as exc:  # noqa: BLE001 - the state change is stored; gateways poll every second anyway
+        log.warning("node %s changed but not announced on %s: %s", name, NODES_CHANNEL, exc)

@@ -15,7 +15,7 @@ _PRIORITY_DEFAULTS = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency  (queue depth and KV cache ready, weight 0)
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency  (queue depth, KV cache and in-flight ready, weight 0)
     "scheduler": {
         "scorers": [
             {"metric": "gpu_free", "weight": 0.6, "invert": False},
@@ -23,6 +23,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             {"metric": "latency", "weight": -0.1, "invert": False},
             {"metric": "queue_depth", "weight": 0.0, "invert": True},
             {"metric": "kv_cache", "weight": 0.0, "invert": True},
+            {"metric": "in_flight", "weight": 0.0, "invert": True},
         ],
         "filters": {
             "require_model": True,
@@ -31,8 +32,16 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "max_queue_depth": 256,
             "max_kv_cache_pct": 98.0,
             "max_stale_s": 15,
+            "require_inference_up": True,
         },
         "picker": {"strategy": "highest", "tie_break": "random", "tie_epsilon": 0.01},
+        "latency": {"source": "rtt", "normalise": "fixed", "scale_ms": 100.0},
+        # Requests sent since a node's last sample count against it whatever the weights (see docs/gateway.md).
+        "load": {"node_capacity": 32, "burst_correction": 1.0},
+        "retry": {"max_attempts": 3, "connect_timeout_s": 2.0, "first_byte_timeout_s": 60.0, "read_timeout_s": 120.0},
+        "quarantine": {"failures": 3, "cooldown_s": 30.0},
+        "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576},
+        "shedding": {"retry_after_s": 2},
     },
     "scaling": {
         "default": {

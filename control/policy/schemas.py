@@ -31,11 +31,11 @@ class Strict(BaseModel):
 
 
 # --- scheduler --------------------------------------------------------------------------------------------------
-SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache")
+SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight")
 
 
 class Scorer(Strict):
-    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache"]
+    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight"]
     weight: Weight
     invert: bool = Field(False, description="score 1 - x instead of x (x is the metric normalised to [0, 1])")
 
@@ -47,6 +47,9 @@ class Filters(Strict):
     max_queue_depth: int = Field(256, ge=0, le=100_000)
     max_kv_cache_pct: float = Field(98.0, ge=0, le=100)
     max_stale_s: int = Field(15, ge=1, le=3600)
+    require_inference_up: bool = Field(
+        True, description="a node whose sample has no inference-server metrics (the agent could not scrape it) "
+                          "counts as failed")
 
 
 class Picker(Strict):
@@ -55,10 +58,58 @@ class Picker(Strict):
     tie_epsilon: float = Field(0.01, ge=0, le=1)
 
 
+class Latency(Strict):
+    source: Literal["rtt", "ttft", "max"] = Field(
+        "rtt", description="rtt: the agent's net_rtt_ms; ttft: the gateway's own observed time to first byte "
+                           "(falls back to the node's ttft_p50_s); max: the larger of the two")
+    normalise: Literal["fixed", "fleet"] = Field(
+        "fixed", description="fixed: x = latency / scale_ms, capped at 1; fleet: x = (latency - fleet min) / "
+                             "(fleet max - fleet min)")
+    scale_ms: float = Field(100.0, gt=0, le=600_000)
+
+
+class Load(Strict):
+    node_capacity: int = Field(32, ge=1, le=100_000, description="requests a node serves at once (normalises "
+                                                                  "in_flight and the burst correction)")
+    burst_correction: float = Field(
+        1.0, ge=0, le=10, description="share of the score's span a node loses when requests sent to it since its "
+                                      "last sample fill its capacity; keeps a burst from herding (0 turns it off)")
+
+
+class Retry(Strict):
+    max_attempts: int = Field(3, ge=1, le=10, description="nodes tried per request (failures before the first byte)")
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    first_byte_timeout_s: float = Field(60.0, gt=0, le=3600, description="time to the first byte of the answer")
+    read_timeout_s: float = Field(120.0, gt=0, le=3600, description="longest pause between bytes after the first")
+
+
+class Quarantine(Strict):
+    failures: int = Field(3, ge=1, le=1000, description="consecutive failures that quarantine a node")
+    cooldown_s: float = Field(30.0, gt=0, le=86_400, description="after it the node gets traffic again; its next "
+                                                                 "failure sends it straight back (half-open)")
+
+
+class Cache(Strict):
+    enabled: bool = True
+    ttl_s: int = Field(300, ge=1, le=7 * 86_400)
+    max_entry_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+
+
+class Shedding(Strict):
+    retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After on 429 and 503 answers")
+
+
 class Scheduler(Strict):
     scorers: list[Scorer] = Field(min_length=1, max_length=len(SCORER_METRICS))
-    filters: Filters
-    picker: Picker
+    filters: Filters = Field(default_factory=Filters)
+    picker: Picker = Field(default_factory=Picker)
+    # Sections added with the gateway; each has defaults so that older documents stay valid.
+    latency: Latency = Field(default_factory=Latency)
+    load: Load = Field(default_factory=Load)
+    retry: Retry = Field(default_factory=Retry)
+    quarantine: Quarantine = Field(default_factory=Quarantine)
+    cache: Cache = Field(default_factory=Cache)
+    shedding: Shedding = Field(default_factory=Shedding)
 
     @field_validator("scorers")
     @classmethod
@@ -71,9 +122,12 @@ class Scheduler(Strict):
 
 
 def score(document: dict[str, Any], values: dict[str, float]) -> float:
-    """A node's score under a scheduler document, `values` being each scorer metric normalised to [0, 1]."""
+    """A node's score under a scheduler document, `values` being each scorer metric normalised to [0, 1].
+    A scorer with weight 0 contributes nothing, so its value may be left out."""
     total = 0.0
     for s in document["scorers"]:
+        if s["weight"] == 0:
+            continue
         x = values[s["metric"]]
         total += s["weight"] * ((1.0 - x) if s.get("invert") else x)
     return total

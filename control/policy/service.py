@@ -3,6 +3,7 @@ revision and its audit event together, and refuses a change based on a revision 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,25 @@ from control.policy.defaults import default_document
 from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
 from control.policy.schemas import KINDS, validate
 
+log = logging.getLogger(__name__)
 MAX_REASON = 2000
+# Gateways subscribe to this channel and reload the kind at once (their once-a-second version check is the fallback).
+POLICY_CHANNEL = "sy:policy"
+
+
+def _announce(kind: str) -> None:
+    """Publish `kind` on sy:policy once the surrounding transaction has committed; Redis being down must not undo
+    or fail an activation that is already stored (gateways still see it within a second by polling)."""
+
+    def publish() -> None:
+        from dashboard.metrics.latest import redis_client
+
+        try:
+            redis_client().publish(POLICY_CHANNEL, kind)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is only logged
+            log.warning("policy %s activated but not announced on %s: %s", kind, POLICY_CHANNEL, exc)
+
+    transaction.on_commit(publish)
 
 
 class PolicyError(Exception):
@@ -158,6 +177,7 @@ def create_revision(kind: str, document: Any, reason: Any, parent: Any, origin: 
         details = {"revision": rev.pk, "version": rev.version, "parent": parent_rev.pk, "activated": activate}
         if activate:
             _point(pointer, rev)
+            _announce(kind)
         record(origin, "policy.create", target(kind, scope), reason, before=previous.document, after=normalised,
                details=details)
     return Change(rev, previous)
@@ -172,6 +192,7 @@ def activate(kind: str, revision: Any, reason: Any, origin: Origin, *, expected_
         pointer, previous, rev = _lock_and_pick(kind, scope, revision, expected_active,
                                                 f"revision {{}} is already the active {kind} revision")
         _point(pointer, rev)
+        _announce(kind)
         record(origin, "policy.activate", target(kind, scope), reason, before=previous.document, after=rev.document,
                details={"revision": rev.pk, "version": rev.version, "previous": previous.pk})
     return Change(rev, previous)
@@ -187,6 +208,7 @@ def rollback(kind: str, revision: Any, reason: Any, origin: Origin, *, expected_
                                                    "revision {} is the active one; there is nothing to roll back to")
         rev = _new_revision(kind, scope, source.document, origin, reason, previous, restored_from=source)
         _point(pointer, rev)
+        _announce(kind)
         record(origin, "policy.rollback", target(kind, scope), reason, before=previous.document, after=rev.document,
                details={"revision": rev.pk, "version": rev.version, "restored_from": source.pk,
                         "restored_version": source.version, "previous": previous.pk})

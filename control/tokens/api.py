@@ -23,7 +23,7 @@ class TokenSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = UserToken
-        fields = ["id", "user", "name", "prefix", "created", "last_used", "revoked"]
+        fields = ["id", "user", "name", "prefix", "priority_class", "created", "last_used", "revoked"]
 
 
 class TokenCreated(TokenSerializer):
@@ -37,6 +37,8 @@ class CreateTokenRequest(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     reason = serializers.CharField()
     user = serializers.CharField(required=False, help_text="whose token (admins only; default: yourself)")
+    priority_class = serializers.CharField(
+        required=False, help_text="gateway priority class of its requests (default: the priorities policy's default)")
 
 
 class RevokeRequest(serializers.Serializer):
@@ -73,12 +75,13 @@ class TokenList(generics.ListAPIView):
     @extend_schema(request=CreateTokenRequest, responses={201: TokenCreated, **errors(400, 404, 413, 415)})
     def post(self, request: Request) -> Response:
         data = body(request)
-        unknown = sorted(set(data) - {"name", "reason", "user"})
+        unknown = sorted(set(data) - {"name", "reason", "user", "priority_class"})
         if unknown:
             raise ApiError(400, f"unknown field(s): {', '.join(unknown)}", {k: "unknown field" for k in unknown})
         name = text(data.get("name"), "name", max_length=100)
         reason = text(data.get("reason"), "reason")
         username = text(data.get("user"), "user", required=False, max_length=150)
+        priority_class = text(data.get("priority_class"), "priority_class", required=False, max_length=63) or ""
         owner = request.user
         if username and username != request.user.get_username():
             if not _is_admin(request):
@@ -86,7 +89,10 @@ class TokenList(generics.ListAPIView):
             owner = get_user_model().objects.filter(username=username, is_active=True).first()
             if owner is None:
                 raise ApiError(404, f"no active user {username!r}", {"user": "no such user"})
-        token, plain = service.issue(owner, name, Origin.from_request(request), reason)
+        try:
+            token, plain = service.issue(owner, name, Origin.from_request(request), reason, priority_class)
+        except service.UnknownClass as exc:
+            raise ApiError(400, str(exc), {"priority_class": str(exc)}) from None
         return Response({**TokenSerializer(token).data, "token": plain}, status=201)
 
 

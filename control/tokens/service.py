@@ -13,16 +13,38 @@ from dashboard.accounts.models import UserToken
 from dashboard.accounts.tokens import display_prefix, new_token
 
 
+class UnknownClass(ValueError):
+    """A priority class that the active priorities policy does not define."""
+
+
 def _facts(token: UserToken) -> dict[str, Any]:
     # Never the secret or its digest: the prefix is enough to recognise a token in a list.
-    return {"user": token.user.get_username(), "name": token.name, "prefix": token.prefix}
+    facts = {"user": token.user.get_username(), "name": token.name, "prefix": token.prefix}
+    if token.priority_class:
+        facts["priority_class"] = token.priority_class
+    return facts
 
 
-def issue(user: Any, name: str, origin: Origin, reason: str) -> tuple[UserToken, str]:
-    """A new token for `user`; returns it and the plain secret (shown once, never stored)."""
+def check_priority_class(name: str) -> str:
+    """`name` if the active priorities policy defines it ('' = its default class), else UnknownClass."""
+    if not name:
+        return ""
+    from control.policy.service import active
+
+    classes = [c["name"] for c in active("priorities").document["classes"]]
+    if name not in classes:
+        raise UnknownClass(f"unknown priority class {name!r}; the classes are {', '.join(classes)}")
+    return name
+
+
+def issue(user: Any, name: str, origin: Origin, reason: str, priority_class: str = "") -> tuple[UserToken, str]:
+    """A new token for `user`; returns it and the plain secret (shown once, never stored). `priority_class` is the
+    gateway class of its requests (blank = the policy's default); UnknownClass when the policy has no such class."""
+    priority_class = check_priority_class(priority_class)
     plain, dig = new_token("user")
     with transaction.atomic():
-        token = UserToken.objects.create(user=user, prefix=display_prefix(plain), digest=dig, name=name)
+        token = UserToken.objects.create(user=user, prefix=display_prefix(plain), digest=dig, name=name,
+                                         priority_class=priority_class)
         record(origin, "token.create", f"token:{token.pk}", reason, after=_facts(token))
     return token, plain
 

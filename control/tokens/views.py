@@ -24,7 +24,12 @@ def tokens(request: HttpRequest) -> HttpResponse:
         if not name or not reason:
             messages.error(request, "A new token needs a name and a reason (e.g. 'grafana', 'CI deploy job').")
             return redirect("account-tokens")
-        token, plain = service.issue(request.user, name, Origin.from_request(request), reason)
+        priority_class = _clean(request.POST.get("priority_class", ""), 63)
+        try:
+            token, plain = service.issue(request.user, name, Origin.from_request(request), reason, priority_class)
+        except service.UnknownClass as exc:
+            messages.error(request, str(exc))
+            return redirect("account-tokens")
         # The secret goes into this one response only; a reload shows the list without it.
         return render(request, "account/tokens.html", _context(request, created=(token, plain)), status=201)
     return render(request, "account/tokens.html", _context(request))

@@ -15,6 +15,10 @@ class UserToken(models.Model):
     created = models.DateTimeField(default=timezone.now)
     last_used = models.DateTimeField(null=True, blank=True)
     revoked = models.DateTimeField(null=True, blank=True)
+    priority_class = models.CharField(
+        max_length=63, blank=True, default="",
+        help_text="The gateway's priority class for requests with this token when they send no X-Priority; "
+                  "blank = the priorities policy's default class.")
 
     class Meta:
         ordering = ["-created"]

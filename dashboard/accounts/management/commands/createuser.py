@@ -10,7 +10,7 @@ from django.db import transaction
 
 from control.audit.context import Origin
 from control.audit.record import record
-from control.tokens.service import issue
+from control.tokens.service import UnknownClass, issue
 from dashboard.accounts.roles import ROLES, role_of, set_role
 
 
@@ -26,6 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--password", help="password for the browser login (omit for an API-only user)")
         parser.add_argument("--email", default="", help="e-mail address (optional)")
         parser.add_argument("--reason", default="manage.py createuser", help="why (kept in the audit log)")
+        parser.add_argument("--class", dest="priority_class", default="",
+                            help="gateway priority class of the token's requests (e.g. realtime, batch); "
+                                 "default: the priorities policy's default class")
 
     @transaction.atomic
     def handle(self, *args: Any, **opts: Any) -> None:
@@ -49,7 +52,10 @@ class Command(BaseCommand):
             record(origin, "user.role", target, reason, before={"role": old_role}, after={"role": opts["role"]})
         if opts["password"] and not created:
             record(origin, "user.password", target, reason)  # that it changed, never what to
-        plain = issue(user, "createuser", origin, reason)[1]
+        try:
+            plain = issue(user, "createuser", origin, reason, opts["priority_class"].strip())[1]
+        except UnknownClass as exc:
+            raise CommandError(str(exc)) from None
         verb = "Created" if created else "Updated"
         self.stdout.write(f"{verb} user {name!r} with role {opts['role']}. API token (shown once):")
         self.stdout.write(plain)
