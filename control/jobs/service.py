@@ -1,0 +1,122 @@
+"""Job lifecycle: submit (rows + audit + enqueue), shard completion with an exactly-once merge, failure, cancel.
+
+State changes are compare-and-set UPDATEs on the job row (`WHERE status = ...`), so concurrent shard tasks, a
+redelivered task and a cancel can race without double merges or double notices: only the UPDATE that matched
+makes the transition, and only its transaction queues the notice (on commit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from control.audit.context import Origin
+from control.audit.record import record
+from control.jobs.models import Job, Shard
+from control.jobs.validation import JobSpec
+
+MERGE_SEPARATOR = "\n\n"  # chunks were cut at paragraph boundaries; their outputs are joined the same way
+LIVE = (Job.Status.QUEUED, Job.Status.RUNNING)
+OPEN_SHARD = (Shard.Status.PENDING, Shard.Status.RUNNING, Shard.Status.WAITING)
+
+
+def _enqueue(shard_ids: list[int]) -> None:
+    from control.jobs.tasks import run_shard
+
+    for sid in shard_ids:
+        run_shard.delay(sid)
+
+
+def submit(owner: Any, spec: JobSpec, origin: Origin) -> Job:
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=owner, model=spec.model, input=spec.input, messages=spec.messages, max_tokens=spec.max_tokens,
+            temperature=spec.temperature, priority=spec.priority, callback_url=spec.callback_url,
+            token_budget=spec.token_budget, shards_total=len(spec.chunks))
+        shards = Shard.objects.bulk_create(
+            [Shard(job=job, index=i, input=chunk) for i, chunk in enumerate(spec.chunks)])
+        record(origin, "job.submit", f"job:{job.id}",
+               spec.reason or f"submitted {job.model} at class {job.priority}",
+               after={"model": job.model, "priority": job.priority, "shards": job.shards_total,
+                      "input_chars": len(spec.input) or sum(len(m["content"]) for m in spec.messages or []),
+                      "callback_url": job.callback_url, "token_budget": job.token_budget})
+        ids = [s.pk for s in shards]
+        transaction.on_commit(lambda: _enqueue(ids))
+    return job
+
+
+def mark_running(shard: Shard) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        Shard.objects.filter(pk=shard.pk).update(status=Shard.Status.RUNNING, attempts=F("attempts") + 1,
+                                                 started=shard.started or now, error="")
+        Job.objects.filter(pk=shard.job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING, started=now)
+
+
+def wait(shard: Shard, seconds: int, why: str) -> None:
+    Shard.objects.filter(pk=shard.pk, status__in=OPEN_SHARD).update(
+        status=Shard.Status.WAITING, waited_s=F("waited_s") + seconds, error=why)
+
+
+def complete(shard: Shard, node: str, output: str, prompt_tokens: int, completion_tokens: int) -> bool:
+    """Record a shard's answer; the task whose update completes the last shard merges. True when it merged."""
+    now = timezone.now()
+    with transaction.atomic():
+        changed = Shard.objects.filter(pk=shard.pk, status__in=OPEN_SHARD).update(
+            status=Shard.Status.DONE, node=node, output=output, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, finished=now, error="")
+        if not changed:  # a redelivered task, or the job was cancelled/failed meanwhile
+            return False
+        Job.objects.filter(pk=shard.job_id).update(
+            shards_done=F("shards_done") + 1, prompt_tokens=F("prompt_tokens") + prompt_tokens,
+            completion_tokens=F("completion_tokens") + completion_tokens)
+        # Compare-and-set: the job row is locked by the update above until commit, so of two shards finishing
+        # together the second one's update sees the first one's count, and only one sees done == total.
+        won = Job.objects.filter(pk=shard.job_id, status=Job.Status.RUNNING,
+                                 shards_done=F("shards_total")).update(status=Job.Status.MERGING)
+        if not won:
+            return False
+        outputs = Shard.objects.filter(job_id=shard.job_id).order_by("index").values_list("output", flat=True)
+        Job.objects.filter(pk=shard.job_id).update(status=Job.Status.DONE, result=MERGE_SEPARATOR.join(outputs),
+                                                   finished=now)
+        _notify_on_commit(shard.job_id)
+    return True
+
+
+def fail(shard: Shard, error: str) -> bool:
+    """Fail the shard and with it the job (once); the job's other open shards are cancelled. True if the job failed."""
+    now = timezone.now()
+    with transaction.atomic():
+        Shard.objects.filter(pk=shard.pk, status__in=OPEN_SHARD).update(status=Shard.Status.FAILED, error=error,
+                                                                        finished=now)
+        won = Job.objects.filter(pk=shard.job_id, status__in=LIVE).update(
+            status=Job.Status.FAILED, error=f"shard {shard.index}: {error}", finished=now)
+        if won:
+            Shard.objects.filter(job_id=shard.job_id, status__in=(Shard.Status.PENDING, Shard.Status.WAITING)).update(
+                status=Shard.Status.CANCELLED, finished=now)
+            _notify_on_commit(shard.job_id)
+    return bool(won)
+
+
+def cancel(job: Job, origin: Origin, reason: str) -> bool:
+    """Cancel a queued or running job: waiting/pending shards never call the gateway again (their scheduled
+    retries find the job cancelled); a call in flight finishes and its answer is dropped. False if already over."""
+    now = timezone.now()
+    with transaction.atomic():
+        won = Job.objects.filter(pk=job.pk, status__in=LIVE).update(
+            status=Job.Status.CANCELLED, finished=now, error=f"cancelled by {origin.actor}: {reason}")
+        if not won:
+            return False
+        Shard.objects.filter(job=job, status__in=OPEN_SHARD).update(status=Shard.Status.CANCELLED, finished=now)
+        record(origin, "job.cancel", f"job:{job.id}", reason, before={"status": job.status},
+               after={"status": Job.Status.CANCELLED})
+    return True
+
+
+def _notify_on_commit(job_id: Any) -> None:
+    from control.jobs.notify import job_finished
+
+    transaction.on_commit(lambda: job_finished(str(job_id)))
