@@ -59,7 +59,7 @@ def refusal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, internal: bool) -
         return "the unspecified address" if ip.is_unspecified else "a multicast address"
     if internal:
         return None
-    for kind in ("loopback", "private", "link_local", "reserved"):
+    for kind in ("loopback", "link_local", "private", "reserved"):  # most specific word first
         if getattr(ip, f"is_{kind}"):
             return f"a {kind.replace('_', '-')} address (an admin can mark the receiver internal to allow it)"
     if not ip.is_global:  # shared address space (100.64/10), benchmarking nets and the like
