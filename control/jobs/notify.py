@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from control.jobs.models import Job
+from control.webhooks import events, sender
 
 log = logging.getLogger(__name__)
 MAX_RESULT_IN_PAYLOAD = 64 * 1024  # the full result is at GET /api/v1/jobs/<id>; a webhook carries at most this
@@ -17,6 +18,9 @@ def payload(job: Job) -> dict[str, Any]:
     result = job.result
     return {
         "id": str(job.id), "status": job.status, "model": job.model, "priority": job.priority,
+        # job/state/summary/severity: what the Alertmanager and Slack formats turn into labels and text.
+        "job": str(job.id), "state": job.status, "severity": "warning" if job.status == "failed" else "info",
+        "summary": f"job {job.id} {job.status} ({job.shards_done}/{job.shards_total} shards, {job.model})",
         "owner": job.owner.get_username(),
         "shards": {"done": job.shards_done, "total": job.shards_total},
         "result": result[:MAX_RESULT_IN_PAYLOAD], "result_truncated": len(result) > MAX_RESULT_IN_PAYLOAD,
@@ -28,20 +32,12 @@ def payload(job: Job) -> dict[str, Any]:
 
 
 def job_finished(job_id: str) -> None:
-    """Queue the callback and the event (after the commit that made the job done/failed, exactly once per job)."""
+    """Queue the callback and the event; called once per job, in the transaction that made it done or failed."""
     job = Job.objects.select_related("owner").get(pk=job_id)
     body = payload(job)
-    try:
-        from control.webhooks import events, sender
-    except ImportError:
-        log.error("job %s finished but control.webhooks is not installed: no callback or event sent", job_id)
-        return
     if job.callback_url:
         try:
             sender.send_callback(job.callback_url, "job", body)
-        except Exception:  # a refused URL (SSRF rules) must not undo the job; the delivery log says why
+        except ValueError:  # a URL the sender refuses (checked at submit too): the job stays done, the log says why
             log.exception("job %s: callback to %s not queued", job_id, job.callback_url)
-    try:
-        events.emit("job", body)
-    except Exception:
-        log.exception("job %s: job event not queued", job_id)
+    events.emit("job", body)

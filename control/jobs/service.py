@@ -2,7 +2,7 @@
 
 State changes are compare-and-set UPDATEs on the job row (`WHERE status = ...`), so concurrent shard tasks, a
 redelivered task and a cancel can race without double merges or double notices: only the UPDATE that matched
-makes the transition, and only its transaction queues the notice (on commit).
+makes the transition, and only its transaction queues the notice (sent after it commits).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def complete(shard: Shard, node: str, output: str, prompt_tokens: int, completio
         outputs = Shard.objects.filter(job_id=shard.job_id).order_by("index").values_list("output", flat=True)
         Job.objects.filter(pk=shard.job_id).update(status=Job.Status.DONE, result=MERGE_SEPARATOR.join(outputs),
                                                    finished=now)
-        _notify_on_commit(shard.job_id)
+        _notify(shard.job_id)
     return True
 
 
@@ -97,7 +97,7 @@ def fail(shard: Shard, error: str) -> bool:
         if won:
             Shard.objects.filter(job_id=shard.job_id, status__in=(Shard.Status.PENDING, Shard.Status.WAITING)).update(
                 status=Shard.Status.CANCELLED, finished=now)
-            _notify_on_commit(shard.job_id)
+            _notify(shard.job_id)
     return bool(won)
 
 
@@ -116,7 +116,9 @@ def cancel(job: Job, origin: Origin, reason: str) -> bool:
     return True
 
 
-def _notify_on_commit(job_id: Any) -> None:
+def _notify(job_id: Any) -> None:
+    """Queue the callback and the `job` event inside the transaction that ended the job: the delivery rows commit
+    with the new status or not at all (the webhook sender sends them after the commit)."""
     from control.jobs.notify import job_finished
 
-    transaction.on_commit(lambda: job_finished(str(job_id)))
+    job_finished(str(job_id))

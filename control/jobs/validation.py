@@ -6,11 +6,11 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from control.api_common import ApiError
 from control.jobs import sharding
 from control.policy import service as policy_service
+from control.webhooks.addresses import InvalidURL, check_url
 
 MAX_INPUT_CHARS = 1_000_000
 MAX_MESSAGES = 256
@@ -129,11 +129,12 @@ def check(data: dict[str, Any]) -> JobSpec:
 
     callback = data.get("callback_url") or ""
     if callback:
-        parts = urlsplit(callback) if isinstance(callback, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            fields["callback_url"] = "an http:// or https:// URL with a host"
-        elif len(callback) > 2000 or any(c.isspace() for c in callback):
-            fields["callback_url"] = "at most 2000 characters, no whitespace"
+        # The URL's form is checked here; its address (private, loopback ...) when the webhook sender connects,
+        # since DNS may answer differently by then.
+        try:
+            callback = check_url(callback)
+        except InvalidURL as exc:
+            fields["callback_url"] = str(exc)
 
     token_budget = None
     shard = data.get("shard")
