@@ -1,0 +1,98 @@
+"""Job tests: the control-plane role fixtures, a fake gateway, a local webhook receiver and a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control.jobs.gateway import internal_token
+from tests.conftest import free_port, subprocess_env
+from tests.control.conftest import _fast_passwords, api, browser, tokens  # noqa: F401  (fixtures)
+from tests.jobs.fake_gateway import FakeGateway, Served
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+MAX_WAIT_S = 4  # the worker gives up on a shard after waiting this long in total for capacity
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[tuple[FakeGateway, str]]:
+    fake = FakeGateway(token=internal_token())
+    port = free_port()
+    with Served(fake, port):
+        yield fake, f"http://127.0.0.1:{port}"
+
+
+class Receiver:
+    """A real HTTP server that records every POST (path, headers, JSON body)."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                owner.posts.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                    "json": json.loads(raw or b"null")})
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup: None, gateway: tuple[FakeGateway, str], tmp_path_factory: Any) -> Iterator[Any]:
+    """A real Celery worker (threads pool, 4 at once so shards run in parallel) against the fake gateway."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--pool", "threads", "--concurrency", "4",
+             "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=subprocess_env(SWITCHYARD_GATEWAY_URL=gateway[1], SWITCHYARD_JOBS_MAX_WAIT_S=str(MAX_WAIT_S)),
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "ready" in log.read_text() or proc.poll() is not None, 60, "the Celery worker")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.log = log  # type: ignore[attr-defined]
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
