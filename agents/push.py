@@ -18,7 +18,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -161,12 +161,13 @@ class Pusher:
         self._seq_path = self.state_dir / "seq"
         self._seq = self._load_seq()
         self._url = config.server.rstrip("/") + INGEST_PATH
-        self._client = httpx.Client(timeout=httpx.Timeout(config.timeout_s), headers={
+        self.headers = {
             "Authorization": f"Bearer {config.token}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": AGENT,
-        })
+        }
+        self._client = self._open_client()
         self.interval = clamp_interval(config.interval_s)
         self.applied: dict[str, Any] = {"interval_s": self.interval, "power_limit_w": {}}
         self.state: str | None = None
@@ -177,6 +178,19 @@ class Pusher:
         self._models: list[str] | None = None
         self._models_at = -math.inf
         self._desired_power: dict[int, float] = {}
+
+    def _open_client(self) -> Any:
+        """The HTTP client pushes go through; a subclass that drives `flush_steps` itself may return None."""
+        return httpx.Client(timeout=httpx.Timeout(self.config.timeout_s), headers=self.headers)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    @property
+    def retry_at(self) -> float:
+        """Clock value before which a push is not retried after a failure (-inf when none failed)."""
+        return self._retry_at
 
     # -- state directory -------------------------------------------------------------------------------------
 
@@ -256,6 +270,23 @@ class Pusher:
     def flush(self, deadline: float | None = None) -> bool:
         """Push spooled samples oldest first. True when the spool is empty; False after a failed push (the
         samples stay and a retry time is set) or when `deadline` (a clock value) passes."""
+        steps = self.flush_steps(deadline)
+        try:
+            body = next(steps)
+            while True:
+                try:
+                    resp = self._client.post(self._url, content=body)
+                except httpx.HTTPError as exc:
+                    body = steps.throw(exc)
+                else:
+                    body = steps.send(resp)
+        except StopIteration as done:
+            return bool(done.value)
+
+    def flush_steps(self, deadline: float | None = None) -> Generator[bytes, httpx.Response, bool]:
+        """`flush` without the I/O: yields each request body to POST to `url` and takes the response back (or
+        the httpx.HTTPError the post raised, thrown in); returns what `flush` returns. An asynchronous pusher
+        (the fleet simulator's) drives the same decisions with its own client."""
         limit = MAX_BATCH
         while len(self.spool):
             if deadline is not None and self._clock() >= deadline:
@@ -267,7 +298,7 @@ class Pusher:
                 continue
             try:
                 started = time.perf_counter()
-                resp = self._client.post(self._url, content=self._payload(batch))
+                resp = yield self._payload(batch)
             except httpx.HTTPError as exc:
                 self._fail(f"push to {self._url} failed: {type(exc).__name__}: {exc}")
                 return False
@@ -407,7 +438,8 @@ class Pusher:
         self._stop.set()
 
     def close(self) -> None:
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
         if self._lock_fd >= 0:  # twice would close whatever file later reused the descriptor number
             os.close(self._lock_fd)
             self._lock_fd = -1

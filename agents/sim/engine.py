@@ -1,0 +1,320 @@
+"""The performance model of one simulated node: continuous batching, as vLLM schedules it.
+
+Requests wait FIFO until the running set has room (at most `max_seqs` sequences, and their tokens must fit the KV
+cache). Each engine step prefills the requests admitted at its start (prompt tokens / prefill rate; the first token
+comes out of the prefill) and gives every running request past its prefill one token; a step costs the prefill
+time plus the decode time at the current batch size, times the node's slow-down factor and the DVFS factor of a
+power-capped GPU. When the KV cache overflows, the most recently admitted requests are preempted back to the head
+of the queue and recomputed later (vLLM's recompute preemption).
+
+Time is model time: `time_scale` model seconds pass per wall second, so tests and benchmarks run faster than
+real time while latencies (TTFT, inter-token, end-to-end, queue) are measured in model seconds, exactly as the
+model computed them. Counters and histograms are kept in vLLM's terms for the node's `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import itertools
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from agents.sim.profiles import Profile
+
+# vLLM's histogram bounds (vllm/v1/metrics/loggers.py), so that percentiles read from the sim look like vLLM's.
+TTFT_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+                                   7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                                  10.0, 20.0, 40.0, 80.0)
+LATENCY_BUCKETS: tuple[float, ...] = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
+                                      60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+# Below this much wall time per step, consecutive decode-only steps are run as one sleep (vLLM's multi-step
+# scheduling does the same on a real GPU): a fast time scale must not turn into thousands of wake-ups a second.
+MIN_STEP_WALL_S = 0.004
+PREFIX_BLOCK_CHARS = 64  # one prefix-cache block, about 16 tokens
+PREFIX_CACHE_BLOCKS = 20_000
+FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
+
+
+class Histogram:
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last slot is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        return list(zip((*self.bounds, math.inf), itertools.accumulate(self.counts), strict=True))
+
+
+@dataclass(eq=False)
+class SimRequest:
+    prompt_tokens: int
+    target_tokens: int  # how many tokens the answer will have
+    finish_reason: str  # why it ends when it reaches target_tokens: "stop" or "length"
+    prefix_text: str = ""
+    stream: asyncio.Queue[int | None] | None = None  # gets the number of new tokens after each step; None at the end
+    # Filled in by the engine (model seconds).
+    arrival: float = 0.0
+    admitted: float | None = None
+    first_token: float | None = None
+    finished: float | None = None
+    generated: int = 0
+    prefill_tokens: int = 0  # tokens the next prefill computes (prompt minus cached prefix; more after preemption)
+    prefilled: bool = False
+    outcome: str | None = None  # the finish reason once done, "abort" when cut off
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.arrival
+
+    @property
+    def queue_time(self) -> float | None:
+        return None if self.admitted is None else self.admitted - self.arrival
+
+    @property
+    def e2e(self) -> float | None:
+        return None if self.finished is None else self.finished - self.arrival
+
+
+class Engine:
+    """One node's scheduler and clock. All methods run on the event loop's thread."""
+
+    def __init__(self, profile: Profile, time_scale: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be above 0, got {time_scale}")
+        self.profile = profile
+        self.time_scale = time_scale
+        self.slow = 1.0  # slow_down factor: multiplies every step's time
+        # Set by the node to its virtual NVML: the time factor (>= 1) of the power cap at a given utilisation.
+        self.dvfs: Callable[[float], float] = lambda util: 1.0
+        self._clock = clock
+        self.running: list[SimRequest] = []
+        self.waiting: deque[SimRequest] = deque()
+        # Counters (vLLM names in metrics.py).
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.preemptions_total = 0
+        self.finished_total: dict[str, int] = dict.fromkeys(FINISH_REASONS, 0)
+        self.prefix_queries_total = 0
+        self.prefix_hits_total = 0
+        self.ttft = Histogram(TTFT_BUCKETS)
+        self.itl = Histogram(ITL_BUCKETS)
+        self.e2e = Histogram(LATENCY_BUCKETS)
+        self.queue_time = Histogram(LATENCY_BUCKETS)
+        # Utilisation integral for the virtual NVML: wall seconds x instantaneous utilisation (0-1).
+        self.util_integral = 0.0
+        self.last_step_util = 0.0
+        self._prefix: OrderedDict[bytes, None] = OrderedDict()
+        self._model = 0.0  # model time at wall time self._wall
+        self._wall = clock()
+        self._step: tuple[float, float, float] | None = None  # (model start, wall start, model duration)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- clock -----------------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """Model time in seconds. Inside a step it runs with the wall clock but stops at the step's end."""
+        wall = self._clock()
+        if self._step is None:
+            return self._model + (wall - self._wall) * self.time_scale
+        m0, w0, dur = self._step
+        return m0 + min(dur, (wall - w0) * self.time_scale)
+
+    # -- state -----------------------------------------------------------------------------------------------
+
+    @property
+    def kv_used(self) -> int:
+        return sum(r.prompt_tokens + r.generated for r in self.running)
+
+    @property
+    def kv_usage(self) -> float:
+        """Fraction of the KV cache held by running sequences, 0-1."""
+        return min(1.0, self.kv_used / self.profile.kv_tokens)
+
+    def occupancy(self) -> float:
+        return min(1.0, len(self.running) / self.profile.max_seqs)
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="sim-engine")
+
+    async def close(self) -> None:
+        self.abort_all()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def submit(self, req: SimRequest) -> None:
+        req.arrival = self.now()
+        hit = self._prefix_lookup(req.prefix_text, req.prompt_tokens)
+        self.prefix_queries_total += req.prompt_tokens
+        self.prefix_hits_total += hit
+        req.prefill_tokens = max(1, req.prompt_tokens - hit)
+        self.waiting.append(req)
+        self._wake.set()
+        self.start()
+
+    def abort(self, req: SimRequest) -> None:
+        """Drop a request (its client went away): it frees its slot and KV at once."""
+        if req.outcome is not None:
+            return
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self._finish(req, "abort", self.now())
+
+    def abort_all(self) -> None:
+        for req in [*self.running, *self.waiting]:
+            self.abort(req)
+
+    def record_error(self) -> None:
+        self.finished_total["error"] += 1
+
+    def _finish(self, req: SimRequest, outcome: str, now: float) -> None:
+        req.outcome = outcome
+        req.finished = now
+        self.finished_total[outcome] += 1
+        if outcome != "abort":
+            self.e2e.observe(now - req.arrival)
+        if req.stream is not None:
+            req.stream.put_nowait(None)
+        if not req.done.done():
+            req.done.set_result(None)
+
+    def _prefix_lookup(self, text: str, prompt_tokens: int) -> int:
+        """Tokens of this prompt whose prefix blocks were seen recently (the prefix cache); remembers the rest."""
+        if not text:
+            return 0
+        h = hashlib.blake2b(digest_size=16)
+        hits, missed = 0, False
+        for start in range(0, len(text) - PREFIX_BLOCK_CHARS + 1, PREFIX_BLOCK_CHARS):
+            h.update(text[start:start + PREFIX_BLOCK_CHARS].encode())
+            key = h.digest()
+            if not missed and key in self._prefix:
+                self._prefix.move_to_end(key)
+                hits += 1
+                continue
+            missed = True
+            self._prefix[key] = None
+            if len(self._prefix) > PREFIX_CACHE_BLOCKS:
+                self._prefix.popitem(last=False)
+        return min(prompt_tokens - 1, hits * PREFIX_BLOCK_CHARS // 4) if hits else 0
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            if not self.running and not self.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._step_once()
+
+    def _admit(self) -> list[SimRequest]:
+        admitted: list[SimRequest] = []
+        kv = self.kv_used
+        while self.waiting and len(self.running) < self.profile.max_seqs:
+            req = self.waiting[0]
+            need = req.prompt_tokens + req.generated + 1
+            if self.running and kv + need > self.profile.kv_tokens:
+                break  # the head of the queue waits for KV to free; FIFO, so nothing overtakes it
+            self.waiting.popleft()
+            self.running.append(req)
+            kv += need
+            admitted.append(req)
+        return admitted
+
+    async def _step_once(self) -> None:
+        p = self.profile
+        start = self.now()
+        admitted = self._admit()
+        for req in admitted:
+            if req.admitted is None:
+                req.admitted = start
+                self.queue_time.observe(start - req.arrival)
+        decoding = [r for r in self.running if r.prefilled]
+        util = 0.3 + 0.7 * self.occupancy() if self.running else 0.0
+        factor = self.slow * max(1.0, self.dvfs(util))
+        # A step is one forward pass: the decode time of the batch (at least that of a batch of one, which a
+        # pure prefill pays too) plus the prefill of the admitted prompts.
+        prefill_s = sum(r.prefill_tokens for r in admitted) / p.prefill_tps
+        decode_s = p.decode_step_s(len(decoding)) if decoding else (p.decode_s if admitted else 0.0)
+        steps = 1
+        if not admitted and decoding:
+            wall_per_step = decode_s * factor / self.time_scale
+            if wall_per_step < MIN_STEP_WALL_S:
+                left = min(r.target_tokens - r.generated for r in decoding)
+                steps = max(1, min(left, math.ceil(MIN_STEP_WALL_S / max(wall_per_step, 1e-9))))
+        duration = (prefill_s + decode_s * steps) * factor
+        wall0 = self._clock()
+        self._step = (start, wall0, duration)
+        try:
+            await asyncio.sleep(duration / self.time_scale)
+        finally:
+            self._model = start + duration
+            self._wall = self._clock()
+            self._step = None
+        self.util_integral += (self._wall - wall0) * util
+        self.last_step_util = util
+        now = self._model
+        emitted = 0
+        if decoding:
+            self.itl.observe(duration / steps, len(decoding) * steps)
+        for req in decoding:
+            if req.outcome is not None:  # aborted during the step
+                continue
+            n = min(steps, req.target_tokens - req.generated)
+            req.generated += n
+            emitted += n
+            if req.stream is not None:
+                req.stream.put_nowait(n)
+        for req in admitted:
+            if req.outcome is not None:
+                continue
+            self.prompt_tokens_total += req.prefill_tokens
+            req.prefilled = True
+            req.generated += 1
+            emitted += 1
+            if req.first_token is None:
+                req.first_token = now
+                self.ttft.observe(now - req.arrival)
+            if req.stream is not None:
+                req.stream.put_nowait(1)
+        self.generation_tokens_total += emitted
+        still: list[SimRequest] = []
+        for req in self.running:
+            if req.outcome is not None:
+                continue
+            if req.generated >= req.target_tokens:
+                self._finish(req, req.finish_reason, now)
+            else:
+                still.append(req)
+        self.running = still
+        self._preempt()
+
+    def _preempt(self) -> None:
+        while len(self.running) > 1 and self.kv_used > self.profile.kv_tokens:
+            victim = self.running.pop()  # the most recently admitted goes back first
+            victim.prefilled = False
+            victim.prefill_tokens = victim.prompt_tokens + victim.generated  # recomputed from scratch
+            self.waiting.appendleft(victim)
+            self.preemptions_total += 1
