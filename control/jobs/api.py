@@ -155,7 +155,8 @@ class JobCancel(APIView):
     permission_classes = [IsOperator]
     parser_classes = [JobJSONParser]
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **errors(404, 409)})
+    @extend_schema(request=OpenApiTypes.OBJECT,
+                   responses={200: OpenApiTypes.OBJECT, **errors(400, 404, 409, 413, 415)})
     def post(self, request: Request, job_id: str) -> Response:
         """Cancel a queued or running job ({reason?}); 409 when it is already done, failed or cancelled."""
         job = get_visible(request.user, job_id)
