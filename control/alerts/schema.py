@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from control.alerts import templating
@@ -47,14 +47,15 @@ class Matcher(Strict):
     op: Literal["=", "!=", "=~", "!~"] = "="
     value: str = Field(max_length=200)
 
-    @model_validator(mode="after")
-    def _regex_compiles(self) -> Matcher:
-        if self.op in ("=~", "!~"):
+    @field_validator("value")
+    @classmethod
+    def _regex_compiles(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("op") in ("=~", "!~"):
             try:
-                re.compile(self.value)
+                re.compile(value)
             except re.error as exc:
-                raise ValueError(f"invalid regular expression {self.value!r}: {exc}") from None
-        return self
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
 
     def matches(self, labels: dict[str, str]) -> bool:
         value = labels.get(self.label, "")
