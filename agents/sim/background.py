@@ -116,7 +116,10 @@ class BackgroundFleet:
         self._call(lambda: self._f.slow_down(name, factor))
 
     def fail(self, name: str, mode: str) -> None:
-        self._call(lambda: self._f.fail(name, mode))
+        async def go() -> None:
+            await self._f.fail(name, mode)
+
+        self._run(go())
 
     def recover(self, name: str) -> None:
         async def go() -> None:

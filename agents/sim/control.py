@@ -116,7 +116,7 @@ class ControlApi:
                 mode = doc.get("mode")
                 if mode not in FAIL_MODES:
                     raise BadInput(f"mode must be one of {', '.join(FAIL_MODES)}, got {mode!r}")
-                self.fleet.fail(name, mode)
+                await self.fleet.fail(name, mode)
             else:
                 _body(req, set())
                 await self.fleet.recover(name)

@@ -197,13 +197,18 @@ class SimFleet:
                              f"2 = twice as slow), got {factor!r}")
         self.node(name).slow_down(float(factor))
 
-    def fail(self, name: str, mode: str) -> None:
+    def fail(self, name: str, mode: str) -> asyncio.Task[None]:
+        """Fail at once; the returned task (awaitable, not required) finishes reopening a port a previous
+        `refuse` closed."""
         if mode not in FAIL_MODES:
             raise ValueError(f"unknown failure mode {mode!r}; use one of {', '.join(FAIL_MODES)}")
-        self.node(name).fail(mode)
+        return self._track(self.node(name).fail(mode))
 
     def recover(self, name: str) -> asyncio.Task[None]:
-        task = self.node(name).recover_now()
+        """Recover at once; the returned task (awaitable, not required) finishes listening again after `refuse`."""
+        return self._track(self.node(name).recover_now())
+
+    def _track(self, task: asyncio.Task[None]) -> asyncio.Task[None]:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return task

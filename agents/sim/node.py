@@ -105,7 +105,9 @@ class SimNode:
         self.slow = factor
         self.engine.slow = factor
 
-    def fail(self, mode: str) -> None:
+    def fail(self, mode: str) -> asyncio.Task[None]:
+        """Start failing in `mode` (at once). The returned task listens again when the node goes from `refuse`
+        to another mode."""
         if mode not in FAIL_MODES:
             raise ValueError(f"unknown failure mode {mode!r}; use one of {', '.join(FAIL_MODES)}")
         if self.failure == "hang":
@@ -117,6 +119,7 @@ class SimNode:
             self.engine.abort_all()
         elif mode == "hang":
             self._released = asyncio.Event()
+        return asyncio.get_running_loop().create_task(self._listen())
 
     async def recover(self) -> None:
         await self.recover_now()
@@ -129,7 +132,7 @@ class SimNode:
         return asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
-        if self.booted and not self.server.listening:
+        if self.booted and not self.server.listening and self.failure != "refuse":
             await self.server.start()
 
     # -- HTTP -----------------------------------------------------------------------------------------------
