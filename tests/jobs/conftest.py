@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from control.jobs.gateway import internal_token
+from tests.browser.conftest import chromium, page, server  # noqa: F401  (fixtures)
 from tests.conftest import free_port, subprocess_env
 from tests.control.conftest import _fast_passwords, api, browser, tokens  # noqa: F401  (fixtures)
 from tests.jobs.fake_gateway import FakeGateway, Served

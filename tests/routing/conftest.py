@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from control.routing import reqlog
+from tests.browser.conftest import chromium, page, server  # noqa: F401  (fixtures)
 from tests.control.conftest import _fast_passwords, api, browser, tokens  # noqa: F401  (fixtures)
 
 

@@ -1,0 +1,55 @@
+"""The routing page in a real browser (Debian's chromium): charts drawn, tables filled, live refresh."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import CHROMIUM, Server, login, screenshot
+from tests.routing.conftest import entry, gw_state, xadd
+
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found: apt-get install chromium")]
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords() -> None:
+    """Keep the real password hasher: the server process logging the user in does not know the tests' MD5 one."""
+
+
+def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(page: Any, server: Server,
+                                                                                redis_db: Any) -> None:
+    now = time.time()
+    for i in range(12):
+        xadd(redis_db, entry(ts=now - 2, node="gpu-a-1" if i % 3 else "gpu-a-2", cls="standard",
+                             latency_ms=200 + i))
+    xadd(redis_db, entry(ts=now - 2, node="", pool="", cls="batch", status=429, ttft_ms=None))
+    nodes = [{"node": n, "pool": "pool-a", "eligible": n != "gpu-a-3", "reason": "" if n != "gpu-a-3" else "draining",
+              "score": 0.5 if n != "gpu-a-3" else None,
+              "parts": {"gpu_free": 0.4, "cpu_load": 0.15, "latency": -0.05} if n != "gpu-a-3" else {},
+              "in_flight": 1, "quarantined_until": None} for n in ("gpu-a-1", "gpu-a-2", "gpu-a-3")]
+    gw_state(redis_db, "gw-1", nodes)
+    login(page, server, "vera", "viewer")
+    page.goto(f"{server.url}/routing/")
+    page.wait_for_function("() => window.switchyardRouting && window.switchyardRouting.loads >= 1", timeout=15_000)
+    page.wait_for_selector("#share-plot .barlayer .point", timeout=10_000)
+    page.wait_for_selector("#score-plot .barlayer .point", timeout=10_000)
+    assert page.locator('#routing-nodes tr[data-node="gpu-a-1"]').count() == 1
+    assert "filtered" in page.locator('#routing-nodes tr[data-node="gpu-a-3"]').inner_text()
+    assert page.locator('#routing-classes tr[data-class="standard"] td').nth(1).inner_text() == "12"
+    assert page.locator('[data-tile="status_429"] .value').inner_text() == "1"
+    screenshot(page, "routing")
+    # New requests show without a reload (the summary is cached for 1 s, the page polls every 2 s).
+    for _ in range(5):
+        xadd(redis_db, entry(node="gpu-a-2", cls="standard"))
+    gw_state(redis_db, "gw-1", nodes)
+    page.wait_for_function(
+        "() => document.querySelector('#routing-classes tr[data-class=\"standard\"] td:nth-child(2)')"
+        ".textContent === '17'", timeout=15_000)
+    page.select_option("#window", "900")
+    page.wait_for_url("**/routing/?window=900")
+    assert page.js_errors == []
+
