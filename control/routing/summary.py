@@ -1,7 +1,10 @@
 """What the routing page shows: live shares, scores, percentiles over a recent window, and minute-row queries.
 
-The live window (60/300/900 s) is read from the stream itself (the aggregator keeps 15 minutes of it), so the
-numbers are exact and current to the request; scores come from every live gateway's `sy:gw:state:<id>` key.
+The live window (60/300/900 s) is read from the stream itself (the aggregator keeps 15 minutes of it), in 10-second
+slots by stream id (the time Redis took the entry, within a second of the request's end). A slot that is over is
+folded once and cached in Redis (`sy:routing:slot:<start>`), so a poll reads only the current slot's entries and
+merges the cached ones: parsing 15 minutes of a busy log on every poll would cost seconds. Scores come from every
+live gateway's `sy:gw:state:<id>` key.
 """
 
 from __future__ import annotations
@@ -18,8 +21,13 @@ from control.routing.models import RequestMinute
 from dashboard.metrics.latest import redis_client
 
 WINDOWS = (60, 300, 900)
-MAX_ENTRIES = 100_000  # newest first; beyond this the window is cut short and `truncated` says so
+SLOT_S = 10
+SETTLE_S = 2  # a slot is cached once it ended this long ago (gateways flush their log a few times a second)
+MAX_SLOT_ENTRIES = 50_000  # 5000 requests/s; beyond that a slot is cut short and `truncated` says so
+SLOT_PREFIX = "sy:routing:slot:"
 CACHE_TTL_MS = 1000  # every open page polls every 2 s: one computation per second serves them all
+TOTAL_KEYS = ("status_2xx", "status_4xx", "status_429", "status_5xx", "retries", "cache_hits", "cache_misses",
+              "errors")
 
 
 def gateway_states() -> list[dict[str, Any]]:
@@ -33,20 +41,78 @@ def gateway_states() -> list[dict[str, Any]]:
     return out
 
 
-def window_entries(window: int, now: float) -> tuple[list[reqlog.Entry], bool, int]:
-    """Entries of the last `window` seconds, newest first; (entries, truncated, malformed count)."""
-    raw = redis_client().xrevrange(reqlog.STREAM, max="+", min=reqlog.stream_id_at(now - window),
-                                   count=MAX_ENTRIES)
+def _sparse(counts: dict[str, int], value: float | None) -> None:
+    if value is not None:
+        b = str(histogram.bucket_of(value))
+        counts[b] = counts.get(b, 0) + 1
+
+
+def fold_slot(entries: list[reqlog.Entry]) -> dict[str, Any]:
+    """One slot's figures (histograms sparse: bucket -> count), JSON-ready."""
+    totals = dict.fromkeys(TOTAL_KEYS, 0) | {"requests": 0}
+    nodes: dict[str, dict[str, Any]] = {}
+    classes: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        sc = reqlog.status_class(e.status)
+        totals["requests"] += 1
+        if sc != "other":
+            totals[f"status_{sc}"] += 1
+        totals["retries"] += e.retries
+        totals["cache_hits"] += e.cache == "hit"
+        totals["cache_misses"] += e.cache == "miss"
+        totals["errors"] += bool(e.error)
+        if e.node:
+            n = nodes.setdefault(e.node, {"pool": e.pool, "requests": 0, "errors": 0, "latency": {}})
+            n["requests"] += 1
+            n["errors"] += sc == "5xx"
+            _sparse(n["latency"], e.latency_ms)
+        c = classes.setdefault(e.request_class, {"requests": 0, "status_429": 0, "retries": 0, "latency": {},
+                                                 "ttft": {}})
+        c["requests"] += 1
+        c["status_429"] += sc == "429"
+        c["retries"] += e.retries
+        _sparse(c["latency"], e.latency_ms)
+        _sparse(c["ttft"], e.ttft_ms)
+    return {"totals": totals, "nodes": nodes, "classes": classes}
+
+
+def read_slot(start: int) -> dict[str, Any]:
+    """Fold the stream entries whose ids fall in [start, start + SLOT_S) seconds."""
+    raw = redis_client().xrange(reqlog.STREAM, min=f"{start * 1000}", max=f"{(start + SLOT_S) * 1000 - 1}",
+                                count=MAX_SLOT_ENTRIES)
     entries, bad = [], 0
     for eid, fields in raw:
         try:
-            e = reqlog.parse(eid, fields)
+            entries.append(reqlog.parse(eid, fields))
         except (ValueError, OverflowError):
             bad += 1
+    slot = fold_slot(entries)
+    slot["malformed"] = bad
+    slot["truncated"] = len(raw) == MAX_SLOT_ENTRIES
+    return slot
+
+
+def window_slots(window: int, now: float) -> tuple[list[dict[str, Any]], float]:
+    """The slots covering the last `window` seconds (aligned down to a slot: up to SLOT_S more) and the span."""
+    client = redis_client()
+    current = int(now // SLOT_S * SLOT_S)
+    starts = list(range(current - window, current + SLOT_S, SLOT_S))
+    cached = client.mget([f"{SLOT_PREFIX}{s}" for s in starts])
+    slots = []
+    for start, raw in zip(starts, cached, strict=True):
+        if raw is not None:
+            slots.append(orjson.loads(raw))
             continue
-        if e.ts >= now - window:
-            entries.append(e)
-    return entries, len(raw) == MAX_ENTRIES, bad
+        slot = read_slot(start)
+        if start + SLOT_S + SETTLE_S <= now:  # over: its entries will not change, keep it for later polls
+            client.set(f"{SLOT_PREFIX}{start}", orjson.dumps(slot), ex=max(WINDOWS) + 60)
+        slots.append(slot)
+    return slots, now - starts[0]
+
+
+def _dense(sparse: dict[str, int], into: list[int]) -> None:
+    for b, c in sparse.items():
+        into[int(b)] += c
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -65,45 +131,34 @@ def summary(window: int) -> dict[str, Any]:
 
 
 def compute(window: int, now: float) -> dict[str, Any]:
-    entries, truncated, malformed = window_entries(window, now)
+    slots, span = window_slots(window, now)
     states = gateway_states()
-    total = len(entries)
+    totals = dict.fromkeys(TOTAL_KEYS, 0) | {"requests": 0}
     per_node: dict[str, dict[str, Any]] = {}
     per_class: dict[str, dict[str, Any]] = {}
-    totals = {"requests": total, "status_2xx": 0, "status_4xx": 0, "status_429": 0, "status_5xx": 0,
-              "retries": 0, "cache_hits": 0, "cache_misses": 0, "errors": 0}
-    for e in entries:
-        sc = reqlog.status_class(e.status)
-        if sc in ("2xx", "4xx", "429", "5xx"):
-            totals[f"status_{sc}"] += 1
-        totals["retries"] += e.retries
-        totals["cache_hits"] += e.cache == "hit"
-        totals["cache_misses"] += e.cache == "miss"
-        totals["errors"] += bool(e.error)
-        if e.node:
-            n = per_node.setdefault(e.node, {"node": e.node, "pool": e.pool, "requests": 0, "errors": 0,
+    for slot in slots:
+        for k, v in slot["totals"].items():
+            totals[k] += v
+        for name, n in slot["nodes"].items():
+            acc = per_node.setdefault(name, {"node": name, "pool": n["pool"], "requests": 0, "errors": 0,
                                              "latency": histogram.empty()})
-            n["requests"] += 1
-            n["errors"] += sc == "5xx"
-            if e.latency_ms is not None:
-                histogram.add(n["latency"], e.latency_ms)
-        c = per_class.setdefault(e.request_class, {"class": e.request_class, "requests": 0, "status_429": 0,
-                                                    "retries": 0, "latency": histogram.empty(),
-                                                    "ttft": histogram.empty()})
-        c["requests"] += 1
-        c["status_429"] += sc == "429"
-        c["retries"] += e.retries
-        if e.latency_ms is not None:
-            histogram.add(c["latency"], e.latency_ms)
-        if e.ttft_ms is not None:
-            histogram.add(c["ttft"], e.ttft_ms)
+            acc["requests"] += n["requests"]
+            acc["errors"] += n["errors"]
+            _dense(n["latency"], acc["latency"])
+        for name, c in slot["classes"].items():
+            acc = per_class.setdefault(name, {"class": name, "requests": 0, "status_429": 0, "retries": 0,
+                                              "latency": histogram.empty(), "ttft": histogram.empty()})
+            for k in ("requests", "status_429", "retries"):
+                acc[k] += c[k]
+            _dense(c["latency"], acc["latency"])
+            _dense(c["ttft"], acc["ttft"])
 
     routed = sum(n["requests"] for n in per_node.values())
     nodes = _merge_scores(per_node, states, routed, now)
     classes = [{"class": c["class"], "requests": c["requests"], "status_429": c["status_429"],
                 "retries": c["retries"], "latency_ms": histogram.percentiles(c["latency"]),
                 "ttft_ms": histogram.percentiles(c["ttft"])}
-               for c in sorted(per_class.values(), key=lambda c: -c["requests"])]
+               for c in sorted(per_class.values(), key=lambda c: (-c["requests"], c["class"]))]
     quarantined_now = sorted({n["node"] for n in nodes if n["quarantined"]})
     gateways = [{"id": s.get("id"), "ts": s.get("ts"), "policy": s.get("policy") or {},
                  "saturated": bool(s.get("saturated")), "queues": s.get("queues") or {},
@@ -111,10 +166,11 @@ def compute(window: int, now: float) -> dict[str, Any]:
     hits, misses = totals["cache_hits"], totals["cache_misses"]
     return {
         "window_s": window,
+        "span_s": round(span, 1),
         "now": now,
-        "truncated": truncated,
-        "malformed": malformed,
-        "totals": {**totals, "rps": round(total / window, 3), "routed": routed,
+        "truncated": any(s["truncated"] for s in slots),
+        "malformed": sum(s["malformed"] for s in slots),
+        "totals": {**totals, "rps": round(totals["requests"] / span, 3) if span > 0 else 0.0, "routed": routed,
                    "cache_hit_rate": _rate(hits, hits + misses),
                    "quarantined_nodes": len(quarantined_now),
                    "quarantines_total": sum(int((s.get("counters") or {}).get("quarantines") or 0)

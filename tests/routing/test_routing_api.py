@@ -23,6 +23,8 @@ def node_state(node: str, score: float | None, eligible: bool = True, reason: st
 
 def test_summary_shows_shares_scores_percentiles_and_counters(api: Callable[..., Any], stream: Any) -> None:
     now = time.time()
+    # Stream ids are the time Redis took the entry: this one arrived 200 s ago (outside 60 s, inside 300 s).
+    stream.xadd("sy:reqlog", entry(ts=now - 200, node="gpu-a-2"), id=f"{int((now - 200) * 1000)}-0")
     for i in range(30):
         xadd(stream, entry(ts=now - 5, node="gpu-a-1", cls="realtime", latency_ms=100 + i, ttft_ms=10 + i,
                            cache="hit" if i < 10 else "miss"))
@@ -30,7 +32,6 @@ def test_summary_shows_shares_scores_percentiles_and_counters(api: Callable[...,
         xadd(stream, entry(ts=now - 5, node="gpu-a-2", cls="batch", latency_ms=1000 + i, retries=1))
     for _ in range(4):
         xadd(stream, entry(ts=now - 5, node="", pool="", cls="batch", status=429, ttft_ms=None, cache="off"))
-    xadd(stream, entry(ts=now - 200, node="gpu-a-2"))  # outside a 60 s window, inside 300 s
     gw_state(stream, "gw-1", [node_state("gpu-a-1", 0.65), node_state("gpu-a-2", 0.4, in_flight=2),
                               node_state("gpu-a-3", None, eligible=False, reason="draining",
                                          quarantined_until=now + 30)])
@@ -39,7 +40,7 @@ def test_summary_shows_shares_scores_percentiles_and_counters(api: Callable[...,
     resp = api("viewer").get("/api/v1/routing/summary?window=60")
     assert resp.status_code == 200, resp.content
     s = resp.json()
-    assert s["window_s"] == 60
+    assert s["window_s"] == 60 and 60 <= s["span_s"] < 70  # whole 10-second slots back from now
     t = s["totals"]
     assert (t["requests"], t["routed"], t["status_429"], t["retries"]) == (44, 40, 4, 10)
     assert t["cache_hit_rate"] == pytest.approx(10 / 40)
