@@ -133,3 +133,21 @@ def test_trim_removes_only_processed_entries_older_than_the_live_window(stream: 
     ids = [eid for eid, _ in stream.xrange(reqlog.STREAM)]
     assert all(r in ids for r in recent)
     assert len(ids) < 303
+
+
+def test_nothing_unprocessed_is_trimmed_even_when_old(stream: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = time.time() - 3600
+    for i in range(300):
+        stream.xadd(reqlog.STREAM, entry(ts=old + i), id=f"{int((old + i) * 1000)}-0")
+
+    def crash() -> None:
+        raise RuntimeError("crash")
+
+    monkeypatch.setattr(aggregate, "after_upsert", crash)
+    with pytest.raises(RuntimeError):
+        tasks.aggregate()
+    assert stream.xlen(reqlog.STREAM) == 300  # an hour old, but never counted: kept
+    monkeypatch.undo()
+    assert tasks.aggregate()["processed"] == 300
+    assert stream.xlen(reqlog.STREAM) < 300  # counted and outside the live window: trimmed
+    assert totals()["requests"] == 300
