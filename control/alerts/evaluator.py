@@ -80,17 +80,14 @@ def evaluate(now: datetime | None = None) -> Result | None:
                 result.skipped_rules.append(rule["name"])
                 seen.update(fp for fp, a in live.items() if a.rule == rule["name"])
                 continue
-            current = series.values(fleet, rule)
-            result.series += len(current)
-            keys = {fingerprint(rule["name"], dict(k)): k for k in current}
-            for fp, a in live.items():  # live alerts whose series vanished: the condition is false
-                if a.rule == rule["name"] and fp not in keys:
-                    keys[fp] = tuple(sorted((k, v) for k, v in a.labels.items() if k in ("pool", "node", "gpu")))
-            for fp, key in keys.items():
-                seen.add(fp)
-                value = current.get(key)
-                condition = value is not None and machine.compare(value, rule["comparison"], rule["threshold"])
-                _apply(rule, fp, key, value, condition, live.get(fp), now, muted, revision.pk, result)
+            try:
+                with transaction.atomic():  # a savepoint: one broken rule cannot stop the others
+                    _evaluate_rule(rule, fleet, live, now, muted, revision.pk, result, seen)
+            except Exception:
+                log.exception("alerts: rule %s could not be evaluated; its alerts are left as they are",
+                              rule.get("name"))
+                result.skipped_rules.append(rule.get("name", "?"))
+                seen.update(fp for fp, a in live.items() if a.rule == rule.get("name"))
         # Alerts of rules deleted or disabled since: end them (a firing one resolves and says so).
         for fp, a in live.items():
             if fp not in seen:
@@ -101,6 +98,21 @@ def evaluate(now: datetime | None = None) -> Result | None:
         repeat = {r["name"]: int(r.get("repeat_interval_s") or 0) for r in rules}
         result.notified = len(notify.send(now, repeat))
     return result
+
+
+def _evaluate_rule(rule: dict[str, Any], fleet: series.Fleet, live: dict[str, Alert], now: datetime,
+                   muted: list[Any], revision: int, result: Result, seen: set[str]) -> None:
+    current = series.values(fleet, rule)
+    result.series += len(current)
+    keys = {fingerprint(rule["name"], dict(k)): k for k in current}
+    for fp, a in live.items():  # live alerts whose series vanished: the condition is false
+        if a.rule == rule["name"] and fp not in keys:
+            keys[fp] = tuple(sorted((k, v) for k, v in a.labels.items() if k in ("pool", "node", "gpu")))
+    for fp, key in keys.items():
+        seen.add(fp)
+        value = current.get(key)
+        condition = value is not None and machine.compare(value, rule["comparison"], rule["threshold"])
+        _apply(rule, fp, key, value, condition, live.get(fp), now, muted, revision, result)
 
 
 def _apply(rule: dict[str, Any], fp: str, key: series.Labels, value: float | None, condition: bool,

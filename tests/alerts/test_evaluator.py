@@ -232,3 +232,21 @@ def test_null_metrics_are_absent_not_zero(fleet: Any) -> None:
     fleet("gpu-a-1", at(0), gpus=[{"temp_c": None}])
     evaluator.evaluate(at(0))
     assert Alert.objects.count() == 0
+
+
+def test_a_rule_that_cannot_be_evaluated_does_not_stop_the_others(fleet: Any, monkeypatch: Any) -> None:
+    from control.alerts import series
+
+    set_rules(rule("broken", for_s=0), rule("gpu-hot", for_s=0))
+    fleet("gpu-a-1", at(0), gpus=[{"temp_c": 90.0}])
+    real = series.values
+
+    def values(f: Any, r: dict[str, Any]) -> Any:
+        if r["name"] == "broken":  # e.g. a stored document from an older schema the code no longer understands
+            raise KeyError("aggregate")
+        return real(f, r)
+
+    monkeypatch.setattr(series, "values", values)
+    result = evaluator.evaluate(at(0))
+    assert result is not None and result.skipped_rules == ["broken"]
+    assert list(Alert.objects.values_list("rule", "state")) == [("gpu-hot", "firing")]
