@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "Switchyard-Webhook/1"
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
-MAX_PAYLOAD_BYTES = 256 * 1024  # what a caller may queue
+MAX_PAYLOAD_BYTES = 512 * 1024  # what a caller may queue (a job notice carries up to 64 Ki characters of result)
 MAX_BODY_BYTES = 1024 * 1024  # what goes on the wire after formatting
 EXCERPT_BYTES = 4096  # of the receiver's answer, read and kept (the rest is never read)
 MAX_ATTEMPTS = 6

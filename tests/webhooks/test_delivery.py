@@ -190,8 +190,8 @@ def test_a_scaling_event_in_alertmanager_format(receiver: LocalReceiver) -> None
 
 def test_huge_payloads_are_refused_and_nothing_is_queued() -> None:
     Receiver.objects.create(name="r", url="https://hooks.example.com/", secret=SECRET, events=["job"])
-    with pytest.raises(ValueError, match="the limit is 262144"):
-        emit("job", {"blob": "x" * 300_000})
+    with pytest.raises(ValueError, match="the limit is 524288"):
+        emit("job", {"blob": "x" * 600_000})
     assert Delivery.objects.count() == 0
 
 
