@@ -101,6 +101,12 @@ def fail(shard: Shard, error: str) -> bool:
     return bool(won)
 
 
+def drop(shard: Shard, why: str) -> None:
+    """A shard whose job ended (failed or cancelled) while it ran: it shows as cancelled, not running forever."""
+    Shard.objects.filter(pk=shard.pk, status__in=OPEN_SHARD).update(status=Shard.Status.CANCELLED, error=why,
+                                                                    finished=timezone.now())
+
+
 def cancel(job: Job, origin: Origin, reason: str) -> bool:
     """Cancel a queued or running job: waiting/pending shards never call the gateway again (their scheduled
     retries find the job cancelled); a call in flight finishes and its answer is dropped. False if already over."""

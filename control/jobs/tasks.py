@@ -37,6 +37,7 @@ def run_shard(self, shard_id: int) -> str:  # type: ignore[no-untyped-def]
     outcome = gateway.complete(body, job.priority, str(job.id), shard.index)
 
     if Job.objects.filter(pk=job.pk, status__in=Job.TERMINAL).exists():
+        service.drop(shard, "the job ended while this shard ran; its answer was dropped")
         return "job over meanwhile; answer dropped"
     if outcome.kind == "ok":
         service.complete(shard, outcome.node, outcome.output, outcome.prompt_tokens, outcome.completion_tokens)

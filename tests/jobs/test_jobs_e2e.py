@@ -115,11 +115,17 @@ def test_waiting_for_capacity_is_bounded_then_the_job_fails_and_notifies(
     assert post["json"]["switchyard"]["payload"]["status"] == "failed"
 
 
-def test_a_request_the_gateway_refuses_fails_the_job_at_once(api: Callable[..., Any], worker: Any,
-                                                            gateway: Any) -> None:
+def test_a_request_the_gateway_refuses_fails_the_job_and_its_other_shards_end_cancelled(
+        api: Callable[..., Any], worker: Any, gateway: Any) -> None:
     fake, _ = gateway
-    job_id = api("operator").post("/api/v1/jobs", {"model": "m", "input": "BROKEN on purpose"},
-                                  format="json").json()["id"]
-    final = wait_job(api, job_id, worker)
-    assert final["status"] == "failed" and "gateway answered 400" in final["error"]
-    assert len(fake.calls_for("BROKEN on purpose")) == 1
+    text = "BROKEN on purpose. " + "x " * 200 + "\n\nThe second part is fine. " + "y " * 200
+    resp = api("operator").post("/api/v1/jobs", {"model": "m", "input": text, "shard": {"token_budget": 128}},
+                                format="json")
+    assert resp.status_code == 201 and resp.json()["progress"]["total"] == 2
+    final = wait_job(api, resp.json()["id"], worker)
+    assert final["status"] == "failed" and final["error"].startswith("shard 0: gateway answered 400")
+    # The other shard either had not started (cancelled by the failure) or ran and had its answer dropped.
+    wait_for(lambda: job_state(api, final["id"])["shards"][1]["status"] == "cancelled", 10, "shard 1 to end")
+    assert [s["status"] for s in job_state(api, final["id"])["shards"]] == ["failed", "cancelled"]
+    assert final["result"] == ""
+    assert len(fake.calls_for("BROKEN on purpose")) == 1  # a refusal is not retried
