@@ -48,7 +48,7 @@ class RoutingMinutes(APIView):
         parameters=[
             OpenApiParameter("from", str, description="ISO 8601, unix seconds or relative (-1h); default -1h"),
             OpenApiParameter("to", str, description="ISO 8601, unix seconds or relative; default now"),
-            OpenApiParameter("node", str, description="only this node ('' rows are requests no node served)"),
+            OpenApiParameter("node", str, description="only this node"),
             OpenApiParameter("class", str, description="only this priority class"),
             OpenApiParameter("limit", int, description=f"rows at most (1..{MAX_ROWS}, default 1440)"),
         ],
