@@ -105,6 +105,7 @@ class JobList(APIView):
         return [IsOperator()] if self.request.method == "POST" else [IsViewer()]
 
     @extend_schema(
+        operation_id="jobs_list",
         parameters=[OpenApiParameter("status", str, enum=[s.value for s in Job.Status]),
                     OpenApiParameter("limit", int, description="1..500, default 100"),
                     OpenApiParameter("offset", int)],
@@ -129,7 +130,8 @@ class JobList(APIView):
         page = list(qs.order_by("-created")[int(offset):int(offset) + int(limit)])
         return Response({"count": qs.count(), "results": [job_json(j) for j in page]})
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses={201: OpenApiTypes.OBJECT, **errors(400, 413, 415)})
+    @extend_schema(operation_id="jobs_create", request=OpenApiTypes.OBJECT,
+                   responses={201: OpenApiTypes.OBJECT, **errors(400, 413, 415)})
     def post(self, request: Request) -> Response:
         """Submit a job: {model, input | messages, max_tokens?, temperature?, priority? (default batch),
         callback_url?, shard?: {token_budget}, reason?}. It runs through the gateway when capacity allows
@@ -145,7 +147,7 @@ class JobList(APIView):
 class JobDetail(APIView):
     permission_classes = [IsViewer]
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT, **errors(404)})
+    @extend_schema(operation_id="jobs_retrieve", responses={200: OpenApiTypes.OBJECT, **errors(404)})
     def get(self, request: Request, job_id: str) -> Response:
         """Status, progress (shards done/total), per-shard node and status, result, error and timings."""
         return Response(job_json(get_visible(request.user, job_id), detail=True))
@@ -155,7 +157,7 @@ class JobCancel(APIView):
     permission_classes = [IsOperator]
     parser_classes = [JobJSONParser]
 
-    @extend_schema(request=OpenApiTypes.OBJECT,
+    @extend_schema(operation_id="jobs_cancel", request=OpenApiTypes.OBJECT,
                    responses={200: OpenApiTypes.OBJECT, **errors(400, 404, 409, 413, 415)})
     def post(self, request: Request, job_id: str) -> Response:
         """Cancel a queued or running job ({reason?}); 409 when it is already done, failed or cancelled."""
