@@ -37,6 +37,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10
 # Below this much wall time per step, consecutive decode-only steps are run as one sleep (vLLM's multi-step
 # scheduling does the same on a real GPU): a fast time scale must not turn into thousands of wake-ups a second.
 MIN_STEP_WALL_S = 0.004
+# A loop running later than this behind the model's schedule drops the backlog instead of catching it up.
+MAX_LAG_S = 0.5
 PREFIX_BLOCK_CHARS = 64  # one prefix-cache block, about 16 tokens
 PREFIX_CACHE_BLOCKS = 20_000
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
@@ -116,11 +118,15 @@ class Engine:
         self.queue_time = Histogram(LATENCY_BUCKETS)
         # Utilisation integral for the virtual NVML: wall seconds x instantaneous utilisation (0-1).
         self.util_integral = 0.0
+        # Wall seconds the loop ran behind the model's schedule beyond MAX_LAG_S (a starved CPU): not zero means
+        # the fleet process needs more CPU than it gets, and the model ran slower than its profile says.
+        self.lag_dropped_s = 0.0
         self.last_step_util = 0.0
         self._prefix: OrderedDict[bytes, None] = OrderedDict()
         self._model = 0.0  # model time at wall time self._wall
         self._wall = clock()
         self._step: tuple[float, float, float] | None = None  # (model start, wall start, model duration)
+        self._continuous = False  # the last step ended with work left: the next one follows on its schedule
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -224,6 +230,7 @@ class Engine:
     async def _loop(self) -> None:
         while True:
             if not self.running and not self.waiting:
+                self._continuous = False
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -245,7 +252,15 @@ class Engine:
 
     async def _step_once(self) -> None:
         p = self.profile
-        start = self.now()
+        wall = self._clock()
+        if self._continuous and wall - self._wall < MAX_LAG_S:
+            # Back to back with the previous step, on its schedule: a late wake-up (a busy loop) shortens this
+            # step's sleep instead of slowing the model down.
+            start, wall0 = self._model, self._wall
+        else:
+            if self._continuous:
+                self.lag_dropped_s += wall - self._wall  # the loop fell too far behind: that time is lost
+            start, wall0 = self.now(), wall
         admitted = self._admit()
         for req in admitted:
             if req.admitted is None:
@@ -265,15 +280,15 @@ class Engine:
                 left = min(r.target_tokens - r.generated for r in decoding)
                 steps = max(1, min(left, math.ceil(MIN_STEP_WALL_S / max(wall_per_step, 1e-9))))
         duration = (prefill_s + decode_s * steps) * factor
-        wall0 = self._clock()
         self._step = (start, wall0, duration)
         try:
-            await asyncio.sleep(duration / self.time_scale)
+            await asyncio.sleep(max(0.0, wall0 + duration / self.time_scale - self._clock()))
         finally:
             self._model = start + duration
-            self._wall = self._clock()
+            self._wall = wall0 + duration / self.time_scale
             self._step = None
-        self.util_integral += (self._wall - wall0) * util
+            self._continuous = True
+        self.util_integral += duration / self.time_scale * util
         self.last_step_util = util
         now = self._model
         emitted = 0

@@ -58,4 +58,8 @@ def render(engine: Engine, model: str, engine_id: str = "0") -> str:
     histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.", engine.e2e)
     histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
               engine.queue_time)
+    # Not a vLLM metric: how far the simulator itself fell behind (CPU starvation of the fleet process).
+    out.append("# HELP sim:engine_lag_dropped_seconds_total Wall seconds the simulator ran behind its schedule.")
+    out.append("# TYPE sim:engine_lag_dropped_seconds_total counter")
+    out.append(f"sim:engine_lag_dropped_seconds_total{{{labels}}} {_num(engine.lag_dropped_s)}")
     return "\n".join(out) + "\n"

@@ -40,7 +40,8 @@ class SimNode:
                  port: int = 0, time_scale: float = 1.0, seed: int | None = None,
                  advertise_host: str | None = None) -> None:
         self.name = name
-        self.profile = profile
+        self.spec = profile
+        self.profile = profile.name  # "h100", "a100" or "l40s"
         self.model = model
         self.engine = Engine(profile, time_scale=time_scale)
         self.server = HttpServer(self.handle, host=host, port=port, name=name)
@@ -83,7 +84,7 @@ class SimNode:
         return self.engine.kv_usage
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "port": self.port, "profile": self.profile.name,
+        return {"name": self.name, "url": self.url, "port": self.port, "profile": self.profile,
                 "model": self.model, "gpus": len(self.gpu.gpus), "state": self.state, "failure": self.failure,
                 "slow": self.slow, "admin_state": self.admin_state, "running": self.running,
                 "waiting": self.waiting, "kv_usage_pct": round(100.0 * self.kv_usage, 1)}
@@ -159,7 +160,7 @@ class SimNode:
         if path == "/v1/models":
             return json_response(200, {"object": "list", "data": [{
                 "id": self.model, "object": "model", "created": int(self.created), "owned_by": "switchyard-sim",
-                "root": self.model, "parent": None, "max_model_len": self.profile.max_model_len}]})
+                "root": self.model, "parent": None, "max_model_len": self.spec.max_model_len}]})
         return self._error(404, f"no route {path}: this node serves /v1/chat/completions, /v1/completions, "
                                 "/v1/models, /metrics and /health", "not_found", type="not_found_error")
 
@@ -170,7 +171,7 @@ class SimNode:
 
     async def _complete(self, req: Request, kind: str) -> Response:
         try:
-            c = openai.parse(req.body, kind, self.model, self.profile.max_model_len)
+            c = openai.parse(req.body, kind, self.model, self.spec.max_model_len)
         except openai.OpenAIError as exc:
             return json_response(exc.status, exc.body())
         if self.failure == "error":
@@ -207,10 +208,17 @@ class SimNode:
         try:
             if c.kind == "chat":
                 yield _sse(openai.chunk(c, rid, created, "", None, fp, first=True))
+            # Every token's event is the same JSON but for the token: serialise it once around a marker and
+            # splice each token in (a streamed token is the hot path of a loaded fleet).
+            marker = "\u0000token\u0000"
+            template = dumps(openai.chunk(c, rid, created, marker, None, fp))
+            head, tail = template.split(dumps(marker), 1)
+            head = b"data: " + head
+            tail = tail + b"\n\n"
             sent = 0
             while (n := await sim.stream.get()) is not None:
                 # One SSE event per token; the tokens of one engine step go out in one write.
-                yield b"".join(_sse(openai.chunk(c, rid, created, w, None, fp)) for w in tokens[sent:sent + n])
+                yield b"".join(head + dumps(w) + tail for w in tokens[sent:sent + n])
                 sent += n
             if sim.outcome == "abort":
                 raise ConnectionResetError("request aborted")

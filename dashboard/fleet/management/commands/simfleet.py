@@ -144,7 +144,7 @@ class Command(BaseCommand):
 
     def print_table(self, fleet: SimFleet, server: str | None) -> None:
         rows = [("NODE", "PROFILE", "GPUS", "STATE", "URL")]
-        rows += [(n.name, n.profile.name, str(len(n.gpu.gpus)), n.state, n.url) for n in fleet.nodes]
+        rows += [(n.name, n.profile, str(len(n.gpu.gpus)), n.state, n.url) for n in fleet.nodes]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             self.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
