@@ -21,12 +21,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from agents.sim import profiles
 from agents.sim.agent import NodeAgent
 from agents.sim.node import FAIL_MODES, SimNode
+
+if TYPE_CHECKING:
+    from agents.sim.control import ControlApi
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ class SimFleet:
         self._boots: dict[str, asyncio.Task[None]] = {}
         self._pending: set[asyncio.Task[None]] = set()
         self._added = 0
+        self._cycle = 0
         self._client: httpx.AsyncClient | None = None
-        self.control: object | None = None  # the ControlApi when started with a control port
+        self.control: ControlApi | None = None  # when started with a control port
         self.control_url: str | None = None
         self._lock = asyncio.Lock()
 
@@ -92,7 +97,7 @@ class SimFleet:
 
     async def stop(self) -> None:
         if self.control is not None:
-            await self.control.close()  # type: ignore[attr-defined]
+            await self.control.close()
             self.control = None
         for name in list(self._nodes):
             await self.remove_node(name)
@@ -138,9 +143,10 @@ class SimFleet:
                        boot_delay_s: float = 0.0) -> SimNode:
         """Add a node. With boot_delay_s > 0 it returns at once in state "booting" and starts serving (and its
         agent pushing) after the delay, in wall seconds."""
-        profile = profile or profiles.for_index(self.profile, len(self._nodes) + len(self._boots))
-        if profile == "mixed":
-            profile = profiles.for_index("mixed", self._added)
+        if profile is None or profile == "mixed":
+            # A mixed fleet (or a request for "mixed") takes the next profile of the h100, a100, l40s cycle.
+            profile = profiles.for_index(self.profile if profile is None else "mixed", self._cycle)
+            self._cycle += 1
         prof = profiles.get(profile)
         if not 0 <= boot_delay_s <= MAX_BOOT_DELAY_S:
             raise ValueError(f"boot_delay_s must be 0-{MAX_BOOT_DELAY_S:g} seconds, got {boot_delay_s}")

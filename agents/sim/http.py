@@ -180,7 +180,7 @@ class HttpServer:
                     log.exception("%s: handler failed for %s %s", self.name, req.method, req.path)
                     resp = json_response(500, {"error": {"message": "internal error in the simulator",
                                                          "type": "internal_error", "param": None, "code": None}})
-            await self._send(conn, writer, resp)
+            await self._send(conn, writer, resp, head=req.method == "HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -188,12 +188,13 @@ class HttpServer:
             except h11.LocalProtocolError:
                 return
 
-    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response) -> None:
+    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response,
+                    head: bool = False) -> None:
         headers = [("content-type", resp.content_type), *self.extra_headers, *resp.headers]
-        if resp.stream is None:
+        if resp.stream is None or head:
             headers.append(("content-length", str(len(resp.body))))
             writer.write(conn.send(h11.Response(status_code=resp.status, headers=headers)))
-            if resp.body:
+            if resp.body and not head:  # a HEAD answer has the GET's headers and no body
                 writer.write(conn.send(h11.Data(data=resp.body)))
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()

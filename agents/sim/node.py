@@ -49,7 +49,7 @@ class SimNode:
         self.port = self.server.port
         shown = advertise_host or ("127.0.0.1" if host in ("0.0.0.0", "", "::") else host)
         self.url = f"http://{shown}:{self.port}"
-        self.gpu = VirtualNvml(profile, self.engine, gpus=gpus, seed=seed, alive=self.serving)
+        self.gpu = VirtualNvml(profile, self.engine, gpus=gpus, seed=seed, alive=self._process_alive)
         self.host = VirtualHost(self.engine, seed=seed)
         self.failure: str | None = None
         self.booted = False
@@ -70,6 +70,10 @@ class SimNode:
     def serving(self) -> bool:
         """Whether the inference server process is there to answer (what a scrape of /metrics would find)."""
         return self.booted and self.failure not in ("refuse", "hang")
+
+    def _process_alive(self) -> bool:
+        """Whether the server process holds its GPUs (a hung one still does; a crashed one, `refuse`, does not)."""
+        return self.booted and self.failure != "refuse"
 
     @property
     def running(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -42,8 +43,6 @@ def test_a_node_with_a_boot_delay_is_booting_then_up(fleet: BackgroundFleet, cli
     assert doc["state"] == "booting"
     with pytest.raises(httpx.ConnectError):
         client.get(f"{doc['url']}/health")  # the port is reserved but nothing listens yet
-    import time
-
     deadline = time.monotonic() + 10
     while client.get(f"{fleet.control_url}/nodes/{doc['name']}").json()["state"] != "up":
         assert time.monotonic() < deadline
@@ -156,10 +155,20 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(fleet: BackgroundFl
                        json={"model": "sim-llm", "prompt": "x", "max_tokens": 500, "stream": True}) as resp:
         next(resp.iter_lines())
         assert fleet.node(node.name).running == 1
-    import time
-
     deadline = time.monotonic() + 10
     while fleet.call(lambda f: f.node(node.name).running) != 0:
         assert time.monotonic() < deadline, "the engine kept decoding for a client that left"
         time.sleep(0.05)
     assert 'finished_reason="abort"} 1.0' in client.get(f"{node.url}/metrics").text
+
+
+def test_a_mixed_fleet_cycles_profiles_and_head_works(client: httpx.Client) -> None:
+    with BackgroundFleet(pool="mix", profile="mixed", gpus=1, control_port=0) as fleet:
+        for _ in range(4):
+            assert client.post(f"{fleet.control_url}/nodes").status_code == 201
+        assert client.post(f"{fleet.control_url}/nodes", json={"profile": "l40s"}).status_code == 201
+        nodes = client.get(f"{fleet.control_url}/nodes").json()["nodes"]
+        assert [n["profile"] for n in nodes] == ["h100", "a100", "l40s", "h100", "l40s"]
+        head = client.head(f"{nodes[0]['url']}/v1/models")
+        assert head.status_code == 200 and head.content == b"" and head.headers["x-sim-node"] == nodes[0]["name"]
+        assert int(head.headers["content-length"]) > 0

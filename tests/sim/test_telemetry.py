@@ -3,6 +3,7 @@ follows the load, obeys power-limit constraints and reports every GPU catalogue 
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -73,8 +74,10 @@ def test_fb_used_follows_the_kv_cache(fleet: BackgroundFleet) -> None:
     with httpx.Client(timeout=60.0) as c, ThreadPoolExecutor(10) as pool:
         futures = [pool.submit(c.post, f"{node.url}/v1/completions", json={
             "model": MODEL, "prompt": f"{i}" * 8000, "max_tokens": 50, "ignore_eos": True}) for i in range(10)]
+        deadline = time.monotonic() + 20
         while fleet.call(lambda f: f.node(node.name).kv_usage) == 0:
-            pass
+            assert time.monotonic() < deadline, "the requests never reached the engine"
+            time.sleep(0.01)
         busy = fleet.call(lambda f: f.node(node.name).gpu.collect()[0])
         fleet.slow_down(node.name, 0.1)
         assert all(f.result(60).status_code == 200 for f in futures)
@@ -114,3 +117,25 @@ def test_a_binding_power_cap_drops_the_clock_and_sets_the_reason_bit(fleet: Back
     assert not free["clocks_event_reasons"] & REASON_SW_POWER_CAP
     assert capped["sm_clock_mhz"] < free["sm_clock_mhz"]
     assert capped["power_w"] <= 200.0 < free["power_w"]
+
+
+def test_a_failed_server_blanks_inference_metrics_and_a_crash_frees_the_gpus(fleet: BackgroundFleet) -> None:
+    from agents.sim.agent import NodeInference
+
+    node = fleet.add_node(profile="h100")
+    source = fleet.call(lambda f: NodeInference(f.node(node.name)))
+    assert fleet.call(lambda f: source.collect())["requests_running"] == 0
+    assert fleet.call(lambda f: source.models()) == [MODEL]
+
+    fleet.fail(node.name, "hang")  # stuck, but still holding its GPUs
+    assert set(fleet.call(lambda f: source.collect()).values()) == {None}
+    assert fleet.call(lambda f: source.models()) is None
+    gpu = fleet.call(lambda f: f.node(node.name).gpu.collect()[0])
+    assert gpu["process_count"] == 1 and gpu["fb_used_bytes"] > 0
+
+    fleet.fail(node.name, "refuse")  # crashed: no process, nothing on the GPUs
+    gpu = fleet.call(lambda f: f.node(node.name).gpu.collect()[0])
+    assert gpu["process_count"] == 0 and gpu["fb_used_bytes"] == 0 and gpu["gpu_util_pct"] == 0
+
+    fleet.recover(node.name)
+    assert fleet.call(lambda f: source.collect())["requests_waiting"] == 0
