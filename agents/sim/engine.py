@@ -2,9 +2,9 @@
 
 Requests wait FIFO until the running set has room (at most `max_seqs` sequences, and their tokens must fit the KV
 cache). Each engine step prefills the requests admitted at its start (prompt tokens / prefill rate; the first token
-comes out of the prefill) and gives every running request past its prefill one token; a step costs the prefill
-time plus the decode time at the current batch size, times the node's slow-down factor and the DVFS factor of a
-power-capped GPU. When the KV cache overflows, the most recently admitted requests are preempted back to the head
+comes out of the prefill) and gives every running request past its prefill one token; a step is one forward pass
+and costs the decode time at the current batch size (at least that of a batch of one) plus the prefill time, times
+the node's slow-down factor and the DVFS factor of a power-capped GPU. When the KV cache overflows, the most recently admitted requests are preempted back to the head
 of the queue and recomputed later (vLLM's recompute preemption).
 
 Time is model time: `time_scale` model seconds pass per wall second, so tests and benchmarks run faster than

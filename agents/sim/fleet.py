@@ -130,14 +130,12 @@ class SimFleet:
             if name not in self._nodes:
                 return name
 
-    def _port(self) -> int:
+    def _ports(self) -> list[int]:
+        """Ports to try for a new node: any free one, or the first ones from base_port that no node holds."""
         if self.base_port <= 0:
-            return 0
+            return [0]
         used = {n.port for n in self._nodes.values()}
-        port = self.base_port
-        while port in used:
-            port += 1
-        return port
+        return [p for p in range(self.base_port, min(65536, self.base_port + len(used) + 100)) if p not in used]
 
     async def add_node(self, name: str | None = None, profile: str | None = None,
                        boot_delay_s: float = 0.0) -> SimNode:
@@ -160,8 +158,16 @@ class SimFleet:
                 raise ValueError(f"a node named {name!r} already exists in this fleet")
             token = await asyncio.to_thread(self.register, name, self.pool) if self.register is not None else None
             seed = None if self.seed is None else self.seed * 1000 + len(self._nodes)
-            node = SimNode(name, prof, model=self.model, gpus=self.gpus, host=self.host, port=self._port(),
-                           time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host)
+            error: OSError | None = None
+            for port in self._ports():
+                try:
+                    node = SimNode(name, prof, model=self.model, gpus=self.gpus, host=self.host, port=port,
+                                   time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host)
+                    break
+                except OSError as exc:  # taken by another process: the next one
+                    error = exc
+            else:
+                raise OSError(f"no free port for node {name} from {self.base_port}: {error}")
             self._nodes[name] = node
         if boot_delay_s > 0:
             self._boots[name] = asyncio.get_running_loop().create_task(self._boot(node, token, boot_delay_s))

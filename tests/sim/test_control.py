@@ -172,3 +172,17 @@ def test_a_mixed_fleet_cycles_profiles_and_head_works(client: httpx.Client) -> N
         head = client.head(f"{nodes[0]['url']}/v1/models")
         assert head.status_code == 200 and head.content == b"" and head.headers["x-sim-node"] == nodes[0]["name"]
         assert int(head.headers["content-length"]) > 0
+
+
+def test_base_port_gives_consecutive_ports_and_skips_taken_ones(client: httpx.Client) -> None:
+    import socket
+
+    from tests.conftest import free_port
+
+    base = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 1))  # another process holds the second port
+        with BackgroundFleet(pool="bp", gpus=1, base_port=base) as fleet:
+            ports = [fleet.add_node().port for _ in range(3)]
+            assert ports[0] == base and base + 1 not in ports and ports == sorted(ports)
+            assert all(client.get(f"http://127.0.0.1:{p}/health").status_code == 200 for p in ports)
