@@ -1,0 +1,111 @@
+"""The scheduler policy document turned into the plain values the core and the gateway read on every request.
+
+Built once per policy change from a document that `control.policy.schemas.validate` has normalised (so every
+section added after a document was stored is present with its default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from control.policy.defaults import default_document
+
+
+@dataclass(frozen=True)
+class PriorityClass:
+    name: str
+    rank: int  # 0 = most important
+    sheddable: bool
+    queue_limit: int
+    queue_timeout_s: float
+
+
+@dataclass(frozen=True)
+class Priorities:
+    classes: dict[str, PriorityClass]
+    default_class: str
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Priorities:
+        classes = {c["name"]: PriorityClass(c["name"], i, bool(c["sheddable"]), int(c["queue_limit"]),
+                                            float(c["queue_timeout_s"]))
+                   for i, c in enumerate(doc["classes"])}
+        return cls(classes, doc["default_class"])
+
+    def ordered(self) -> list[PriorityClass]:
+        return sorted(self.classes.values(), key=lambda c: c.rank)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the core needs from a `scheduler` document."""
+
+    weights: dict[str, tuple[float, bool]]  # metric -> (weight, invert); zero weights left out
+    require_model: bool
+    exclude_states: frozenset[str]
+    max_gpu_util_pct: float
+    max_queue_depth: int
+    max_kv_cache_pct: float
+    max_stale_s: float
+    require_inference_up: bool
+    tie_break: str
+    tie_epsilon: float
+    latency_source: str
+    latency_normalise: str
+    latency_scale_ms: float
+    node_capacity: int
+    burst_correction: float
+    max_attempts: int
+    connect_timeout_s: float
+    first_byte_timeout_s: float
+    read_timeout_s: float
+    quarantine_failures: int
+    quarantine_cooldown_s: float
+    cache_enabled: bool
+    cache_ttl_s: int
+    cache_max_entry_bytes: int
+    retry_after_s: int
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> Config:
+        f, p, lat, load = doc["filters"], doc["picker"], doc["latency"], doc["load"]
+        retry, quar, cache, shed = doc["retry"], doc["quarantine"], doc["cache"], doc["shedding"]
+        weights = {s["metric"]: (float(s["weight"]), bool(s.get("invert"))) for s in doc["scorers"]
+                   if s["weight"] != 0}
+        return cls(
+            weights=weights, require_model=bool(f["require_model"]), exclude_states=frozenset(f["exclude_states"]),
+            max_gpu_util_pct=float(f["max_gpu_util_pct"]), max_queue_depth=int(f["max_queue_depth"]),
+            max_kv_cache_pct=float(f["max_kv_cache_pct"]), max_stale_s=float(f["max_stale_s"]),
+            require_inference_up=bool(f["require_inference_up"]), tie_break=p["tie_break"],
+            tie_epsilon=float(p["tie_epsilon"]), latency_source=lat["source"], latency_normalise=lat["normalise"],
+            latency_scale_ms=float(lat["scale_ms"]), node_capacity=int(load["node_capacity"]),
+            burst_correction=float(load["burst_correction"]), max_attempts=int(retry["max_attempts"]),
+            connect_timeout_s=float(retry["connect_timeout_s"]),
+            first_byte_timeout_s=float(retry["first_byte_timeout_s"]), read_timeout_s=float(retry["read_timeout_s"]),
+            quarantine_failures=int(quar["failures"]), quarantine_cooldown_s=float(quar["cooldown_s"]),
+            cache_enabled=bool(cache["enabled"]), cache_ttl_s=int(cache["ttl_s"]),
+            cache_max_entry_bytes=int(cache["max_entry_bytes"]), retry_after_s=int(shed["retry_after_s"]),
+        )
+
+    @property
+    def span(self) -> float:
+        """The width of the score's range (sum of |weight| of the metric scorers); 1 when every weight is 0."""
+        total = sum(abs(w) for m, (w, _) in self.weights.items() if m != "in_flight")
+        return total or 1.0
+
+    @property
+    def burst_cost(self) -> float:
+        """What one request sent since the node's last sample takes off its score: a node whose unseen requests
+        fill its capacity loses `burst_correction` times the score's whole span, whatever the weights."""
+        return self.burst_correction * self.span / self.node_capacity
+
+
+def default_config() -> Config:
+    from control.policy.schemas import validate
+
+    return Config.from_document(validate("scheduler", default_document("scheduler")))
+
+
+def default_priorities() -> Priorities:
+    return Priorities.from_document(default_document("priorities"))

@@ -1,0 +1,465 @@
+"""The scheduler core: filters, scorers, burst correction and the picker. Pure Python, no I/O, no Django.
+
+Why it is built this way (docs/gateway.md has the long version):
+
+* Node metrics arrive every few seconds, requests hundreds of times a second. So each node's metric-based score
+  (`static`) is computed only when its sample, its state or the policy changes, and a request only reads it.
+* Between two samples every request would see the same "best" node and a burst would herd onto it. So the core
+  counts what it sent: `unseen` = requests sent to the node after its current sample was taken and not finished
+  yet. Each unseen request costs `Config.burst_cost` (burst_correction x the score's span / node capacity), so the
+  correction works whatever the weights are, the classic ones (which have no load term) included. The optional
+  `in_flight` scorer adds the gateway's own in-flight count relative to capacity with the operator's weight.
+* The best node is the top of a heap per model, keyed by the score rounded down to `tie_epsilon` buckets plus a
+  random draw (random tie-break inside the best bucket). A send or finish re-pushes that one node (O(log n));
+  entries left behind are recognised by their version and dropped lazily. A decision is O(1) amortised.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from control.scheduler.config import Config
+
+NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
+TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
+ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What the registry (PostgreSQL) says about a node."""
+
+    name: str
+    pool: str
+    state: str
+    endpoint: str
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What the scheduler reads from a node's latest sample (Redis `sy:latest`)."""
+
+    ts: float  # when the sample was taken, unix seconds (never later than when the server received it)
+    seq: int
+    gpu_util_pct: float | None  # mean over the node's GPUs
+    cpu_util_pct: float | None
+    net_rtt_ms: float | None
+    ttft_p50_s: float | None
+    running: int | None
+    waiting: int | None
+    kv_cache_pct: float | None
+    models: tuple[str, ...] = ()
+    endpoint: str = ""
+
+
+def _unix(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _num(section: Any, name: str) -> float | None:
+    value = section.get(name) if isinstance(section, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def metrics_from_snapshot(snap: dict[str, Any]) -> Metrics | None:
+    """A `sy:latest` value (dashboard.fleet.ingest.snapshot) -> Metrics; None when it has no usable timestamp."""
+    ts, received = _unix(snap.get("ts")), _unix(snap.get("received"))
+    if ts is None:
+        return None
+    if received is not None:
+        ts = min(ts, received)  # an agent clock running ahead must not make unseen requests look seen
+    host, inf = snap.get("host") or {}, snap.get("inference") or {}
+    utils = [u for g in snap.get("gpus") or [] if (u := _num(g, "gpu_util_pct")) is not None]
+    running, waiting = _num(inf, "requests_running"), _num(inf, "requests_waiting")
+    models = snap.get("models") or ()
+    return Metrics(
+        ts=ts, seq=int(snap.get("seq") or 0), gpu_util_pct=sum(utils) / len(utils) if utils else None,
+        cpu_util_pct=_num(host, "cpu_util_pct"), net_rtt_ms=_num(host, "net_rtt_ms"),
+        ttft_p50_s=_num(inf, "ttft_p50_s"), running=None if running is None else int(running),
+        waiting=None if waiting is None else int(waiting), kv_cache_pct=_num(inf, "kv_cache_usage_pct"),
+        models=tuple(m for m in models if isinstance(m, str)), endpoint=str(snap.get("endpoint") or ""),
+    )
+
+
+class Node:
+    """One node's scheduling state: registry facts, latest metrics, precomputed score and live counters."""
+
+    __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
+                 "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms")
+
+    def __init__(self, spec: NodeSpec, order: int) -> None:
+        self.spec = spec
+        self.metrics: Metrics | None = None
+        self.order = order
+        self.healthy = False
+        self.reason = "no sample yet"
+        self.static = 0.0
+        self.parts: dict[str, float] = {}
+        self.room = 0  # unseen requests it can still take before it counts as saturated
+        self.in_flight_ts: dict[int, float] = {}  # request id -> when it was sent
+        self.unseen = 0
+        self.failures = 0  # consecutive
+        self.quarantined_until: float | None = None
+        self.ttft_ewma: float | None = None  # seconds, the gateway's own observation
+        self.version = 0
+        self.groups: list[Group] = []
+        self.latency_ms: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.in_flight_ts)
+
+    @property
+    def listed(self) -> bool:
+        """May receive a request now: healthy, not quarantined, room left."""
+        return self.healthy and self.quarantined_until is None and self.unseen < self.room
+
+
+class Group:
+    """The nodes that serve one model, as a heap of (-score bucket, tie-break, seq, version, node)."""
+
+    __slots__ = ("model", "members", "heap")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.members: list[Node] = []
+        self.heap: list[tuple[float, float, int, int, Node]] = []
+
+
+@dataclass
+class Pick:
+    """The outcome of one decision: a node, or why there is none."""
+
+    node: Node | None
+    verdict: str  # "ok" | "saturated" (healthy nodes, none with room) | "unavailable" | "unknown_model"
+
+    @property
+    def ok(self) -> bool:
+        return self.node is not None
+
+
+@dataclass
+class Counters:
+    quarantines: int = 0
+    decisions: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Scheduler:
+    def __init__(self, config: Config, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.rng = rng or random.Random()
+        self.nodes: dict[str, Node] = {}
+        self.groups: dict[str, Group] = {}
+        self.counters = Counters()
+        self._seq = 0
+        self._fleet_latency: tuple[float, float] = (0.0, 0.0)
+
+    # --- inputs that change rarely: registry, samples, policy -------------------------------------------------
+    def update(self, now: float, specs: Iterable[NodeSpec] | None = None,
+               samples: dict[str, Metrics] | None = None, config: Config | None = None) -> None:
+        """Apply a new registry / new samples / a new policy and recompute every node's static score."""
+        if config is not None:
+            self.config = config
+        regroup = config is not None
+        if specs is not None:
+            specs = list(specs)
+            wanted = {s.name for s in specs}
+            for name in [n for n in self.nodes if n not in wanted]:
+                gone = self.nodes.pop(name)
+                gone.version += 1  # its heap entries die with it
+                gone.groups = []  # and requests still in flight to it re-list it nowhere when they finish
+                regroup = True
+            for spec in sorted(specs, key=lambda s: s.name):
+                node = self.nodes.get(spec.name)
+                if node is None:
+                    self.nodes[spec.name] = Node(spec, len(self.nodes))
+                    regroup = True
+                elif node.spec != spec:
+                    regroup = regroup or node.spec.models != spec.models
+                    node.spec = spec
+        if samples is not None:
+            for name, m in samples.items():
+                node = self.nodes.get(name)
+                if node is None or m is None:
+                    continue
+                if node.metrics is None or (m.ts, m.seq) != (node.metrics.ts, node.metrics.seq):
+                    node.metrics = m
+                    # The new sample saw every request sent before it was taken: only later ones stay unseen.
+                    node.unseen = sum(1 for t in node.in_flight_ts.values() if t > m.ts)
+                    if not node.spec.models and m.models:
+                        regroup = True
+        if regroup:
+            self._regroup()
+        self.recompute(now)
+
+    def _models_of(self, node: Node) -> tuple[str, ...]:
+        if not self.config.require_model:
+            return (ANY_MODEL,)
+        return node.spec.models or (node.metrics.models if node.metrics else ())
+
+    def _regroup(self) -> None:
+        self.groups = {}
+        for node in self.nodes.values():
+            node.groups = []
+            for model in self._models_of(node):
+                group = self.groups.get(model)
+                if group is None:
+                    group = self.groups[model] = Group(model)
+                group.members.append(node)
+                node.groups.append(group)
+
+    def recompute(self, now: float) -> None:
+        """Every node's filters and static score, then fresh heaps."""
+        cfg = self.config
+        if cfg.latency_normalise == "fleet":
+            values = [v for n in self.nodes.values() if (v := self._latency_ms(n)) is not None]
+            self._fleet_latency = (min(values), max(values)) if values else (0.0, 0.0)
+        for node in self.nodes.values():
+            self._score(node, now)
+        for group in self.groups.values():
+            group.heap = []
+            for node in group.members:
+                if node.listed:
+                    group.heap.append(self._entry(node))
+            heapq.heapify(group.heap)
+
+    def tick(self, now: float) -> None:
+        """Time-driven changes between updates: quarantines that ended (half-open), samples that went stale."""
+        for node in self.nodes.values():
+            ended = node.quarantined_until is not None and node.quarantined_until <= now
+            stale = node.healthy and node.metrics is not None and now - node.metrics.ts > self.config.max_stale_s
+            if ended:
+                node.quarantined_until = None  # failures stay at the threshold: one more failure re-quarantines
+            if ended or stale:
+                self._score(node, now)
+                self._relist(node)
+
+    # --- scoring ----------------------------------------------------------------------------------------------
+    def _latency_ms(self, node: Node) -> float | None:
+        m, source = node.metrics, self.config.latency_source
+        rtt = m.net_rtt_ms if m else None
+        ttft = node.ttft_ewma * 1000 if node.ttft_ewma is not None else (
+            m.ttft_p50_s * 1000 if m and m.ttft_p50_s is not None else None)
+        if source == "rtt":
+            return rtt
+        if source == "ttft":
+            return ttft
+        both = [v for v in (rtt, ttft) if v is not None]
+        return max(both) if both else None
+
+    def normalised(self, node: Node) -> dict[str, float]:
+        """Each scorer metric of the node in [0, 1] (before weights and inversion)."""
+        cfg, m = self.config, node.metrics
+        if m is None:
+            return {k: NEUTRAL for k in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache")}
+
+        def pct(v: float | None) -> float:
+            return NEUTRAL if v is None else min(1.0, max(0.0, v / 100.0))
+
+        lat = self._latency_ms(node)
+        if lat is None:
+            latency = NEUTRAL
+        elif cfg.latency_normalise == "fixed":
+            latency = min(1.0, lat / cfg.latency_scale_ms)
+        else:
+            lo, hi = self._fleet_latency
+            latency = (lat - lo) / (hi - lo) if hi > lo else 0.0
+        if m.waiting is None:
+            queue = NEUTRAL
+        else:
+            queue = min(1.0, m.waiting / cfg.max_queue_depth) if cfg.max_queue_depth else float(m.waiting > 0)
+        return {
+            "gpu_free": NEUTRAL if m.gpu_util_pct is None else 1.0 - pct(m.gpu_util_pct),
+            "cpu_load": pct(m.cpu_util_pct),
+            "latency": latency,
+            "queue_depth": queue,
+            "kv_cache": pct(m.kv_cache_pct),
+        }
+
+    def _score(self, node: Node, now: float) -> None:
+        cfg, m = self.config, node.metrics
+        node.latency_ms = self._latency_ms(node)
+        values = self.normalised(node)
+        parts = {}
+        for metric, (weight, invert) in cfg.weights.items():
+            if metric == "in_flight":
+                continue
+            x = values[metric]
+            parts[metric] = weight * ((1.0 - x) if invert else x)
+        node.parts = parts
+        node.static = sum(parts.values())
+        node.healthy, node.reason, node.room = False, "", 0
+        if node.spec.state in cfg.exclude_states:
+            node.reason = node.spec.state
+        elif not node.spec.endpoint and not (m and m.endpoint):
+            node.reason = "no endpoint"
+        elif m is None:
+            node.reason = "no sample yet"
+        elif now - m.ts > cfg.max_stale_s:
+            node.reason = f"stale: last sample {now - m.ts:.0f} s ago"
+        elif cfg.require_inference_up and m.running is None:
+            node.reason = "failed: inference server not reporting"
+        else:
+            node.healthy = True
+            free_slots = max(0, cfg.node_capacity - (m.running or 0))
+            node.room = max(0, cfg.max_queue_depth - (m.waiting or 0)) + free_slots
+            if m.kv_cache_pct is not None and m.kv_cache_pct >= cfg.max_kv_cache_pct:
+                node.room = 0
+            if m.gpu_util_pct is not None and m.gpu_util_pct > cfg.max_gpu_util_pct:
+                node.room = 0
+
+    def filter_reason(self, node: Node, now: float) -> str:
+        """'' when the node may take a request now, else why not (in words, for the routing page)."""
+        if not node.healthy:
+            return node.reason
+        if node.quarantined_until is not None:
+            return f"quarantined for {max(0.0, node.quarantined_until - now):.0f} s"
+        if node.unseen >= node.room:
+            m, cfg = node.metrics, self.config
+            if m and m.kv_cache_pct is not None and m.kv_cache_pct >= cfg.max_kv_cache_pct:
+                return "saturated: kv cache"
+            if m and m.gpu_util_pct is not None and m.gpu_util_pct > cfg.max_gpu_util_pct:
+                return "saturated: gpu util"
+            return "saturated: queue"
+        return ""
+
+    def dynamic(self, node: Node) -> dict[str, float]:
+        """The request-driven part of the score: in_flight scorer and burst correction."""
+        cfg = self.config
+        out = {"burst": -cfg.burst_cost * node.unseen}
+        if "in_flight" in cfg.weights:
+            weight, invert = cfg.weights["in_flight"]
+            x = min(1.0, node.in_flight / cfg.node_capacity)
+            out["in_flight"] = weight * ((1.0 - x) if invert else x)
+        return out
+
+    def score(self, node: Node) -> float:
+        return node.static + sum(self.dynamic(node).values())
+
+    def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
+        cfg = self.config
+        s = node.static - cfg.burst_cost * node.unseen
+        if "in_flight" in cfg.weights:
+            weight, invert = cfg.weights["in_flight"]
+            x = min(1.0, node.in_flight / cfg.node_capacity)
+            s += weight * ((1.0 - x) if invert else x)
+        key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
+        tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
+        self._seq += 1
+        return (key, tie, self._seq, node.version, node)
+
+    def _relist(self, node: Node) -> None:
+        """The node's score or eligibility changed: invalidate its old entries and push a fresh one."""
+        node.version += 1
+        if not node.listed:
+            return
+        for group in node.groups:
+            heap = group.heap
+            heapq.heappush(heap, self._entry(node))
+            if len(heap) > 2 * len(group.members) + 64:  # too many dead entries: rebuild from the live ones
+                group.heap = [e for e in heap if e[3] == e[4].version]
+                heapq.heapify(group.heap)
+        # A node that is no longer listed simply has no live entry; it is re-pushed when it may take work again.
+
+    # --- the hot path -----------------------------------------------------------------------------------------
+    def group_for(self, model: str) -> Group | None:
+        return self.groups.get(ANY_MODEL if not self.config.require_model else model)
+
+    def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> Pick:
+        """The best node for `model` now (skipping `exclude`, the nodes this request already failed on)."""
+        self.counters.decisions += 1
+        group = self.group_for(model)
+        if group is None:
+            return Pick(None, "unknown_model")
+        heap = group.heap
+        while heap and heap[0][3] != heap[0][4].version:
+            heapq.heappop(heap)
+        if heap and not exclude:
+            return Pick(heap[0][4], "ok")
+        # Best-first walk down the heap past excluded nodes (retries only: a handful of steps).
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier:
+            entry, i = heapq.heappop(frontier)
+            if entry[3] == entry[4].version and entry[4].name not in exclude:
+                return Pick(entry[4], "ok")
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        healthy = any(n.healthy and n.quarantined_until is None and n.name not in exclude for n in group.members)
+        return Pick(None, "saturated" if healthy else "unavailable")
+
+    def sent(self, node: Node, request_id: int, now: float) -> None:
+        node.in_flight_ts[request_id] = now
+        if node.metrics is None or now > node.metrics.ts:
+            node.unseen += 1
+        self._relist(node)
+
+    def finished(self, node: Node, request_id: int, ttft_s: float | None = None) -> None:
+        sent_at = node.in_flight_ts.pop(request_id, None)
+        if sent_at is None:
+            return
+        if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
+            node.unseen -= 1
+        if ttft_s is not None:
+            node.ttft_ewma = ttft_s if node.ttft_ewma is None else (
+                (1 - TTFT_ALPHA) * node.ttft_ewma + TTFT_ALPHA * ttft_s)
+        self._relist(node)
+
+    def succeeded(self, node: Node) -> None:
+        if node.failures:
+            node.failures = 0
+
+    def failed(self, node: Node, now: float) -> bool:
+        """Count a failure before the first byte; True when it quarantined the node."""
+        node.failures += 1
+        if node.failures >= self.config.quarantine_failures and node.quarantined_until is None:
+            node.quarantined_until = now + self.config.quarantine_cooldown_s
+            self.counters.quarantines += 1
+            self._relist(node)
+            return True
+        return False
+
+    def next_quarantine_end(self) -> float | None:
+        ends = [n.quarantined_until for n in self.nodes.values() if n.quarantined_until is not None]
+        return min(ends) if ends else None
+
+    # --- reporting --------------------------------------------------------------------------------------------
+    def describe(self, now: float) -> list[dict[str, Any]]:
+        """Every node as the gateway state key shows it (contract 2)."""
+        out = []
+        for node in self.nodes.values():
+            reason = self.filter_reason(node, now)
+            dyn = self.dynamic(node)
+            out.append({
+                "node": node.name, "pool": node.spec.pool, "eligible": reason == "", "reason": reason,
+                "score": round(node.static + sum(dyn.values()), 6) if node.healthy else None,
+                "parts": {k: round(v, 6) for k, v in {**node.parts, **dyn}.items()},
+                "in_flight": node.in_flight, "quarantined_until": node.quarantined_until,
+            })
+        return out
+
+    def live_models(self) -> dict[str, int]:
+        """Model -> number of healthy nodes serving it (for /v1/models)."""
+        out: dict[str, int] = {}
+        for node in self.nodes.values():
+            if node.healthy:
+                for model in node.spec.models or (node.metrics.models if node.metrics else ()):
+                    out[model] = out.get(model, 0) + 1
+        return out
