@@ -1,8 +1,8 @@
 """The gateway: an OpenAI-compatible ASGI proxy in front of the fleet (`manage.py gateway`).
 
 The request path touches no database and no Django request cycle: it authenticates from an in-process token cache,
-asks the scheduler core for a node (microseconds), and proxies with one pooled httpx client, streaming bytes through
-as they arrive. Everything else runs in background tasks: the node registry and policy pointers from PostgreSQL every
+asks the scheduler core for a node (microseconds), and proxies over pooled keep-alive connections (upstream.py),
+streaming bytes through as they arrive. Everything else runs in background tasks: the node registry and policy pointers from PostgreSQL every
 second (on a thread), node samples from Redis `sy:latest`, immediate reloads on `sy:policy` / `sy:nodes`, the request
 log (`sy:reqlog`, batched) and the live state key (`sy:gw:state:<id>`).
 """
@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,6 +26,7 @@ from control.scheduler.config import Config, Priorities, default_config, default
 from control.scheduler.core import Node, Scheduler, metrics_from_snapshot
 from control.scheduler.prom import GatewayMetrics
 from control.scheduler.reqlog import RequestLog
+from control.scheduler.upstream import Response, UpstreamClient, UpstreamError
 from control.scheduler.waiting import Waiter, WaitQueue
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class Upstream:
     body: bytes | None  # the whole answer (non-streamed)
     first: bytes  # the first chunk (streamed)
     rest: AsyncIterator[bytes] | None
-    response: httpx.Response
+    response: Response
     ttft_s: float
 
 
@@ -114,7 +114,7 @@ class Gateway:
         self._raw_samples: dict[bytes, bytes] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake: asyncio.Event | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: UpstreamClient | None = None
         self.redis: Any = None
         self._last_refresh_error = 0.0
 
@@ -125,9 +125,7 @@ class Gateway:
 
         self.redis = aioredis.Redis.from_url(self.redis_url or settings.REDIS_URL, socket_timeout=5,
                                              socket_connect_timeout=2)
-        self.client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=2000, keepalive_expiry=60),
-            timeout=self._timeout(self.sched.config), follow_redirects=False, trust_env=False)
+        self.client = UpstreamClient()
         self._wake = asyncio.Event()
         try:
             await self.refresh()
@@ -147,12 +145,6 @@ class Gateway:
             await self.client.aclose()
         self._db.submit(sources.close_connection).result(timeout=5)
         self._db.shutdown(wait=False)
-
-    @staticmethod
-    def _timeout(cfg: Config) -> httpx.Timeout:
-        # read covers the pause between chunks after the first; the first byte has its own deadline (below).
-        return httpx.Timeout(connect=cfg.connect_timeout_s, read=max(cfg.read_timeout_s, cfg.first_byte_timeout_s),
-                             write=30.0, pool=cfg.connect_timeout_s)
 
     # --- background: registry, policy, samples ---------------------------------------------------------------
     def _read_db(self) -> tuple[list[Any], dict[str, int], dict[str, tuple[int, dict[str, Any]]]]:
@@ -177,8 +169,6 @@ class Gateway:
             rid, doc = loaded["scheduler"]
             config = Config.from_document(doc)
             self.policy_ids["scheduler"] = rid
-            if self.client is not None:
-                self.client.timeout = self._timeout(config)
         if "priorities" in loaded:
             rid, doc = loaded["priorities"]
             self.priorities = Priorities.from_document(doc)
@@ -604,24 +594,24 @@ class Gateway:
         if ctx.request_id:
             headers["x-request-id"] = ctx.request_id
         started = time.perf_counter()
-        response: httpx.Response | None = None
+        response: Response | None = None
         try:
             async with asyncio.timeout(cfg.first_byte_timeout_s):
-                response = await self.client.send(
-                    self.client.build_request("POST", endpoint + ctx.path, content=ctx.raw, headers=headers),
-                    stream=True)
+                response = await self.client.post(endpoint, ctx.path, ctx.raw, headers,
+                                                  connect_timeout=cfg.connect_timeout_s,
+                                                  read_timeout=cfg.read_timeout_s)
                 status = response.status_code
                 if status >= 500 or status == 429:
                     raise Retryable(f"HTTP {status}", node_fault=status != 429)
-                chunks = response.aiter_raw()
-                first, body = b"", None
+                first, body, rest = b"", None, None
                 if ctx.stream and status == 200:
-                    first = await anext(chunks, b"")
+                    rest = response.aiter()
+                    first = await anext(rest, b"")
                     if not first:
                         raise Retryable("closed the stream before the first byte")
             ttft = time.perf_counter() - started
-            if not (ctx.stream and status == 200):
-                body = await self._read_all(chunks)
+            if rest is None:
+                body = await response.read(MAX_ANSWER_BYTES)
         except Retryable:
             if response is not None:
                 await response.aclose()
@@ -630,24 +620,13 @@ class Gateway:
             if response is not None:
                 await response.aclose()
             raise Retryable(f"no first byte within {cfg.first_byte_timeout_s:g} s") from None
-        except (httpx.HTTPError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             if response is not None:
                 await response.aclose()
             raise Retryable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
-        out = [(k.lower(), v) for k, v in response.headers.raw if k.lower().decode("latin-1") not in DROP_UPSTREAM]
-        return Upstream(status, out, response.headers.get("content-type", "application/json"), body, first,
-                        None if body is not None else chunks, response, ttft)
-
-    @staticmethod
-    async def _read_all(chunks: AsyncIterator[bytes]) -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > MAX_ANSWER_BYTES:
-                raise Retryable(f"answer larger than {MAX_ANSWER_BYTES} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+        out = [(k.lower(), v) for k, v in response.headers if k.lower().decode("latin-1") not in DROP_UPSTREAM]
+        return Upstream(status, out, response.header(b"content-type") or "application/json", body, first, rest,
+                        response, ttft)
 
     async def _deliver(self, send: Any, ctx: _Request, up: Upstream) -> None:
         ctx.status, ctx.ttft_s = up.status, up.ttft_s
@@ -681,7 +660,7 @@ class Gateway:
                 chunk = await anext(up.rest, b"")
                 if not chunk:
                     break
-        except (httpx.HTTPError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             # Bytes already reached the client: no retry. End the stream with an error event it can recognise.
             ctx.error = f"node {node} failed mid-stream: {type(exc).__name__}"
             self.counters["errors"] += 1

@@ -1,0 +1,190 @@
+"""A lean keep-alive HTTP/1.1 client for the gateway's hop to the nodes (asyncio streams + httptools' C parser).
+
+Why not httpx here: measured on this project's bench (bench/gateway.py, one trivial upstream), httpx/httpcore's
+connection pool cost ~2.8 ms of CPU per proxied request (its pool re-scans and polls every pooled connection for
+each request), capping one gateway at ~360 req/s on a shared 2-CPU machine. This client keeps idle connections per
+node in a plain list and parses with httptools (already installed with uvicorn[standard]). httpx stays the client for
+everything else in Switchyard.
+
+What it does: POST with a body, return once the status line and headers are in, then yield the body as it arrives
+(de-chunked, never content-decoded: the bytes a node sends are the bytes the caller gets). A pooled connection that
+the node closed while idle fails on first use; that request is resent once on a new connection, since the node
+cannot have seen it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+READ_SIZE = 65536
+
+
+class UpstreamError(ConnectionError):
+    """The node broke the exchange (closed early, sent something that is not HTTP)."""
+
+
+class _Parsed:
+    __slots__ = ("status", "headers", "chunks", "headers_done", "complete", "keep_alive")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: deque[bytes] = deque()
+        self.headers_done = False
+        self.complete = False
+        self.keep_alive = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Conn:
+    __slots__ = ("reader", "writer", "used")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer, self.used = reader, writer, False
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    def __init__(self, client: UpstreamClient, key: tuple[str, int], conn: _Conn, parsed: _Parsed,
+                 parser: httptools.HttpResponseParser, read_timeout: float) -> None:
+        self._client, self._key, self._conn = client, key, conn
+        self._parsed, self._parser, self._read_timeout = parsed, parser, read_timeout
+        self.status_code = parsed.status
+        self.headers = parsed.headers
+        self._done = False
+
+    def header(self, name: bytes) -> str:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v.decode("latin-1")
+        return ""
+
+    async def aiter(self) -> AsyncIterator[bytes]:
+        parsed = self._parsed
+        while True:
+            while parsed.chunks:
+                yield parsed.chunks.popleft()
+            if parsed.complete:
+                self._release()
+                return
+            try:
+                data = await asyncio.wait_for(self._conn.reader.read(READ_SIZE), self._read_timeout)
+            except TimeoutError:
+                await self.aclose()
+                raise UpstreamError(f"no byte for {self._read_timeout:g} s") from None
+            if not data:
+                await self.aclose()
+                raise UpstreamError("the node closed the connection mid-answer")
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserError as exc:
+                await self.aclose()
+                raise UpstreamError(f"bad HTTP from the node: {exc}") from None
+
+    async def read(self, limit: int) -> bytes:
+        parts, size = [], 0
+        async for chunk in self.aiter():
+            size += len(chunk)
+            if size > limit:
+                await self.aclose()
+                raise UpstreamError(f"answer larger than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _release(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        idle = self._client._idle.setdefault(self._key, [])
+        if self._parsed.keep_alive and self._parser.should_keep_alive() and len(idle) < self._client.max_idle:
+            idle.append(self._conn)
+        else:
+            self._conn.close()
+
+    async def aclose(self) -> None:
+        """Give the connection back when the answer was read to the end, else drop it (it is mid-message)."""
+        if self._done:
+            return
+        if self._parsed.complete and not self._parsed.chunks:
+            self._release()
+            return
+        self._done = True
+        self._conn.close()
+
+
+class UpstreamClient:
+    def __init__(self, max_idle_per_node: int = 512) -> None:
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self.max_idle = max_idle_per_node
+
+    @staticmethod
+    def _key(base_url: str) -> tuple[str, int, str]:
+        parts = urlsplit(base_url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise UpstreamError(f"unsupported node endpoint {base_url!r}: use http://host:port")
+        return parts.hostname, parts.port or 80, parts.path.rstrip("/")
+
+    async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str], *,
+                   connect_timeout: float, read_timeout: float) -> Response:
+        host, port, prefix = self._key(base_url)
+        key = (host, port)
+        head = [f"POST {prefix}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"]
+        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
+        message = "".join(head).encode("latin-1") + b"\r\n" + body
+        for _ in range(2):
+            idle = self._idle.get(key)
+            conn = idle.pop() if idle else None
+            reused = conn is not None
+            if conn is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, limit=READ_SIZE * 4), connect_timeout)
+                conn = _Conn(reader, writer)
+            parsed = _Parsed()
+            parser = httptools.HttpResponseParser(parsed)
+            got_any = False
+            try:
+                conn.writer.write(message)
+                while not parsed.headers_done:
+                    data = await conn.reader.read(READ_SIZE)
+                    if not data:
+                        raise UpstreamError("the node closed the connection before answering")
+                    got_any = True
+                    parser.feed_data(data)
+            except (OSError, UpstreamError, httptools.HttpParserError) as exc:
+                conn.close()
+                if reused and not got_any:
+                    continue  # an idle connection the node had closed: resend once on a new one
+                if isinstance(exc, httptools.HttpParserError):
+                    raise UpstreamError(f"bad HTTP from the node: {exc}") from None
+                raise
+            except BaseException:  # cancelled (first-byte deadline): the connection is mid-message
+                conn.close()
+                raise
+            parsed.status = parser.get_status_code()
+            parsed.keep_alive = parser.should_keep_alive()
+            return Response(self, key, conn, parsed, parser, read_timeout)
+        raise UpstreamError("the node closed the connection before answering")
+
+    async def aclose(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
