@@ -13,6 +13,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,8 @@ class Gateway:
         self.ready = False
         self._rids = itertools.count(1)
         self._db = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-reqlog")
+        self._redis_sync: Any = None
         self._raw_samples: dict[bytes, bytes] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake: asyncio.Event | None = None
@@ -121,11 +124,13 @@ class Gateway:
 
     # --- lifecycle --------------------------------------------------------------------------------------------
     async def startup(self) -> None:
+        import redis
         import redis.asyncio as aioredis
         from django.conf import settings
 
-        self.redis = aioredis.Redis.from_url(self.redis_url or settings.REDIS_URL, socket_timeout=5,
-                                             socket_connect_timeout=2)
+        url = self.redis_url or settings.REDIS_URL
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        self._redis_sync = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
         self.client = UpstreamClient()
         self._wake = asyncio.Event()
         try:
@@ -137,6 +142,8 @@ class Gateway:
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
+        # The refresh thread (ORM) would otherwise hold the GIL for up to 5 ms slices while requests wait.
+        sys.setswitchinterval(0.0005)
         self._tasks = [asyncio.create_task(coro) for coro in
                        (self._refresh_loop(), self._listen(), self._state_loop(), self._reqlog_loop())]
 
@@ -145,8 +152,10 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.redis is not None:
-            await self.reqlog.flush(self.redis)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.reqlog.flush, self._redis_sync)
             await self.redis.aclose()
+            self._redis_sync.close()
+        self._writer.shutdown(wait=False)
         if self.client is not None:
             await self.client.aclose()
         self._db.submit(sources.close_connection).result(timeout=5)
@@ -267,9 +276,11 @@ class Gateway:
                 log.debug("gateway %s: state not written: %s", self.id, exc)
 
     async def _reqlog_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(0.2)
-            await self.reqlog.flush(self.redis)
+            if self.reqlog.buffer:
+                await loop.run_in_executor(self._writer, self.reqlog.flush, self._redis_sync)
 
     # --- ASGI -------------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

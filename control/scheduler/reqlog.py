@@ -1,7 +1,8 @@
 """The request log (contract 1): one entry per routed request on the Redis stream `sy:reqlog`.
 
-Requests append to an in-memory buffer; a background task writes the buffer with one pipelined batch of XADDs a few
-times a second, so the request path never waits for Redis. When Redis is down the buffer is bounded: the oldest
+Requests append to an in-memory buffer; a writer thread sends the buffer as one pipelined batch of XADDs a few
+times a second, so the request path never waits for Redis. (Encoding a batch costs ~50 us an entry: done on the
+event loop it stalled every request in flight for 10+ ms at 500 req/s, the gateway's whole p99.) When Redis is down the buffer is bounded: the oldest
 entries are dropped (and counted) rather than letting memory grow.
 """
 
@@ -36,19 +37,21 @@ class RequestLog:
             "retries": str(retries), "stream": "1" if stream else "0", "error": error[:200],
         })
 
-    async def flush(self, redis: Any) -> int:
-        """Write what is buffered; entries stay buffered when Redis fails (retried on the next flush)."""
-        if not self.buffer:
+    def flush(self, redis: Any, max_batch: int = 5000) -> int:
+        """Write what is buffered with a synchronous client (call on a thread); on failure the entries go back to
+        the front of the buffer and are retried on the next flush. deque append/popleft are thread-safe."""
+        batch: list[dict[str, str]] = []
+        while self.buffer and len(batch) < max_batch:
+            batch.append(self.buffer.popleft())
+        if not batch:
             return 0
-        batch = list(self.buffer)
         pipe = redis.pipeline(transaction=False)
         for entry in batch:
             pipe.xadd(STREAM, entry, maxlen=MAXLEN, approximate=True)
         try:
-            await pipe.execute()
+            pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis down: keep the entries, try again later
             log.warning("request log: %d entries not written yet: %s", len(batch), exc)
+            self.buffer.extendleft(reversed(batch))
             return 0
-        for _ in range(len(batch)):
-            self.buffer.popleft()
         return len(batch)
