@@ -174,10 +174,12 @@ class Scheduler:
     # --- inputs that change rarely: registry, samples, policy -------------------------------------------------
     def update(self, now: float, specs: Iterable[NodeSpec] | None = None,
                samples: dict[str, Metrics] | None = None, config: Config | None = None) -> None:
-        """Apply a new registry / new samples / a new policy and recompute every node's static score."""
+        """Apply a new registry / new samples / a new policy. Only the nodes that changed are re-scored; a new
+        policy, a change of who serves what, or fleet-normalised latency re-scores everything."""
         if config is not None:
             self.config = config
         regroup = config is not None
+        changed: list[Node] = []
         if specs is not None:
             specs = list(specs)
             wanted = {s.name for s in specs}
@@ -194,6 +196,7 @@ class Scheduler:
                 elif node.spec != spec:
                     regroup = regroup or node.spec.models != spec.models
                     node.spec = spec
+                    changed.append(node)
         if samples is not None:
             for name, m in samples.items():
                 node = self.nodes.get(name)
@@ -203,11 +206,17 @@ class Scheduler:
                     node.metrics = m
                     # The new sample saw every request sent before it was taken: only later ones stay unseen.
                     node.unseen = sum(1 for t in node.in_flight_ts.values() if t > m.ts)
+                    changed.append(node)
                     if not node.spec.models and m.models:
                         regroup = True
         if regroup:
             self._regroup()
-        self.recompute(now)
+        if regroup or self.config.latency_normalise == "fleet":
+            self.recompute(now)
+            return
+        for node in changed:
+            self._score(node, now)
+            self._relist(node)
 
     def _models_of(self, node: Node) -> tuple[str, ...]:
         if not self.config.require_model:
