@@ -457,7 +457,7 @@ class Gateway:
                 self.counters["cache_misses"] += 1
         self.counters["requests"] += 1
         ctx = _Request(ts=ts, t0=t0, model=model, cls=cls, stream=stream, cache=cache_state, ckey=ckey,
-                       path=scope["path"], raw=raw, request_id=headers.get("x-request-id", ""))
+                       path=scope["path"], raw=raw, request_id=headers.get("x-request-id", ""), receive=receive)
         try:
             await self._route(send, ctx)
         except Reply as reply:
@@ -663,8 +663,15 @@ class Gateway:
         size = 0
         events = 0
         chunk = up.first
+        # The body was read already, so the next message on `receive` is the client's disconnect: a stream whose
+        # reader left is cut, which closes the node's connection and lets it stop generating.
+        gone = asyncio.ensure_future(ctx.receive()) if ctx.receive is not None else None
         try:
             while True:
+                if gone is not None and gone.done():
+                    ctx.error = "client disconnected mid-stream"
+                    keep = None
+                    break
                 events += chunk.count(b"data:")
                 if keep is not None:
                     size += len(chunk)
@@ -685,6 +692,8 @@ class Gateway:
             err = orjson.dumps({"error": {"message": ctx.error, "type": "server_error", "code": "upstream_failed"}})
             await send({"type": "http.response.body", "body": b"data: " + err + b"\n\n", "more_body": True})
         finally:
+            if gone is not None and not gone.done():
+                gone.cancel()
             await up.response.aclose()
         await send({"type": "http.response.body", "body": b""})
         ctx.completion_tokens = max(0, events - 1)  # one token per event in vLLM's stream, less the [DONE] marker
@@ -722,3 +731,4 @@ class _Request:
     completion_tokens: int | None = None
     retries: int = 0
     error: str = ""
+    receive: Any = None  # the ASGI receive channel: tells a stream that its client went away
