@@ -1,8 +1,9 @@
 """The bounded priority queue where non-sheddable requests wait while the fleet is saturated.
 
-One FIFO per class; whenever capacity may have freed (a request finished, new samples, a quarantine ended) the
-gateway calls `dispatch`, which serves the most important class first and hands each waiter a node that is already
-reserved for it, so two waiters can never be given the same last slot.
+One FIFO per (class, model); whenever capacity may have freed (a request finished, new samples, a quarantine ended)
+the gateway calls `dispatch`, which serves the most important class first and hands each waiter a node that is
+already reserved for it, so two waiters can never be given the same last slot. A model that found no room is not
+tried again in the same round, so a dispatch costs O(classes x models), not O(waiters).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(eq=False)
 class Waiter:
     cls: str
     model: str
@@ -25,55 +26,55 @@ class Waiter:
 
 class WaitQueue:
     def __init__(self) -> None:
-        self.queues: dict[str, deque[Waiter]] = {}
+        self.queues: dict[str, dict[str, deque[Waiter]]] = {}
+        self.waiting: dict[str, int] = {}  # class -> waiters not yet served or given up
 
     def counts(self) -> dict[str, int]:
-        return {cls: sum(1 for w in q if not w.future.done()) for cls, q in self.queues.items()}
+        return dict(self.waiting)
 
     def __len__(self) -> int:
-        return sum(len(q) for q in self.queues.values())
+        return sum(self.waiting.values())
 
     def add(self, cls: str, model: str, exclude: frozenset[str], limit: int, rid: int = 0) -> Waiter | None:
         """A new waiter, or None when the class's queue is full (or the class is never queued: limit 0)."""
-        q = self.queues.setdefault(cls, deque())
-        while q and q[0].future.done():
-            q.popleft()
-        if sum(1 for w in q if not w.future.done()) >= limit:
+        if self.waiting.get(cls, 0) >= limit:
             return None
         waiter = Waiter(cls, model, exclude, rid)
-        q.append(waiter)
+        self.queues.setdefault(cls, {}).setdefault(model, deque()).append(waiter)
+        self.waiting[cls] = self.waiting.get(cls, 0) + 1
         return waiter
 
     def remove(self, waiter: Waiter) -> None:
-        q = self.queues.get(waiter.cls)
-        if q is not None:
-            try:
-                q.remove(waiter)
-            except ValueError:
-                pass
+        """A waiter that gave up (deadline passed); no-op when dispatch already took it off."""
+        q = self.queues.get(waiter.cls, {}).get(waiter.model)
+        if q is None:
+            return
+        try:
+            q.remove(waiter)
+        except ValueError:
+            return
+        self.waiting[waiter.cls] -= 1
 
     def dispatch(self, order: list[str], grant: Callable[[Waiter], Any]) -> int:
-        """Offer capacity to waiters, most important class first, FIFO within a class. `grant(waiter)` returns the
-        reserved node or None; a model that found no room is not tried again in this round."""
+        """Offer capacity to waiters, most important class first, FIFO within a class and model. `grant(waiter)`
+        returns the node reserved for it, or None when its model has no room."""
         served, full_models = 0, set()
         for cls in order + [c for c in self.queues if c not in order]:
-            q = self.queues.get(cls)
-            if not q:
-                continue
-            keep: deque[Waiter] = deque()
-            while q:
-                waiter = q.popleft()
-                if waiter.future.done():
+            for model, q in self.queues.get(cls, {}).items():
+                if model in full_models:
                     continue
-                if waiter.model in full_models:
-                    keep.append(waiter)
-                    continue
-                node = grant(waiter)
-                if node is None:
-                    full_models.add(waiter.model)
-                    keep.append(waiter)
-                else:
+                while q:
+                    waiter = q[0]
+                    if waiter.future.done():  # cancelled: its request gave up
+                        q.popleft()
+                        self.waiting[cls] -= 1
+                        continue
+                    node = grant(waiter)
+                    if node is None:
+                        full_models.add(model)
+                        break
+                    q.popleft()
+                    self.waiting[cls] -= 1
                     waiter.future.set_result(node)
                     served += 1
-            self.queues[cls] = keep
         return served
