@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit
 import httptools
 
 READ_SIZE = 65536
+# vLLM (uvicorn) closes a keep-alive connection after 5 idle seconds; one idle longer than this is not reused.
+IDLE_REUSE_S = 4.0
 
 
 class UpstreamError(ConnectionError):
@@ -57,10 +60,10 @@ class _Parsed:
 
 
 class _Conn:
-    __slots__ = ("reader", "writer", "used")
+    __slots__ = ("reader", "writer", "idle_since")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer, self.used = reader, writer, False
+        self.reader, self.writer, self.idle_since = reader, writer, 0.0
 
     def close(self) -> None:
         self.writer.close()
@@ -119,6 +122,7 @@ class Response:
         self._done = True
         idle = self._client._idle.setdefault(self._key, [])
         if self._parsed.keep_alive and len(idle) < self._client.max_idle:
+            self._conn.idle_since = time.monotonic()
             idle.append(self._conn)
         else:
             self._conn.close()
@@ -160,9 +164,8 @@ class UpstreamClient:
         head = [f"POST {prefix}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         message = "".join(head).encode("latin-1") + b"\r\n" + body
-        for _ in range(2):
-            idle = self._idle.get(key)
-            conn = idle.pop() if idle else None
+        for attempt in range(2):
+            conn = self._pooled(key) if attempt == 0 else None  # a resend always goes on a new connection
             reused = conn is not None
             if conn is None:
                 reader, writer = await asyncio.wait_for(
@@ -193,6 +196,17 @@ class UpstreamClient:
             parsed.status = parser.get_status_code()
             return Response(self, key, conn, parsed, parser, read_timeout)
         raise UpstreamError("the node closed the connection before answering")
+
+    def _pooled(self, key: tuple[str, int]) -> _Conn | None:
+        """The most recently used idle connection to `key` that the node has not closed by now."""
+        idle = self._idle.get(key)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if now - conn.idle_since < IDLE_REUSE_S and not conn.reader.at_eof():
+                return conn
+            conn.close()
+        return None
 
     async def aclose(self) -> None:
         for conns in self._idle.values():
