@@ -238,10 +238,13 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
-    "loggers": {"pgserver": {"level": "WARNING"}},
+    # httpx logs every request URL at INFO; receiver URLs (Slack incoming webhooks) carry their secret in the path.
+    "loggers": {"pgserver": {"level": "WARNING"}, "httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
 }
 
 # --- gateway, jobs, webhooks -------------------------------------------------------------------------------------
 # Where Celery jobs send their work (the gateway routes it like any other request) and the URL alerts link back to.
 GATEWAY_URL = env("GATEWAY_URL", "http://127.0.0.1:8400")
 EXTERNAL_URL = env("EXTERNAL_URL", "http://127.0.0.1:8000")
+# Total seconds one job shard may wait on the gateway's Retry-After before the job fails.
+JOBS_MAX_WAIT_S = env_int("JOBS_MAX_WAIT_S", 3600)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_variable_in_the_code_is_in_the_readme_table() -> None:
-    code = "\n".join(p.read_text() for d in ("dashboard", "agents") for p in (ROOT / d).rglob("*.py"))
+    code = "\n".join(p.read_text() for d in ("dashboard", "agents", "control") for p in (ROOT / d).rglob("*.py"))
     used = set(re.findall(r"SWITCHYARD_[A-Z0-9_]+", code))
     used |= {f"SWITCHYARD_{n}" for n in re.findall(r'env(?:_int|_bool|_list)?\("([A-Z0-9_]+)"', code)}
     readme = (ROOT / "README.md").read_text()

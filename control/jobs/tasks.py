@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import shared_task
 from django.conf import settings
@@ -18,8 +17,7 @@ MAX_TRANSIENT_ATTEMPTS = 5  # unreachable gateway / 502 / 504: backoff 2, 4, 8, 
 
 def max_wait_s() -> float:
     """Total seconds one shard may spend waiting on Retry-After before the job fails (default one hour)."""
-    raw = os.environ.get("SWITCHYARD_JOBS_MAX_WAIT_S") or getattr(settings, "JOBS_MAX_WAIT_S", 3600)
-    return float(raw)
+    return float(settings.JOBS_MAX_WAIT_S)
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True, ignore_result=True)

@@ -188,10 +188,8 @@ BAD = [
     ("priorities", lambda d: d["classes"][0].pop("sheddable"), "classes[0].sheddable"),
     ("power", lambda d: d["default"].update(mode="cap"), "default"),
     ("power", lambda d: d["default"].update(mode="cap", cap_w=10), "default.cap_w"),
-    ("alerts", lambda d: d["rules"].append({"name": "x", "metric": "nope", "comparison": ">", "threshold": 1}),
-     "rules[0].metric"),
-    ("alerts", lambda d: d["rules"].append({"name": "x", "metric": "temp_c", "comparison": "~", "threshold": 1}),
-     "rules[0].comparison"),
+    ("alerts", lambda d: d["rules"][0].update(metric="nope"), "rules[0].metric"),
+    ("alerts", lambda d: d["rules"][0].update(comparison="~"), "rules[0].comparison"),
 ]
 
 

@@ -36,7 +36,7 @@ def test_scaling_default_rules() -> None:
     assert default["predictive"] == {"enabled": False, "horizon_min": 10}
     assert [c["name"] for c in DEFAULTS["priorities"]["classes"]] == ["realtime", "standard", "batch"]
     assert [c["sheddable"] for c in DEFAULTS["priorities"]["classes"]] == [False, False, True]
-    assert DEFAULTS["power"]["default"]["mode"] == "uncapped" and DEFAULTS["alerts"] == {"rules": []}
+    assert DEFAULTS["power"]["default"]["mode"] == "uncapped" and len(DEFAULTS["alerts"]["rules"]) == 7
 
 
 def test_errors_carry_every_bad_path() -> None:
