@@ -148,10 +148,11 @@ def node_infos(max_age_s: float = NODE_CACHE_S) -> list[NodeInfo]:
 
 
 def forget_nodes() -> None:
-    """Drop the node cache (tests, and after a node is created or deleted in this process)."""
-    global _node_cache
+    """Drop the node and alert caches (tests, and after a node is created or deleted in this process)."""
+    global _node_cache, _alerts_cache
     with _node_lock:
         _node_cache = None
+        _alerts_cache = None
 
 
 GC_THRESHOLDS = (50_000, 50, 100)
@@ -379,7 +380,23 @@ def attention(view: FleetView) -> list[dict[str, Any]]:
             for r, why in found[:ATTENTION_LIMIT]]
 
 
-def kpi_frame(view: FleetView) -> dict[str, Any]:
+_alerts_cache: tuple[float, int] | None = None
+
+
+def firing_alerts(max_age_s: float = NODE_CACHE_S) -> int:
+    """Firing, unsilenced alerts (the overview tile), read from PostgreSQL at most every few seconds per process."""
+    global _alerts_cache
+    with _node_lock:
+        if _alerts_cache is not None and time.monotonic() - _alerts_cache[0] < max_age_s:
+            return _alerts_cache[1]
+        from control.alerts.summary import firing_counts
+
+        count = sum(firing_counts().values())
+        _alerts_cache = (time.monotonic(), count)
+        return count
+
+
+def kpi_frame(view: FleetView, alerts_active: int | None = None) -> dict[str, Any]:
     """Fleet KPIs over nodes that are up (stale numbers would mislead).
 
     p95 TTFT is the worst node's p95 (max over up nodes): per-node p95s cannot be merged into a fleet p95, and the
@@ -422,7 +439,7 @@ def kpi_frame(view: FleetView) -> dict[str, Any]:
         "ttft_p95_s": round(ttft, 3) if ttft is not None else None,
         "tokens_s": round(tokens, 1) if have["tokens"] else None,
         "power_w": round(power) if have["power"] else None,
-        "alerts_active": None,  # filled in by the alerts issue
+        "alerts_active": alerts_active,
         "attention": attention(view),
     }
     return {"topic": "kpi", "kind": "kpi", "values": values, "seq": 0}
@@ -460,7 +477,7 @@ def check_topic(topic: str) -> str:
 def build(topic: str, view: FleetView) -> dict[str, Any]:
     kind, _, arg = check_topic(topic).partition(":")
     if kind == "kpi":
-        return kpi_frame(view)
+        return kpi_frame(view, firing_alerts())
     if kind == "gpu":
         return gpu_frame(view, arg)
     if kind == "node":

@@ -90,7 +90,7 @@ async def test_kpi_and_node_topics(fleet: dict[str, str], viewer_cookie: str, pu
     kpi = await subscribe(comm, "kpi")
     v = kpi["values"]
     assert (v["nodes_up"], v["nodes_stale"], v["nodes_down"], v["gpus"]) == (3, 0, 0, 6)
-    assert v["gpu_util_max"] == 31.0 and v["alerts_active"] is None
+    assert v["gpu_util_max"] == 31.0 and v["alerts_active"] == 0  # no alert firing
     node = await subscribe(comm, "node:default")
     assert node["columns"] == list(frames.DEFAULT_NODE_METRICS) and len(node["raw"]) == 3
     assert node["units"][0] == "percent" and node["scales"][0] == [0.0, 100.0]
