@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
@@ -17,6 +18,7 @@ from control.policy import diffing
 from control.policy.defaults import default_document
 from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
 from control.policy.schemas import KINDS, validate
+from control.webhooks import events
 
 log = logging.getLogger(__name__)
 MAX_REASON = 2000
@@ -212,7 +214,21 @@ def rollback(kind: str, revision: Any, reason: Any, origin: Origin, *, expected_
         record(origin, "policy.rollback", target(kind, scope), reason, before=previous.document, after=rev.document,
                details={"revision": rev.pk, "version": rev.version, "restored_from": source.pk,
                         "restored_version": source.version, "previous": previous.pk})
+        _notify_rollback(kind, scope, rev, source, origin, reason)
     return Change(rev, previous)
+
+
+def _notify_rollback(kind: str, scope: str, rev: PolicyRevision, source: PolicyRevision, origin: Origin,
+                     reason: str) -> None:
+    """Tell the `rollback` webhook receivers; inside the caller's transaction, so nothing is sent for a rollback
+    that did not commit."""
+    where = "" if scope == GLOBAL else f" ({scope})"
+    events.emit("rollback", {
+        "kind": kind, "action": "rollback", "scope": scope, "actor": origin.actor, "revision": rev.pk,
+        "version": rev.version, "restored_version": source.version, "request_id": origin.request_id,
+        "severity": "warning", "summary": f"{kind} policy{where} rolled back to v{source.version} by {origin.actor}",
+        "description": reason, "url": f"{settings.EXTERNAL_URL.rstrip('/')}/policies/{kind}/history/",
+    })
 
 
 def _lock_and_pick(kind: str, scope: str, revision: Any, expected_active: Any,
