@@ -53,7 +53,11 @@ class Filters(Strict):
 
 
 class Picker(Strict):
-    strategy: Literal["highest"] = "highest"
+    strategy: Literal["highest", "round_robin", "least_in_flight"] = Field(
+        "highest", description="highest: the best score (ties within tie_epsilon broken by tie_break); "
+                               "round_robin: cycle over the nodes that pass the filters, scores ignored; "
+                               "least_in_flight: the node with the fewest requests this gateway has in flight to "
+                               "it, random tie-break, scores ignored. The filters apply to all three")
     tie_break: Literal["random", "first"] = "random"
     tie_epsilon: float = Field(0.01, ge=0, le=1)
 

@@ -17,7 +17,8 @@ from control.policy.schemas import KINDS, DocumentError
 from dashboard.accounts.views import role_required
 
 DESCRIPTIONS = {
-    "scheduler": "How the gateway scores nodes: weighted scorers, filters, the picker.",
+    "scheduler": "How the gateway scores nodes: weighted scorers, filters, the picker (highest score, or the "
+                 "round_robin / least_in_flight baselines).",
     "scaling": "When pools grow and shrink: thresholds, steps, cooldowns, stabilization, min/max, prediction.",
     "priorities": "Request classes, their queue limits, and which are shed at saturation.",
     "power": "GPU power caps per pool.",

@@ -66,6 +66,7 @@ class Config:
     cache_ttl_s: int
     cache_max_entry_bytes: int
     retry_after_s: int
+    strategy: str = "highest"  # picker: highest | round_robin | least_in_flight
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Config:
@@ -86,6 +87,7 @@ class Config:
             quarantine_failures=int(quar["failures"]), quarantine_cooldown_s=float(quar["cooldown_s"]),
             cache_enabled=bool(cache["enabled"]), cache_ttl_s=int(cache["ttl_s"]),
             cache_max_entry_bytes=int(cache["max_entry_bytes"]), retry_after_s=int(shed["retry_after_s"]),
+            strategy=p.get("strategy", "highest"),
         )
 
     @property

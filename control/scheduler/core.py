@@ -12,6 +12,10 @@ Why it is built this way (docs/gateway.md has the long version):
 * The best node is the top of a heap per model, keyed by the score rounded down to `tie_epsilon` buckets plus a
   random draw (random tie-break inside the best bucket). A send or finish re-pushes that one node (O(log n));
   entries left behind are recognised by their version and dropped lazily. A decision is O(1) amortised.
+* The baseline pickers (`picker.strategy`) reuse the same filters: `least_in_flight` keys the same heap by the
+  gateway's in-flight count instead of the score; `round_robin` walks a cursor over the group's members and skips
+  the ones that may not take a request. Neither reads the score. The `highest` path is left as it was (its entry
+  builder is chosen once per policy, not tested per request).
 """
 
 from __future__ import annotations
@@ -134,12 +138,13 @@ class Node:
 class Group:
     """The nodes that serve one model, as a heap of (-score bucket, tie-break, seq, version, node)."""
 
-    __slots__ = ("model", "members", "heap")
+    __slots__ = ("model", "members", "heap", "cursor")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.members: list[Node] = []
         self.heap: list[tuple[float, float, int, int, Node]] = []
+        self.cursor = 0  # round_robin: index in members where the next walk starts
 
 
 @dataclass
@@ -170,6 +175,12 @@ class Scheduler:
         self.counters = Counters()
         self._seq = 0
         self._fleet_latency: tuple[float, float] = (0.0, 0.0)
+        self._use_strategy(config)
+
+    def _use_strategy(self, config: Config) -> None:
+        """Choose the heap entry builder and the pick path once per policy, so the hot path does not branch on it."""
+        self._round_robin = config.strategy == "round_robin"
+        self._make_entry = self._entry_least if config.strategy == "least_in_flight" else self._entry
 
     # --- inputs that change rarely: registry, samples, policy -------------------------------------------------
     def update(self, now: float, specs: Iterable[NodeSpec] | None = None,
@@ -178,6 +189,7 @@ class Scheduler:
         policy, a change of who serves what, or fleet-normalised latency re-scores everything."""
         if config is not None:
             self.config = config
+            self._use_strategy(config)
         regroup = config is not None
         changed: list[Node] = []
         if specs is not None:
@@ -246,7 +258,7 @@ class Scheduler:
             group.heap = []
             for node in group.members:
                 if node.listed:
-                    group.heap.append(self._entry(node))
+                    group.heap.append(self._make_entry(node))
             heapq.heapify(group.heap)
 
     def tick(self, now: float) -> None:
@@ -374,6 +386,12 @@ class Scheduler:
         self._seq += 1
         return (key, tie, self._seq, node.version, node)
 
+    def _entry_least(self, node: Node) -> tuple[float, float, int, int, Node]:
+        """least_in_flight: the heap top is the node with the fewest requests in flight from this gateway; a fresh
+        random draw on every re-push breaks ties, so equal nodes share the load instead of the first taking it."""
+        self._seq += 1
+        return (node.in_flight, self.rng.random(), self._seq, node.version, node)
+
     def _relist(self, node: Node) -> None:
         """The node's score or eligibility changed: invalidate its old entries and push a fresh one."""
         node.version += 1
@@ -381,7 +399,7 @@ class Scheduler:
             return
         for group in node.groups:
             heap = group.heap
-            heapq.heappush(heap, self._entry(node))
+            heapq.heappush(heap, self._make_entry(node))
             if len(heap) > 2 * len(group.members) + 64:  # too many dead entries: rebuild from the live ones
                 group.heap = [e for e in heap if e[3] == e[4].version]
                 heapq.heapify(group.heap)
@@ -397,6 +415,8 @@ class Scheduler:
         group = self.group_for(model)
         if group is None:
             return Pick(None, "unknown_model")
+        if self._round_robin:
+            return self._pick_round_robin(group, exclude)
         heap = group.heap
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
@@ -411,8 +431,27 @@ class Scheduler:
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
                     heapq.heappush(frontier, (heap[child], child))
+        return self._none_left(group, exclude)
+
+    def _none_left(self, group: Group, exclude: frozenset[str] | set[str]) -> Pick:
         healthy = any(n.healthy and n.quarantined_until is None and n.name not in exclude for n in group.members)
         return Pick(None, "saturated" if healthy else "unavailable")
+
+    def _pick_round_robin(self, group: Group, exclude: frozenset[str] | set[str]) -> Pick:
+        """The next member after the last one picked that passes the filters (scores ignored). O(1) while most
+        members are eligible; a walk over the group when most are not."""
+        members = group.members
+        n = len(members)
+        start = group.cursor
+        for i in range(n):
+            j = start + i
+            if j >= n:
+                j -= n
+            node = members[j]
+            if node.listed and node.name not in exclude:
+                group.cursor = j + 1 if j + 1 < n else 0
+                return Pick(node, "ok")
+        return self._none_left(group, exclude)
 
     def sent(self, node: Node, request_id: int, now: float) -> None:
         node.in_flight_ts[request_id] = now
