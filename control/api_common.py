@@ -24,15 +24,20 @@ class ApiError(APIException):
 
 
 class BoundedJSONParser(JSONParser):
+    """JSON bodies up to `max_bytes` (413 beyond, judged by Content-Length before parsing) and not nested so deep
+    that the parser recurses out of the stack."""
+
+    max_bytes = MAX_BODY_BYTES
+
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
         request = (parser_context or {}).get("request")
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         except ValueError:
             length = 0
-        if length > MAX_BODY_BYTES:
+        if length > self.max_bytes:
             raise ApiError(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                           f"request body is {length} bytes; the limit is {MAX_BODY_BYTES}")
+                           f"request body is {length} bytes; the limit is {self.max_bytes}")
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
