@@ -1,4 +1,5 @@
-"""createnode and createuser: tokens on the last line, stored hashed, bad input refused with a reason."""
+"""createnode, createuser and demo's own checks: tokens on the last line, stored hashed, bad input refused with a
+reason."""
 
 from __future__ import annotations
 
@@ -60,3 +61,27 @@ def test_createuser_roles_and_token() -> None:
     assert user.check_password("s3cret-enough-pass")  # not reset by a role change
     with pytest.raises(CommandError):
         run("createuser", "x", "--role", "root")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--port", "8601", "--gateway-port", "8601"], "must differ"),
+    (["--gateway-port", "70000"], "--gateway-port 70000 is not a TCP port"),
+    (["--load-rate", "0"], "--load-rate must be above 0"),
+    (["--day-seconds", "5"], "--day-seconds must be between"),
+    (["--nodes", "0"], "--nodes must be between 1 and 200"),
+])
+def test_demo_refuses_bad_flags_before_starting_anything(flags: list[str], message: str) -> None:
+    with pytest.raises(CommandError, match=message):
+        call_command("demo", *flags)
+
+
+def test_demo_load_user_gets_a_fresh_standard_token_and_the_old_one_is_revoked() -> None:
+    from dashboard.fleet.management.commands.demo import Command as Demo
+
+    first = Demo().seed_load_user()
+    second = Demo().seed_load_user()
+    assert first != second and second.startswith("sy_user_")
+    tokens = {t.digest: t for t in UserToken.objects.filter(user__username="loadgen")}
+    assert tokens[digest(first)].revoked is not None
+    assert tokens[digest(second)].revoked is None and tokens[digest(second)].priority_class == "standard"
+    assert role_of(get_user_model().objects.get(username="loadgen")) == "viewer"

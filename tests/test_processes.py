@@ -1,10 +1,12 @@
-"""The real processes: a Celery worker running the storage tasks, and `manage.py demo` bringing the fleet up."""
+"""The real processes: a Celery worker running the storage tasks, and `manage.py demo` bringing the fleet up with
+its load flowing through the gateway."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,19 +48,37 @@ def test_a_real_celery_worker_runs_the_rollup_task(push: Any, tmp_path: Path) ->
         worker.wait(20)
 
 
-def test_demo_starts_web_celery_and_agents_and_rows_arrive(tmp_path: Path) -> None:
-    port = free_port()
+def test_demo_routes_its_load_through_the_gateway_onto_the_simulated_fleet(tmp_path: Path) -> None:
+    """web + gateway + Celery + one simfleet process + loadgen: samples arrive from every node, and the load
+    generator's requests reach the fleet through the gateway (its request log), spread over the nodes."""
+    from control.routing import reqlog
+    from dashboard.metrics.latest import redis_client
+
+    port, gateway_port, control_port = free_port(), free_port(), free_port()
     proc = subprocess.run(
         [sys.executable, "manage.py", "demo", "--nodes", "2", "--gpus", "2", "--port", str(port),
-         "--interval", "2", "--duration", "20"],
+         "--gateway-port", str(gateway_port), "--control-port", str(control_port), "--interval", "2",
+         "--load-curve", "constant", "--load-rate", "6", "--duration", "20"],
         cwd=ROOT, env=subprocess_env(SWITCHYARD_VAR_DIR=str(tmp_path)), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"Switchyard is running at http://127.0.0.1:{port}/" in proc.stdout
-    assert "admin login: admin / " in proc.stdout
-    assert "Stopped." in proc.stdout
-    # Two agents with two GPUs each, pushing every 2 s for about 20 s.
+    out = proc.stdout
+    assert f"Switchyard is running at http://127.0.0.1:{port}/" in out
+    assert "admin login: admin / " in out
+    assert f"http://127.0.0.1:{gateway_port}/v1/chat/completions" in out
+    assert f"http://127.0.0.1:{control_port}/nodes" in out
+    assert "load token:  sy_user_" in out
+    assert "Stopped." in out
+    # Two nodes with two GPUs each, pushing every 2 s for about 20 s, from the one simfleet process.
     assert count("gpu_sample") >= 2 * 2 * 5
-    assert {r for r in count_nodes()} == {"sim-demo-01", "sim-demo-02"}
+    assert {r for r in count_nodes()} == {"demo-01", "demo-02"}
+    # The load went through the gateway: every routed request is in its log, with the node that served it.
+    entries = [reqlog.parse(eid, fields) for eid, fields in redis_client().xrange(reqlog.STREAM)]
+    served = Counter(e.node for e in entries if e.status == 200)
+    assert set(served) == {"demo-01", "demo-02"}, served
+    assert min(served.values()) >= 0.2 * sum(served.values()), served  # spread, not all on one node
+    assert {e.pool for e in entries if e.node} == {"demo"}
+    # The watch loop reported the routing from the same log.
+    assert "gateway, last minute:" in out and "demo-01:" in out
 
 
 def count_nodes() -> list[str]:
