@@ -57,6 +57,26 @@ def start_server(port: int, workers: int, db_url: str, redis_url: str, **env: st
     raise SystemExit("the server did not start; run `python manage.py serve` by hand to see why")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30.0) -> None:
+    """Return once `port` accepts connections; SystemExit if `proc` exits first or it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not start")
+
+
 def percentile(values: list[float], q: float) -> float:
     """The q-quantile by rank (no interpolation: the figure is a value that was measured); NaN when empty."""
     ordered = sorted(values)

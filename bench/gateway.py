@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.benchlib import ROOT, percentile, use_bench_database  # noqa: E402
+from bench.benchlib import ROOT, free_port, percentile, use_bench_database, wait_port  # noqa: E402
 
 ANSWER = (b'{"id":"cmpl-bench","object":"chat.completion","model":"bench-model","choices":[{"index":0,"message":'
           b'{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,'
@@ -41,24 +40,6 @@ async def upstream_app(scope: dict, receive, send) -> None:  # type: ignore[no-u
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(ANSWER)).encode())]})
     await send({"type": "http.response.body", "body": ANSWER})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not start")
 
 
 class Conn:

@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import orjson
@@ -52,6 +53,9 @@ class LoadSpec:
     seed: int | None = None
     path: str = "/v1/chat/completions"
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # Merged into every request body, e.g. {"ignore_eos": True} (vLLM's extension) so that each answer is exactly
+    # max_tokens long and runs that are compared differ only in where the requests went.
+    extra_body: dict[str, Any] = field(default_factory=dict)
 
 
 def prompt_of(tokens: int, rng: random.Random) -> str:
@@ -132,7 +136,7 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
                 continue
             payload = {"model": spec.model, "messages": [{"role": "user", "content": prompt_of(
                 spec.prompt_tokens.pick(rng), rng)}], "max_tokens": spec.max_tokens.pick(rng),
-                "temperature": spec.temperature, "stream": stream}
+                "temperature": spec.temperature, "stream": stream, **spec.extra_body}
             task = asyncio.create_task(_one(client, spec, out, orjson.dumps(payload), {**headers, "X-Priority": cls}))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

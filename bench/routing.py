@@ -1,0 +1,320 @@
+"""Routing policies compared on a heterogeneous simulated fleet near saturation (issue 5).
+
+One `manage.py simfleet --profile mixed` (h100, a100, l40s in turn) whose agents push every 5 s to a
+`manage.py serve`, so node samples reach Redis exactly as in production; one `manage.py gateway --auth off` in
+front of it. For each configuration the bench activates a `scheduler` policy (a new revision through the policy
+service, as the API does; the gateway reloads on `sy:policy`), waits for the fleet to be idle and for a fresh
+sample, then sends the same seeded open-loop Poisson sequence (`control.loadgen.runner`) through the gateway:
+
+    round_robin      picker.strategy round_robin (scores ignored)
+    least_in_flight  picker.strategy least_in_flight (the gateway's own in-flight count per node)
+    classic          highest score with only 0.6*gpu_free + 0.3*(1-cpu_load) - 0.1*latency, burst correction 0,
+                     on the agents' 5-second samples (what the literal weighted formula does)
+    switchyard       the default scheduler policy
+
+The rate is `--load` times the fleet's saturation rate, computed from the hardware profiles for the request mix
+(printed). Answers are exactly max_tokens long (`ignore_eos`), so runs differ only in where requests went.
+
+    .venv/bin/python bench/routing.py [--nodes 6] [--duration 60] [--load 0.85 | --rate R] [--seed 7] [--json out.json]
+
+Target: switchyard p95 latency <= 0.5 x round_robin and <= 0.85 x least_in_flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.benchlib import ROOT, free_port, start_server, use_bench_database, wait_port  # noqa: E402
+
+CONFIGS = ("round_robin", "least_in_flight", "classic", "switchyard")
+POOL = "routing"
+MODEL = "sim-llm"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# --- what the fleet can serve -----------------------------------------------------------------------------------
+def mean_prompt_tokens(mix: Any) -> float:
+    """Prompt tokens as the simulator counts them, for the load generator's own prompts (its text and nonce)."""
+    from agents.sim.text import chat_prompt_tokens
+    from control.loadgen.runner import prompt_of
+
+    rng = random.Random(0)
+    total = sum(mix.weights)
+    out = 0.0
+    for value, weight in zip(mix.values, mix.weights, strict=True):
+        n = sum(chat_prompt_tokens([{"role": "user", "content": prompt_of(value, rng)}]) for _ in range(50)) / 50
+        out += n * weight / total
+    return out
+
+
+def node_rate(profile: Any, prompt: float, out: float) -> float:
+    """Requests/s one node serves at saturation: a full batch (max sequences, or what the KV cache holds) decoding,
+    each request costing its share of the batch's decode steps plus its own prefill (which stalls the batch)."""
+    batch = max(1, min(profile.max_seqs, int(profile.kv_tokens // (prompt + out))))
+    per_request_s = (out - 1) * profile.decode_step_s(batch) / batch + prompt / profile.prefill_tps
+    return 1.0 / per_request_s
+
+
+def unloaded_latency(profile: Any, prompt: float, out: float) -> float:
+    """Seconds for one request alone on the node: its prefill (which yields the first token), then decode steps."""
+    return prompt / profile.prefill_tps + profile.decode_s + (out - 1) * profile.decode_step_s(1)
+
+
+# --- the policies -----------------------------------------------------------------------------------------------
+def policy(name: str) -> dict[str, Any]:
+    from control.policy.defaults import default_document
+
+    doc = default_document("scheduler")
+    doc["cache"]["enabled"] = False  # no repeated prompts anyway; keep Redis out of the request path
+    if name in ("round_robin", "least_in_flight"):
+        doc["picker"]["strategy"] = name
+    elif name == "classic":
+        # The literal formula, whatever the defaults become: no burst correction, no queue/KV/in-flight terms.
+        classic = {"gpu_free": (0.6, False), "cpu_load": (0.3, True), "latency": (-0.1, False)}
+        doc["scorers"] = [{"metric": m, "weight": w, "invert": inv} for m, (w, inv) in classic.items()]
+        doc["latency"] = {"source": "rtt", "normalise": "fixed", "scale_ms": 100.0}
+        doc["picker"]["strategy"] = "highest"
+        doc["load"]["burst_correction"] = 0.0
+    return doc
+
+
+def activate(name: str) -> int:
+    from control.audit.context import Origin
+    from control.policy import service
+
+    current = service.active("scheduler")
+    change = service.create_revision("scheduler", policy(name), f"bench/routing.py: {name}", current.pk,
+                                     Origin.system("bench-routing"))
+    return int(change.revision.pk)
+
+
+# --- the processes ----------------------------------------------------------------------------------------------
+def get_json(url: str) -> Any:
+    import httpx
+
+    return httpx.get(url, timeout=5).json()
+
+
+def wait_for(what: str, check: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def engine_lag(urls: list[str]) -> float:
+    """Seconds the simulated engines fell behind their model (a starved CPU); 0 on an undisturbed run."""
+    import httpx
+
+    from agents.collectors.inference import parse_prometheus
+
+    total = 0.0
+    for url in urls:
+        fams = parse_prometheus(httpx.get(f"{url}/metrics", timeout=5).text)
+        total += sum(v for _, v in fams.get("sim:engine_lag_dropped_seconds_total", []))
+    return total
+
+
+# --- one configuration ------------------------------------------------------------------------------------------
+def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str],
+               urls: list[str], slo_s: float) -> dict[str, Any]:
+    from control.loadgen import curves, report, runner
+    from control.loadgen.mix import parse_mix
+
+    rev = activate(name)
+    wait_for(f"the gateway to load revision {rev}", lambda: get_json(f"{gw}/healthz")["policy"].get("scheduler")
+             == rev, 15)
+    # Same start for every configuration: nothing running or queued, and a sample taken after that.
+    wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
+                                                 for n in get_json(f"{control}/nodes")["nodes"]), 180, 1.0)
+    time.sleep(args.interval + 1.5)
+    lag0 = engine_lag(urls)
+    spec = runner.LoadSpec(
+        url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=args.rate)),
+        duration_s=args.duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
+        max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
+        stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
+        extra_body={"ignore_eos": True})
+    marks = {"next": 10.0}
+
+    def progress(elapsed: float, sent: int) -> None:
+        if elapsed >= marks["next"]:
+            marks["next"] += 10.0
+            log(f"  {name:<16} {elapsed:>4.0f} s  {sent:>6} sent")
+
+    t0 = time.perf_counter()
+    outs = asyncio.run(runner.run(spec, progress))
+    wall = time.perf_counter() - t0
+    row = report.row(name, outs, args.duration, slo_s)
+    by_profile = Counter(profiles.get(o.node, "?") for o in outs if 200 <= o.status < 300)
+    ok = max(1, row.ok)
+    share = {p: by_profile.get(p, 0) / ok for p in ("h100", "a100", "l40s")}
+    lag = engine_lag(urls) - lag0
+    result = {**row.as_dict(), "wall_s": wall, "revision": rev, "share": share, "engine_lag_s": lag,
+              "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs)}
+    lat, ttft = row.latency, row.ttft
+    log(f"  {name:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
+        f"{fmt(lat[2])}, TTFT p95 {fmt(ttft[1])}, goodput {row.goodput:.1f}/s, share h100/a100/l40s "
+        f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
+    for err in result["errors_seen"]:
+        log(f"    error: {err}")
+    return result
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def table(results: list[dict[str, Any]], slo_s: float) -> str:
+    head = ("| policy | latency p50 | p95 | p99 | TTFT p50 | p95 | p99 | throughput | goodput (≤ "
+            f"{slo_s:.1f} s) | 429 | errors | requests to h100 / a100 / l40s |")
+    lines = [head, "|" + " --- |" * 12]
+    for r in results:
+        lat, ttft, share = r["latency"], r["ttft"], r["share"]
+        errors = r["server_errors"] + r["client_errors"]
+        lines.append(
+            f"| {r['name']} | {fmt(lat['p50'])} | {fmt(lat['p95'])} | {fmt(lat['p99'])} | {fmt(ttft['p50'])} | "
+            f"{fmt(ttft['p95'])} | {fmt(ttft['p99'])} | {r['throughput']:.1f} req/s | {r['goodput']:.1f} req/s | "
+            f"{r['shed_429']} | {errors} | {share['h100']:.0%} / {share['a100']:.0%} / {share['l40s']:.0%} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=6, help="simulated nodes, profiles h100/a100/l40s in turn (default 6)")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per configuration (default 60)")
+    ap.add_argument("--load", type=float, default=0.85,
+                    help="rate as a share of the fleet's computed saturation rate (default 0.85)")
+    ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the arrival sequence and the fleet (default 7)")
+    ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5", help="prompt length mix (default %(default)s)")
+    ap.add_argument("--max-tokens", default="64:0.5,192:0.5",
+                    help="answer length mix; every answer is exactly this long (default %(default)s)")
+    ap.add_argument("--stream-fraction", type=float, default=0.3,
+                    help="share of streamed requests (TTFT is measured on these) (default %(default)s)")
+    ap.add_argument("--slo", type=float, default=0.0,
+                    help="latency SLO for goodput, seconds (default: 1.5 x the slowest profile's unloaded latency "
+                         "for the mean request)")
+    ap.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (default 60 s)")
+    ap.add_argument("--interval", type=int, default=5, help="agent push interval, seconds (default 5)")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, in order (default all)")
+    ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
+    ap.add_argument("--database", default="sy_bench_routing", help="throw-away database (default %(default)s)")
+    ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
+                    help="Redis db (default $TEST_REDIS_DB or 11)")
+    args = ap.parse_args()
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if unknown := [c for c in configs if c not in CONFIGS]:
+        raise SystemExit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
+
+    db_url, redis_url = use_bench_database(args.database, args.redis_db)
+    from agents.sim.profiles import MIXED, PROFILES
+    from control.loadgen.mix import parse_mix
+    from dashboard.metrics.latest import LATEST_KEY, redis_client
+
+    prompt = mean_prompt_tokens(parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000))
+    out_mix = parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096)
+    out = sum(v * w for v, w in zip(out_mix.values, out_mix.weights, strict=True)) / sum(out_mix.weights)
+    kinds = [MIXED[i % len(MIXED)] for i in range(args.nodes)]
+    rates = {k: node_rate(PROFILES[k], prompt, out) for k in MIXED}
+    saturation = sum(rates[k] for k in kinds)
+    args.rate = args.rate or round(args.load * saturation, 1)
+    slo_s = args.slo or round(1.5 * max(unloaded_latency(PROFILES[k], prompt, out) for k in set(kinds)), 1)
+    log(f"fleet: {args.nodes} nodes ({', '.join(f'{kinds.count(k)} {k}' for k in MIXED)}); mean request "
+        f"{prompt:.0f} prompt + {out:.0f} answer tokens")
+    log("saturation per node (full batch, from agents/sim/profiles.py): "
+        + ", ".join(f"{k} {rates[k]:.1f} req/s" for k in MIXED) + f"; fleet {saturation:.1f} req/s")
+    why = "" if args.slo else " (1.5 x the slowest profile's unloaded latency)"
+    log(f"offered: {args.rate:g} req/s ({args.rate / saturation:.0%} of saturation) for {args.duration:g} s per "
+        f"configuration, seed {args.seed}, {args.stream_fraction:.0%} streamed; SLO {slo_s:g} s{why}")
+
+    r = redis_client()
+    r.hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, args.nodes + 1)])  # an earlier run's samples
+    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
+    logs = Path(tempfile.mkdtemp(prefix="sy-bench-routing-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port, gw_port, control_port = free_port(), free_port(), free_port()
+        procs.append(start_server(port, 1, db_url, redis_url))
+        fleet_log = open(logs / "simfleet.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "simfleet", "--nodes", str(args.nodes), "--profile", "mixed", "--gpus", "2",
+             "--pool", POOL, "--model", MODEL, "--server", f"http://127.0.0.1:{port}", "--interval",
+             str(args.interval), "--control-port", str(control_port), "--seed", str(args.seed)],
+            cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
+        wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
+        gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", "bench-routing"],
+            cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
+        wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
+        gw, control = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{control_port}"
+        nodes = wait_for("the fleet", lambda: (d := get_json(f"{control}/nodes")["nodes"]) and len(d) == args.nodes
+                         and d, 60)
+        profiles = {n["name"]: n["profile"] for n in nodes}
+        urls = [n["url"] for n in nodes]
+        wait_for("every node eligible at the gateway", lambda: get_json(f"{gw}/healthz")["eligible"] == args.nodes,
+                 60)
+        log(f"gateway {gw}, fleet control {control}, logs in {logs}")
+        results = []
+        for name in configs:
+            log(f"[{len(results) + 1}/{len(configs)}] {name}")
+            results.append(run_config(name, args, gw, control, profiles, urls, slo_s))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    print()
+    print(table(results, slo_s))
+    by = {r["name"]: r for r in results}
+    verdicts = []
+    if "switchyard" in by:
+        sy = by["switchyard"]["latency"]["p95"]
+        for base, target in (("round_robin", 0.5), ("least_in_flight", 0.85), ("classic", None)):
+            if base in by and sy is not None and by[base]["latency"]["p95"]:
+                ratio = sy / by[base]["latency"]["p95"]
+                verdict = "" if target is None else f" (target <= {target}: {'met' if ratio <= target else 'NOT met'})"
+                verdicts.append(f"switchyard p95 / {base} p95 = {ratio:.2f}{verdict}")
+    print()
+    for v in verdicts:
+        print(v)
+    lag = sum(r["engine_lag_s"] for r in results)
+    print(f"simulated engines fell behind their model by {lag:.1f} s in all (0 = the CPU kept up)")
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(
+            {"nodes": args.nodes, "profiles": kinds, "rate": args.rate, "saturation": saturation,
+             "duration_s": args.duration, "seed": args.seed, "slo_s": slo_s, "prompt_tokens": args.prompt_tokens,
+             "max_tokens": args.max_tokens, "stream_fraction": args.stream_fraction,
+             "results": [copy.deepcopy(r) for r in results], "verdicts": verdicts}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
