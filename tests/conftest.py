@@ -193,7 +193,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
+def wait_for_port(port: int, timeout: float = 60.0) -> None:  # a loaded 2-core CI box can take 20 s+
     import socket
     import time
 
