@@ -7,6 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from control import once
 from control.audit.context import Origin
 from control.tokens import service
 from dashboard.accounts.models import UserToken
@@ -20,6 +21,10 @@ def _clean(value: str, limit: int) -> str:
 @role_required("viewer")
 def tokens(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
+        if not once.first_submission(request):
+            messages.info(request, "That form was already sent and the token created; its secret was shown once. "
+                                   "If you did not copy it, revoke it and create another.")
+            return redirect("account-tokens")
         name, reason = _clean(request.POST.get("name", ""), 100), _clean(request.POST.get("reason", ""), 2000)
         if not name or not reason:
             messages.error(request, "A new token needs a name and a reason (e.g. 'grafana', 'CI deploy job').")
@@ -30,13 +35,14 @@ def tokens(request: HttpRequest) -> HttpResponse:
         except service.UnknownClass as exc:
             messages.error(request, str(exc))
             return redirect("account-tokens")
-        # The secret goes into this one response only; a reload shows the list without it.
+        # The secret goes into this one response only; a reload re-sends the form, which `once` turns away.
         return render(request, "account/tokens.html", _context(request, created=(token, plain)), status=201)
     return render(request, "account/tokens.html", _context(request))
 
 
 def _context(request: HttpRequest, created: tuple[UserToken, str] | None = None) -> dict[str, object]:
-    return {"nav": "tokens", "tokens": UserToken.objects.filter(user=request.user), "created": created}
+    return {"nav": "tokens", "tokens": UserToken.objects.filter(user=request.user), "created": created,
+            "once": once.nonce()}
 
 
 @require_POST

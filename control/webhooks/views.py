@@ -9,6 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from control import once
 from control.audit.context import Origin
 from control.webhooks import service
 from control.webhooks.models import EVENTS, FORMATS, Receiver
@@ -20,12 +21,17 @@ def _clean(value: str, limit: int = 2000) -> str:
 
 
 def _context(**extra: Any) -> dict[str, Any]:
-    return {"nav": "webhooks", "receivers": Receiver.objects.all(), "events": EVENTS, "formats": FORMATS, **extra}
+    return {"nav": "webhooks", "receivers": Receiver.objects.all(), "events": EVENTS, "formats": FORMATS,
+            "once": once.nonce(), **extra}
 
 
 @role_required("admin")
 def receivers(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
+        if not once.first_submission(request):
+            messages.info(request, "That form was already sent and the receiver created; its secret was shown "
+                                   "once. To get a new secret, set one on the receiver's page.")
+            return redirect("webhooks")
         reason = _clean(request.POST.get("reason", ""))
         data: dict[str, Any] = {
             "name": _clean(request.POST.get("name", ""), 63), "url": _clean(request.POST.get("url", "")),
@@ -41,7 +47,7 @@ def receivers(request: HttpRequest) -> HttpResponse:
         except service.ReceiverError as exc:
             messages.error(request, exc.message)
             return render(request, "webhooks/list.html", _context(form=data), status=exc.status)
-        # The secret is in this one response; a reload shows the list without it.
+        # The secret is in this one response only; a reload re-sends the form, which `once` turns away.
         return render(request, "webhooks/list.html", _context(created=(r, secret)), status=201)
     return render(request, "webhooks/list.html", _context())
 

@@ -54,3 +54,21 @@ def test_bad_input_stores_nothing_and_others_tokens_are_out_of_reach(browser: Ca
     assert UserToken.objects.get(pk=admins.pk).revoked is None
     # Without the CSRF token the form is refused.
     assert client.post("/account/tokens/", {"name": "x", "reason": "y"}).status_code == 403
+
+
+def test_a_reload_of_the_create_answer_does_not_make_a_second_token(browser: Callable[..., Any]) -> None:
+    client = browser("viewer")
+    form = client.get("/account/tokens/").content.decode()
+    nonce = re.search(r'name="once" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+    data = {"name": "grafana", "reason": "dashboards", "once": nonce}
+    assert csrf_post(client, "/account/tokens/", data).status_code == 201
+    mark = last_event_id()
+    again = csrf_post(client, "/account/tokens/", data)  # what the browser's "resend the form?" does
+    assert again.status_code == 302 and again["Location"] == "/account/tokens/"
+    assert UserToken.objects.filter(name="grafana").count() == 1 and events_since(mark) == []
+    assert "already sent" in client.get("/account/tokens/").content.decode()
+    # A freshly rendered form has a new nonce and works.
+    fresh = re.search(r'name="once" value="([^"]+)"', client.get("/account/tokens/").content.decode()).group(1)  # type: ignore[union-attr]
+    assert fresh != nonce
+    assert csrf_post(client, "/account/tokens/", {**data, "once": fresh}).status_code == 201
+    assert UserToken.objects.filter(name="grafana").count() == 2

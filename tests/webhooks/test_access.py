@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -170,6 +171,21 @@ def test_create_page_shows_the_secret_once_and_audits(browser: Callable[..., Any
     assert r.secret in response.content.decode() and r.events == ["alert", "job"] and r.format == "slack"
     assert r.secret not in client.get("/webhooks/").content.decode()
     assert [e.action for e in events_since(mark)] == ["webhook.create"]
+
+
+def test_a_reload_of_the_create_answer_is_turned_away(browser: Callable[..., Any]) -> None:
+    client = browser("admin")
+    nonce = re.search(r'name="once" value="([^"]+)"',  # type: ignore[union-attr]
+                      client.get("/webhooks/").content.decode()).group(1)
+    data = {"name": "pager", "url": "https://hooks.example.com/x", "events": ["alert"], "format": "slack",
+            "reason": "new", "once": nonce}
+    assert csrf_post(client, "/webhooks/", data).status_code == 201
+    mark = last_event_id()
+    again = csrf_post(client, "/webhooks/", data)
+    assert again.status_code == 302 and again["Location"] == "/webhooks/"
+    assert Receiver.objects.count() == 1 and events_since(mark) == []
+    html = client.get("/webhooks/").content.decode()
+    assert "already sent" in html and Receiver.objects.get().secret not in html
 
 
 def test_create_page_refuses_a_loopback_credentials_url(browser: Callable[..., Any]) -> None:
