@@ -78,10 +78,19 @@ def unloaded_latency(profile: Any, prompt: float, out: float) -> float:
 
 
 # --- the policies -----------------------------------------------------------------------------------------------
+CUSTOM: dict[str, dict[str, Any]] = {}  # --custom NAME=FILE: extra configurations (partial documents)
+
+
 def policy(name: str) -> dict[str, Any]:
     from control.policy.defaults import default_document
 
     doc = default_document("scheduler")
+    if name in CUSTOM:  # sections given replace those keys of the default; scorers are replaced as a whole
+        for key, value in CUSTOM[name].items():
+            if isinstance(value, dict) and isinstance(doc.get(key), dict):
+                doc[key].update(value)
+            else:
+                doc[key] = value
     doc["cache"]["enabled"] = False  # no repeated prompts anyway; keep Redis out of the request path
     if name in ("round_robin", "least_in_flight"):
         doc["picker"]["strategy"] = name
@@ -221,13 +230,21 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (default 60 s)")
     ap.add_argument("--interval", type=int, default=5, help="agent push interval, seconds (default 5)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, in order (default all)")
+    ap.add_argument("--custom", action="append", default=[], metavar="NAME=FILE",
+                    help="also run NAME with the scheduler document in FILE (JSON; its sections override the "
+                         "default's); add NAME to --configs to order it, else it runs last")
     ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
     ap.add_argument("--database", default="sy_bench_routing", help="throw-away database (default %(default)s)")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
                     help="Redis db (default $TEST_REDIS_DB or 11)")
     args = ap.parse_args()
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if unknown := [c for c in configs if c not in CONFIGS]:
+    for item in args.custom:
+        name, _, path = item.partition("=")
+        CUSTOM[name] = json.loads(Path(path).read_text())
+        if name not in configs:
+            configs.append(name)
+    if unknown := [c for c in configs if c not in (*CONFIGS, *CUSTOM)]:
         raise SystemExit(f"unknown configuration(s) {unknown}; choose from {', '.join(CONFIGS)}")
 
     db_url, redis_url = use_bench_database(args.database, args.redis_db)
