@@ -149,8 +149,9 @@ class Command(BaseCommand):
             raise CommandError("--duration must be 0 (run until Ctrl-C) or more seconds")
 
     def load_args(self, opts: dict[str, Any], gateway_url: str, token: str) -> list[str]:
-        # loadgen needs an end; a week stands for "until Ctrl-C" (the demo stops it with everything else).
-        duration = opts["duration"] or WEEK_S
+        # loadgen needs an end; a week stands for "until Ctrl-C". With --duration it gets a minute more, so that it
+        # never ends before the demo does (the watch loop takes any child that exits for a failure).
+        duration = min(WEEK_S, opts["duration"] + 60) if opts["duration"] else WEEK_S
         if opts["load_curve"] == "daily":
             curve = ["--curve", "daily", "--rate", f"{opts['load_rate'] / 8:g}", "--peak-rate",
                      f"{opts['load_rate']:g}", "--day-seconds", f"{opts['day_seconds']:g}"]
