@@ -13,6 +13,7 @@ import asyncio
 import gc
 import itertools
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -78,7 +79,14 @@ class Upstream:
     first: bytes  # the first chunk (streamed)
     rest: AsyncIterator[bytes] | None
     response: Response
-    ttft_s: float
+    ttft_s: float | None  # streamed: None until an event carrying generated text has passed
+    started: float  # perf_counter() when the request was sent
+
+
+# An SSE event that carries generated text (chat `delta.content` or completion `text`, non-empty). A stream's
+# first event can be a role-only delta sent before prefill ends; time to first token is measured at this one,
+# as vLLM's own benchmark does.
+_TOKEN_EVENT = re.compile(rb'"(?:content|text)":\s*"(?!")')
 
 
 def _header_map(scope: dict[str, Any]) -> dict[str, str]:
@@ -626,9 +634,11 @@ class Gateway:
                     first = await anext(rest, b"")
                     if not first:
                         raise Retryable("closed the stream before the first byte")
-            ttft = time.perf_counter() - started
+            ttft: float | None = time.perf_counter() - started
             if rest is None:
                 body = await response.read(MAX_ANSWER_BYTES)
+            elif not _TOKEN_EVENT.search(first):
+                ttft = None
         except Retryable:
             if response is not None:
                 await response.aclose()
@@ -643,7 +653,7 @@ class Gateway:
             raise Retryable(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
         out = [(k.lower(), v) for k, v in response.headers if k.lower().decode("latin-1") not in DROP_UPSTREAM]
         return Upstream(status, out, response.header(b"content-type") or "application/json", body, first, rest,
-                        response, ttft)
+                        response, ttft, started)
 
     async def _deliver(self, send: Any, ctx: _Request, up: Upstream) -> None:
         ctx.status, ctx.ttft_s = up.status, up.ttft_s
@@ -673,6 +683,8 @@ class Gateway:
                     keep = None
                     break
                 events += chunk.count(b"data:")
+                if up.ttft_s is None and _TOKEN_EVENT.search(chunk):
+                    up.ttft_s = ctx.ttft_s = time.perf_counter() - up.started
                 if keep is not None:
                     size += len(chunk)
                     if size <= self.sched.config.cache_max_entry_bytes:

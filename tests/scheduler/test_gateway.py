@@ -97,6 +97,22 @@ def test_streaming_passes_the_nodes_bytes_through(fleet: Fleet, upstreams: Any, 
     assert len(tokens) == 40 and tokens[0].startswith(f"{node.name}-")
 
 
+def test_streamed_ttft_is_the_first_token_not_the_first_event(fleet: Fleet, upstreams: Any, gateway: Any,
+                                                               user_token: str, redis_db: Any) -> None:
+    (node,) = upstreams(1)
+    fleet.add(node.name, node.url)
+    httpx.post(f"{node.url}/_control", json={"role_gap": 0.6}, timeout=5)  # role event at once, tokens 0.6 s later
+    gw = gateway()
+    gw.wait(lambda: gw.eligible() == {node.name}, what="node eligible")
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": True, "max_tokens": 4},
+                      timeout=30, headers={"Authorization": f"Bearer {user_token}"}) as resp:
+        assert resp.status_code == 200 and b"".join(resp.iter_raw()).count(b"data:") == 6  # role, 4 tokens, DONE
+    gw.wait(lambda: len(reqlog(redis_db)) == 1, what="log entry")
+    [entry] = reqlog(redis_db)
+    # The role-only event came at once; the first token could not reach the gateway before 0.6 s.
+    assert float(entry["ttft_ms"]) >= 600 and entry["status"] == "200"
+
+
 def test_answer_cache(fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, redis_db: Any) -> None:
     (node,) = upstreams(1)
     fleet.add(node.name, node.url)

@@ -3,7 +3,9 @@
     python -m tests.scheduler.upstream --port P --name NAME [--delay S] [--tokens N]
 
 Answers /v1/chat/completions and /v1/completions (plain JSON or SSE with `stream: true`), /v1/models, and two test
-controls: POST /_control {"delay": s, "fail_status": code|0, "token_gap": s} and GET /_stats (requests counted).
+controls: POST /_control {"delay": s, "fail_status": code|0, "token_gap": s, "role_gap": s} and GET /_stats
+(requests counted). With `role_gap` a chat stream opens with a role-only event and the first token follows that
+many seconds later, as an engine that announces the answer before prefill ends would.
 Its text is a deterministic function of the node name and the request, so a test can compare the bytes the
 gateway streamed with the bytes the node sends directly.
 """
@@ -23,6 +25,7 @@ class Upstream:
         self.delay = delay
         self.tokens = tokens
         self.token_gap = 0.002
+        self.role_gap = 0.0
         self.fail_status = 0
         self.requests = 0
         self.active = 0
@@ -75,6 +78,12 @@ class Upstream:
                     "usage": {"prompt_tokens": 7, "completion_tokens": len(words), "total_tokens": 7 + len(words)}})
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream"), (b"x-sim-node", self.name.encode())]})
+            if chat and self.role_gap:
+                role = {"id": f"cmpl-{self.name}", "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(role)}\n\n".encode(),
+                            "more_body": True})
+                await asyncio.sleep(self.role_gap)
             for i, w in enumerate(words):
                 delta = {"index": 0, "delta": {"content": w}} if chat else {"index": 0, "text": w}
                 event = {"id": f"cmpl-{self.name}", "object": "chat.completion.chunk", "choices": [delta]}
