@@ -21,7 +21,7 @@ install: $(STAMP)  ## create .venv and install the server, the agent and the tes
 test: install  ## run the whole test suite (embedded PostgreSQL/Redis unless SWITCHYARD_*_URL are set)
 	$(BIN)/python -m pytest
 
-demo: install  ## embedded services, web :8000, Celery, simulated agents; Ctrl-C stops everything
+demo: install  ## embedded services, web :8000, gateway :8400, Celery, simulated fleet + load; Ctrl-C stops all
 	$(BIN)/python manage.py demo
 
 bench: install  ## run the ingest benchmark against a fresh server (prints figures)
