@@ -179,9 +179,14 @@ def test_base_port_gives_consecutive_ports_and_skips_taken_ones(client: httpx.Cl
 
     from tests.conftest import free_port
 
-    base = free_port()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", base + 1))  # another process holds the second port
+        for _ in range(50):  # a free port whose neighbour is free too (other processes hold ports at random)
+            base = free_port()
+            try:
+                taken.bind(("127.0.0.1", base + 1))  # now "another process" holds the second port
+                break
+            except OSError:
+                continue
         with BackgroundFleet(pool="bp", gpus=1, base_port=base) as fleet:
             ports = [fleet.add_node().port for _ in range(3)]
             assert ports[0] == base and base + 1 not in ports and ports == sorted(ports)
