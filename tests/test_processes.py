@@ -81,6 +81,40 @@ def test_demo_routes_its_load_through_the_gateway_onto_the_simulated_fleet(tmp_p
     assert "gateway, last minute:" in out and "demo-01:" in out
 
 
+def test_demo_stops_its_children_on_sigterm_too(tmp_path: Path) -> None:
+    """Not only Ctrl-C: a `kill` (or a supervisor) must not leave the web server, gateway and fleet orphaned."""
+    import os
+    import signal
+    import socket
+
+    port, gateway_port, control_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "demo", "--nodes", "1", "--gpus", "1", "--port", str(port),
+         "--gateway-port", str(gateway_port), "--control-port", str(control_port), "--no-load", "--no-celery"],
+        cwd=ROOT, env=subprocess_env(SWITCHYARD_VAR_DIR=str(tmp_path)), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        seen = ""
+        for line in proc.stdout:
+            seen += line
+            if "Ctrl-C stops everything" in line:
+                break
+        assert "Switchyard is running" in seen, seen[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "Stopped." in rest, rest[-3000:]
+
+    def listening(p: int) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex(("127.0.0.1", p)) == 0
+
+    assert not any(listening(p) for p in (port, gateway_port, control_port))
+
+
 def count_nodes() -> list[str]:
     from django.db import connection
 

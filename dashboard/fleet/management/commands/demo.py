@@ -29,6 +29,10 @@ LOAD_USER = "loadgen"
 WEEK_S = 7 * 86400  # loadgen's longest run: "until Ctrl-C" in practice
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = (
         "Run a local Switchyard: migrate, seed an admin, then start the web app, the gateway, a Celery worker with "
@@ -88,6 +92,10 @@ class Command(BaseCommand):
                                                  start_new_session=True)))
 
         py = sys.executable
+        # The children run in sessions of their own (a Ctrl-C reaches only us, and we stop them in order), so a
+        # `kill`, a closed terminal or a supervisor's SIGTERM must take the same way out or they would be orphaned.
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
         try:
             start("web", [py, "manage.py", "serve", "--host", host, "--port", str(opts["port"])])
             start("gateway", [py, "manage.py", "gateway", "--host", host, "--port", str(opts["gateway_port"]),
