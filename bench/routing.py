@@ -149,10 +149,14 @@ def engine_lag(urls: list[str]) -> float:
 
 # --- one configuration ------------------------------------------------------------------------------------------
 def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str],
-               urls: list[str], slo_s: float) -> dict[str, Any]:
+               urls: list[str], slo_s: float, rate: float | None = None, duration: float | None = None,
+               label: str = "") -> dict[str, Any]:
     from control.loadgen import curves, report, runner
     from control.loadgen.mix import parse_mix
 
+    rate = args.rate if rate is None else rate
+    duration = args.duration if duration is None else duration
+    label = label or name
     rev = activate(name)
     wait_for(f"the gateway to load revision {rev}", lambda: get_json(f"{gw}/healthz")["policy"].get("scheduler")
              == rev, 15)
@@ -162,8 +166,8 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     time.sleep(args.interval + 1.5)
     lag0 = engine_lag(urls)
     spec = runner.LoadSpec(
-        url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=args.rate)),
-        duration_s=args.duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
+        url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
+        duration_s=duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
         max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
         stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
         extra_body={"ignore_eos": True})
@@ -172,25 +176,73 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     def progress(elapsed: float, sent: int) -> None:
         if elapsed >= marks["next"]:
             marks["next"] += 10.0
-            log(f"  {name:<16} {elapsed:>4.0f} s  {sent:>6} sent")
+            log(f"  {label:<16} {elapsed:>4.0f} s  {sent:>6} sent")
 
     t0 = time.perf_counter()
     outs = asyncio.run(runner.run(spec, progress))
     wall = time.perf_counter() - t0
-    row = report.row(name, outs, args.duration, slo_s)
+    row = report.row(label, outs, duration, slo_s)
     by_profile = Counter(profiles.get(o.node, "?") for o in outs if 200 <= o.status < 300)
     ok = max(1, row.ok)
     share = {p: by_profile.get(p, 0) / ok for p in ("h100", "a100", "l40s")}
     lag = engine_lag(urls) - lag0
-    result = {**row.as_dict(), "wall_s": wall, "revision": rev, "share": share, "engine_lag_s": lag,
+    # Did a queue build up during the run? Median latency of the last quarter of the sends over the second quarter
+    # (the first is the warm-up from idle): about 1 when the fleet keeps up, growing with the run when it does not.
+    answered = sorted((o.sent_at, o.latency_s) for o in outs if 200 <= o.status < 300)
+    q = len(answered) // 4
+    growth = (report.quantile([x for _, x in answered[3 * q:]], 0.5) or 0.0) / max(
+        1e-9, report.quantile([x for _, x in answered[q:2 * q]], 0.5) or 0.0) if q >= 10 else None
+    result = {**row.as_dict(), "rate": rate, "growth": growth, "wall_s": wall, "revision": rev, "share": share, "engine_lag_s": lag,
               "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs)}
     lat, ttft = row.latency, row.ttft
-    log(f"  {name:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
+    log(f"  {label:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
         f"{fmt(lat[2])}, TTFT p95 {fmt(ttft[1])}, goodput {row.goodput:.1f}/s, share h100/a100/l40s "
         f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
     return result
+
+
+def calibrate(args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str], urls: list[str],
+              slo_s: float, saturation: float, unloaded_s: float) -> tuple[float, list[dict[str, Any]]]:
+    """The highest probed rate at which least_in_flight stays stable, measured rather than computed.
+
+    The computed saturation assumes every node runs a full batch all the time and that the routing gives each node
+    exactly what it can serve; a real run (request sizes that vary, samples 5 s old, one machine's CPUs shared by the
+    fleet, the gateway and the client) falls short of it. Past the real capacity queues grow for as long as the run
+    lasts and every policy looks alike (tens of seconds of queue). So: least_in_flight, short runs at rising shares of
+    the computed figure; a probe is stable when every request was answered, throughput kept up with the offered rate,
+    no queue built up (median latency of the last quarter of the sends at most `--max-growth` times that of the
+    second quarter) and p95 latency stayed within `--stable-x` times the slowest profile's unloaded latency. The
+    bench runs at the highest stable probe."""
+    steps = [float(x) for x in args.probe.split(",") if x.strip()]
+    limit = args.stable_x * unloaded_s
+    log(f"calibrating: least_in_flight for {args.probe_duration:g} s at {', '.join(f'{x:.0%}' for x in steps)} of "
+        f"the computed saturation; stable = no errors, throughput >= 95 % of offered, no growing queue (median "
+        f"latency last/second quarter <= {args.max_growth:g}), p95 <= {limit:.1f} s ({args.stable_x:g} x the "
+        f"slowest profile's unloaded {unloaded_s:.1f} s)")
+    chosen, probes = 0.0, []
+    for share in steps:
+        rate = round(share * saturation, 1)
+        r = run_config("least_in_flight", args, gw, control, profiles, urls, slo_s, rate=rate,
+                       duration=args.probe_duration, label=f"probe {share:.0%}")
+        p95 = r["latency"]["p95"]
+        errors = r["server_errors"] + r["client_errors"] + r["timeouts"]
+        growth = r["growth"]
+        stable = (errors == 0 and r["throughput"] >= 0.95 * rate and p95 is not None and p95 <= limit
+                  and growth is not None and growth <= args.max_growth)
+        probes.append({"share": share, "rate": rate, "p95": p95, "throughput": r["throughput"], "errors": errors,
+                       "growth": growth, "stable": stable})
+        log(f"  probe {share:.0%} = {rate:g} req/s: p95 {fmt(p95)}, throughput {r['throughput']:.1f} req/s, "
+            f"{errors} errors, median latency last/second quarter {growth or 0:.2f} -> "
+            f"{'stable' if stable else 'NOT stable'}")
+        if not stable:
+            break
+        chosen = rate
+    if not chosen:
+        chosen = round(steps[0] * saturation, 1)
+        log(f"no probe was stable; running at the lowest, {chosen:g} req/s")
+    return chosen, probes
 
 
 def fmt(x: float | None) -> str:
@@ -215,9 +267,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6, help="simulated nodes, profiles h100/a100/l40s in turn (default 6)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load per configuration (default 60)")
-    ap.add_argument("--load", type=float, default=0.85,
-                    help="rate as a share of the fleet's computed saturation rate (default 0.85)")
+    ap.add_argument("--load", type=float, default=0.0,
+                    help="rate as a share of the fleet's computed saturation rate (default: calibrate, see --probe)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
+    ap.add_argument("--probe", default="0.55,0.65,0.75,0.85",
+                    help="calibration (when neither --load nor --rate is given): shares of the computed saturation "
+                         "probed with least_in_flight, in rising order (default %(default)s)")
+    ap.add_argument("--probe-duration", type=float, default=20.0, help="seconds per probe (default 20)")
+    ap.add_argument("--stable-x", type=float, default=3.0,
+                    help="a probe is stable while least_in_flight's p95 stays within this many times the slowest "
+                         "profile's unloaded latency (default 3)")
+    ap.add_argument("--max-growth", type=float, default=1.3,
+                    help="a probe is stable while the median latency of its last quarter of sends is at most this "
+                         "many times that of its second quarter (default 1.3)")
     ap.add_argument("--seed", type=int, default=7, help="seed of the arrival sequence and the fleet (default 7)")
     ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5", help="prompt length mix (default %(default)s)")
     ap.add_argument("--max-tokens", default="64:0.5,192:0.5",
@@ -258,15 +320,20 @@ def main() -> None:
     kinds = [MIXED[i % len(MIXED)] for i in range(args.nodes)]
     rates = {k: node_rate(PROFILES[k], prompt, out) for k in MIXED}
     saturation = sum(rates[k] for k in kinds)
-    args.rate = args.rate or round(args.load * saturation, 1)
-    slo_s = args.slo or round(1.5 * max(unloaded_latency(PROFILES[k], prompt, out) for k in set(kinds)), 1)
+    if not args.rate and args.load:
+        args.rate = round(args.load * saturation, 1)
+    unloaded_s = max(unloaded_latency(PROFILES[k], prompt, out) for k in set(kinds))
+    slo_s = args.slo or round(1.5 * unloaded_s, 1)
     log(f"fleet: {args.nodes} nodes ({', '.join(f'{kinds.count(k)} {k}' for k in MIXED)}); mean request "
         f"{prompt:.0f} prompt + {out:.0f} answer tokens")
     log("saturation per node (full batch, from agents/sim/profiles.py): "
         + ", ".join(f"{k} {rates[k]:.1f} req/s" for k in MIXED) + f"; fleet {saturation:.1f} req/s")
+    log("unloaded latency of the mean request: " + ", ".join(
+        f"{k} {unloaded_latency(PROFILES[k], prompt, out):.2f} s" for k in MIXED))
     why = "" if args.slo else " (1.5 x the slowest profile's unloaded latency)"
-    log(f"offered: {args.rate:g} req/s ({args.rate / saturation:.0%} of saturation) for {args.duration:g} s per "
-        f"configuration, seed {args.seed}, {args.stream_fraction:.0%} streamed; SLO {slo_s:g} s{why}")
+    log(f"SLO for goodput {slo_s:g} s{why}; {args.duration:g} s per configuration, seed {args.seed}, "
+        f"{args.stream_fraction:.0%} streamed")
+    probes: list[dict[str, Any]] = []
 
     r = redis_client()
     r.hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, args.nodes + 1)])  # an earlier run's samples
@@ -296,6 +363,10 @@ def main() -> None:
         wait_for("every node eligible at the gateway", lambda: get_json(f"{gw}/healthz")["eligible"] == args.nodes,
                  60)
         log(f"gateway {gw}, fleet control {control}, logs in {logs}")
+        if not args.rate:
+            args.rate, probes = calibrate(args, gw, control, profiles, urls, slo_s, saturation, unloaded_s)
+        log(f"offered: {args.rate:g} req/s ({args.rate / saturation:.0%} of the computed saturation)"
+            + (" = the highest stable probe" if probes else ""))
         results = []
         for name in configs:
             log(f"[{len(results) + 1}/{len(configs)}] {name}")
@@ -327,7 +398,7 @@ def main() -> None:
     print(f"simulated engines fell behind their model by {lag:.1f} s in all (0 = the CPU kept up)")
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(
-            {"nodes": args.nodes, "profiles": kinds, "rate": args.rate, "saturation": saturation,
+            {"nodes": args.nodes, "profiles": kinds, "rate": args.rate, "saturation": saturation, "probes": probes,
              "duration_s": args.duration, "seed": args.seed, "slo_s": slo_s, "prompt_tokens": args.prompt_tokens,
              "max_tokens": args.max_tokens, "stream_fraction": args.stream_fraction,
              "results": [copy.deepcopy(r) for r in results], "verdicts": verdicts}, indent=2))
