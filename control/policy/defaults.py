@@ -15,7 +15,9 @@ _PRIORITY_DEFAULTS = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency  (queue depth, KV cache and in-flight ready, weight 0)
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait): the classic formula plus the
+    # speed-aware expected wait, weighted to dominate under load on mixed hardware (bench/routing.py, docs/gateway.md).
+    # Queue depth, KV cache and in-flight are ready, weight 0.
     "scheduler": {
         "scorers": [
             {"metric": "gpu_free", "weight": 0.6, "invert": False},
@@ -24,6 +26,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             {"metric": "queue_depth", "weight": 0.0, "invert": True},
             {"metric": "kv_cache", "weight": 0.0, "invert": True},
             {"metric": "in_flight", "weight": 0.0, "invert": True},
+            {"metric": "expected_wait", "weight": 5.0, "invert": True},
         ],
         "filters": {
             "require_model": True,

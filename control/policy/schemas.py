@@ -31,11 +31,17 @@ class Strict(BaseModel):
 
 
 # --- scheduler --------------------------------------------------------------------------------------------------
-SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight")
+SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait")
 
 
 class Scorer(Strict):
-    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight"]
+    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait"] = Field(
+        description="gpu_free, cpu_load, latency, queue_depth, kv_cache: from the node's latest sample; in_flight: "
+                    "the gateway's own requests in flight to the node / load.node_capacity; expected_wait: the time "
+                    "a new request should take on the node, seconds per request slot as the gateway measured them "
+                    "(Little's law, an average per node; the fleet median for a node not measured yet) x (in flight "
+                    "+ 1), normalised as E / (E + scale), scale = the fleet median seconds per slot over the healthy "
+                    "nodes x load.node_capacity (invert it: a shorter wait is better)")
     weight: Weight
     invert: bool = Field(False, description="score 1 - x instead of x (x is the metric normalised to [0, 1])")
 

@@ -92,8 +92,9 @@ class Config:
 
     @property
     def span(self) -> float:
-        """The width of the score's range (sum of |weight| of the metric scorers); 1 when every weight is 0."""
-        total = sum(abs(w) for m, (w, _) in self.weights.items() if m != "in_flight")
+        """The width of the score's range (sum of |weight| of the metric scorers, not the per-request ones
+        in_flight and expected_wait); 1 when every weight is 0."""
+        total = sum(abs(w) for m, (w, _) in self.weights.items() if m not in ("in_flight", "expected_wait"))
         return total or 1.0
 
     @property

@@ -16,6 +16,14 @@ Why it is built this way (docs/gateway.md has the long version):
   gateway's in-flight count instead of the score; `round_robin` walks a cursor over the group's members and skips
   the ones that may not take a request. Neither reads the score. The `highest` path is left as it was (its entry
   builder is chosen once per policy, not tested per request).
+* `expected_wait` (speed-aware): each node's seconds per request slot, measured by the gateway itself with Little's
+  law (latency / mean in-flight over the request's life, an EWMA per node, updated when a request succeeds), times
+  (in-flight + 1): the time a new request should take there. Nodes without observations use the fleet median. It is
+  normalised as E / (E + scale), scale = the fleet median seconds per slot (over the healthy nodes, taken at the
+  last refresh) x load.node_capacity: x is 0.5 when the node's expected wait is that of a typical node full to
+  capacity, small on an idle fleet (where the other weights decide), and it grows with load. A send or finish
+  still re-pushes only that node; when the scale moves by more than SCALE_SLACK, the heaps are rebuilt (entries
+  only, no re-score).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +41,9 @@ from control.scheduler.config import Config
 
 NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
 TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
+SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
+SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
+DYNAMIC = ("in_flight", "expected_wait")  # scorers computed per request, not from the sample
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
@@ -101,7 +113,8 @@ class Node:
     """One node's scheduling state: registry facts, latest metrics, precomputed score and live counters."""
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
-                 "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms")
+                 "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
+                 "slot_s", "area", "area_t", "sent_area")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -120,6 +133,17 @@ class Node:
         self.version = 0
         self.groups: list[Group] = []
         self.latency_ms: float | None = None
+        # expected_wait: seconds per request slot (EWMA), and the integral of in-flight over time that gives each
+        # finished request the mean concurrency it ran at (Little's law).
+        self.slot_s: float | None = None
+        self.area = 0.0  # integral of in_flight dt up to area_t
+        self.area_t = 0.0
+        self.sent_area: dict[int, float] = {}  # request id -> area when it was sent
+
+    def advance(self, now: float) -> None:
+        if now > self.area_t:
+            self.area += len(self.in_flight_ts) * (now - self.area_t)
+            self.area_t = now
 
     @property
     def name(self) -> str:
@@ -175,6 +199,8 @@ class Scheduler:
         self.counters = Counters()
         self._seq = 0
         self._fleet_latency: tuple[float, float] = (0.0, 0.0)
+        self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
+        self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
         self._use_strategy(config)
 
     def _use_strategy(self, config: Config) -> None:
@@ -229,6 +255,8 @@ class Scheduler:
         for node in changed:
             self._score(node, now)
             self._relist(node)
+        if "expected_wait" in self.config.weights and self._fleet_wait() and self.config.strategy == "highest":
+            self._rebuild()
 
     def _models_of(self, node: Node) -> tuple[str, ...]:
         if not self.config.require_model:
@@ -250,10 +278,30 @@ class Scheduler:
         """Every node's filters and static score, then fresh heaps."""
         cfg = self.config
         if cfg.latency_normalise == "fleet":
-            values = [v for n in self.nodes.values() if (v := self._latency_ms(n)) is not None]
+            # Over the nodes that may take work only: a stale or failed node (an earlier run's, one that went away)
+            # must not set the fleet's range.
+            values = [v for n in self.nodes.values()
+                      if self._health(n, now)[0] and (v := self._latency_ms(n)) is not None]
             self._fleet_latency = (min(values), max(values)) if values else (0.0, 0.0)
         for node in self.nodes.values():
             self._score(node, now)
+        if "expected_wait" in cfg.weights:
+            self._fleet_wait(force=True)
+        self._rebuild()
+
+    def _fleet_wait(self, force: bool = False) -> bool:
+        """Refresh expected_wait's fleet figures (median seconds per slot, normalising scale) over the healthy
+        nodes; True when the scale moved enough that the heaps should be rebuilt."""
+        slots = sorted(n.slot_s for n in self.nodes.values() if n.healthy and n.slot_s is not None)
+        if slots:
+            self._slot_default = slots[len(slots) // 2]
+        scale = max(1e-9, self._slot_default * self.config.node_capacity)
+        moved = force or abs(scale - self._wait_scale) > SCALE_SLACK * self._wait_scale
+        if moved:
+            self._wait_scale = scale
+        return moved
+
+    def _rebuild(self) -> None:
         for group in self.groups.values():
             group.heap = []
             for node in group.members:
@@ -284,6 +332,17 @@ class Scheduler:
             return ttft
         both = [v for v in (rtt, ttft) if v is not None]
         return max(both) if both else None
+
+    def expected_wait(self, node: Node) -> float:
+        """Seconds a new request should take on the node: seconds per slot x (in flight + 1) (Little's law)."""
+        slot = node.slot_s if node.slot_s is not None else self._slot_default
+        return slot * (len(node.in_flight_ts) + 1)
+
+    def _wait_part(self, node: Node) -> float:
+        weight, invert = self.config.weights["expected_wait"]
+        e = self.expected_wait(node)
+        x = e / (e + self._wait_scale)
+        return weight * ((1.0 - x) if invert else x)
 
     def normalised(self, node: Node) -> dict[str, float]:
         """Each scorer metric of the node in [0, 1] (before weights and inversion)."""
@@ -320,31 +379,36 @@ class Scheduler:
         values = self.normalised(node)
         parts = {}
         for metric, (weight, invert) in cfg.weights.items():
-            if metric == "in_flight":
+            if metric in DYNAMIC:
                 continue
             x = values[metric]
             parts[metric] = weight * ((1.0 - x) if invert else x)
         node.parts = parts
         node.static = sum(parts.values())
-        node.healthy, node.reason, node.room = False, "", 0
-        if node.spec.state in cfg.exclude_states:
-            node.reason = node.spec.state
-        elif not node.spec.endpoint and not (m and m.endpoint):
-            node.reason = "no endpoint"
-        elif m is None:
-            node.reason = "no sample yet"
-        elif now - m.ts > cfg.max_stale_s:
-            node.reason = f"stale: last sample {now - m.ts:.0f} s ago"
-        elif cfg.require_inference_up and m.running is None:
-            node.reason = "failed: inference server not reporting"
-        else:
-            node.healthy = True
+        node.healthy, node.reason = self._health(node, now)
+        node.room = 0
+        if node.healthy and m is not None:
             free_slots = max(0, cfg.node_capacity - (m.running or 0))
             node.room = max(0, cfg.max_queue_depth - (m.waiting or 0)) + free_slots
             if m.kv_cache_pct is not None and m.kv_cache_pct >= cfg.max_kv_cache_pct:
                 node.room = 0
             if m.gpu_util_pct is not None and m.gpu_util_pct > cfg.max_gpu_util_pct:
                 node.room = 0
+
+    def _health(self, node: Node, now: float) -> tuple[bool, str]:
+        """(healthy, why not): registry state, endpoint, a fresh sample with inference metrics."""
+        cfg, m = self.config, node.metrics
+        if node.spec.state in cfg.exclude_states:
+            return False, node.spec.state
+        if not node.spec.endpoint and not (m and m.endpoint):
+            return False, "no endpoint"
+        if m is None:
+            return False, "no sample yet"
+        if now - m.ts > cfg.max_stale_s:
+            return False, f"stale: last sample {now - m.ts:.0f} s ago"
+        if cfg.require_inference_up and m.running is None:
+            return False, "failed: inference server not reporting"
+        return True, ""
 
     def filter_reason(self, node: Node, now: float) -> str:
         """'' when the node may take a request now, else why not (in words, for the routing page)."""
@@ -369,6 +433,8 @@ class Scheduler:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
             out["in_flight"] = weight * ((1.0 - x) if invert else x)
+        if "expected_wait" in cfg.weights:
+            out["expected_wait"] = self._wait_part(node)
         return out
 
     def score(self, node: Node) -> float:
@@ -381,6 +447,8 @@ class Scheduler:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
             s += weight * ((1.0 - x) if invert else x)
+        if "expected_wait" in cfg.weights:
+            s += self._wait_part(node)
         key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
         tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
         self._seq += 1
@@ -454,15 +522,28 @@ class Scheduler:
         return self._none_left(group, exclude)
 
     def sent(self, node: Node, request_id: int, now: float) -> None:
+        node.advance(now)
+        node.sent_area[request_id] = node.area
         node.in_flight_ts[request_id] = now
         if node.metrics is None or now > node.metrics.ts:
             node.unseen += 1
         self._relist(node)
 
-    def finished(self, node: Node, request_id: int, ttft_s: float | None = None) -> None:
-        sent_at = node.in_flight_ts.pop(request_id, None)
-        if sent_at is None:
+    def finished(self, node: Node, request_id: int, ttft_s: float | None = None, now: float | None = None) -> None:
+        """A request to the node ended; `ttft_s` is None when it failed (then it teaches nothing about speed).
+        `now` defaults to the wall clock, the clock the gateway passes to `sent`."""
+        if request_id not in node.in_flight_ts:
             return
+        now = time.time() if now is None else now
+        node.advance(now)
+        sent_at = node.in_flight_ts.pop(request_id)
+        area = node.area - node.sent_area.pop(request_id, node.area)
+        latency = now - sent_at
+        if ttft_s is not None and latency > 0 and area > 0:
+            # Little's law: the request ran at a mean concurrency of area / latency, so the node served a slot
+            # every latency / that seconds.
+            slot = latency * latency / area
+            node.slot_s = slot if node.slot_s is None else (1 - SLOT_ALPHA) * node.slot_s + SLOT_ALPHA * slot
         if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
             node.unseen -= 1
         if ttft_s is not None:

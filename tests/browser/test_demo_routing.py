@@ -2,7 +2,8 @@
 scheduler weight in the dashboard visibly changes where the requests go.
 
 The story: one of three nodes turns slow (the simulated fleet's control API, as a degraded GPU would). The classic
-weights (GPU free, CPU load, network RTT) still send it a good share of the traffic. The operator opens the
+weights (GPU free, CPU load, network RTT; the default's expected_wait scorer turned off first, since it alone would
+already steer most of the load away) still send it a good share of the traffic. The operator opens the
 scheduler policy in the browser, makes the latency scorer count the gateway's observed time to first byte
 (normalised over the fleet) with weight -1, and saves; within seconds the gateway stops sending the slow node
 anything. Shares are counted from the gateway's own request log by the time each request was sent (its end minus
@@ -30,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
+from control.audit.context import Origin
 from control.policy import service
 from control.routing import reqlog, summary
 from dashboard.metrics.latest import redis_client
@@ -121,6 +123,17 @@ def test_a_weight_changed_in_the_dashboard_moves_the_demo_load_off_a_slow_node(p
         demo.wait_for_line("Ctrl-C stops everything.", 10)
         wait_until(lambda: httpx.get(f"{gateway}/healthz", timeout=2).json()["eligible"] == 3, 30,
                    "three eligible nodes at the gateway")
+        # The operator starts from the classic formula alone: the default's expected_wait scorer steers load off a
+        # slow node by itself (tests/scheduler/test_expected_wait.py), so it is turned off here, and the weight
+        # changed below in the dashboard is what must move the load.
+        document = service.active("scheduler").document
+        for scorer in document["scorers"]:
+            if scorer["metric"] == "expected_wait":
+                scorer["weight"] = 0.0
+        classic = service.create_revision("scheduler", document, "the classic formula alone",
+                                          service.active("scheduler").pk, Origin.system("test")).revision.pk
+        wait_until(lambda: httpx.get(f"{gateway}/healthz", timeout=2).json()["policy"].get("scheduler") == classic,
+                   5, "the gateway to load the classic policy")
         load = subprocess.Popen(
             [sys.executable, "manage.py", "loadgen", "--url", gateway, "--token", make_user("load", "viewer"),
              "--rate", "8", "--duration", "300", "--stream-fraction", "0", "--prompt-tokens", "128:1",

@@ -39,13 +39,32 @@ def fleet(n: int, cfg: Config | None = None, seed: int = 1, **m: object) -> Sche
     return sched
 
 
-def test_the_classic_formula_from_the_default_weights() -> None:
-    doc = validate("scheduler", default_document("scheduler"))
+CLASSIC = [{"metric": "gpu_free", "weight": 0.6, "invert": False},
+           {"metric": "cpu_load", "weight": 0.3, "invert": True},
+           {"metric": "latency", "weight": -0.1, "invert": False}]
+
+
+def classic_config(**changes: object) -> Config:
+    """The literal classic formula: the default document with only its three classic scorers."""
+    return config(scorers=CLASSIC, **changes)
+
+
+def test_the_classic_formula_from_its_weights() -> None:
+    doc = validate("scheduler", {**default_document("scheduler"), "scorers": CLASSIC})
     rng = random.Random(3)
     for _ in range(200):
         v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache")}
         assert score(doc, v) == pytest.approx(0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"],
                                               abs=1e-12)
+
+
+def test_the_default_is_the_classic_formula_plus_the_expected_wait() -> None:
+    doc = validate("scheduler", default_document("scheduler"))
+    rng = random.Random(3)
+    for _ in range(200):
+        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait")}
+        classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]), abs=1e-12)
 
 
 def test_node_scores_equal_the_policy_score_of_their_normalised_metrics() -> None:
@@ -95,7 +114,7 @@ def test_a_burst_on_one_snapshot_does_not_herd(weights: dict[str, float] | None,
 
 def test_without_the_correction_the_classic_weights_herd() -> None:
     """The failure the correction exists for: with it off, the whole burst lands on one node."""
-    sched = fleet(10, config(load={"node_capacity": 32, "burst_correction": 0.0}, picker__tie_break="first"))
+    sched = fleet(10, classic_config(load={"node_capacity": 32, "burst_correction": 0.0}, picker__tie_break="first"))
     share = Counter()
     for rid in range(100):
         node = sched.pick("m").node

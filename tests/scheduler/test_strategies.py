@@ -122,7 +122,9 @@ def test_least_in_flight_keeps_the_filters() -> None:
 
 def test_a_policy_change_switches_the_strategy_live() -> None:
     sched = fleet("highest", ["a", "b", "c"], gpu={"a": 0.0, "b": 90.0, "c": 90.0})
-    herd = Config.from_document(validate("scheduler", {**default_document("scheduler"),
+    doc = default_document("scheduler")
+    classic = [s for s in doc["scorers"] if s["metric"] != "expected_wait"]  # the classic formula alone
+    herd = Config.from_document(validate("scheduler", {**doc, "scorers": classic,
                                                        "load": {"node_capacity": 32, "burst_correction": 0}}))
     sched.update(NOW, config=herd)
     assert {send(sched, rid) for rid in range(9)} == {"a"}  # highest, no burst correction: the herd
