@@ -10,12 +10,16 @@ sample, then sends the same seeded open-loop Poisson sequence (`control.loadgen.
     least_in_flight  picker.strategy least_in_flight (the gateway's own in-flight count per node)
     classic          highest score with only 0.6*gpu_free + 0.3*(1-cpu_load) - 0.1*latency, burst correction 0,
                      on the agents' 5-second samples (what the literal weighted formula does)
-    switchyard       the default scheduler policy
+    switchyard       the default scheduler policy (the classic weights plus expected_wait)
 
-The rate is `--load` times the fleet's saturation rate, computed from the hardware profiles for the request mix
-(printed). Answers are exactly max_tokens long (`ignore_eos`), so runs differ only in where requests went.
+The rate is calibrated, not trusted from the hardware profiles: the saturation computed from them (a full batch on
+every node, routed in exact proportion to speed) is printed, then least_in_flight runs short probes at rising shares
+of it (`--probe`) and the bench uses the highest probe at which least_in_flight stayed stable (no errors, throughput
+kept up, no growing queue, p95 within `--stable-x` times the slowest profile's unloaded latency). `--load` or
+`--rate` skip the calibration. Answers are exactly max_tokens long (`ignore_eos`), so runs differ only in where
+requests went.
 
-    .venv/bin/python bench/routing.py [--nodes 6] [--duration 60] [--load 0.85 | --rate R] [--seed 7] [--json out.json]
+    .venv/bin/python bench/routing.py [--nodes 6] [--duration 60] [--load 0.7 | --rate R] [--seed 7] [--json out.json]
 
 Target: switchyard p95 latency <= 0.5 x round_robin and <= 0.85 x least_in_flight.
 """
@@ -270,7 +274,7 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.0,
                     help="rate as a share of the fleet's computed saturation rate (default: calibrate, see --probe)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
-    ap.add_argument("--probe", default="0.55,0.65,0.75,0.85",
+    ap.add_argument("--probe", default="0.65,0.75,0.85",
                     help="calibration (when neither --load nor --rate is given): shares of the computed saturation "
                          "probed with least_in_flight, in rising order (default %(default)s)")
     ap.add_argument("--probe-duration", type=float, default=20.0, help="seconds per probe (default 20)")
@@ -289,7 +293,9 @@ def main() -> None:
     ap.add_argument("--slo", type=float, default=0.0,
                     help="latency SLO for goodput, seconds (default: 1.5 x the slowest profile's unloaded latency "
                          "for the mean request)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="client timeout per request (default 60 s)")
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="client timeout per request (default 30 s: more than 2 x least_in_flight's p99 at the "
+                         "calibrated load; only a policy whose queues run away reaches it)")
     ap.add_argument("--interval", type=int, default=5, help="agent push interval, seconds (default 5)")
     ap.add_argument("--configs", default=",".join(CONFIGS), help="which configurations, in order (default all)")
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=FILE",
