@@ -28,12 +28,12 @@ def xadd(client: Any, fields: dict[str, str]) -> str:
 
 
 def gw_state(client: Any, gw: str, nodes: list[dict[str, Any]], ts: float | None = None,
-             counters: dict[str, int] | None = None, saturated: bool = False) -> None:
+             counters: dict[str, int] | None = None, saturated: bool = False, ttl_s: int = 10) -> None:
     state = {"id": gw, "ts": time.time() if ts is None else ts, "policy": {"scheduler": 1, "priorities": 1},
              "nodes": nodes, "queues": {"realtime": 0, "standard": 2, "batch": 5}, "saturated": saturated,
              "counters": counters or {"requests": 10, "shed_429": 1, "retries": 2, "quarantines": 1,
                                       "cache_hits": 3, "cache_misses": 4, "errors": 0}}
-    client.set(f"{reqlog.STATE_PREFIX}{gw}", orjson.dumps(state), ex=10)
+    client.set(f"{reqlog.STATE_PREFIX}{gw}", orjson.dumps(state), ex=ttl_s)
 
 
 @pytest.fixture

@@ -31,7 +31,9 @@ def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(p
               "score": 0.5 if n != "gpu-a-3" else None,
               "parts": {"gpu_free": 0.4, "cpu_load": 0.15, "latency": -0.05} if n != "gpu-a-3" else {},
               "in_flight": 1, "quarantined_until": None} for n in ("gpu-a-1", "gpu-a-2", "gpu-a-3")]
-    gw_state(redis_db, "gw-1", nodes)
+    # A gateway refreshes its state every second with a 10-s expiry; the test publishes once, so it keeps it for
+    # longer than a login (real password hasher) and a page load take on a loaded CI machine.
+    gw_state(redis_db, "gw-1", nodes, ttl_s=120)
     login(page, server, "vera", "viewer")
     page.goto(f"{server.url}/routing/")
     page.wait_for_function("() => window.switchyardRouting && window.switchyardRouting.loads >= 1", timeout=15_000)
@@ -45,7 +47,7 @@ def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(p
     # New requests show without a reload (the summary is cached for 1 s, the page polls every 2 s).
     for _ in range(5):
         xadd(redis_db, entry(node="gpu-a-2", cls="standard"))
-    gw_state(redis_db, "gw-1", nodes)
+    gw_state(redis_db, "gw-1", nodes, ttl_s=120)
     page.wait_for_function(
         "() => document.querySelector('#routing-classes tr[data-class=\"standard\"] td:nth-child(2)')"
         ".textContent === '17'", timeout=15_000)
