@@ -529,9 +529,11 @@ class Scheduler:
             node.unseen += 1
         self._relist(node)
 
-    def finished(self, node: Node, request_id: int, ttft_s: float | None = None, now: float | None = None) -> None:
-        """A request to the node ended; `ttft_s` is None when it failed (then it teaches nothing about speed).
-        `now` defaults to the wall clock, the clock the gateway passes to `sent`."""
+    def finished(self, node: Node, request_id: int, ttft_s: float | None = None, now: float | None = None,
+                 ok: bool | None = None) -> None:
+        """A request to the node ended. Only a successful one (`ok`; by default: it has a TTFT) teaches the node's
+        speed; a stream can succeed without a TTFT (no text generated). `now` defaults to the wall clock, the clock
+        the gateway passes to `sent`."""
         if request_id not in node.in_flight_ts:
             return
         now = time.time() if now is None else now
@@ -539,7 +541,9 @@ class Scheduler:
         sent_at = node.in_flight_ts.pop(request_id)
         area = node.area - node.sent_area.pop(request_id, node.area)
         latency = now - sent_at
-        if ttft_s is not None and latency > 0 and area > 0:
+        if ok is None:
+            ok = ttft_s is not None
+        if ok and latency > 0 and area > 0:
             # Little's law: the request ran at a mean concurrency of area / latency, so the node served a slot
             # every latency / that seconds.
             slot = latency * latency / area

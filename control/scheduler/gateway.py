@@ -567,8 +567,8 @@ class Gateway:
 
         self.waitq.dispatch([c.name for c in self.priorities.ordered()], grant)
 
-    def _finish(self, node: Node, rid: int, ttft_s: float | None) -> None:
-        self.sched.finished(node, rid, ttft_s)
+    def _finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool) -> None:
+        self.sched.finished(node, rid, ttft_s, ok=ok)
         self._dispatch()
 
     # --- proxying ---------------------------------------------------------------------------------------------
@@ -588,7 +588,7 @@ class Gateway:
             try:
                 up = await self._attempt(node, ctx)
             except Retryable as exc:
-                self._finish(node, rid, None)
+                self._finish(node, rid, None, ok=False)
                 if exc.node_fault and self.sched.failed(node, time.time()):
                     self.counters["quarantines"] += 1
                     self.prom.quarantines.inc()
@@ -605,7 +605,7 @@ class Gateway:
             try:
                 await self._deliver(send, ctx, up)
             finally:
-                self._finish(node, rid, up.ttft_s)
+                self._finish(node, rid, up.ttft_s, ok=up.status < 400)
             return
         raise Reply(502, f"{ctx.error} (tried {len(exclude)} node(s))", type_="server_error",
                     code="upstream_failed", headers=self._retry_after())

@@ -102,6 +102,17 @@ def test_a_failed_request_teaches_nothing() -> None:
     assert node.slot_s is None and node.in_flight == 0
 
 
+def test_success_not_ttft_decides_what_teaches() -> None:
+    sched = fleet(["a"], config())
+    node = sched.nodes["a"]
+    sched.sent(node, 1, NOW)
+    sched.finished(node, 1, ttft_s=0.001, now=NOW + 0.002, ok=False)  # a quick 4xx: the node refused, not served
+    assert node.slot_s is None
+    sched.sent(node, 2, NOW + 1)
+    sched.finished(node, 2, ttft_s=None, now=NOW + 3, ok=True)  # a stream that generated no text still took 2 s
+    assert node.slot_s == pytest.approx(2.0)
+
+
 def test_a_new_node_starts_at_the_fleet_median_neither_herded_nor_starved() -> None:
     sched = fleet(["a", "b", "c"], config())
     teach(sched, "a", 1.0)
