@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "control.routing",
     "control.jobs",
     "control.loadgen",
+    "control.controller",
 ]
 
 MIDDLEWARE = [

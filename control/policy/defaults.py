@@ -50,17 +50,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "default": {
             "min_nodes": 1,
             "max_nodes": 64,
+            "tolerance": 0.1,
             "rules": [
-                {"metric": "gpu_util_pct", "threshold": 85.0, "step": 2, "cooldown_s": 300},
-                {"metric": "queue_length", "threshold": 50.0, "step": 1, "cooldown_s": 600},
+                {"metric": "gpu_util_pct", "threshold": 85.0, "step": 2, "cooldown_s": 300, "window_s": 60},
+                {"metric": "queue_length", "threshold": 50.0, "step": 1, "cooldown_s": 600, "window_s": 60},
             ],
-            "scale_down": {"stabilization_window_s": 300, "step": 1, "gpu_util_below_pct": 30.0},
-            "predictive": {"enabled": False, "horizon_min": 10},
+            "scale_down": {"stabilization_window_s": 300, "step": 1, "gpu_util_below_pct": 30.0,
+                           "drain_timeout_s": 300},
+            "predictive": {"enabled": False, "horizon_min": 10, "metric": "request_rate", "per_node": None,
+                           "boot_time_s": 180, "buffer_min": 2},
         },
         "pools": {},
+        # After a policy change the controller compares the watch window with the hour before and rolls back.
+        "guard": {"enabled": True, "watch_window_s": 600, "baseline_s": 3600, "min_requests": 50,
+                  "p95_latency_ratio": 1.5, "error_rate_increase_pct": 5.0, "queue_ratio": 2.0, "queue_floor": 10.0,
+                  "kinds": ["scheduler", "priorities", "power", "scaling"]},
     },
     "priorities": {"classes": _PRIORITY_DEFAULTS, "default_class": "standard"},
-    "power": {"default": {"mode": "uncapped", "cap_w": None}, "pools": {}},
+    "power": {"default": {"mode": "uncapped", "cap_w": None, "pct": None, "peak_start_hour": 12, "peak_end_hour": 18},
+              "pools": {}},
     "alerts": DEFAULT_ALERTS,
 }
 

@@ -152,6 +152,7 @@ class ScaleRule(Strict):
     threshold: float = Field(ge=0, le=1_000_000, description="scale out when the pool's value is above this")
     step: int = Field(ge=1, le=100, description="nodes added")
     cooldown_s: Seconds
+    window_s: int = Field(60, ge=10, le=3600, description="the pool's value is the mean over this many seconds")
 
     @model_validator(mode="after")
     def _percent_in_range(self) -> ScaleRule:
@@ -164,16 +165,39 @@ class ScaleDown(Strict):
     stabilization_window_s: Seconds
     step: int = Field(1, ge=1, le=100)
     gpu_util_below_pct: float = Field(30.0, ge=0, le=100)
+    drain_timeout_s: int = Field(300, ge=0, le=86400, description="longest wait for a draining node's in-flight work")
 
 
 class Predictive(Strict):
     enabled: bool = False
     horizon_min: int = Field(10, ge=1, le=24 * 60)
+    metric: Literal["request_rate", "queue_length"] = Field("request_rate", description="the demand forecast")
+    per_node: float | None = Field(None, gt=0, le=1_000_000,
+                                   description="demand one node serves (req/s or queued requests); null = learned")
+    boot_time_s: int = Field(180, ge=0, le=86400, description="how long a new node takes to serve")
+    buffer_min: int = Field(2, ge=0, le=240, description="extra lead on top of the boot time")
+
+
+class Guard(Strict):
+    """Bounds for the guard that rolls a policy change back when the fleet gets worse after it."""
+
+    enabled: bool = True
+    watch_window_s: int = Field(600, ge=60, le=86400, description="how long a change is watched")
+    baseline_s: int = Field(3600, ge=300, le=7 * 86400, description="the period before the change compared with")
+    min_requests: int = Field(50, ge=1, le=10_000_000, description="fewer requests in the watch window: no verdict")
+    p95_latency_ratio: float = Field(1.5, ge=1, le=100, description="roll back when p95 latency exceeds baseline x this")
+    error_rate_increase_pct: float = Field(5.0, ge=0, le=100, description="roll back when the error rate rises this much")
+    queue_ratio: float = Field(2.0, ge=1, le=100, description="roll back when the mean queue exceeds baseline x this")
+    queue_floor: float = Field(10.0, ge=0, le=1_000_000, description="queues below this never count as degraded")
+    kinds: list[Literal["scheduler", "scaling", "priorities", "power"]] = Field(
+        default_factory=lambda: ["scheduler", "priorities", "power", "scaling"],
+        description="policy kinds whose changes are watched")
 
 
 class PoolScaling(Strict):
     min_nodes: int = Field(ge=0, le=10_000)
     max_nodes: int = Field(ge=0, le=10_000)
+    tolerance: float = Field(0.1, ge=0, le=1, description="no action while within threshold x (1 +- tolerance)")
     rules: list[ScaleRule] = Field(max_length=32)
     scale_down: ScaleDown
     predictive: Predictive
@@ -190,6 +214,7 @@ class PoolScaling(Strict):
 class Scaling(Strict):
     default: PoolScaling = Field(description="rules for every pool without its own entry")
     pools: dict[PoolName, PoolScaling] = Field(default_factory=dict, max_length=1000)
+    guard: Guard = Field(default_factory=Guard, description="automatic rollback of policy changes")
 
 
 # --- priorities -------------------------------------------------------------------------------------------------
@@ -217,15 +242,27 @@ class Priorities(Strict):
 
 # --- power ------------------------------------------------------------------------------------------------------
 class PoolPower(Strict):
-    mode: Literal["uncapped", "cap"] = "uncapped"
+    """uncapped; cap (cap_w watts per GPU); cap_pct (pct % of each card's default limit); off_peak (pct % of the
+    default outside the peak hours [peak_start_hour, peak_end_hour) UTC, uncapped inside them)."""
+
+    mode: Literal["uncapped", "cap", "cap_pct", "off_peak"] = "uncapped"
     cap_w: float | None = Field(None, ge=50, le=2000, description="per-GPU power limit in watts, when mode is cap")
+    pct: float | None = Field(None, ge=10, le=100, description="percent of the card's default limit (cap_pct, off_peak)")
+    peak_start_hour: int = Field(12, ge=0, le=23, description="off_peak: first peak hour (UTC)")
+    peak_end_hour: int = Field(18, ge=0, le=24, description="off_peak: the hour the peak ends (UTC)")
 
     @model_validator(mode="after")
     def _cap_with_mode(self) -> PoolPower:
         if self.mode == "cap" and self.cap_w is None:
             raise ValueError("mode cap needs cap_w")
-        if self.mode == "uncapped" and self.cap_w is not None:
+        if self.mode != "cap" and self.cap_w is not None:
             raise ValueError("cap_w is only allowed with mode cap")
+        if self.mode in ("cap_pct", "off_peak") and self.pct is None:
+            raise ValueError(f"mode {self.mode} needs pct (percent of the card's default power limit)")
+        if self.mode not in ("cap_pct", "off_peak") and self.pct is not None:
+            raise ValueError("pct is only allowed with mode cap_pct or off_peak")
+        if self.mode == "off_peak" and self.peak_start_hour == self.peak_end_hour % 24:
+            raise ValueError("peak_start_hour and peak_end_hour are equal: the peak would be empty")
         return self
 
 

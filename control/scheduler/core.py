@@ -398,7 +398,8 @@ class Scheduler:
     def _health(self, node: Node, now: float) -> tuple[bool, str]:
         """(healthy, why not): registry state, endpoint, a fresh sample with inference metrics."""
         cfg, m = self.config, node.metrics
-        if node.spec.state in cfg.exclude_states:
+        # A removed node never takes work, whatever the policy's filters say: its instance is gone.
+        if node.spec.state in cfg.exclude_states or node.spec.state == "removed":
             return False, node.spec.state
         if not node.spec.endpoint and not (m and m.endpoint):
             return False, "no endpoint"

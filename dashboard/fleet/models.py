@@ -29,6 +29,8 @@ class Node(models.Model):
         ACTIVE = "active"
         DRAINING = "draining"
         CORDONED = "cordoned"
+        # Scaled in by the controller: its instance is gone. The row stays for its history; a report brings it back.
+        REMOVED = "removed"
 
     name = models.CharField(max_length=63, unique=True, validators=[NAME_RE])
     pool = models.ForeignKey(Pool, on_delete=models.PROTECT, related_name="nodes")
