@@ -65,9 +65,6 @@ class Provider(ABC):
     def _check_size(self, n: int) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ProviderError(f"the desired size must be a whole number, 0 or more; got {n!r}", permanent=True)
-        if self.max_size is not None and n > self.max_size:
-            raise ProviderError(f"{self.kind}: cannot scale to {n}: the provider allows at most {self.max_size}; "
-                                "lower the pool's max_nodes", permanent=True)
 
 
 def request_id(prefix: str, note: str = "") -> str:
