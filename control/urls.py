@@ -51,4 +51,5 @@ urlpatterns = [
     path("", include("control.webhooks.urls")),
     path("", include("control.routing.urls")),
     path("", include("control.jobs.urls")),
+    path("", include("control.controller.urls")),
 ]

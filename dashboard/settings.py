@@ -207,6 +207,9 @@ CELERY_BEAT_SCHEDULE = {
     "alerts-evaluate": {"task": "control.alerts.tasks.evaluate", "schedule": 10.0},
     "webhooks-deliver": {"task": "control.webhooks.tasks.deliver_due", "schedule": 5.0},
     "routing-aggregate": {"task": "control.routing.tasks.aggregate", "schedule": 10.0},
+    # The controller: autoscaling, power caps and the guard every 15 s; forecasts every 5 minutes.
+    "controller-tick": {"task": "control.controller.tasks.tick", "schedule": 15.0},
+    "controller-forecast": {"task": "control.controller.tasks.forecast", "schedule": 300.0},
 }
 
 # --- REST API --------------------------------------------------------------------------------------------------

@@ -1,0 +1,20 @@
+"""URLs of the controller: /api/v1/scaling/…, /api/v1/providers/…, /api/v1/power/ and the /scaling/ page."""
+
+from django.urls import path
+
+from control.controller import api, views
+
+urlpatterns = [
+    path("api/v1/scaling/pools/", api.ScalingPools.as_view(), name="scaling-pools"),
+    path("api/v1/scaling/pools/<str:pool>/scale/", api.ScalePool.as_view(), name="scaling-scale"),
+    path("api/v1/scaling/pools/<str:pool>/forecast/", api.Forecast.as_view(), name="scaling-forecast"),
+    path("api/v1/scaling/actions/", api.ActionList.as_view(), name="scaling-actions"),
+    path("api/v1/scaling/actions/<int:pk>/", api.ActionDetail.as_view(), name="scaling-action"),
+    path("api/v1/scaling/actions/<int:pk>/revert/", api.ActionRevert.as_view(), name="scaling-revert"),
+    path("api/v1/providers/", api.ProviderList.as_view(), name="provider-list"),
+    path("api/v1/providers/<str:pool>/", api.ProviderDetail.as_view(), name="provider-detail"),
+    path("api/v1/power/", api.PowerSummary.as_view(), name="power-summary"),
+    path("scaling/", views.scaling, name="scaling"),
+    path("scaling/<str:pool>/scale/", views.scale, name="scaling-scale-page"),
+    path("scaling/actions/<int:pk>/revert/", views.revert, name="scaling-revert-page"),
+]
