@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from control.providers import registry
+from control.providers.azure.fake import self_signed_cert
 from control.providers.base import Size
 from control.providers.kubernetes.fake import DELETION_COST, FakeKubernetes
 from control.providers.kubernetes.provider import CA_FILE_ENV, TOKEN_FILE_ENV, KubernetesProvider
@@ -160,6 +161,19 @@ def test_a_hung_api_server_times_out(token_file: Path, silent_url: str) -> None:
     assert time.monotonic() - started < 3
     assert not err.permanent
     assert str(err) == f"cannot reach the Kubernetes API at {silent_url} to read the deployment: no answer within 0.3 s"
+
+
+def test_https_with_the_ca_file(token_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cert, key = self_signed_cert(tmp_path)
+    with FakeKubernetes(namespace="gpu", deployment="vllm", token=TOKEN, replicas=1, tls=(cert, key)) as kube:
+        assert kube.url.startswith("https://")
+        err = provider_error(lambda: provider(kube).current_size())  # the system CAs do not know this server
+        assert err.permanent and f"set {CA_FILE_ENV} to the API server's CA" in str(err)
+        monkeypatch.setenv(CA_FILE_ENV, str(cert))
+        assert provider(kube).current_size() == Size(1, 1)
+        monkeypatch.setenv(CA_FILE_ENV, str(tmp_path / "nope.pem"))
+        err = provider_error(lambda: provider(kube).current_size())
+        assert err.permanent and str(err) == f"the Kubernetes CA file {tmp_path / 'nope.pem'} ({CA_FILE_ENV}) does not exist"
 
 
 def test_no_api_url_and_no_kubeconfig_is_permanent(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

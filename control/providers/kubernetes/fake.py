@@ -8,6 +8,7 @@
 One Deployment whose replicas and pods live in memory. Scaling down removes pods the way a ReplicaSet does:
 not-ready pods first, then the lowest `controller.kubernetes.io/pod-deletion-cost`, then the newest. Requests need
 `Authorization: Bearer <token>`; `fail(status)` makes every request (or those matching) answer with that status.
+With `tls=(cert, key)` it serves HTTPS (control.providers.azure.fake.self_signed_cert makes a throwaway pair).
 
     with FakeKubernetes(namespace="gpu", deployment="vllm", token="t") as kube:
         kube.url  # http://127.0.0.1:<free port>
@@ -18,11 +19,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -72,7 +75,9 @@ class HttpError(Exception):
 
 class FakeKubernetes:
     def __init__(self, namespace: str = "default", deployment: str = "vllm", token: str = "test-token",
-                 replicas: int = 0, labels: dict[str, str] | None = None, ready_after_s: float = 0.0) -> None:
+                 replicas: int = 0, labels: dict[str, str] | None = None, ready_after_s: float = 0.0,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        self.tls = tls  # (certificate, key) PEM files to serve HTTPS with; plain HTTP without
         self.namespace = namespace
         self.deployment = deployment
         self.token = token
@@ -105,6 +110,10 @@ class FakeKubernetes:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-kubernetes", daemon=True)
         self._thread.start()
         return self
@@ -125,7 +134,8 @@ class FakeKubernetes:
     @property
     def url(self) -> str:
         assert self._server is not None, "start the fake first"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     # -- test controls --------------------------------------------------------------------------------------
 

@@ -113,8 +113,8 @@ class KubernetesProvider(Provider):
             if status == 404 and gone_ok:
                 raise Gone() from None
             if status == 0:  # the client's wrapping of a TLS failure
-                raise ProviderError(f"TLS to the Kubernetes API at {self._host()} failed ({exc.reason}); set "
-                                    f"{CA_FILE_ENV} to the API server's CA", permanent=True) from None
+                raise ProviderError(f"TLS to the Kubernetes API at {self._host()} failed ({exc.reason}); check "
+                                    f"{CA_FILE_ENV} (the API server's CA)", permanent=True) from None
             if status == 401:
                 raise ProviderError(f"the Kubernetes API refused the credentials to {action} (401 {message}); "
                                     f"check {TOKEN_FILE_ENV} (or the kubeconfig)", permanent=True) from None
@@ -129,7 +129,10 @@ class KubernetesProvider(Provider):
                                     "retrying") from None
             raise ProviderError(f"the Kubernetes API refused to {action} for {where} ({status} {message})",
                                 permanent=True) from None
-        except urllib3.exceptions.HTTPError as exc:  # refused, DNS, timeouts, a dropped connection
+        except urllib3.exceptions.HTTPError as exc:  # refused, DNS, timeouts, a dropped connection, TLS
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # retrying cannot help: the CA must be configured
+                raise ProviderError(f"the Kubernetes API at {self._host()} has a certificate the controller does not "
+                                    f"trust; set {CA_FILE_ENV} to the API server's CA", permanent=True) from None
             raise ProviderError(f"cannot reach the Kubernetes API at {self._host()} to {action}: "
                                 f"{self._describe(exc)}") from None
         except (ApiValueError, ValueError) as exc:  # an answer the client could not read as the object
