@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import itertools
+import json
 import logging
 import math
 import os
@@ -44,6 +46,7 @@ INTERVAL_RANGE = (1, 300)
 NODE_STATES = frozenset({"active", "draining", "cordoned"})
 GPU_ID_KEYS = ("index", "uuid", "name")
 MAX_MODELS, MAX_MODEL_NAME = 64, 200  # what the server accepts
+MAX_GPU_INDEX = 255  # what the server accepts as a GPU index
 
 
 @dataclass
@@ -169,7 +172,10 @@ class Pusher:
         }
         self._client = self._open_client()
         self.interval = clamp_interval(config.interval_s)
-        self.applied: dict[str, Any] = {"interval_s": self.interval, "power_limit_w": {}}
+        # What this agent did of the server's wishes, sent with every push: the interval it uses; per GPU the
+        # power limit it set (after the board's clamping), the limit it was asked for, and the board's default.
+        self.applied: dict[str, Any] = {"interval_s": self.interval, "power_limit_w": {}, "power_asked_w": {},
+                                        "power_default_w": {}}
         self.state: str | None = None
         self.last_error: str | None = None
         self._failures = 0
@@ -177,7 +183,11 @@ class Pusher:
         self._rtt_ms: float | None = None
         self._models: list[str] | None = None
         self._models_at = -math.inf
-        self._desired_power: dict[int, float] = {}
+        self._desired_power: dict[int, float] = {}  # the last wish per GPU: NVML is only called when it changes
+        self._power_defaults: dict[int, float | None] = {}  # read once per GPU, when it is first seen
+        self._capped_path = self.state_dir / "power-capped.json"
+        self._capped: set[int] = self._load_capped()  # GPUs this agent capped: the only ones it ever uncaps
+        self._restore_failed: set[int] = set()  # not retried on every push; a new wish for the GPU clears it
 
     def _open_client(self) -> Any:
         """The HTTP client pushes go through; a subclass that drives `flush_steps` itself may return None."""
@@ -233,7 +243,31 @@ class Pusher:
         sample = {"ts": ts, "seq": self._next_seq(), **normalize({**raw, "host": host})}
         self.spool.append(sample)
         self._refresh_models()
+        self._read_power_defaults(sample["gpus"])
         return sample
+
+    def _read_power_defaults(self, gpus: list[dict[str, Any]]) -> None:
+        for g in gpus:
+            index = g.get("index")
+            if type(index) is int and index not in self._power_defaults:
+                self._default_power(index)
+
+    def _default_power(self, index: int) -> float | None:
+        """GPU `index`'s default power limit, asked of the backend once (a board constant); None if unknown."""
+        if index in self._power_defaults:
+            return self._power_defaults[index]
+        read = getattr(self.backend, "default_power_limit", None)
+        watts = None
+        if read is not None:
+            try:
+                watts = finite(read(index))
+            except Exception:  # noqa: BLE001 - an unknown default only means caps cannot be lifted
+                log.exception("reading GPU %d's default power limit failed", index)
+        watts = watts if watts is not None and watts > 0 else None
+        self._power_defaults[index] = watts
+        if watts is not None:
+            self.applied["power_default_w"][str(index)] = watts
+        return watts
 
     def _refresh_models(self) -> None:
         if self._clock() - self._models_at < MODELS_REFRESH_S:
@@ -386,24 +420,83 @@ class Pusher:
             log.info("server set this node's state to %s", state)
             self.state = state
         limits = desired.get("power_limit_w")
-        if isinstance(limits, dict):
-            for key, raw in limits.items():
-                self._apply_power(key, raw)
+        if isinstance(limits, dict):  # no block at all (an older server) says nothing about power
+            self._apply_power(limits)
 
-    def _apply_power(self, key: Any, raw: Any) -> None:
-        watts = finite(raw)
-        if not str(key).isdigit() or watts is None or watts <= 0:
-            log.warning("ignoring desired power limit %r: %r", key, raw)
-            return
-        index = int(key)
+    def _apply_power(self, limits: dict[Any, Any]) -> None:
+        """`limits` is the whole wish for this node: a GPU it names gets that cap; a GPU it leaves out, or names
+        with null, is uncapped, which restores the board's default limit only on a GPU this agent capped (a card
+        the controller never capped is never touched). A value that makes no sense leaves its GPU as it is."""
+        wanted: dict[int, float] = {}
+        unsure: set[int] = set()
+        for key, raw in itertools.islice(limits.items(), MAX_GPU_INDEX + 1):
+            key_s = str(key)
+            index = int(key_s) if key_s.isdigit() and int(key_s) <= MAX_GPU_INDEX else None
+            if index is not None and raw is None:
+                continue
+            watts = finite(raw)
+            if index is None or watts is None or watts <= 0:
+                log.warning("ignoring desired power limit %r: %r", key, raw)
+                if index is not None:
+                    unsure.add(index)
+                continue
+            wanted[index] = watts
+        for index, watts in wanted.items():
+            self._cap(index, watts)
+        for index in sorted((set(self._desired_power) | self._capped) - set(wanted) - unsure):
+            self._uncap(index)
+
+    def _cap(self, index: int, watts: float) -> None:
         # Desired state comes with every answer; NVML is only asked again when the wish changes.
         if self._desired_power.get(index) == watts:
             return
         self._desired_power[index] = watts
+        self._restore_failed.discard(index)
         applied = self.backend.set_power_limit(index, watts)
-        if applied is not None:
-            self.applied["power_limit_w"][str(index)] = applied
-            log.info("GPU %d power limit set to %.1f W (asked %.1f W)", index, applied, watts)
+        if applied is None:
+            log.warning("GPU %d: the power limit of %.1f W was not applied", index, watts)
+            return
+        self.applied["power_limit_w"][str(index)] = applied
+        self.applied["power_asked_w"][str(index)] = watts
+        self._set_capped(index, True)
+        log.info("GPU %d power limit set to %.1f W (asked %.1f W)", index, applied, watts)
+
+    def _uncap(self, index: int) -> None:
+        self._desired_power.pop(index, None)
+        if index not in self._capped or index in self._restore_failed:
+            return
+        default = self._default_power(index)
+        applied = self.backend.set_power_limit(index, default) if default is not None else None
+        if applied is None:
+            self._restore_failed.add(index)
+            log.warning("GPU %d: could not restore its default power limit (%s); it stays capped", index,
+                        "the default is unknown" if default is None else f"setting {default:.1f} W failed")
+            return
+        self.applied["power_limit_w"].pop(str(index), None)
+        self.applied["power_asked_w"].pop(str(index), None)
+        self._set_capped(index, False)
+        log.info("GPU %d uncapped: power limit restored to its default %.1f W", index, applied)
+
+    def _load_capped(self) -> set[int]:
+        # Persisted so that an agent restarted while a card is capped still lifts that cap when asked to.
+        try:
+            doc = json.loads(self._capped_path.read_text())
+        except FileNotFoundError:
+            return set()
+        except ValueError:
+            log.warning("%s is unreadable; no GPU is known to be capped by this agent", self._capped_path)
+            return set()
+        items = doc if isinstance(doc, list) else []
+        return {i for i in items if type(i) is int and 0 <= i <= MAX_GPU_INDEX}
+
+    def _set_capped(self, index: int, capped: bool) -> None:
+        if (index in self._capped) == capped:
+            return
+        if capped:
+            self._capped.add(index)
+        else:
+            self._capped.discard(index)
+        atomic_write(self._capped_path, json.dumps(sorted(self._capped)).encode())
 
     # -- loop ------------------------------------------------------------------------------------------------
 

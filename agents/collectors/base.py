@@ -97,6 +97,11 @@ class CompositeBackend:
     def set_power_limit(self, index: int, watts: float) -> float | None:
         return self.gpus.set_power_limit(index, watts)
 
+    def default_power_limit(self, index: int) -> float | None:
+        # Optional on a GPU source: one without it cannot say what "uncapped" is, so caps are never restored.
+        read = getattr(self.gpus, "default_power_limit", None)
+        return read(index) if read is not None else None
+
     def close(self) -> None:
         self.gpus.close()
         if self.inference is not None:

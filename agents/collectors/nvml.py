@@ -351,6 +351,19 @@ class NvmlCollector:
             return None
         return milliwatts / 1000
 
+    def default_power_limit(self, index: int) -> float | None:
+        """GPU `index`'s default power limit in watts (what the board runs at uncapped), None when unknown."""
+        if not 0 <= index < len(self._gpus):
+            return None
+        gpu = self._gpus[index]
+        if gpu.lost or gpu.handle is None:
+            return None
+        milliwatts = self._call("nvmlDeviceGetPowerManagementDefaultLimit", gpu.handle, gpu=gpu)
+        # _call gives True for a call that returned nothing; only a positive number of milliwatts is a limit.
+        if isinstance(milliwatts, bool) or not isinstance(milliwatts, int | float) or milliwatts <= 0:
+            return None
+        return _from_milli(milliwatts)
+
     def close(self) -> None:
         for gpu in self._gpus:
             for sample in gpu.gpm_samples:

@@ -188,6 +188,10 @@ class SimBackend:
         self._gpus[index].power_limit_w = applied
         return applied
 
+    def default_power_limit(self, index: int) -> float | None:
+        """The limit the board runs at when nobody capped it (an H100 SXM's default is its TDP)."""
+        return _TDP_W if 0 <= index < len(self._gpus) else None
+
     def close(self) -> None:
         if self._inference is not None:
             self._inference.close()

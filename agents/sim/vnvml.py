@@ -87,6 +87,10 @@ class VirtualNvml:
         self.device_set_power_limit(index, max(lo, min(hi, float(watts))))
         return self.gpus[index].power_limit_w
 
+    def default_power_limit(self, index: int) -> float | None:
+        """The board's default limit (what the agent restores when a cap is lifted); None: no such GPU."""
+        return self.profile.power_default_w if 0 <= index < len(self.gpus) else None
+
     def _demand_w(self, util: float) -> float:
         p = self.profile
         return p.idle_w + (p.power_max_w - p.idle_w) * util

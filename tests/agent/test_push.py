@@ -165,7 +165,8 @@ def test_once_pushes_a_complete_gzip_payload(server: IngestServer, make: Callabl
     assert list(doc) == ["node", "agent", "endpoint", "applied", "samples"]  # no models: the sim serves none
     assert doc["node"] == "gpu-a-1" and doc["agent"] == AGENT == "switchyard-agent/1.0"
     assert doc["endpoint"] == "http://10.0.3.17:8000"
-    assert doc["applied"] == {"interval_s": 5, "power_limit_w": {}}
+    assert doc["applied"] == {"interval_s": 5, "power_limit_w": {}, "power_asked_w": {},
+                              "power_default_w": {"0": 700.0, "1": 700.0}}
     (s,) = doc["samples"]
     assert s["seq"] == 1
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", s["ts"])
@@ -386,8 +387,8 @@ def test_desired_interval_is_applied_and_reported(server: IngestServer, make: Ca
     pusher.run(max_iterations=3)
     assert pusher.interval == 2 and pusher.state == "draining"
     assert ft.sleeps == [pytest.approx(5.0), pytest.approx(2.0)]  # the second wait already uses the new interval
-    assert server.requests[0]["doc"]["applied"] == {"interval_s": 5, "power_limit_w": {}}
-    assert server.requests[1]["doc"]["applied"] == {"interval_s": 2, "power_limit_w": {}}
+    assert server.requests[0]["doc"]["applied"]["interval_s"] == 5
+    assert server.requests[1]["doc"]["applied"]["interval_s"] == 2
 
     server.desired = {"interval_s": 10_000}
     assert pusher.once() and pusher.interval == 300
@@ -412,7 +413,8 @@ def test_desired_power_limits_are_applied_once_and_reported(server: IngestServer
     assert pusher.once()
     assert calls == [(0, 300.0), (1, 5000.0), (7, 300.0)]  # once per wish, not once per push
     applied = server.requests[1]["doc"]["applied"]
-    assert applied == {"interval_s": 5, "power_limit_w": {"0": 300.0, "1": 700.0}}  # clamped; GPU 7 does not exist
+    assert applied == {"interval_s": 5, "power_limit_w": {"0": 300.0, "1": 700.0},  # clamped; GPU 7 does not exist
+                       "power_asked_w": {"0": 300.0, "1": 5000.0}, "power_default_w": {"0": 700.0, "1": 700.0}}
     assert server.requests[1]["doc"]["samples"][0]["gpus"][0]["power_limit_w"] == 300.0
 
 
