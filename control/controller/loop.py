@@ -83,6 +83,8 @@ def _pool_tick(binding: PoolProvider, policy: dict[str, Any], now: datetime, res
     if created is not None:
         result.proposed.append(created.pk)
         actions.advance(created, provider, now)
+        if created.state == ScalingAction.State.DONE:
+            _publish(binding, provider.current_size(), policy, decision=decision)
 
 
 def decide(pool: Any, policy: dict[str, Any], current: int, now: datetime) -> autoscaler.Decision:

@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True, name="control.controller.tasks.tick")
 def tick() -> dict[str, Any] | None:
-    from control.controller import guard, loop, power
+    import importlib
+
+    def run(module: str, fn: str, now: Any) -> Any:
+        result = getattr(importlib.import_module(f"control.controller.{module}"), fn)(now)
+        return vars(result) if hasattr(result, "__dict__") else result
 
     with leader("tick") as held:
         if not held:
@@ -27,10 +31,10 @@ def tick() -> dict[str, Any] | None:
         now = timezone.now()
         out: dict[str, Any] = {}
         # Each part is independent: a failure in one (logged) must not keep the others from running.
-        for name, step in (("scaling", lambda: vars(loop.tick(now))), ("power", lambda: power.reconcile(now)),
-                           ("guard_open", lambda: guard.open_watches(now)), ("guard", lambda: guard.check(now))):
+        for name, module, fn in (("scaling", "loop", "tick"), ("power", "power", "reconcile"),
+                                 ("guard_open", "guard", "open_watches"), ("guard", "guard", "check")):
             try:
-                out[name] = step()
+                out[name] = run(module, fn, now)
             except Exception as exc:
                 log.exception("controller loop %s failed", name)
                 out[name] = f"error: {exc}"
