@@ -259,9 +259,10 @@ def _roll_back(watch: GuardWatch, problems: list[str], guard: dict[str, Any], no
     rev = watch.revision
     kind = watch.kind
     target_rev = previous_revision(rev)
-    minutes = (min(now, watch.until) - watch.started).total_seconds() / 60
+    seconds = (min(now, watch.until) - watch.started).total_seconds()
+    since = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
     reason = (f"The guard rolled back {kind} v{rev.version} (by {rev.author}) to v{target_rev.version}: "
-              f"{'; '.join(problems)}; over the {minutes:.1f} min since the change "
+              f"{'; '.join(problems)}; over the {since} since the change "
               f"({watch.observed['requests']} requests) against the {guard['baseline_s'] // 60} min before "
               f"({watch.baseline['requests']} requests).")
     origin = Origin.system(ACTOR)
