@@ -78,6 +78,7 @@ class Command(BaseCommand):
         url = f"http://{host}:{opts['port']}"
         gateway_url = f"http://{host}:{opts['gateway_port']}"
         control_url = f"http://{host}:{opts['control_port']}"
+        self.seed_scaling(opts["pool"], opts["nodes"], control_url)
         # Children get the resolved URLs, so they neither start nor stop the embedded servers: this process
         # holds them for as long as the demo runs. The job runner (Celery) sends batch work through our gateway.
         env = dict(os.environ, SWITCHYARD_DATABASE_URL=settings.DATABASE_URL, SWITCHYARD_REDIS_URL=settings.REDIS_URL,
@@ -123,6 +124,8 @@ class Command(BaseCommand):
             self.stdout.write(f"  gateway:     {gateway_url}/v1/chat/completions  (also /v1/models, /healthz, /metrics)")
             self.stdout.write(f"  sim fleet:   {control_url}/nodes  (control API: slow, fail, recover, add nodes; "
                               "see docs/simfleet.md)")
+            self.stdout.write(f"  scaling:     {url}/scaling/  (the controller scales pool {opts['pool']} "
+                              f"{opts['nodes']}..{opts['nodes'] + 4} through the fleet's control API)")
             if load_token is not None:
                 what = (f"daily curve, {opts['load_rate']:g} req/s at the 14:00 peak, one day every "
                         f"{opts['day_seconds']:g} s" if opts["load_curve"] == "daily"
@@ -199,6 +202,26 @@ class Command(BaseCommand):
         user.save()
         set_role(user, "admin")
         return password
+
+    def seed_scaling(self, pool: str, nodes: int, control_url: str) -> None:
+        """The demo pool is scaled by the controller through the fleet's control API (the local provider), between
+        the demo's own nodes and four more; an entry an operator already made for the pool is kept."""
+        from control.audit.context import Origin
+        from control.controller import bindings
+        from control.policy import service as policies
+        from dashboard.fleet.models import Pool
+
+        origin = Origin.command("demo")
+        Pool.objects.get_or_create(name=pool)
+        bindings.set_provider(pool, "local", {"url": control_url, "boot_delay_s": 20, "profile": "h100"}, True,
+                              "manage.py demo: the simulated fleet scales the demo pool", origin)
+        active = policies.active("scaling")
+        if pool in active.document.get("pools", {}):
+            return
+        doc = dict(active.document)
+        doc["pools"] = {**doc.get("pools", {}), pool: {**doc["default"], "min_nodes": nodes, "max_nodes": nodes + 4}}
+        policies.create_revision("scaling", doc, f"manage.py demo: pool {pool} scales {nodes}..{nodes + 4}",
+                                 active.pk, origin)
 
     def seed_load_user(self) -> str:
         """An API-only viewer whose fresh token the load generator uses: the gateway authenticates it like any
