@@ -7,7 +7,9 @@ thread's own persistent database connection. Nothing of a request is stored unle
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -29,6 +31,15 @@ from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_sta
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
+
+# The power controller's channel to each node (control/controller/power.py), both hashes keyed by node name:
+# what it wants of the node's GPUs ({"<gpu index>": watts}; {} or no field: uncapped), and what the node's agent
+# last reported it did (the `applied` block, checked, with the time it was first reported so).
+POWER_DESIRED_KEY = "sy:power:desired"
+POWER_APPLIED_KEY = "sy:power:applied"
+_MAX_GPU_INDEX = 255  # as the sample validation allows
+_MAX_WATTS = 5000.0  # power_limit_w's catalogue range
+_APPLIED_MAPS = ("power_limit_w", "power_asked_w", "power_default_w")
 
 
 @dataclass
@@ -102,28 +113,100 @@ def parse_json(body: bytes) -> Any | Reply:
         return error(400, f"the body is not valid JSON: {exc}")
 
 
-def rate_limited(node_id: int) -> Reply | None:
+@dataclass
+class NodeRedis:
+    """What a push learns from its one Redis round trip."""
+
+    limited: Reply | None  # 429 when the node pushes too often
+    power_limit_w: dict[str, float]  # the controller's caps for the node's GPUs
+    applied: dict[str, Any] | None  # the applied block stored for the node (without its time), None if none
+
+
+def redis_round(node: NodeInfo) -> NodeRedis:
+    """Count the push against the node's rate limit and read what the power controller keeps for the node, in one
+    pipeline: the hottest path in the system gets no extra round trip for power capping."""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
     minute = int(now // 60)
-    key = f"sy:rl:ingest:{node_id}:{minute}"
+    key = f"sy:rl:ingest:{node.id}:{minute}"
     pipe = redis_client().pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, 120)
-    count = pipe.execute()[0]
+    pipe.hget(POWER_DESIRED_KEY, node.name)
+    pipe.hget(POWER_APPLIED_KEY, node.name)
+    count, _, desired_raw, applied_raw = pipe.execute()
+    limited = None
     if count > limit:
         retry = max(1, 60 - int(now % 60))
-        return error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
-                     **{"Retry-After": str(retry)})
-    return None
+        limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
+                        **{"Retry-After": str(retry)})
+    stored = _loads(applied_raw)
+    if stored is not None:
+        stored.pop("at", None)
+    return NodeRedis(limited, watts_map(_loads(desired_raw)), stored)
 
 
-def desired_for(node: NodeInfo) -> dict[str, Any]:
+def _loads(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def watts_map(raw: Any) -> dict[str, float]:
+    """{"<gpu index>": watts} with only what makes sense in it: GPU indices 0-255, finite watts in (0, 5000].
+    Reads at most 256 entries, so a hostile map costs no more than a real one."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, float] = {}
+    for key, value in itertools.islice(raw.items(), _MAX_GPU_INDEX + 1):
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and int(key) <= _MAX_GPU_INDEX):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        watts = float(value)
+        if math.isfinite(watts) and 0 < watts <= _MAX_WATTS:
+            out[str(int(key))] = watts
+    return out
+
+
+def clean_applied(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """The agent's `applied` block reduced to what the controller reads, each value checked: anything else in it
+    (wrong types, unknown keys, out-of-range numbers) is dropped, never stored."""
+    if not isinstance(raw, dict):
+        return {}
+    out: dict[str, Any] = {}
+    interval = raw.get("interval_s")
+    if type(interval) is int and 1 <= interval <= 300:
+        out["interval_s"] = interval
+    for key in _APPLIED_MAPS:
+        watts = watts_map(raw.get(key))
+        if watts:
+            out[key] = watts
+    return out
+
+
+def remember_applied(node: NodeInfo, applied: dict[str, Any], stored: dict[str, Any] | None, now: datetime) -> None:
+    """Keep the node's applied block for the power controller. Written only when it differs from what is stored
+    (read in the push's round trip), so the steady state costs no Redis write; `at` is when it became so."""
+    if applied == (stored or {}):
+        return
+    if not applied:
+        redis_client().hdel(POWER_APPLIED_KEY, node.name)
+        return
+    redis_client().hset(POWER_APPLIED_KEY, node.name, orjson.dumps({**applied, "at": now.isoformat()}))
+
+
+def desired_for(node: NodeInfo, power_limit_w: dict[str, float] | None = None) -> dict[str, Any]:
     # interval_s is null unless an operator set one for the node: the agent then keeps its own --interval.
+    # power_limit_w is the whole wish for the node's GPUs: a GPU left out is uncapped.
     return {
         "interval_s": node.interval_s,
         "state": node.state,
-        "power_limit_w": {},
+        "power_limit_w": power_limit_w or {},
     }
 
 
@@ -133,9 +216,9 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     node = lookup_token(token)
     if node is None:
         return error(401, "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P")
-    limited = rate_limited(node.id)
-    if limited is not None:
-        return limited
+    rround = redis_round(node)
+    if rround.limited is not None:
+        return rround.limited
     body = decode_body(raw, encoding)
     if isinstance(body, Reply):
         return body
@@ -150,18 +233,20 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
         return error(400, errors.summary(), errors.fields)
-    accepted = store(node, batch, now)
+    applied = clean_applied(batch.applied)
+    accepted = store(node, batch, now, applied)
+    remember_applied(node, applied, rround.applied, now)
     body_out: dict[str, Any] = {
         "accepted": accepted,
         "duplicates": len(batch.samples) - accepted,
-        "desired": desired_for(node),
+        "desired": desired_for(node, rround.power_limit_w),
     }
     if batch.ignored:
         body_out["ignored"] = sorted(batch.ignored)[:20]
     return Reply(200, body_out)
 
 
-def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
+def store(node: NodeInfo, batch: Batch, now: datetime, applied: dict[str, Any] | None = None) -> int:
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -188,7 +273,7 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
     newest = max(batch.samples, key=lambda s: s.ts)
     late_before = now - LOOKBACK - timedelta(minutes=1)
     late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}
-    store_latest(node.name, snapshot(node, batch, newest), late)
+    store_latest(node.name, snapshot(node, batch, newest, applied), late)
     return accepted
 
 
@@ -235,7 +320,7 @@ _INFERENCE = [m.name for m in INFERENCE_METRICS]
 _GPU = [m.name for m in GPU_METRICS]
 
 
-def snapshot(node: NodeInfo, batch: Batch, newest: Sample) -> dict[str, Any]:
+def snapshot(node: NodeInfo, batch: Batch, newest: Sample, applied: dict[str, Any] | None = None) -> dict[str, Any]:
     """The node's latest state as the live view and the scheduler read it (validated values only)."""
     values = newest.host_inference
     return {
@@ -247,7 +332,7 @@ def snapshot(node: NodeInfo, batch: Batch, newest: Sample) -> dict[str, Any]:
         "received": timezone.now().isoformat(),
         "endpoint": batch.endpoint if batch.endpoint is not None else node.endpoint,
         "models": batch.models if batch.models is not None else node.models,
-        "applied": batch.applied or {},
+        "applied": clean_applied(batch.applied) if applied is None else applied,
         "host": dict(zip(_HOST, values[: len(_HOST)], strict=True)),
         "inference": dict(zip(_INFERENCE, values[len(_HOST):], strict=True)),
         "gpus": [
