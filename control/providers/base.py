@@ -122,9 +122,12 @@ def between(low: float, high: float, unit: str = "seconds", *, low_allowed: bool
 
 
 def http_url(value: Any) -> str | None:
-    if re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
-        return None
-    return f"must be an http:// or https:// URL, got {value!r}"
+    match = re.fullmatch(r"https?://([^\s/?#]+)(/[^\s?#]*)?", value)
+    if match is None:
+        return f"must be an http:// or https:// URL, got {value!r}"
+    if "@" in match.group(1):  # user:password@host would store a credential in the database
+        return "must not hold credentials (user:password@); they come from the environment or a secret file"
+    return None
 
 
 def timeout_field(default: float) -> Field:

@@ -40,7 +40,7 @@ def moto_url() -> Iterator[str]:
                 time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        proc.kill()  # an emulator with nothing to save; SIGTERM costs werkzeug a second
         proc.wait(10)
 
 

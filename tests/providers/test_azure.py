@@ -55,7 +55,7 @@ def test_scale_up_waits_for_the_operation_and_actual_follows_provisioning(arm: F
     p = provider()
     assert p.current_size() == Size(2, 2)
     assert p.max_size == 1000  # not a single placement group
-    arm.ready_after_s = 0.5
+    arm.ready_after_s = 2  # long enough to see them provisioning on a loaded machine
     rid = p.set_desired_size(4)
     assert len(rid) == 36 and rid != "" and not rid.startswith("azure-")  # Azure's x-ms-request-id
     assert arm.capacity == 4

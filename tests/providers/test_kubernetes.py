@@ -42,7 +42,7 @@ def provider(kube: FakeKubernetes, **config: object) -> KubernetesProvider:
 def test_scale_up_and_actual_follows_the_ready_pods(kube: FakeKubernetes) -> None:
     p = provider(kube)
     assert p.current_size() == Size(2, 2)
-    kube.ready_after_s = 0.5  # new pods take a while to pass their readiness probe
+    kube.ready_after_s = 2  # new pods take a while to pass their readiness probe (long enough on a loaded machine)
     rid = p.set_desired_size(4)
     assert len(rid) == 36  # the API server's Audit-Id
     assert kube.replicas == 4

@@ -31,7 +31,7 @@ def names(fleet: BackgroundFleet) -> list[str]:
 
 
 def test_scale_up_boots_nodes_and_actual_catches_up(fleet: BackgroundFleet) -> None:
-    p = provider(fleet, boot_delay_s=0.5, profile="l40s")
+    p = provider(fleet, boot_delay_s=2, profile="l40s")  # long enough to see them booting on a loaded machine
     assert p.current_size() == Size(0, 0)
     rid = p.set_desired_size(3)
     assert rid.startswith("local-")
