@@ -188,6 +188,9 @@ def test_credentials_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, 
 
     credential = provider()._credential()
     assert isinstance(credential, ClientSecretCredential)
+    monkeypatch.setenv(TENANT_ENV, "not a tenant!")
+    err = provider_error(lambda: provider().current_size())
+    assert err.permanent and str(err).startswith(f"{TENANT_ENV} or {CLIENT_ENV} is not usable: ")
 
 
 def test_config() -> None:

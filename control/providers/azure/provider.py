@@ -103,7 +103,10 @@ class AzureProvider(Provider):
         from azure.identity import ClientSecretCredential  # only when used: it pulls in msal
 
         secret = _read_file(str(values[SECRET_FILE_ENV]), SECRET_FILE_ENV, "client secret")
-        return ClientSecretCredential(str(values[TENANT_ENV]), str(values[CLIENT_ENV]), secret)
+        try:
+            return ClientSecretCredential(str(values[TENANT_ENV]), str(values[CLIENT_ENV]), secret)
+        except ValueError as exc:  # a malformed tenant id
+            raise ProviderError(f"{TENANT_ENV} or {CLIENT_ENV} is not usable: {exc}", permanent=True) from None
 
     def _compute(self) -> ComputeManagementClient:
         if self._client is None:
