@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from typing import Any
 
@@ -13,12 +14,20 @@ from control.providers.registry import KINDS, ConfigError
 from dashboard.fleet.models import Pool
 
 
-def _value(raw: str) -> Any:
-    # Numbers and booleans as JSON, everything else as the plain string typed.
+def _value(kind: str, key: str, raw: str) -> Any:
+    """The typed value: a number where the provider's field is a number, else the string as typed (so that
+    `--set namespace=2024` stays the string "2024")."""
     try:
-        return json.loads(raw)
-    except ValueError:
+        fields = {f.name: f for f in importlib.import_module(f"control.providers.{kind}").FIELDS}
+    except ImportError:
         return raw
+    field = fields.get(key)
+    if field is not None and field.type == "number":
+        try:
+            return float(raw)
+        except ValueError:
+            return raw  # validation names the field and says a number is needed
+    return raw
 
 
 class Command(BaseCommand):
@@ -51,7 +60,7 @@ class Command(BaseCommand):
             key, sep, raw = item.partition("=")
             if not sep or not key.strip():
                 raise CommandError(f"--set {item!r}: write KEY=VALUE")
-            config[key.strip()] = _value(raw)
+            config[key.strip()] = _value(opts["kind"], key.strip(), raw)
         Pool.objects.get_or_create(name=opts["pool"])
         try:
             b = bindings.set_provider(opts["pool"], opts["kind"], config, not opts["disabled"], opts["reason"], origin)
