@@ -13,6 +13,7 @@ so two workers never both take one step, and every step is safe to rerun after a
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -68,13 +69,28 @@ def pool_policy(pool: str) -> dict[str, Any]:
     return doc["pools"].get(pool, doc["default"])
 
 
+_built: dict[str, Provider] = {}
+
+
+def provider_for(binding: PoolProvider) -> Provider:
+    """The pool's provider, built once per process and config: building one (cloud SDK clients) costs up to
+    ~100 ms, and the loop asks every 15 s."""
+    key = f"{binding.kind}:{json.dumps(binding.config, sort_keys=True)}"
+    provider = _built.get(key)
+    if provider is None:
+        if len(_built) > 256:
+            _built.clear()
+        provider = _built[key] = get_provider(binding.kind, binding.config)
+    return provider
+
+
 def provider_of(pool: Pool) -> tuple[PoolProvider, Provider]:
     try:
         binding = PoolProvider.objects.get(pool=pool)
     except PoolProvider.DoesNotExist:
         raise ActionError(f"pool {pool.name!r} has no provider; an admin sets one with PUT "
                           f"/api/v1/providers/{pool.name}/ or manage.py setprovider", status=409) from None
-    return binding, get_provider(binding.kind, binding.config)
+    return binding, provider_for(binding)
 
 
 def backoff_s(attempts: int) -> float:

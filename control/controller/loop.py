@@ -23,7 +23,6 @@ from control.controller.models import OPEN_STATES, PoolProvider, Recommendation,
 from control.policy import schemas
 from control.policy import service as policies
 from control.providers.base import ProviderError
-from control.providers.registry import get as get_provider
 from dashboard.fleet.models import Node
 from dashboard.metrics.latest import redis_client
 
@@ -64,7 +63,7 @@ def tick(now: datetime | None = None) -> TickResult:
 
 def _pool_tick(binding: PoolProvider, policy: dict[str, Any], now: datetime, result: TickResult) -> None:
     pool = binding.pool
-    provider = get_provider(binding.kind, binding.config)
+    provider = actions.provider_for(binding)
     action = actions.open_action(pool)
     if action is not None:
         actions.advance(action, provider, now)
