@@ -285,6 +285,37 @@ def test_ingest_answers_the_caps_and_keeps_what_the_agent_applied(push: Any) -> 
 
 
 @pytest.mark.usefixtures("clean_samples")
+def test_power_costs_ingest_no_extra_redis_round_trip(push: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis
+
+    trips: list[str] = []
+    execute, command = redis.client.Pipeline.execute, redis.Redis.execute_command
+
+    def counted_execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append("pipeline")
+        return execute(self, *args, **kwargs)
+
+    def counted_command(self: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(str(args[0]))
+        return command(self, *args, **kwargs)
+
+    token = make_node()
+    redis_client().hset(POWER_DESIRED_KEY, "gpu-a-1", orjson.dumps({"0": 500.0}))
+    block = {"interval_s": 5, "power_limit_w": {"0": 500.0}, "power_asked_w": {"0": 500.0},
+             "power_default_w": {"0": 700.0, "1": 700.0}}
+    assert push(token, {"node": "gpu-a-1", "applied": block, "samples": [full_sample(1)]}).status_code == 200
+    monkeypatch.setattr(redis.client.Pipeline, "execute", counted_execute)
+    monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
+    resp = push(token, {"node": "gpu-a-1", "applied": block, "samples": [full_sample(2)]})
+    assert resp.json()["desired"]["power_limit_w"] == {"0": 500.0}
+    # The rate limit's pipeline (which reads the caps and the stored applied block) and the latest-sample one.
+    assert trips == ["pipeline", "pipeline"]
+    trips.clear()
+    push(token, {"node": "gpu-a-1", "applied": {**block, "power_limit_w": {}}, "samples": [full_sample(3)]})
+    assert trips == ["pipeline", "pipeline", "HSET"]  # only a change of what the agent applied is written
+
+
+@pytest.mark.usefixtures("clean_samples")
 def test_hostile_applied_and_desired_blocks_store_nothing_and_break_nothing(push: Any) -> None:
     token = make_node()
     huge = {str(i): 300.0 for i in range(50_000)}
