@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents.sim.background import BackgroundFleet
-from tests.control.conftest import _fast_passwords, api, tokens  # noqa: F401  (fixtures)
+from tests.control.conftest import _fast_passwords, api, browser, tokens  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
