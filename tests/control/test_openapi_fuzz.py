@@ -25,6 +25,9 @@ MAX_EXAMPLES = 25
 GROUPS = {
     "control": (r"^/api/v1/(policies|audit|tokens|nodes/\{name\}/(drain|cordon|uncordon))", 15,
                 ("GET /api/v1/policies/", "GET /api/v1/audit/", "GET /api/v1/tokens/")),
+    "controller": (r"^/api/v1/(scaling|providers|power)", 10,
+                   ("GET /api/v1/scaling/pools/", "GET /api/v1/scaling/actions/", "GET /api/v1/providers/",
+                    "GET /api/v1/power/")),
     "read": (r"^/api/v1/(pools|gpus|metrics|live|nodes/$|nodes/\{name\}/$|nodes/\{name\}/history)", 8,
              ("GET /api/v1/pools/", "GET /api/v1/nodes/", "GET /api/v1/metrics/catalogue",
               "GET /api/v1/pools/summary")),
