@@ -306,6 +306,17 @@ class Forecast(APIView):
 
 class PowerOut(serializers.Serializer):
     pool = serializers.CharField()
+    mode = serializers.CharField(help_text="uncapped, cap, cap_pct or off_peak")
+    cap_w = serializers.FloatField(allow_null=True)
+    pct = serializers.FloatField(allow_null=True)
+    describe = serializers.CharField(help_text="the pool's power policy in words, now")
+    desired_w = serializers.DictField(allow_null=True, help_text="lowest and highest cap asked of the pool's GPUs")
+    nodes = serializers.IntegerField()
+    gpus = serializers.IntegerField(allow_null=True)
+    converged = serializers.IntegerField(allow_null=True, help_text="GPUs whose reported limit matches the cap")
+    nodes_not_converged = serializers.ListField(child=serializers.CharField())
+    mean_power_w = serializers.FloatField(allow_null=True)
+    energy_per_token_j = serializers.FloatField(allow_null=True, help_text="joules per generated token, last hour")
 
 
 class PowerSummary(APIView):
