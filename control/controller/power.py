@@ -442,11 +442,11 @@ def power_summary(now: datetime | None = None, window_s: int = 3600) -> list[dic
             "describe": describe(policy, now),
             "desired_w": {"min": min(caps), "max": max(caps)} if caps else None,
             "nodes": len(members[pool]),
-            "gpus_total": total,
-            "gpus_converged": ok,
+            "gpus": total,
+            "converged": ok,
             "nodes_not_converged": sorted(n for n in members[pool]
                                           if (state.get(n) or {}).get("status") == NOT_CONVERGED),
-            "power_w_mean": round(sum(draws) / len(draws), 1) if draws else None,
-            "energy_j_per_token": energy_per_token(pool, window_s, now),
+            "mean_power_w": round(sum(draws) / len(draws), 1) if draws else None,
+            "energy_per_token_j": energy_per_token(pool, window_s, now),
         })
     return out

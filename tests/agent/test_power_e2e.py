@@ -84,7 +84,7 @@ def test_a_pool_cap_from_a_policy_revision_reaches_the_boards_and_converges(serv
         (done,) = AuditEvent.objects.filter(action="power.converged")
         assert done.target == "pool:pool-a" and done.details["nodes"] == ["gpu-a-1"]
         summary = {r["pool"]: r for r in power.power_summary(window_s=900)}
-        assert (summary["pool-a"]["gpus_converged"], summary["pool-a"]["gpus_total"]) == (2, 2)
+        assert (summary["pool-a"]["converged"], summary["pool-a"]["gpus"]) == (2, 2)
         assert summary["pool-a"]["desired_w"] == {"min": 455.0, "max": 455.0}
 
         # Below the board's 200 W floor: the board takes 200 W, which counts as converged, clamped.

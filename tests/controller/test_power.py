@@ -405,9 +405,9 @@ def test_power_summary_per_pool(push: Any) -> None:
     rows = {r["pool"]: r for r in power.power_summary(now, window_s=900)}  # raw samples (no rollups here)
     a = rows["pool-a"]
     assert a["mode"] == "cap" and a["cap_w"] == 250.0 and a["desired_w"] == {"min": 250.0, "max": 250.0}
-    assert (a["gpus_converged"], a["gpus_total"], a["nodes"]) == (1, 2, 1)
-    assert a["power_w_mean"] == 240.0
-    assert a["energy_j_per_token"] == pytest.approx(1.0, rel=1e-9)  # 2 x 250 W / 500 tokens/s
+    assert (a["converged"], a["gpus"], a["nodes"]) == (1, 2, 1)
+    assert a["mean_power_w"] == 240.0
+    assert a["energy_per_token_j"] == pytest.approx(1.0, rel=1e-9)  # 2 x 250 W / 500 tokens/s
     b = rows["pool-b"]
-    assert b["mode"] == "uncapped" and b["desired_w"] is None and b["gpus_total"] == 0
-    assert b["energy_j_per_token"] is None and b["power_w_mean"] is None
+    assert b["mode"] == "uncapped" and b["desired_w"] is None and b["gpus"] == 0
+    assert b["energy_per_token_j"] is None and b["mean_power_w"] is None
