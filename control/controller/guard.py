@@ -13,27 +13,24 @@ minute; the few requests before the change in it only dilute the degradation), t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from control.audit.context import Origin
 from control.audit.models import AuditEvent
 from control.audit.record import record
+from control.controller import notify
 from control.controller.models import GuardWatch
 from control.policy import service
 from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
 from control.policy.schemas import validate
 from control.routing import histogram
 from control.routing.models import RequestMinute
-from control.webhooks import events
-from control.webhooks.formats import ZERO_TIME
 from dashboard.metrics import schema
 
 log = logging.getLogger(__name__)
@@ -283,7 +280,7 @@ def _roll_back(watch: GuardWatch, problems: list[str], guard: dict[str, Any], no
                     "restored_version": target_rev.version, "rollback_revision": change.revision.pk,
                     "rollback_version": change.revision.version, "limits": limits, "problems": problems,
                     "bounds": guard})
-    events.emit("alert", {"alerts": [_alert(watch, target_rev, problems, reason, now)]})
+    notify.send([_alert(watch, target_rev, problems, reason, now)])
     watch.rollback_revision = change.revision
     watch.state, watch.verdict, watch.finished = GuardWatch.State.ROLLED_BACK, reason, now
     watch.save(update_fields=["state", "verdict", "finished", "baseline", "observed", "rollback_revision"])
@@ -293,18 +290,10 @@ def _roll_back(watch: GuardWatch, problems: list[str], guard: dict[str, Any], no
 
 def _alert(watch: GuardWatch, restored: PolicyRevision, problems: list[str], reason: str,
            now: datetime) -> dict[str, Any]:
-    """One alert in the Alertmanager shape receivers expect (control/webhooks/formats.py). Firing: the change
-    was undone, but the fleet degraded and a person should look at why."""
-    labels = {"alertname": "guard-rollback", "severity": "warning", "kind": watch.kind,
-              "version": str(watch.revision.version)}
-    return {
-        "status": "firing", "labels": labels,
-        "annotations": {"summary": f"the guard rolled the {watch.kind} policy back from v{watch.revision.version} "
-                                   f"to v{restored.version}: {'; '.join(problems)}"[:500],
-                        "description": reason[:2000]},
-        "startsAt": now.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "endsAt": ZERO_TIME,
-        "generatorURL": f"{settings.EXTERNAL_URL.rstrip('/')}/policies/{watch.kind}/history/",
-        # One incident per watch: a second bad change later is a new alert, not a repeat of this one.
-        "fingerprint": hashlib.sha256(f"guard:{watch.pk}".encode()).hexdigest()[:16],
-    }
+    """Firing: the change was undone, but the fleet degraded and a person should look at why. One incident per
+    watch: a second bad change later is a new alert, not a repeat of this one."""
+    return notify.alert(
+        "guard_rollback", {"kind": watch.kind, "version": str(watch.revision.version)},
+        f"the guard rolled the {watch.kind} policy back from v{watch.revision.version} to v{restored.version}: "
+        f"{'; '.join(problems)}", reason, started=now, path=f"/policies/{watch.kind}/history/",
+        key=f"guard:{watch.pk}")

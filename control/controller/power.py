@@ -20,7 +20,6 @@ The loop (reconcile, every 15 s under the controller's lock) is level-triggered:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,14 +27,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from django.conf import settings
 from django.db import connection, transaction
 
 from control.audit.context import Origin
 from control.audit.record import record
+from control.controller import notify
 from control.policy import schemas
 from control.policy import service as policies
-from control.webhooks import events
 from dashboard.fleet.ingest import POWER_APPLIED_KEY, POWER_DESIRED_KEY, watts_map
 from dashboard.fleet.models import Node, Pool
 from dashboard.metrics import schema
@@ -237,15 +235,9 @@ def _listed(items: dict[str, Any]) -> dict[str, Any]:
 
 def _alert(status: str, pool: str, node: str, started: datetime, now: datetime, summary: str,
            description: str) -> dict[str, Any]:
-    """One Alertmanager-shaped alert (as control/controller/notify.py builds them), firing or resolved, with a
-    fingerprint that ties the two together."""
-    labels = {"alertname": "switchyard_controller_power_not_converged", "severity": "warning", "pool": pool,
-              "node": node}
-    fingerprint = hashlib.sha256(repr(sorted(labels.items())).encode()).hexdigest()[:16]
-    return {"status": status, "labels": labels,
-            "annotations": {"summary": summary[:500], "description": description[:2000]},
-            "startsAt": _iso(started), "endsAt": _iso(now) if status == "resolved" else "0001-01-01T00:00:00Z",
-            "generatorURL": f"{settings.EXTERNAL_URL.rstrip('/')}/scaling/", "fingerprint": fingerprint}
+    """The node's not-converged alert, firing or resolved (one fingerprint per pool and node ties the two)."""
+    return notify.alert("power_not_converged", {"pool": pool, "node": node}, summary, description, status=status,
+                        started=started, ended=now)
 
 
 def reconcile(now: datetime | None = None) -> PowerResult:
@@ -346,7 +338,7 @@ def reconcile(now: datetime | None = None) -> PowerResult:
                    details={"revision": rev.pk, "version": rev.version, "nodes": sorted(off)})
             result.audits += 1
         for i in range(0, len(alerts), ALERT_CHUNK):
-            events.emit("alert", {"alerts": alerts[i:i + ALERT_CHUNK]})
+            notify.send(alerts[i:i + ALERT_CHUNK])
 
     # After the audit commits: a crash in between repeats the audit next tick rather than leaving a silent change.
     pipe = redis_client().pipeline(transaction=False)

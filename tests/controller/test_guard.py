@@ -148,7 +148,7 @@ def test_a_latency_degradation_is_rolled_back_by_the_controller_audited_and_aler
     assert sender.deliver(by_event["alert"].pk) == "done"
     body = json.loads(receiver.requests[-1].body)
     [alert] = body["alerts"]
-    assert alert["status"] == "firing" and alert["labels"]["alertname"] == "guard-rollback"
+    assert alert["status"] == "firing" and alert["labels"]["alertname"] == "switchyard_controller_guard_rollback"
     assert alert["labels"]["kind"] == "scheduler" and "p95 latency" in alert["annotations"]["summary"]
     assert alert["generatorURL"].endswith("/policies/scheduler/history/")
 
