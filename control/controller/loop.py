@@ -68,7 +68,9 @@ def _pool_tick(binding: PoolProvider, policy: dict[str, Any], now: datetime, res
     if action is not None:
         actions.advance(action, provider, now)
         result.advanced.append(action.pk)
-        _publish(binding, provider.current_size(), policy)
+        _publish(binding, provider.current_size(), policy, acting={
+            "kind": "acting", "target": action.to_size, "rule": action.rule,
+            "reason": f"carrying out #{action.pk} ({action.state}); no new decision until it is finished"})
         return
     size = provider.current_size()
     decision = decide(pool, policy, size.desired, now)
@@ -127,15 +129,15 @@ def forecast_inputs(pool: str, policy: dict[str, Any], now: datetime) -> tuple[f
 
 
 def _publish(binding: PoolProvider, size: Any, policy: dict[str, Any], *, error: str = "",
-             decision: autoscaler.Decision | None = None) -> None:
+             decision: autoscaler.Decision | None = None, acting: dict[str, Any] | None = None) -> None:
     """What the scaling page shows for the pool (provider sizes are not fetched per page view)."""
     doc = {
         "pool": binding.pool.name, "provider": binding.kind, "at": timezone.now().isoformat(),
         "desired": getattr(size, "desired", None), "actual": getattr(size, "actual", None),
         "min": policy["min_nodes"], "max": policy["max_nodes"], "error": error,
-        "decision": None if decision is None else {"kind": decision.kind, "target": decision.target,
-                                                   "rule": decision.rule, "reason": decision.reason,
-                                                   "metrics": decision.metrics},
+        "decision": acting if decision is None else {"kind": decision.kind, "target": decision.target,
+                                                     "rule": decision.rule, "reason": decision.reason,
+                                                     "metrics": decision.metrics},
     }
     try:
         redis_client().hset(POOLS_KEY, binding.pool.name, orjson.dumps(doc))

@@ -4,6 +4,7 @@ manual scale and revert for operators (forms posting here, CSRF-protected, audit
 from __future__ import annotations
 
 from django.contrib import messages
+from django.db.models import Exists, OuterRef
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
@@ -20,10 +21,13 @@ def scaling(request: HttpRequest) -> HttpResponse:
     from control.controller import power
 
     pools = pools_overview()
-    log = ScalingAction.objects.select_related("pool")[:100]
+    # A reverted action offers no second revert: that would scale the pool again.
+    reverted = Exists(ScalingAction.objects.filter(reverts=OuterRef("pk")).exclude(state__in=("failed", "cancelled")))
+    log = ScalingAction.objects.select_related("pool").annotate(reverted=reverted)[:100]
     return render(request, "controller/scaling.html", {
         "nav": "scaling", "pools": pools, "actions": log, "power": power.power_summary(),
-        "forecast_pools": [p["pool"] for p in pools if p["provider"]],
+        "forecast_pools": [p["pool"] for p in pools
+                           if p["provider"] and actions.pool_policy(p["pool"])["predictive"]["enabled"]],
     })
 
 

@@ -26,7 +26,8 @@
       {x: doc.forecast.map(p => p.ts), y: doc.forecast.map(p => p.value), name: "forecast", mode: "lines",
        line: {dash: "dot"}},
     ], {margin: {t: 10, r: 10, b: 40, l: 50}, yaxis: {title: `${doc.metric} (${unit})`, rangemode: "tozero"},
-        legend: {orientation: "h"}}, {displayModeBar: false, responsive: true});
+        legend: {orientation: "h"}, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+        font: {color: "#e6e9ef", size: 11}}, {displayModeBar: false, responsive: true});
   }
 
   select.addEventListener("change", draw);

@@ -47,6 +47,8 @@ def test_operators_scale_and_revert_with_a_reason(browser: Callable[..., Any], f
     r = csrf_post(client, f"/scaling/actions/{action.pk}/revert/", {"reason": "not needed"})
     assert r.status_code == 302
     assert ScalingAction.objects.filter(reverts=action, to_size=0).exists()
+    # Reverted once: no second revert on offer (it would scale the pool again).
+    assert f"/scaling/actions/{action.pk}/revert/" not in client.get("/scaling/").content.decode()
 
 
 @pytest.mark.parametrize(("data", "message"), [
