@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     "(control.controller.autoscaler.decide + forecast) with a simulated pool, and compare static, "
                     "reactive and reactive + predictive provisioning: SLO-violation minutes and GPU-hours. "
                     "Target: predictive cuts SLO-violation minutes by at least half versus reactive at no more than "
-                    "10 %% extra GPU-hours.",
+                    "10 % extra GPU-hours. Details: the module docstring and docs/autoscaling.md.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--days", type=int, default=5, help="days in the trace (>= warm-up + 1)")
     parser.add_argument("--seed", type=int, default=1, help="random seed of the trace")
@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     react, pred = by["reactive"], by["predictive"]
     viol_ratio = pred.violation_min / react.violation_min if react.violation_min else None
     hours_ratio = hours["predictive"] / hours["reactive"]
-    met = (viol_ratio is not None and viol_ratio <= 0.5) and hours_ratio <= 1.10
+    # None: reactive had no violation to cut (the comparison says nothing then).
+    met = None if viol_ratio is None else (viol_ratio <= 0.5 and hours_ratio <= 1.10)
     out = {
         "command": "bench/autoscale.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "days": args.days, "evaluated_days": args.days - args.warmup_days, "seed": args.seed,
@@ -300,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"predictive / reactive: SLO-violation minutes x{vr if vr is not None else 'n/a'}, GPU-hours "
           f"x{out['predictive_vs_reactive']['gpu_hours_ratio']}; 10-min-ahead forecast MAPE "
           f"{pred.forecast_mape if pred.forecast_mape is None else round(pred.forecast_mape, 1)} %")
-    print(f"target (violations <= 0.5x at <= 1.10x GPU-hours): {'met' if met else 'NOT met'}; "
+    verdict = "n/a (reactive had no SLO violation to cut)" if met is None else "met" if met else "NOT met"
+    print(f"target (violations <= 0.5x at <= 1.10x GPU-hours): {verdict}; "
           f"forecast fit on 3 days of 1-min data {out['forecast_fit_3d_1min_ms']} ms; {out['wall_s']} s in all")
     return 0
 
