@@ -133,3 +133,16 @@ def http_url(value: Any) -> str | None:
 def timeout_field(default: float) -> Field:
     return Field("timeout_s", "seconds to wait for each call to the provider", "number", default=default,
                  check=between(0, 120))
+
+
+def read_secret_file(path: str, env: str, what: str) -> str:
+    """A credential kept in a file (named by the environment variable `env`); a missing, unreadable or empty file
+    is a permanent ProviderError saying which file and which variable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as exc:
+        raise ProviderError(f"cannot read the {what} file {path} ({env}): {exc.strerror}", permanent=True) from None
+    if not value:
+        raise ProviderError(f"the {what} file {path} ({env}) is empty", permanent=True)
+    return value

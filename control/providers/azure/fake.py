@@ -19,16 +19,16 @@ import datetime as dt
 import ipaddress
 import json
 import re
-import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from control.providers.fakeserver import FakeServer
 
 LOCATION = "eastus"
 VMSS_PATH = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute/"
@@ -93,11 +93,14 @@ class ArmError(Exception):
         self.code = code or CODES.get(status, "Error")
 
 
-class FakeArm:
+class FakeArm(FakeServer):
+    name = "fake-arm"
+
     def __init__(self, cert: Path, key: Path, subscription_id: str = "00000000-0000-0000-0000-000000000001",
                  resource_group: str = "gpu-rg", vmss: str = "gpuvmss", token: str = "test-token",
                  capacity: int = 0, ready_after_s: float = 0.0) -> None:
         self.cert, self.key = cert, key
+        self.tls = (cert, key)
         self.subscription_id = subscription_id
         self.resource_group = resource_group
         self.vmss = vmss
@@ -112,49 +115,7 @@ class FakeArm:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self._next_id = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
         self._scale_to(capacity, ready_now=True)
-
-    # -- lifecycle ------------------------------------------------------------------------------------------
-
-    def start(self) -> FakeArm:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _go(self) -> None:
-                fake._handle(self)
-
-            do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _go  # noqa: N815 - http.server's naming
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read `requests` instead
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.cert, self.key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        self._server = server
-        threading.Thread(target=server.serve_forever, args=(0.05,), name="fake-arm", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeArm:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the fake first"
-        return f"https://127.0.0.1:{self._server.server_address[1]}"
 
     # -- test controls --------------------------------------------------------------------------------------
 

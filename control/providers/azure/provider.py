@@ -30,7 +30,7 @@ from azure.core.polling import LROPoller
 from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import Sku, VirtualMachineScaleSetUpdate, VirtualMachineScaleSetVMInstanceRequiredIDs
 
-from control.providers.base import Instance, Provider, ProviderError, Size, request_id
+from control.providers.base import Instance, Provider, ProviderError, Size, read_secret_file, request_id
 
 T = TypeVar("T")
 
@@ -52,18 +52,6 @@ class Gone(Exception):
     """A 404 where the caller expects one (the instance went away)."""
 
 
-def _read_file(path: str, env: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = f.read().strip()
-    except OSError as exc:
-        raise ProviderError(f"cannot read the Azure {what} file {path} ({env}): {exc.strerror}",
-                            permanent=True) from None
-    if not value:
-        raise ProviderError(f"the Azure {what} file {path} ({env}) is empty", permanent=True)
-    return value
-
-
 class TokenFileCredential:
     """A bearer token read from a file for each request (so a token rotated on disk is picked up at once)."""
 
@@ -72,7 +60,7 @@ class TokenFileCredential:
 
     def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
         # Five minutes ahead is inside azure-core's refresh margin: it asks again for every request.
-        return AccessToken(_read_file(self.path, TOKEN_FILE_ENV, "token"), int(time.time()) + 300)
+        return AccessToken(read_secret_file(self.path, TOKEN_FILE_ENV, "Azure token"), int(time.time()) + 300)
 
 
 class AzureProvider(Provider):
@@ -102,7 +90,7 @@ class AzureProvider(Provider):
                                 f"for a service principal, or {TOKEN_FILE_ENV}", permanent=True)
         from azure.identity import ClientSecretCredential  # only when used: it pulls in msal
 
-        secret = _read_file(str(values[SECRET_FILE_ENV]), SECRET_FILE_ENV, "client secret")
+        secret = read_secret_file(str(values[SECRET_FILE_ENV]), SECRET_FILE_ENV, "Azure client secret")
         try:
             return ClientSecretCredential(str(values[TENANT_ENV]), str(values[CLIENT_ENV]), secret)
         except ValueError as exc:  # a malformed tenant id

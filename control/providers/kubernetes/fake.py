@@ -19,16 +19,16 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import ssl
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from control.providers.fakeserver import FakeServer
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
@@ -73,7 +73,9 @@ class HttpError(Exception):
         self.status = status
 
 
-class FakeKubernetes:
+class FakeKubernetes(FakeServer):
+    name = "fake-kubernetes"
+
     def __init__(self, namespace: str = "default", deployment: str = "vllm", token: str = "test-token",
                  replicas: int = 0, labels: dict[str, str] | None = None, ready_after_s: float = 0.0,
                  tls: tuple[Path, Path] | None = None) -> None:
@@ -89,53 +91,7 @@ class FakeKubernetes:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._scale_to(replicas)
-
-    # -- lifecycle ------------------------------------------------------------------------------------------
-
-    def start(self) -> FakeKubernetes:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                fake._handle(self)
-
-            def do_PATCH(self) -> None:  # noqa: N802
-                fake._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read `requests` instead
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        if self.tls is not None:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(*self.tls)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-kubernetes", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeKubernetes:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start the fake first"
-        scheme = "https" if self.tls is not None else "http"
-        return f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     # -- test controls --------------------------------------------------------------------------------------
 

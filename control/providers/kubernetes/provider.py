@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException, ApiValueError
 
-from control.providers.base import Instance, Provider, ProviderError, Size, request_id
+from control.providers.base import Instance, Provider, ProviderError, Size, read_secret_file, request_id
 
 T = TypeVar("T")
 
@@ -36,18 +36,6 @@ RBAC_HINT = ("grant the controller's service account get and patch on deployment
 
 class Gone(Exception):
     """A 404 where the caller expects one (the pod went away)."""
-
-
-def _read_token(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise ProviderError(f"cannot read the Kubernetes token file {path} ({TOKEN_FILE_ENV}): {exc.strerror}",
-                            permanent=True) from None
-    if not token:
-        raise ProviderError(f"the Kubernetes token file {path} ({TOKEN_FILE_ENV}) is empty", permanent=True)
-    return token
 
 
 class KubernetesProvider(Provider):
@@ -70,9 +58,9 @@ class KubernetesProvider(Provider):
             cfg.host = self.api_url.rstrip("/")
             token_file = os.environ.get(TOKEN_FILE_ENV)
             if token_file:
-                cfg.api_key = {"authorization": _read_token(token_file)}
+                cfg.api_key = {"authorization": read_secret_file(token_file, TOKEN_FILE_ENV, "Kubernetes token")}
                 cfg.api_key_prefix = {"authorization": "Bearer"}
-                cfg.refresh_api_key_hook = lambda c: c.api_key.update(authorization=_read_token(token_file))
+                cfg.refresh_api_key_hook = lambda c: c.api_key.update(authorization=read_secret_file(token_file, TOKEN_FILE_ENV, "Kubernetes token"))
             ca_file = os.environ.get(CA_FILE_ENV)
             if ca_file:
                 if not os.path.isfile(ca_file):
