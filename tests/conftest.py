@@ -205,3 +205,31 @@ def wait_for_port(port: int, timeout: float = 60.0) -> None:  # a loaded 2-core 
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def at_once(fn: Callable[[], Any], n: int = 2, timeout: float = 60.0) -> list[Any]:
+    """Run `fn` in `n` threads released together (each with its own database connection, closed after); returns
+    their results, and re-raises the first error any of them hit."""
+    import threading
+
+    start = threading.Barrier(n)
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout=10)
+            results.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    return results

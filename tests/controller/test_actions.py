@@ -3,7 +3,6 @@ recovery without a second provider call, retries with backoff, and drains that n
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,7 +18,7 @@ from control.providers.base import Instance, Provider, ProviderError, Size
 from control.providers.registry import get as get_provider
 from control.webhooks.models import Delivery, Receiver
 from dashboard.fleet.models import Node, Pool
-from tests.conftest import make_node
+from tests.conftest import at_once, make_node
 from tests.controller.conftest import bind_local, snapshot
 
 pytestmark = pytest.mark.usefixtures("redis_db")
@@ -119,28 +118,11 @@ def test_a_crash_after_the_provider_call_is_finished_without_a_second_call(fleet
 def test_two_controllers_at_once_make_exactly_one_action(fleet: BackgroundFleet, _close_worker_connections: None
                                                          ) -> None:
     """Two ticks at the same moment on the same decision (min_nodes 2 on an empty pool): one action, one call."""
-    from django.db import connection
-
     from control.controller import tasks
 
     bind_local(POOL, fleet)
     set_pool_policy(POOL, min_nodes=2, max_nodes=4)
-    barrier = threading.Barrier(2)
-    results: list[Any] = []
-
-    def run() -> None:
-        try:
-            barrier.wait(5)
-            results.append(tasks.tick())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(results) == 2
+    assert len(at_once(tasks.tick)) == 2
     assert ScalingAction.objects.count() == 1
     action = ScalingAction.objects.get()
     assert (action.from_size, action.to_size, action.rule, action.state) == (0, 2, "min_nodes", "done")
@@ -148,21 +130,7 @@ def test_two_controllers_at_once_make_exactly_one_action(fleet: BackgroundFleet,
     # And without the lock (two loops racing past it): the one-open-action constraint still allows one.
     ScalingAction.objects.all().delete()
     set_pool_policy(POOL, min_nodes=3, max_nodes=4)
-    barrier = threading.Barrier(2)
-    results.clear()
-
-    def run_loop() -> None:
-        try:
-            barrier.wait(5)
-            results.append(loop.tick())
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run_loop) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    at_once(loop.tick)
     assert ScalingAction.objects.filter(to_size=3).count() == 1
     assert len(fleet.nodes) == 3
 

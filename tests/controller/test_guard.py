@@ -27,6 +27,7 @@ from control.routing.models import RequestMinute
 from control.webhooks import sender
 from control.webhooks.models import Delivery, Receiver
 from dashboard.metrics import partitions
+from tests.conftest import at_once
 from tests.webhooks.conftest import LocalReceiver, receiver  # noqa: F401  (a real local HTTP receiver)
 
 OPERATOR = Origin.system("alice")
@@ -380,25 +381,7 @@ def test_two_checks_at_once_roll_back_exactly_once(monkeypatch: pytest.MonkeyPat
             pass
 
     monkeypatch.setattr(guard, "before_rollback", wait_for_the_other)
-    results: list[list[guard.Verdict]] = []
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def run() -> None:
-        try:
-            start.wait(timeout=10)
-            results.append(guard.check(now=now))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    results = at_once(lambda: guard.check(now=now))
     states = sorted(v.state for r in results for v in r)
     assert states == ["rolled_back"], results
     assert PolicyRevision.objects.filter(kind="scheduler", author="controller").count() == 1
