@@ -219,7 +219,15 @@ class Command(BaseCommand):
         if pool in active.document.get("pools", {}):
             return
         doc = dict(active.document)
-        doc["pools"] = {**doc.get("pools", {}), pool: {**doc["default"], "min_nodes": nodes, "max_nodes": nodes + 4}}
+        # Thresholds for a compressed day (one every 300 s by default): the 14:00 peak takes the fleet to about
+        # 50 % GPU, so scale out above 40 % within a minute, and back in a minute after the evening quiet.
+        doc["pools"] = {**doc.get("pools", {}), pool: {
+            **doc["default"], "min_nodes": nodes, "max_nodes": nodes + 4,
+            "rules": [{"metric": "gpu_util_pct", "threshold": 40.0, "step": 1, "cooldown_s": 60, "window_s": 30},
+                      {"metric": "queue_length", "threshold": 50.0, "step": 1, "cooldown_s": 60, "window_s": 30}],
+            "scale_down": {"stabilization_window_s": 60, "step": 1, "gpu_util_below_pct": 25.0,
+                           "drain_timeout_s": 60},
+        }}
         policies.create_revision("scaling", doc, f"manage.py demo: pool {pool} scales {nodes}..{nodes + 4}",
                                  active.pk, origin)
 
