@@ -36,7 +36,9 @@ class Fleet:
 
 def collect(now: datetime) -> Fleet:
     nodes = {n.name: {"pool": n.pool.name, "last_seen": n.last_seen}
-             for n in Node.objects.select_related("pool").only("name", "pool__name", "last_seen")}
+             # A node the controller removed is silent on purpose: no "node not reporting" alert for it.
+             for n in Node.objects.exclude(state=Node.State.REMOVED).select_related("pool")
+             .only("name", "pool__name", "last_seen")}
     try:
         raw = all_latest()
     except Exception:  # Redis down: say "unknown", never "all clear"

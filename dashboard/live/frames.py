@@ -140,9 +140,11 @@ def node_infos(max_age_s: float = NODE_CACHE_S) -> list[NodeInfo]:
 
         from dashboard.fleet.models import Node
 
+        # A node the controller scaled in is gone: it is history (its page), not a grey row on the heatmap.
         infos = [NodeInfo(n["name"], n["pool__name"], n["interval_s"],
                           -1 if n["max_gpu"] is None else int(n["max_gpu"]))
-                 for n in Node.objects.values("name", "pool__name", "interval_s").annotate(max_gpu=Max("gpus__index"))]
+                 for n in Node.objects.exclude(state=Node.State.REMOVED)
+                 .values("name", "pool__name", "interval_s").annotate(max_gpu=Max("gpus__index"))]
         _node_cache = (time.monotonic(), infos)
         return infos
 

@@ -16,7 +16,8 @@ from dashboard.fleet.models import Node, Pool
 from dashboard.metrics.latest import all_latest
 
 STATUSES = ("up", "stale", "down")
-STATES = tuple(Node.State.values)
+# Removed nodes (scaled in by the controller) are not part of a pool any more.
+STATES = tuple(s for s in Node.State.values if s != Node.State.REMOVED)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -67,7 +68,7 @@ def _aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def summary(now: datetime | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     snaps = all_latest()
-    nodes = Node.objects.select_related("pool").annotate(gpu_count=Count("gpus")).order_by("name")
+    nodes = Node.objects.exclude(state=Node.State.REMOVED).select_related("pool").annotate(gpu_count=Count("gpus")).order_by("name")
     by_pool: dict[int, list[dict[str, Any]]] = {}
     for node in nodes:
         by_pool.setdefault(node.pool_id, []).append(_node_row(node, snaps.get(node.name), now))

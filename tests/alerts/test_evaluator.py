@@ -148,6 +148,16 @@ def test_node_not_reporting_uses_last_seen(fleet: Any, hook: Any) -> None:
     assert Alert.objects.get().state == "resolved"
 
 
+def test_a_node_the_controller_removed_is_not_reported_silent(fleet: Any, hook: Any) -> None:
+    set_rules({"name": "node-not-reporting", "metric": "node_last_seen_age_s", "scope": "node", "comparison": ">",
+               "threshold": 30, "severity": "critical", "summary": "{labels.node} silent for {value:.0f} s"})
+    fleet("gpu-a-1", at(0))
+    Node.objects.filter(name="gpu-a-1").update(state="removed")  # scaled in: silent on purpose
+    evaluator.evaluate(at(45))
+    evaluator.evaluate(at(120))
+    assert Alert.objects.count() == 0
+
+
 def test_a_stale_snapshot_does_not_keep_a_sample_alert_firing(fleet: Any) -> None:
     set_rules(rule(for_s=0))
     fleet("gpu-a-1", at(0), gpus=[{"temp_c": 90.0}])

@@ -39,7 +39,8 @@ def test_scaling_default_rules() -> None:
         == (50.0, 1, 600)
     default = DEFAULTS["scaling"]["default"]
     assert default["scale_down"]["stabilization_window_s"] == 300
-    assert default["predictive"] == {"enabled": False, "horizon_min": 10}
+    assert default["predictive"] == {"enabled": False, "horizon_min": 10, "metric": "request_rate", "per_node": None,
+                                     "boot_time_s": 180, "buffer_min": 2}
     assert [c["name"] for c in DEFAULTS["priorities"]["classes"]] == ["realtime", "standard", "batch"]
     assert [c["sheddable"] for c in DEFAULTS["priorities"]["classes"]] == [False, False, True]
     assert DEFAULTS["power"]["default"]["mode"] == "uncapped" and len(DEFAULTS["alerts"]["rules"]) == 7

@@ -51,6 +51,8 @@ def seeded(push: Any) -> dict[str, dict[str, Any]]:
         assert push(token, {"node": name, "samples": [s]}).status_code == 200
     make_node("gpu-a-4", "pool-a")
     Node.objects.filter(name="gpu-a-4").update(state="cordoned")
+    make_node("gpu-a-5", "pool-a")  # scaled in by the controller: not part of the pool any more
+    Node.objects.filter(name="gpu-a-5").update(state="removed")
     Node.objects.filter(name="gpu-b-1").update(state="draining")
     Pool.objects.create(name="pool-c")
     return samples
