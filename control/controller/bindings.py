@@ -30,6 +30,8 @@ def set_provider(pool_name: str, kind: Any, config: Any, enabled: Any, reason: s
     with transaction.atomic():
         pool = Pool.objects.select_for_update().get(name=pool_name)
         current = PoolProvider.objects.filter(pool=pool).first()
+        if current is not None and (current.kind, current.config, current.enabled) == (kind, cleaned, enabled):
+            return current  # the same settings again (a rerun demo, an idempotent PUT): nothing changed, no audit
         before = describe(current) if current else None
         if current is None:
             current = PoolProvider(pool=pool)

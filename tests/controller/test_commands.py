@@ -31,6 +31,10 @@ def test_setprovider_binds_types_values_by_field_and_audits() -> None:
     assert b.config["namespace"] == "2024" and b.config["timeout_s"] == 15.0  # a string stays a string
     event = AuditEvent.objects.get(action="provider.set")
     assert event.actor.startswith("manage.py setprovider") and event.after["kind"] == "kubernetes"
+    # The same settings again change nothing and audit nothing (a demo rerun, an idempotent PUT).
+    run("setprovider", "gpu-k8s", "kubernetes", "--set", "namespace=2024", "--set", "deployment=r1",
+        "--set", "timeout_s=15")
+    assert AuditEvent.objects.filter(action="provider.set").count() == 1
     assert "provider removed" in run("setprovider", "gpu-k8s", "--remove")
     assert not PoolProvider.objects.exists()
 
