@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from agents.collectors.sim import SimBackend
 from agents.push import PushConfig, Pusher
 from control.audit.context import Origin
 from control.audit.models import AuditEvent
 from control.controller import power
 from control.policy import service as policies
+from tests.agent.test_power_agent import Recording
 from tests.conftest import free_port, make_node
 from tests.test_agent_e2e import Server
 
@@ -33,15 +33,6 @@ def server() -> Iterator[Server]:
     yield srv
     srv.stop()
 
-
-class Recording(SimBackend):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.calls: list[tuple[int, float]] = []
-
-    def set_power_limit(self, index: int, watts: float) -> float | None:
-        self.calls.append((index, watts))
-        return super().set_power_limit(index, watts)
 
 
 def set_policy(document: dict[str, Any], reason: str) -> Any:
