@@ -230,7 +230,15 @@ def _start(action: ScalingAction, provider: Provider, now: datetime) -> None:
         return
     chosen = choose_nodes(action.pool, action.from_size - action.to_size, provider, now)
     if not chosen:
-        # The provider's instances are not Switchyard nodes we can name (or none report): let the provider choose.
+        if observe.latest_by_pool(action.pool.name, now):
+            # Nodes are serving, but none of them is an instance the provider names: the provider would pick one
+            # blind, maybe one with requests in flight. Never remove a node that may be serving without a drain.
+            raise ProviderError(
+                f"none of the provider's instances is a node of pool {action.pool.name!r} (by name), so none can "
+                "be drained before removal; make the instances report as Switchyard nodes under the names the "
+                "provider lists (aws: tag switchyard:node=<node name>; kubernetes: the pod name) and retry",
+                permanent=True)
+        # Nothing in the pool reports: there is no work to protect, so the provider may choose.
         _claim(action, "pending", state="running", started=now, nodes=[])
         return
     policy = pool_policy(action.pool.name)

@@ -248,3 +248,33 @@ def test_a_removed_node_rejoins_when_its_agent_reports_again(fleet: BackgroundFl
     assert loop.rejoin_removed(now) == ["ctl-back"]
     assert Node.objects.get(name="ctl-back").state == "active"
     assert AuditEvent.objects.get(action="node.join").actor == "controller"
+
+
+@pytest.mark.django_db
+def test_scale_in_refuses_to_remove_blind_while_unnamed_nodes_serve(fleet: BackgroundFleet) -> None:
+    """The provider's instances are not nodes Switchyard knows by name, and the pool's nodes are serving: the
+    provider would pick one without a drain, so the action fails with what to fix instead."""
+    bind_local(POOL, fleet)
+    fleet.add_node(name="ctl-vm-1")
+    fleet.add_node(name="ctl-vm-2")
+    make_node("gpu-serving", POOL)  # reports under a name the provider does not list
+    now = datetime.now(UTC)
+    snapshot("gpu-serving", POOL, running=4, ts=now)
+    action = actions.propose(Pool.objects.get(name=POOL), actions.Proposal("scale_in", 2, 1, "manual", "t", {}),
+                             Origin.system("controller"), now=now)
+    assert action is not None
+    spy = Spy(local(fleet))
+    actions.advance(action, spy, now)
+    action.refresh_from_db()
+    assert action.state == "failed" and "none can be drained" in action.error and "switchyard:node" in action.error
+    assert spy.sets == [] and spy.removes == [] and len(fleet.nodes) == 2
+    # With nothing reporting there is no work to protect: the provider chooses.
+    from dashboard.metrics.latest import forget
+
+    forget("gpu-serving")
+    again = actions.propose(Pool.objects.get(name=POOL), actions.Proposal("scale_in", 2, 1, "manual", "t", {}),
+                            Origin.system("controller"), now=now)
+    assert again is not None
+    actions.advance(again, spy, now)
+    again.refresh_from_db()
+    assert again.state == "done" and spy.sets == [1] and len(fleet.nodes) == 1
