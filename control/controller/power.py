@@ -9,7 +9,8 @@ The loop (reconcile, every 15 s under the controller's lock) is level-triggered:
    each push with the node's field as `desired.power_limit_w` (dashboard/fleet/ingest.py). A change is audited
    once per pool ("power.cap"), not once per node, and never again while nothing changes.
 3. The agent applies the caps through NVML or the simulator, clamped to the board's constraints, and reports what
-   it applied (sy:power:applied, kept by ingest) and the enforced limit in its samples (sy:latest). A GPU is
+   it applied (its `applied` block, kept checked in its latest snapshot) and the enforced limit in its samples
+   (both in sy:latest). A GPU is
    converged when the enforced limit is within 1 W of the cap, or when the agent was asked for the cap and the
    board holds the clamped value it applied instead ("clamped": converged, and said so). Uncapped, a GPU is
    converged when the agent holds no cap on it.
@@ -34,7 +35,7 @@ from control.audit.record import record
 from control.controller import notify
 from control.policy import schemas
 from control.policy import service as policies
-from dashboard.fleet.ingest import POWER_APPLIED_KEY, POWER_DESIRED_KEY, watts_map
+from dashboard.fleet.ingest import POWER_DESIRED_KEY, watts_map
 from dashboard.fleet.models import Node, Pool
 from dashboard.metrics import schema
 from dashboard.metrics.latest import LATEST_KEY, redis_client
@@ -203,10 +204,13 @@ def _load(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
 
 def _read_redis() -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], dict[str, dict[str, Any]],
                            dict[str, dict[str, Any]]]:
+    """(desired caps, applied blocks, convergence state, latest snapshots) per node. The applied block is the one
+    ingest kept (checked) in the node's latest snapshot: what the agent said with its newest sample."""
     pipe = redis_client().pipeline(transaction=False)
-    for key in (POWER_DESIRED_KEY, POWER_APPLIED_KEY, STATE_KEY, LATEST_KEY):
+    for key in (POWER_DESIRED_KEY, STATE_KEY, LATEST_KEY):
         pipe.hgetall(key)
-    desired_raw, applied, state, latest = (_load(r) for r in pipe.execute())
+    desired_raw, state, latest = (_load(r) for r in pipe.execute())
+    applied = {name: snap["applied"] for name, snap in latest.items() if isinstance(snap.get("applied"), dict)}
     return {k: watts_map(v) for k, v in desired_raw.items()}, applied, state, latest
 
 
@@ -347,7 +351,7 @@ def reconcile(now: datetime | None = None) -> PowerResult:
     for name, st in state_writes.items():
         pipe.hset(STATE_KEY, name, orjson.dumps(st))
     if gone:
-        for key in (POWER_DESIRED_KEY, STATE_KEY, POWER_APPLIED_KEY):
+        for key in (POWER_DESIRED_KEY, STATE_KEY):
             pipe.hdel(key, *gone)
     if desired_writes or state_writes or gone:
         pipe.execute()

@@ -32,11 +32,10 @@ from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_sta
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
 
-# The power controller's channel to each node (control/controller/power.py), both hashes keyed by node name:
-# what it wants of the node's GPUs ({"<gpu index>": watts}; {} or no field: uncapped), and what the node's agent
-# last reported it did (the `applied` block, checked, with the time it was first reported so).
+# What the power controller (control/controller/power.py) wants of each node's GPUs, keyed by node name:
+# {"<gpu index>": watts}; {} or no field: uncapped. What the agent applied travels back in its `applied` block,
+# kept (checked) in the node's latest snapshot, where the controller reads it.
 POWER_DESIRED_KEY = "sy:power:desired"
-POWER_APPLIED_KEY = "sy:power:applied"
 _MAX_GPU_INDEX = 255  # as the sample validation allows
 _MAX_WATTS = 5000.0  # power_limit_w's catalogue range
 _APPLIED_MAPS = ("power_limit_w", "power_asked_w", "power_default_w")
@@ -119,11 +118,10 @@ class NodeRedis:
 
     limited: Reply | None  # 429 when the node pushes too often
     power_limit_w: dict[str, float]  # the controller's caps for the node's GPUs
-    applied: dict[str, Any] | None  # the applied block stored for the node (without its time), None if none
 
 
 def redis_round(node: NodeInfo) -> NodeRedis:
-    """Count the push against the node's rate limit and read what the power controller keeps for the node, in one
+    """Count the push against the node's rate limit and read the power controller's caps for the node, in one
     pipeline: the hottest path in the system gets no extra round trip for power capping."""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
@@ -133,17 +131,13 @@ def redis_round(node: NodeInfo) -> NodeRedis:
     pipe.incr(key)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
-    pipe.hget(POWER_APPLIED_KEY, node.name)
-    count, _, desired_raw, applied_raw = pipe.execute()
+    count, _, desired_raw = pipe.execute()
     limited = None
     if count > limit:
         retry = max(1, 60 - int(now % 60))
         limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
                         **{"Retry-After": str(retry)})
-    stored = _loads(applied_raw)
-    if stored is not None:
-        stored.pop("at", None)
-    return NodeRedis(limited, watts_map(_loads(desired_raw)), stored)
+    return NodeRedis(limited, watts_map(_loads(desired_raw)))
 
 
 def _loads(raw: bytes | None) -> dict[str, Any] | None:
@@ -189,17 +183,6 @@ def clean_applied(raw: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def remember_applied(node: NodeInfo, applied: dict[str, Any], stored: dict[str, Any] | None, now: datetime) -> None:
-    """Keep the node's applied block for the power controller. Written only when it differs from what is stored
-    (read in the push's round trip), so the steady state costs no Redis write; `at` is when it became so."""
-    if applied == (stored or {}):
-        return
-    if not applied:
-        redis_client().hdel(POWER_APPLIED_KEY, node.name)
-        return
-    redis_client().hset(POWER_APPLIED_KEY, node.name, orjson.dumps({**applied, "at": now.isoformat()}))
-
-
 def desired_for(node: NodeInfo, power_limit_w: dict[str, float] | None = None) -> dict[str, Any]:
     # interval_s is null unless an operator set one for the node: the agent then keeps its own --interval.
     # power_limit_w is the whole wish for the node's GPUs: a GPU left out is uncapped.
@@ -233,9 +216,7 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
         return error(400, errors.summary(), errors.fields)
-    applied = clean_applied(batch.applied)
-    accepted = store(node, batch, now, applied)
-    remember_applied(node, applied, rround.applied, now)
+    accepted = store(node, batch, now)
     body_out: dict[str, Any] = {
         "accepted": accepted,
         "duplicates": len(batch.samples) - accepted,
@@ -246,7 +227,7 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     return Reply(200, body_out)
 
 
-def store(node: NodeInfo, batch: Batch, now: datetime, applied: dict[str, Any] | None = None) -> int:
+def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -273,7 +254,7 @@ def store(node: NodeInfo, batch: Batch, now: datetime, applied: dict[str, Any] |
     newest = max(batch.samples, key=lambda s: s.ts)
     late_before = now - LOOKBACK - timedelta(minutes=1)
     late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}
-    store_latest(node.name, snapshot(node, batch, newest, applied), late)
+    store_latest(node.name, snapshot(node, batch, newest), late)
     return accepted
 
 
@@ -320,7 +301,7 @@ _INFERENCE = [m.name for m in INFERENCE_METRICS]
 _GPU = [m.name for m in GPU_METRICS]
 
 
-def snapshot(node: NodeInfo, batch: Batch, newest: Sample, applied: dict[str, Any] | None = None) -> dict[str, Any]:
+def snapshot(node: NodeInfo, batch: Batch, newest: Sample) -> dict[str, Any]:
     """The node's latest state as the live view and the scheduler read it (validated values only)."""
     values = newest.host_inference
     return {
@@ -332,7 +313,7 @@ def snapshot(node: NodeInfo, batch: Batch, newest: Sample, applied: dict[str, An
         "received": timezone.now().isoformat(),
         "endpoint": batch.endpoint if batch.endpoint is not None else node.endpoint,
         "models": batch.models if batch.models is not None else node.models,
-        "applied": clean_applied(batch.applied) if applied is None else applied,
+        "applied": clean_applied(batch.applied),
         "host": dict(zip(_HOST, values[: len(_HOST)], strict=True)),
         "inference": dict(zip(_INFERENCE, values[len(_HOST):], strict=True)),
         "gpus": [

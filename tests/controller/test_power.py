@@ -19,7 +19,7 @@ from control.audit.models import AuditEvent
 from control.controller import power
 from control.policy import service as policies
 from control.webhooks.models import Delivery, Receiver
-from dashboard.fleet.ingest import POWER_APPLIED_KEY, POWER_DESIRED_KEY
+from dashboard.fleet.ingest import POWER_DESIRED_KEY
 from dashboard.fleet.models import Node
 from dashboard.metrics import rollups
 from dashboard.metrics.latest import latest, redis_client, store_latest
@@ -84,12 +84,11 @@ def set_policy(document: dict[str, Any], reason: str = "test: cap the pool") -> 
 
 def report(node: str, pool: str, limits: list[float | None], now: datetime, *, applied: dict[str, Any] | None = None,
            default: float = 700.0, power_w: float = 300.0) -> None:
-    """What ingest keeps of a node's push: its latest sample (enforced limit per GPU) and its `applied` block."""
-    store_latest(node, {"node": node, "pool": pool, "state": "active", "ts": now.isoformat(), "seq": 1,
-                        "host": {}, "inference": {},
-                        "gpus": [{"index": i, "power_limit_w": w, "power_w": power_w} for i, w in enumerate(limits)]})
+    """What ingest keeps of a node's push: its latest sample (enforced limit per GPU) with its `applied` block."""
     block = {"power_default_w": {str(i): default for i in range(len(limits))}, **(applied or {})}
-    redis_client().hset(POWER_APPLIED_KEY, node, orjson.dumps({**block, "at": now.isoformat()}))
+    store_latest(node, {"node": node, "pool": pool, "state": "active", "ts": now.isoformat(), "seq": 1,
+                        "host": {}, "inference": {}, "applied": block,
+                        "gpus": [{"index": i, "power_limit_w": w, "power_w": power_w} for i, w in enumerate(limits)]})
 
 
 def desired() -> dict[str, dict[str, float]]:
@@ -143,7 +142,7 @@ def test_a_removed_or_deleted_node_loses_its_power_state(fleet: list[str]) -> No
     result = power.reconcile(T0)
     assert result.removed == ["a-2", "b-1"]
     r = redis_client()
-    for key in (POWER_DESIRED_KEY, POWER_APPLIED_KEY, power.STATE_KEY):
+    for key in (POWER_DESIRED_KEY, power.STATE_KEY):
         assert sorted(k.decode() for k in r.hkeys(key)) == ["a-1"], key
     assert len(audits("power.cap")) == 2  # one per pool when capped; removal is no change of caps
 
@@ -253,9 +252,9 @@ def test_off_peak_changes_twice_a_day_with_one_audit_each(fleet: list[str]) -> N
 
 # -- ingest --------------------------------------------------------------------------------------------------
 
-def applied_stored(node: str = "gpu-a-1") -> dict[str, Any] | None:
-    raw = redis_client().hget(POWER_APPLIED_KEY, node)
-    return None if raw is None else orjson.loads(raw)
+def applied_stored(node: str = "gpu-a-1") -> dict[str, Any]:
+    """The applied block ingest kept with the node's latest snapshot, where the power controller reads it."""
+    return latest(node)["applied"]
 
 
 @pytest.mark.usefixtures("clean_samples")
@@ -267,13 +266,12 @@ def test_ingest_answers_the_caps_and_keeps_what_the_agent_applied(push: Any) -> 
     assert resp.status_code == 200, resp.content
     assert resp.json()["desired"]["power_limit_w"] == {"0": 560.0, "1": 560.0}
     first = applied_stored()
-    assert first is not None and first.pop("at")
-    assert first == {"interval_s": 5, "power_default_w": {"0": 700.0, "1": 700.0}}
-    assert latest("gpu-a-1")["applied"] == first
+    assert first == {"interval_s": 5, "power_default_w": {"0": 700.0, "1": 700.0}}  # empty maps dropped
+    # The controller reads it from there.
+    assert power._read_redis()[1]["gpu-a-1"] == first
 
-    at = applied_stored()["at"]
     assert push(token, {"node": "gpu-a-1", "applied": block, "samples": [full_sample(2)]}).status_code == 200
-    assert applied_stored()["at"] == at  # unchanged: not rewritten
+    assert applied_stored() == first
 
     block = {**block, "power_limit_w": {"0": 560.0, "1": 560.0}, "power_asked_w": {"0": 560.0, "1": 560.0}}
     push(token, {"node": "gpu-a-1", "applied": block, "samples": [full_sample(3)]})
@@ -281,7 +279,7 @@ def test_ingest_answers_the_caps_and_keeps_what_the_agent_applied(push: Any) -> 
 
     redis_client().hset(POWER_DESIRED_KEY, "gpu-a-1", b"{}")
     assert push(token, {"node": "gpu-a-1", "samples": [full_sample(4)]}).json()["desired"]["power_limit_w"] == {}
-    assert applied_stored() is None  # an agent that reports nothing applied: nothing kept
+    assert applied_stored() == {}  # an agent that reports nothing applied: nothing kept
 
 
 @pytest.mark.usefixtures("clean_samples")
@@ -308,11 +306,12 @@ def test_power_costs_ingest_no_extra_redis_round_trip(push: Any, monkeypatch: py
     monkeypatch.setattr(redis.Redis, "execute_command", counted_command)
     resp = push(token, {"node": "gpu-a-1", "applied": block, "samples": [full_sample(2)]})
     assert resp.json()["desired"]["power_limit_w"] == {"0": 500.0}
-    # The rate limit's pipeline (which reads the caps and the stored applied block) and the latest-sample one.
+    # The rate limit's pipeline (which reads the caps) and the latest-sample one, which carries the applied block.
     assert trips == ["pipeline", "pipeline"]
     trips.clear()
     push(token, {"node": "gpu-a-1", "applied": {**block, "power_limit_w": {}}, "samples": [full_sample(3)]})
-    assert trips == ["pipeline", "pipeline", "HSET"]  # only a change of what the agent applied is written
+    assert trips == ["pipeline", "pipeline"]  # a change of what the agent applied costs nothing more
+    assert "power_limit_w" not in applied_stored()
 
 
 @pytest.mark.usefixtures("clean_samples")
@@ -330,13 +329,13 @@ def test_hostile_applied_and_desired_blocks_store_nothing_and_break_nothing(push
     }
     resp = push(token, {"node": "gpu-a-1", "applied": hostile, "samples": [full_sample(1)]})
     assert resp.status_code == 200, resp.content
-    assert applied_stored() is None
+    assert applied_stored() == {}
     assert latest("gpu-a-1")["applied"] == {}
 
     resp = push(token, {"node": "gpu-a-1", "applied": {"power_default_w": huge}, "samples": [full_sample(2)]})
     assert resp.status_code == 200
     stored = applied_stored()
-    assert stored is not None and len(stored["power_default_w"]) == 256  # GPUs 0-255, the rest not even read
+    assert stored and len(stored["power_default_w"]) == 256  # GPUs 0-255, the rest not even read
 
     redis_client().hset(POWER_DESIRED_KEY, "gpu-a-1", b"not json")
     assert push(token, {"node": "gpu-a-1", "samples": [full_sample(3)]}).json()["desired"]["power_limit_w"] == {}
