@@ -266,9 +266,7 @@ def choose_nodes(pool: Pool, count: int, provider: Provider, now: datetime) -> l
         if node.name not in listed:
             continue
         snap = latest.get(node.name)
-        inf = (snap or {}).get("inference") or {}
-        busy = int(inf.get("requests_running") or 0) + int(inf.get("requests_waiting") or 0)
-        busy += in_flight.get(node.name, 0)
+        busy = observe.node_work(node.name, snap, in_flight) or 0
         candidates.append((snap is not None, busy, -node.created.timestamp(), node.name))
     candidates.sort()
     return [c[3] for c in candidates[:count]]
@@ -278,12 +276,10 @@ def _check_drain(action: ScalingAction, now: datetime) -> None:
     started = action.started or action.created
     waiting = []
     reporting = observe.latest_by_pool(action.pool.name, now)
+    in_flight = observe.gateway_in_flight()
     for name in action.nodes:
-        if name in reporting:
-            work = observe.node_work(name, since=started)
-        else:
-            # A silent node's own counters are unknown; what the gateways still have in flight there is not.
-            work = observe.gateway_in_flight().get(name, 0)
+        # A silent node's own counters are unknown; what the gateways still have in flight there is not.
+        work = observe.node_work(name, reporting.get(name), in_flight, since=started if name in reporting else None)
         if work is None or work > 0:
             waiting.append(f"{name} ({'no sample since the drain' if work is None else f'{work} in flight'})")
     if waiting and action.drain_deadline and now < action.drain_deadline:

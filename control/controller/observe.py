@@ -86,25 +86,22 @@ def gateway_in_flight() -> dict[str, int]:
     return totals
 
 
-def node_work(name: str, since: datetime) -> int | None:
-    """Requests a node still has (running + waiting on the node, plus in flight at the gateways), counting only a
-    sample taken after `since` (the drain); None when there is no such sample yet, so nothing is known."""
-    snap = redis_client().hget("sy:latest", name)
-    gw = gateway_in_flight().get(name, 0)
+def node_work(name: str, snap: dict[str, Any] | None, in_flight: dict[str, int],
+              since: datetime | None = None) -> int | None:
+    """Requests a node still has: running + waiting on the node (its snapshot) plus in flight at the gateways.
+    With `since` (a drain's start) only a sample taken after it counts: None when there is none yet, so nothing is
+    known. A snapshot without inference metrics counts the gateways' requests alone."""
+    gw = in_flight.get(name, 0)
     if snap is None:
-        return None
-    doc = orjson.loads(snap)
-    try:
-        ts = datetime.fromisoformat(doc["ts"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    if ts <= since:
-        return None
-    inf = doc.get("inference") or {}
-    running, waiting = inf.get("requests_running"), inf.get("requests_waiting")
-    if running is None and waiting is None:
-        return gw
-    return int(running or 0) + int(waiting or 0) + gw
+        return None if since is not None else gw
+    if since is not None:
+        try:
+            if datetime.fromisoformat(snap["ts"]) <= since:
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+    inf = snap.get("inference") or {}
+    return int(inf.get("requests_running") or 0) + int(inf.get("requests_waiting") or 0) + gw
 
 
 def demand_series(pool: str, metric: str, start: datetime, end: datetime) -> list[tuple[datetime, float | None]]:
