@@ -63,10 +63,14 @@ class Proposal:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def pool_policy(pool: str) -> dict[str, Any]:
-    """The pool's validated scaling entry (its own, else the default)."""
-    doc = schemas.validate("scaling", policies.active("scaling").document)
-    return doc["pools"].get(pool, doc["default"])
+def scaling_document() -> dict[str, Any]:
+    """The active scaling policy, validated (defaults filled in)."""
+    return schemas.validate("scaling", policies.active("scaling").document)
+
+
+def pool_policy(pool: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pool's scaling entry (its own, else the default) of `document` or of the active policy."""
+    return schemas.for_pool(document or scaling_document(), pool)
 
 
 _built: dict[str, Provider] = {}

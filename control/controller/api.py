@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from control.api_common import ApiError, BoundedJSONParser, body, errors, query_text, text
 from control.audit.context import Origin
-from control.controller import actions, bindings, loop, predict
+from control.controller import actions, bindings, loop, observe, predict
 from control.controller.models import PoolProvider, ScalingAction
 from control.providers.registry import ConfigError
 from dashboard.accounts.roles import IsAdmin, IsOperator, IsViewer
@@ -76,6 +76,7 @@ class PoolOut(serializers.Serializer):
     decision = serializers.DictField(allow_null=True, help_text="the last tick's decision")
     error = serializers.CharField(allow_blank=True, help_text="the provider's last error")
     checked = serializers.CharField(allow_null=True, help_text="when the controller last looked at the pool")
+    predictive = serializers.BooleanField(help_text="predictive scale-out on in the pool's scaling policy")
 
 
 def pools_overview() -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ def pools_overview() -> list[dict[str, Any]]:
     published = {k.decode() if isinstance(k, bytes) else k: orjson.loads(v)
                  for k, v in redis_client().hgetall(loop.POOLS_KEY).items()}
     reporting: dict[str, int] = {}
-    for snap in loop.observe.all_latest_fresh(now).values():
+    for snap in observe.all_latest_fresh(now).values():
         reporting[snap.get("pool", "")] = reporting.get(snap.get("pool", ""), 0) + 1
     bound = {b.pool_id: b for b in PoolProvider.objects.all()}
     open_actions = {a.pool_id: a.pk for a in ScalingAction.objects.filter(state__in=("pending", "draining",
@@ -92,9 +93,10 @@ def pools_overview() -> list[dict[str, Any]]:
     counts: dict[int, int] = {}
     for pool_id in Node.objects.exclude(state=Node.State.REMOVED).values_list("pool_id", flat=True):
         counts[pool_id] = counts.get(pool_id, 0) + 1
+    document = actions.scaling_document()  # once, not once per pool
     out = []
     for pool in Pool.objects.all():
-        policy = actions.pool_policy(pool.name)
+        policy = actions.pool_policy(pool.name, document)
         b = bound.get(pool.pk)
         pub = published.get(pool.name, {}) if b else {}
         out.append({
@@ -102,7 +104,7 @@ def pools_overview() -> list[dict[str, Any]]:
             "desired": pub.get("desired"), "actual": pub.get("actual"), "reporting": reporting.get(pool.name, 0),
             "nodes": counts.get(pool.pk, 0), "min": policy["min_nodes"], "max": policy["max_nodes"],
             "open_action": open_actions.get(pool.pk), "decision": pub.get("decision"), "error": pub.get("error", ""),
-            "checked": pub.get("at"),
+            "checked": pub.get("at"), "predictive": policy["predictive"]["enabled"],
         })
     return out
 

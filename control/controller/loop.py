@@ -21,7 +21,6 @@ from control.audit.record import record
 from control.controller import actions, autoscaler, observe
 from control.controller.models import OPEN_STATES, PoolProvider, Recommendation, ScalingAction
 from control.policy import schemas
-from control.policy import service as policies
 from control.providers.base import ProviderError
 from dashboard.fleet.models import Node
 from dashboard.metrics.latest import redis_client
@@ -45,11 +44,11 @@ class TickResult:
 def tick(now: datetime | None = None) -> TickResult:
     now = now or timezone.now()
     result = TickResult()
-    doc = schemas.validate("scaling", policies.active("scaling").document)
+    doc = actions.scaling_document()
     result.joined = rejoin_removed(now)
     for binding in PoolProvider.objects.select_related("pool").filter(enabled=True):
         result.pools += 1
-        policy = doc["pools"].get(binding.pool.name, doc["default"])
+        policy = schemas.for_pool(doc, binding.pool.name)
         try:
             _pool_tick(binding, policy, now, result)
         except ProviderError as exc:

@@ -59,11 +59,6 @@ _OK = (CONVERGED, CLAMPED)
 
 # -- the policy ----------------------------------------------------------------------------------------------
 
-def pool_policy(document: dict[str, Any], pool: str) -> dict[str, Any]:
-    """The pool's entry of a (validated) power document: pools[pool], else the default."""
-    return (document.get("pools") or {}).get(pool) or document.get("default") or {"mode": "uncapped"}
-
-
 def in_peak(policy: dict[str, Any], now: datetime) -> bool:
     """Whether `now` falls in the policy's peak hours [peak_start_hour, peak_end_hour) UTC; a start after the end
     wraps past midnight (22-6 is the night)."""
@@ -80,7 +75,7 @@ def desired_caps(document: dict[str, Any], pool: str, defaults_w: dict[str, floa
     off_peak: the same outside the peak hours and nothing inside them; uncapped: nothing. A GPU whose default is
     unknown (None) gets no percentage cap: a guess could throttle a card far below what was meant. Pure.
     """
-    policy = pool_policy(document, pool)
+    policy = schemas.for_pool(document, pool)
     mode = policy.get("mode", "uncapped")
     indices = sorted(defaults_w, key=lambda i: (len(i), i))
     if mode == "cap":
@@ -315,7 +310,7 @@ def reconcile(now: datetime | None = None) -> PowerResult:
     origin = Origin.system(ACTOR)
     with transaction.atomic():
         for pool in sorted(changes):
-            policy = pool_policy(document, pool)
+            policy = schemas.for_pool(document, pool)
             listed = changes[pool]
             record(origin, "power.cap", f"pool:{pool}",
                    f"power policy v{rev.version} (revision {rev.pk}) for pool {pool}, {describe(policy, now)}: "
@@ -417,7 +412,7 @@ def power_summary(now: datetime | None = None, window_s: int = 3600) -> list[dic
         members[pool].append(name)
     out = []
     for pool in Pool.objects.order_by("name").values_list("name", flat=True):
-        policy = pool_policy(document, pool)
+        policy = schemas.for_pool(document, pool)
         caps = [w for n in members[pool] for w in (desired.get(n) or {}).values()]
         ok = total = 0
         draws: list[float] = []

@@ -17,11 +17,10 @@ import orjson
 from django.db import connection
 from django.utils import timezone
 
-from control.controller import autoscaler, forecast, observe
+from control.controller import actions, autoscaler, forecast, observe
 from control.controller.loop import FORECAST_KEY
 from control.controller.models import ForecastPoint, PoolProvider
 from control.policy import schemas
-from control.policy import service as policies
 from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
@@ -32,10 +31,10 @@ MIN_HISTORY_MIN = 30  # below this there is nothing to forecast from
 
 def refit(now: datetime | None = None) -> dict[str, Any]:
     now = (now or timezone.now()).replace(second=0, microsecond=0)
-    doc = schemas.validate("scaling", policies.active("scaling").document)
+    doc = actions.scaling_document()
     done: dict[str, Any] = {}
     for binding in PoolProvider.objects.select_related("pool").filter(enabled=True):
-        policy = doc["pools"].get(binding.pool.name, doc["default"])
+        policy = schemas.for_pool(doc, binding.pool.name)
         if not policy["predictive"]["enabled"]:
             continue
         try:

@@ -26,8 +26,7 @@ def scaling(request: HttpRequest) -> HttpResponse:
     log = ScalingAction.objects.select_related("pool").annotate(reverted=reverted)[:100]
     return render(request, "controller/scaling.html", {
         "nav": "scaling", "pools": pools, "actions": log, "power": power.power_summary(),
-        "forecast_pools": [p["pool"] for p in pools
-                           if p["provider"] and actions.pool_policy(p["pool"])["predictive"]["enabled"]],
+        "forecast_pools": [p["pool"] for p in pools if p["provider"] and p["predictive"]],
     })
 
 

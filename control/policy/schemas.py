@@ -322,5 +322,11 @@ def validate(kind: str, document: Any) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
+def for_pool(document: dict[str, Any], pool: str) -> dict[str, Any]:
+    """A per-pool document's (scaling, power) entry for `pool`: its own under `pools`, else `default`. The document
+    must be validated (validate() fills both in)."""
+    return document["pools"].get(pool, document["default"])
+
+
 def json_schema(kind: str) -> dict[str, Any]:
     return SCHEMAS[kind].model_json_schema()
