@@ -19,7 +19,7 @@ from django.utils import timezone
 from control.audit.context import Origin
 from control.audit.record import record
 from control.controller import actions, autoscaler, observe
-from control.controller.models import OPEN_STATES, PoolProvider, Recommendation, ScalingAction
+from control.controller.models import PoolProvider, Recommendation, ScalingAction
 from control.policy import schemas
 from control.providers.base import ProviderError
 from dashboard.fleet.models import Node
@@ -150,14 +150,11 @@ def rejoin_removed(now: datetime) -> list[str]:
     if not removed:
         return []
     joined = []
-    fresh = {}
-    for name, snap in observe.all_latest_fresh(now).items():
-        if name in removed:
-            fresh[name] = snap
+    fresh = {name: snap for name, snap in observe.all_latest_fresh(now).items() if name in removed}
     for name in fresh:
         with transaction.atomic():
             node = Node.objects.select_for_update().filter(name=name, state=Node.State.REMOVED).first()
-            if node is None or (node.last_seen and node.last_seen > now):
+            if node is None:
                 continue
             # Only a sample taken after the removal counts: the last one before it may still be fresh.
             removed_at = (ScalingAction.objects.filter(nodes__contains=[name], state="done")
@@ -172,7 +169,3 @@ def rejoin_removed(now: datetime) -> list[str]:
                    after={"state": "active"}, details={"pool": node.pool.name})
             joined.append(name)
     return joined
-
-
-def open_count() -> int:
-    return ScalingAction.objects.filter(state__in=OPEN_STATES).count()
