@@ -181,5 +181,7 @@ def test_forecast_endpoint_checks_its_parameters(api: API, fleet: BackgroundFlee
 
 
 def test_action_error_messages_reach_the_operator(fleet: BackgroundFleet) -> None:
+    from control.audit.context import Origin
+
     with pytest.raises(actions.ActionError, match="no scaling action 12345"):
-        actions.revert(12345, "x", __import__("control.audit.context", fromlist=["Origin"]).Origin.system("t"))
+        actions.revert(12345, "x", Origin.system("t"))

@@ -39,3 +39,25 @@ def provider_error(fn: Callable[[], object]) -> ProviderError:
     with pytest.raises(ProviderError) as info:
         fn()
     return info.value
+
+
+def without_hanging(fn: Callable[[], object], limit_s: float = 60.0) -> object:
+    """Run `fn` and return what it returns or raises; fail if it has not returned after `limit_s` (a call with no
+    timeout against a hung server would never return). Not a speed check: the limit is far above any timeout used."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit_s)
+    assert not t.is_alive(), f"the call did not return within {limit_s} s: is its timeout applied?"
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box.get("value")

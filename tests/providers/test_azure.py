@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from control.providers.azure.provider import (
     AzureProvider,
 )
 from control.providers.base import Instance, Size
-from tests.providers.conftest import closed_port_url, provider_error, wait_until
+from tests.providers.conftest import closed_port_url, provider_error, wait_until, without_hanging
 
 SUB = "5f2d0c9e-1b3a-4c8d-9e7f-0a1b2c3d4e5f"
 TOKEN = "arm-token-xyz"
@@ -91,9 +90,8 @@ def test_remove_instance_deletes_that_vm_and_lowers_the_capacity(arm: FakeArm) -
 def test_an_operation_still_running_after_the_timeout_is_left_to_azure(arm: FakeArm) -> None:
     arm.hold_operations = True
     p = provider(timeout_s=0.5)
-    started = time.monotonic()
-    rid = p.set_desired_size(3)
-    assert time.monotonic() - started < 5
+    rid = without_hanging(lambda: p.set_desired_size(3))
+    assert isinstance(rid, str)
     assert len(rid) == 36 and arm.capacity == 3  # accepted: Azure carries it out
 
 
