@@ -8,6 +8,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 
 from control.audit.context import Origin
 from control.audit.models import AuditEvent
+from control.audit.redact import redact_text, scrub
 
 
 def _jsonable(value: Any) -> Any:
@@ -26,17 +27,21 @@ def record(
     after: Any = None,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one audit event. Call it inside the transaction that makes the change, so both land or neither."""
+    """Append one audit event. Call it inside the transaction that makes the change, so both land or neither.
+
+    Every viewer reads the audit and nothing in it can be taken back, so before/after/details go through
+    `scrub()` (no secrets, URLs as scheme + host + fingerprint) and a token pasted into the reason is cut to its
+    prefix; the reason's URLs are kept (operators cite runbooks and tickets there)."""
     if not reason or not reason.strip():
         raise ValueError("an audit event needs a reason")
     return AuditEvent.objects.create(
         actor=origin.actor,
         action=action,
         target=target,
-        reason=reason.strip(),
-        before=_jsonable(before),
-        after=_jsonable(after),
-        details=_jsonable(details or {}),
+        reason=redact_text(reason.strip(), urls=False),
+        before=scrub(_jsonable(before)),
+        after=scrub(_jsonable(after)),
+        details=scrub(_jsonable(details or {})),
         request_id=origin.request_id,
         client=origin.client,
     )

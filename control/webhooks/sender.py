@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from control.audit.context import Origin
 from control.audit.record import record
+from control.audit.redact import redact_text
 from control.webhooks import formats
 from control.webhooks.addresses import AddressRefused, GuardedBackend, InvalidURL, check_url
 from control.webhooks.models import EVENTS, Attempt, Delivery, Receiver
@@ -239,8 +240,9 @@ def _count(receiver_id: int, ok: bool, error: str) -> None:
     Receiver.objects.filter(pk=receiver_id).update(consecutive_failures=F("consecutive_failures") + 1)
     receiver = Receiver.objects.select_for_update().get(pk=receiver_id)
     if receiver.enabled and receiver.consecutive_failures >= AUTO_DISABLE_AFTER:
+        # The reason is audited (viewers read it): a redirect's Location or an error naming a URL keeps its host only.
         reason = (f"auto-disabled after {receiver.consecutive_failures} failed deliveries in a row; "
-                  f"last error: {error}")[:500]
+                  f"last error: {redact_text(error)}")[:500]
         receiver.enabled, receiver.disabled_reason, receiver.updated = False, reason, timezone.now()
         receiver.save(update_fields=["enabled", "disabled_reason", "updated"])
         record(Origin.system("webhooks"), "webhook.auto_disable", f"webhook:{receiver.pk}", reason,

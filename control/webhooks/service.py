@@ -1,6 +1,7 @@
 """Creating, changing and deleting receivers (admin), each audited in the same transaction; the send-test action.
 
-Audit events carry the receiver's settings but never its secret (only whether it changed)."""
+Audit events carry the receiver's settings but never its secret (only whether it changed) nor its URL's path or query:
+a Slack or Teams incoming-webhook URL is itself the credential, and viewers read the audit."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from django.utils import timezone
 
 from control.audit.context import Origin
 from control.audit.record import record
+from control.audit.redact import redact_url
 from control.webhooks import sender
 from control.webhooks.addresses import InvalidURL, check_url
 from control.webhooks.models import EVENTS, FORMATS, Delivery, Receiver
@@ -28,7 +30,8 @@ class ReceiverError(ValueError):
 
 
 def facts(r: Receiver) -> dict[str, Any]:
-    return {"name": r.name, "url": r.url, "format": r.format, "events": list(r.events), "enabled": r.enabled,
+    """What the audit keeps of a receiver: the URL as scheme, host and fingerprint (a changed URL still shows)."""
+    return {"name": r.name, "url": redact_url(r.url), "format": r.format, "events": list(r.events), "enabled": r.enabled,
             "internal": r.internal, "disabled_reason": r.disabled_reason}
 
 
