@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from dashboard.accounts.login import ThrottledAdminAuthenticationForm, ThrottledLoginView
 from dashboard.fleet import api as fleet_api
 from dashboard.metrics import views as metric_views
 
@@ -14,9 +15,13 @@ api = [
     path("metrics/catalogue", metric_views.Catalogue.as_view(), name="metric-catalogue"),
 ]
 
+# The admin site signs in through the same throttle as the login page.
+admin.site.login_form = ThrottledAdminAuthenticationForm
+
 urlpatterns = [
     path("", include("dashboard.live.urls")),
     path("", include("control.urls")),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api)),
