@@ -29,6 +29,47 @@ celery_app.conf.update(broker_url=settings.REDIS_URL, result_backend=settings.RE
 latest_mod.redis_client.cache_clear()
 
 
+# --- browser tests without a browser -------------------------------------------------------------------------------
+# In CI (CI=true, which .ci/run sets) a missing Chromium fails every browser test: a green run must never hide that
+# they did not run. Elsewhere they are skipped, and the end of the run says so in one line that cannot be missed.
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+INSTALL_CHROMIUM = "apt-get install -y chromium (Debian's package; Playwright drives /usr/bin/chromium)"
+_browser_missing = pytest.StashKey[list[str]]()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/tests/browser/" in str(item.path).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.browser)
+    if os.path.exists(CHROMIUM):
+        return
+    browser = [item for item in items if item.get_closest_marker("browser")]
+    config.stash[_browser_missing] = [item.nodeid for item in browser]
+    if not in_ci():
+        skip = pytest.mark.skip(reason=f"{CHROMIUM} not found: {INSTALL_CHROMIUM}")
+        for item in browser:
+            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if in_ci() and item.nodeid in item.config.stash.get(_browser_missing, []):
+        pytest.fail(f"{CHROMIUM} not found and CI=true: browser tests must run in CI; {INSTALL_CHROMIUM}",
+                    pytrace=False)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    missing = config.stash.get(_browser_missing, [])
+    if missing:
+        verdict = "FAILED (CI=true)" if in_ci() else "were SKIPPED"
+        terminalreporter.write_line(
+            f"!! {len(missing)} browser tests {verdict}: {CHROMIUM} is missing. Install it: {INSTALL_CHROMIUM}",
+            red=True, bold=True)
+
+
 @pytest.fixture
 def redis_db() -> Iterator[Any]:
     client = latest_mod.redis_client()

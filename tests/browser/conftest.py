@@ -16,22 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, make_user, subprocess_env, wait_for_port
+from tests.conftest import CHROMIUM, free_port, make_user, subprocess_env, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery"
 
-pytestmark = pytest.mark.browser
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if not Path(CHROMIUM).exists():
-        skip = pytest.mark.skip(reason=f"{CHROMIUM} not found: apt-get install -y chromium (see .ci/run)")
-        for item in items:
-            if "tests/browser/" in str(item.fspath):
-                item.add_marker(skip)
+# Every test under tests/browser/ is marked `browser` by tests/conftest.py, which also decides what a missing
+# Chromium means (a failure in CI, a loud skip elsewhere).
 
 
 @dataclass

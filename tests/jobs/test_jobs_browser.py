@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 
 from control.jobs.models import Job, Shard
-from tests.browser.conftest import CHROMIUM, Server, login, screenshot
+from tests.browser.conftest import Server, login, screenshot
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found: apt-get install chromium")]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(autouse=True)

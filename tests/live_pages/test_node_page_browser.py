@@ -8,17 +8,15 @@ checks node.js's side of the contract alone; the real websocket is tested with l
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dashboard.live import history
-from tests.browser.conftest import CHROMIUM, Server, login, screenshot
+from tests.browser.conftest import Server, login, screenshot
 from tests.conftest import full_sample, make_node
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found: apt-get install chromium")]
+pytestmark = pytest.mark.browser
 GPUS = 2
 FAKE_LIVE = """
 window.__tails = {};

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.browser.conftest import CHROMIUM, Server, login, screenshot
+from tests.browser.conftest import Server, login, screenshot
 from tests.routing.conftest import entry, gw_state, xadd
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found: apt-get install chromium")]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(autouse=True)
