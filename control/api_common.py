@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
@@ -13,6 +13,12 @@ from dashboard.api_errors import errors  # noqa: F401  (the control views import
 
 # A policy document is a few KiB; a megabyte of one is a mistake or an attack, refused before it is parsed.
 MAX_BODY_BYTES = 256 * 1024
+
+
+class ReasonIn(serializers.Serializer):
+    """The body of an action that needs only a reason (revert, expire, delete): one OpenAPI component for all."""
+
+    reason = serializers.CharField()
 
 
 class ApiError(APIException):

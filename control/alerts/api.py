@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from control.alerts import silences
 from control.alerts.models import SEVERITIES, Alert, Silence
 from control.alerts.schema import DERIVED_GPU, DERIVED_NODE
-from control.api_common import ApiError, BoundedJSONParser, body, errors, query_text, text
+from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
 from control.audit.context import Origin
 from control.policy import service as policy
 from dashboard.accounts.roles import IsOperator, IsViewer
@@ -71,10 +71,6 @@ class SilenceIn(serializers.Serializer):
     matchers = MatcherIO(many=True)
     ends_at = serializers.DateTimeField(required=False, help_text="when it ends (or give duration_s)")
     duration_s = serializers.IntegerField(required=False, help_text="seconds from now (or give ends_at)")
-    reason = serializers.CharField()
-
-
-class ReasonIn(serializers.Serializer):
     reason = serializers.CharField()
 
 

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, query_text, text
+from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
 from control.audit.context import Origin
 from control.controller import actions, bindings, loop, observe, predict
 from control.controller.models import PoolProvider, ScalingAction
@@ -189,10 +189,6 @@ class ActionDetail(APIView):
         if action is None:
             raise ApiError(404, f"no scaling action {pk}")
         return Response(action_out(action))
-
-
-class ReasonIn(serializers.Serializer):
-    reason = serializers.CharField()
 
 
 class ActionRevert(APIView):

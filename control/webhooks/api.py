@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, text
+from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, text
 from control.audit.context import Origin
 from control.webhooks import service
 from control.webhooks.models import EVENTS, FORMATS, Delivery, Receiver
@@ -79,10 +79,6 @@ class DeliveryOut(serializers.Serializer):
     last_status = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
     attempt_log = AttemptOut(many=True)
-
-
-class ReasonIn(serializers.Serializer):
-    reason = serializers.CharField()
 
 
 def receiver_json(r: Receiver) -> dict[str, Any]:
