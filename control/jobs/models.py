@@ -28,6 +28,11 @@ class Job(models.Model):
     temperature = models.FloatField(null=True, blank=True)
     priority = models.CharField(max_length=64)
     callback_url = models.URLField(max_length=2000, blank=True)
+    # The key of the callback's X-Switchyard-Signature, returned once in the 201 of POST /api/v1/jobs. Stored as
+    # generated, like a webhook receiver's secret: the sender must compute HMACs with it when the job ends (a hash
+    # is useless for that), and encrypting it with a key kept beside the database (SECRET_KEY) protects nothing
+    # against whoever reads both. Never in the job API, pages, audit events or logs (docs/jobs.md).
+    callback_secret = models.CharField(max_length=200, blank=True)
     token_budget = models.PositiveIntegerField(null=True, blank=True, help_text="shard size in estimated tokens")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     shards_total = models.PositiveIntegerField(default=1)

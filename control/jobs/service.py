@@ -7,6 +7,7 @@ makes the transition, and only its transaction queues the notice (sent after it 
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from django.db import transaction
@@ -30,11 +31,19 @@ def _enqueue(shard_ids: list[int]) -> None:
         run_shard.delay(sid)
 
 
+def new_callback_secret() -> str:
+    """A per-job signing key (256 random bits), the same form as a webhook receiver's generated secret."""
+    return secrets.token_urlsafe(32)
+
+
 def submit(owner: Any, spec: JobSpec, origin: Origin) -> Job:
+    """Store the job and its shards, audit it, and enqueue the shards once committed. A job with a callback URL gets
+    its own `callback_secret` (on the returned row: the API shows it in the 201 and never again)."""
     with transaction.atomic():
         job = Job.objects.create(
             owner=owner, model=spec.model, input=spec.input, messages=spec.messages, max_tokens=spec.max_tokens,
             temperature=spec.temperature, priority=spec.priority, callback_url=spec.callback_url,
+            callback_secret=new_callback_secret() if spec.callback_url else "",
             token_budget=spec.token_budget, shards_total=len(spec.chunks))
         shards = Shard.objects.bulk_create(
             [Shard(job=job, index=i, input=chunk) for i, chunk in enumerate(spec.chunks)])

@@ -79,6 +79,7 @@ BAD = [
     ({"shard": 64}, "shard", "expected an object"),
     ({"input": "word " * 20_000, "shard": {"token_budget": 64}}, "shard.token_budget", "the limit is 256"),
     ({"colour": "blue"}, "colour", "unknown field"),
+    ({"callback_secret": "chosen-by-me"}, "callback_secret", "unknown field"),  # Switchyard makes the secret
 ]
 
 
