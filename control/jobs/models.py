@@ -69,6 +69,8 @@ class Shard(models.Model):
     node = models.CharField(max_length=120, blank=True, help_text="X-Switchyard-Node of the answer")
     attempts = models.PositiveIntegerField(default=0)
     waited_s = models.FloatField(default=0.0, help_text="seconds spent waiting on Retry-After")
+    tries = models.JSONField(default=list, blank=True,
+                             help_text="the latest gateway calls: [{at, status, node, retry_after}], oldest first")
     output = models.TextField(blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.BigIntegerField(default=0)

@@ -8,6 +8,7 @@ makes the transition, and only its transaction queues the notice (sent after it 
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -20,6 +21,7 @@ from control.jobs.models import Job, Shard
 from control.jobs.validation import JobSpec
 
 MERGE_SEPARATOR = "\n\n"  # chunks were cut at paragraph boundaries; their outputs are joined the same way
+MAX_TRIES_KEPT = 50  # a shard may wait an hour on Retry-After: keep the latest tries (`attempts` counts them all)
 LIVE = (Job.Status.QUEUED, Job.Status.RUNNING)
 OPEN_SHARD = (Shard.Status.PENDING, Shard.Status.RUNNING, Shard.Status.WAITING)
 
@@ -63,6 +65,15 @@ def mark_running(shard: Shard) -> None:
         Shard.objects.filter(pk=shard.pk).update(status=Shard.Status.RUNNING, attempts=F("attempts") + 1,
                                                  started=shard.started or now, error="")
         Job.objects.filter(pk=shard.job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING, started=now)
+
+
+def record_try(shard: Shard, sent: datetime, status: int, node: str, retry_after: int | None) -> None:
+    """Note one gateway call of the shard: when it was sent, the answer's status (0: none came), the node that
+    answered and the Retry-After it was given, so the detail shows when each try went out and why it waited."""
+    entry = {"at": sent.isoformat(), "status": status, "node": node, "retry_after": retry_after}
+    with transaction.atomic():
+        tries = Shard.objects.select_for_update().values_list("tries", flat=True).get(pk=shard.pk)
+        Shard.objects.filter(pk=shard.pk).update(tries=[*(tries or []), entry][-MAX_TRIES_KEPT:])
 
 
 def wait(shard: Shard, seconds: int, why: str) -> None:

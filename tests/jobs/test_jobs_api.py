@@ -1,5 +1,6 @@
 """POST/GET /api/v1/jobs and cancel: validation (field paths, nothing stored), roles, audit. No worker runs here
-(the tests' transaction never commits, so nothing is enqueued); tests/jobs/test_jobs_e2e.py runs jobs for real."""
+(the tests' transaction never commits, so nothing is enqueued); tests/jobs/test_jobs_gateway_e2e.py and
+test_jobs_failure_shapes.py run jobs for real."""
 
 from __future__ import annotations
 
