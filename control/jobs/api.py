@@ -75,7 +75,8 @@ def job_json(job: Job, detail: bool = False) -> dict[str, Any]:
         out["result"] = job.result
         out["shards"] = [
             {"index": s.index, "status": s.status, "node": s.node, "attempts": s.attempts,
-             "waited_s": s.waited_s, "tries": s.tries, "input_chars": len(s.input), "output_chars": len(s.output), "error": s.error,
+             "waited_s": s.waited_s, "tries": s.tries, "input_chars": len(s.input), "output_chars": len(s.output),
+             "error": s.error,
              "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens},
              "started": _iso(s.started), "finished": _iso(s.finished)}
             for s in job.shards.order_by("index")
