@@ -75,7 +75,8 @@ def job_json(job: Job, detail: bool = False) -> dict[str, Any]:
         out["result"] = job.result
         out["shards"] = [
             {"index": s.index, "status": s.status, "node": s.node, "attempts": s.attempts,
-             "waited_s": s.waited_s, "input_chars": len(s.input), "output_chars": len(s.output), "error": s.error,
+             "waited_s": s.waited_s, "tries": s.tries, "input_chars": len(s.input), "output_chars": len(s.output),
+             "error": s.error,
              "usage": {"prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens},
              "started": _iso(s.started), "finished": _iso(s.finished)}
             for s in job.shards.order_by("index")
@@ -120,11 +121,14 @@ class JobList(APIView):
     def post(self, request: Request) -> Response:
         """Submit a job: {model, input | messages, max_tokens?, temperature?, priority? (default batch),
         callback_url?, shard?: {token_budget}, reason?}. It runs through the gateway when capacity allows
-        (docs/jobs.md)."""
+        (docs/jobs.md). With a callback_url the answer carries `callback_secret`, the key of the callback's
+        X-Switchyard-Signature: shown this once."""
         spec = validation.check(body(request))
         job = service.submit(request.user, spec, Origin.from_request(request))
         job.refresh_from_db()
-        response = Response(job_json(job, detail=False), status=201)
+        # The callback's signing key, in this response only (job_json never carries it): null without a callback.
+        secret = job.callback_secret or None
+        response = Response({**job_json(job, detail=False), "callback_secret": secret}, status=201)
         response["Location"] = f"/api/v1/jobs/{job.id}"
         return response
 

@@ -1,10 +1,11 @@
 """One call of a shard through the gateway (settings.GATEWAY_URL), as the job runner: the same scheduler, queues and
-shedding as every other client, with the internal token and the job's priority class."""
+shedding as every other client, with the internal token and the job's priority class.
+
+The token is control.scheduler.auth.internal_token(), the one the gateway checks: both sides derive it from
+SECRET_KEY with the same function, so a runner and a gateway configured alike always agree."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -12,23 +13,14 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from control.scheduler.auth import internal_token
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 900.0  # a long generation at batch priority can take minutes; the gateway bounds its own queueing
 DEFAULT_RETRY_AFTER_S = 5
 MAX_RETRY_AFTER_S = 300
-
-
-def internal_token() -> str:
-    """The bearer token the gateway accepts from the job runner (control.scheduler.auth's contract)."""
-    try:
-        from control.scheduler.auth import internal_token as scheduler_token
-    except ImportError:
-        # The gateway package defines the token; until it is installed, derive the same kind of HMAC here so the
-        # runner still identifies itself (a gateway without control.scheduler.auth cannot check it anyway).
-        return hmac.new(settings.SECRET_KEY.encode(), b"switchyard-internal", hashlib.sha256).hexdigest()
-    return scheduler_token()
 
 
 @dataclass

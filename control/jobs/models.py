@@ -28,6 +28,11 @@ class Job(models.Model):
     temperature = models.FloatField(null=True, blank=True)
     priority = models.CharField(max_length=64)
     callback_url = models.URLField(max_length=2000, blank=True)
+    # The key of the callback's X-Switchyard-Signature, returned once in the 201 of POST /api/v1/jobs. Stored as
+    # generated, like a webhook receiver's secret: the sender must compute HMACs with it when the job ends (a hash
+    # is useless for that), and encrypting it with a key kept beside the database (SECRET_KEY) protects nothing
+    # against whoever reads both. Never in the job API, pages, audit events or logs (docs/jobs.md).
+    callback_secret = models.CharField(max_length=200, blank=True)
     token_budget = models.PositiveIntegerField(null=True, blank=True, help_text="shard size in estimated tokens")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
     shards_total = models.PositiveIntegerField(default=1)
@@ -64,6 +69,8 @@ class Shard(models.Model):
     node = models.CharField(max_length=120, blank=True, help_text="X-Switchyard-Node of the answer")
     attempts = models.PositiveIntegerField(default=0)
     waited_s = models.FloatField(default=0.0, help_text="seconds spent waiting on Retry-After")
+    tries = models.JSONField(default=list, blank=True,
+                             help_text="the latest gateway calls: [{at, status, node, retry_after}], oldest first")
     output = models.TextField(blank=True)
     error = models.TextField(blank=True)
     prompt_tokens = models.BigIntegerField(default=0)

@@ -37,7 +37,9 @@ def job_finished(job_id: str) -> None:
     body = payload(job)
     if job.callback_url:
         try:
-            sender.send_callback(job.callback_url, "job", body)
+            # Signed with the job's own key (X-Switchyard-Signature, as webhooks are): the receiver got it in the
+            # 201 of the submission and checks the notice with control/webhooks/verify.py.
+            sender.send_callback(job.callback_url, "job", body, secret=job.callback_secret)
         except ValueError:  # a URL the sender refuses (checked at submit too): the job stays done, the log says why
             log.exception("job %s: callback to %s not queued", job_id, job.callback_url)
     events.emit("job", body)

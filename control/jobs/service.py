@@ -7,6 +7,8 @@ makes the transition, and only its transaction queues the notice (sent after it 
 
 from __future__ import annotations
 
+import secrets
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -19,6 +21,7 @@ from control.jobs.models import Job, Shard
 from control.jobs.validation import JobSpec
 
 MERGE_SEPARATOR = "\n\n"  # chunks were cut at paragraph boundaries; their outputs are joined the same way
+MAX_TRIES_KEPT = 50  # a shard may wait an hour on Retry-After: keep the latest tries (`attempts` counts them all)
 LIVE = (Job.Status.QUEUED, Job.Status.RUNNING)
 OPEN_SHARD = (Shard.Status.PENDING, Shard.Status.RUNNING, Shard.Status.WAITING)
 
@@ -30,11 +33,19 @@ def _enqueue(shard_ids: list[int]) -> None:
         run_shard.delay(sid)
 
 
+def new_callback_secret() -> str:
+    """A per-job signing key (256 random bits), the same form as a webhook receiver's generated secret."""
+    return secrets.token_urlsafe(32)
+
+
 def submit(owner: Any, spec: JobSpec, origin: Origin) -> Job:
+    """Store the job and its shards, audit it, and enqueue the shards once committed. A job with a callback URL gets
+    its own `callback_secret` (on the returned row: the API shows it in the 201 and never again)."""
     with transaction.atomic():
         job = Job.objects.create(
             owner=owner, model=spec.model, input=spec.input, messages=spec.messages, max_tokens=spec.max_tokens,
             temperature=spec.temperature, priority=spec.priority, callback_url=spec.callback_url,
+            callback_secret=new_callback_secret() if spec.callback_url else "",
             token_budget=spec.token_budget, shards_total=len(spec.chunks))
         shards = Shard.objects.bulk_create(
             [Shard(job=job, index=i, input=chunk) for i, chunk in enumerate(spec.chunks)])
@@ -54,6 +65,15 @@ def mark_running(shard: Shard) -> None:
         Shard.objects.filter(pk=shard.pk).update(status=Shard.Status.RUNNING, attempts=F("attempts") + 1,
                                                  started=shard.started or now, error="")
         Job.objects.filter(pk=shard.job_id, status=Job.Status.QUEUED).update(status=Job.Status.RUNNING, started=now)
+
+
+def record_try(shard: Shard, sent: datetime, status: int, node: str, retry_after: int | None) -> None:
+    """Note one gateway call of the shard: when it was sent, the answer's status (0: none came), the node that
+    answered and the Retry-After it was given, so the detail shows when each try went out and why it waited."""
+    entry = {"at": sent.isoformat(), "status": status, "node": node, "retry_after": retry_after}
+    with transaction.atomic():
+        tries = Shard.objects.select_for_update().values_list("tries", flat=True).get(pk=shard.pk)
+        Shard.objects.filter(pk=shard.pk).update(tries=[*(tries or []), entry][-MAX_TRIES_KEPT:])
 
 
 def wait(shard: Shard, seconds: int, why: str) -> None:

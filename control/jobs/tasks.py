@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from control.jobs import gateway, service
 from control.jobs.models import Job, Shard
@@ -32,7 +33,10 @@ def run_shard(self, shard_id: int) -> str:  # type: ignore[no-untyped-def]
     service.mark_running(shard)
     messages = job.messages if job.messages is not None else [{"role": "user", "content": shard.input}]
     body = gateway.request_body(job.model, messages, job.max_tokens, job.temperature)
+    sent = timezone.now()
     outcome = gateway.complete(body, job.priority, str(job.id), shard.index)
+    service.record_try(shard, sent, outcome.status, outcome.node,
+                       outcome.retry_after if outcome.kind == "busy" else None)
 
     if Job.objects.filter(pk=job.pk, status__in=Job.TERMINAL).exists():
         service.drop(shard, "the job ended while this shard ran; its answer was dropped")

@@ -1,4 +1,6 @@
-"""Job tests: the control-plane role fixtures, a fake gateway, a local webhook receiver and a real Celery worker."""
+"""Job tests: the control-plane role fixtures, a fake gateway, a local webhook receiver and real Celery workers
+(`celery_worker()` starts one against any gateway URL: the fake one here, or a real gateway in
+tests/jobs/test_jobs_gateway_e2e.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from control.jobs.gateway import internal_token
+from control.scheduler.auth import internal_token
+from control.webhooks.models import Receiver as WebhookReceiver
 from tests.browser.conftest import chromium, page, server  # noqa: F401  (fixtures)
 from tests.conftest import free_port, subprocess_env
 from tests.control.conftest import _fast_passwords, api, browser, tokens  # noqa: F401  (fixtures)
@@ -34,8 +38,37 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str = "conditio
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def job_state(api_for: Callable[..., Any], job_id: str) -> dict[str, Any]:
+    return dict(api_for("operator").get(f"/api/v1/jobs/{job_id}").json())
+
+
+def wait_job(api_for: Callable[..., Any], job_id: str, worker: Any, timeout: float = 60) -> dict[str, Any]:
+    """The job's detail once it is done, failed or cancelled (the worker's log in the error if it never is)."""
+    try:
+        return wait_for(lambda: (s := job_state(api_for, job_id))["status"] in ("done", "failed", "cancelled") and s,
+                        timeout, f"job {job_id} to finish")
+    except AssertionError:
+        raise AssertionError(f"{job_state(api_for, job_id)}\n--- worker log ---\n"
+                             f"{worker.log.read_text()[-4000:]}") from None
+
+
+HOOK_SECRET = "s3cret-s3cret"
+
+
+def hook(receiver_url: str) -> WebhookReceiver:
+    # An admin-marked internal receiver may be on loopback; ad-hoc callback URLs never may (SSRF rule).
+    return WebhookReceiver.objects.create(name="jobs-hook", url=f"{receiver_url}/hook", secret=HOOK_SECRET,
+                                          events=["job"], internal=True, format="alertmanager")
+
+
+def job_posts(receiver: Any, job_id: str) -> list[dict[str, Any]]:
+    """The `job` webhook events the receiver got for this job."""
+    return [p for p in receiver.posts if p["headers"].get("x-switchyard-event") == "job"
+            and p["json"]["switchyard"]["payload"]["id"] == job_id]
+
+
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[tuple[FakeGateway, str]]:
+def fake_gateway() -> Iterator[tuple[FakeGateway, str]]:
     fake = FakeGateway(token=internal_token())
     port = free_port()
     with Served(fake, port):
@@ -43,7 +76,7 @@ def gateway() -> Iterator[tuple[FakeGateway, str]]:
 
 
 class Receiver:
-    """A real HTTP server that records every POST (path, headers, JSON body)."""
+    """A real HTTP server that records every POST (path, headers, raw and JSON body)."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
@@ -54,7 +87,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 owner.posts.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                    "json": json.loads(raw or b"null")})
+                                    "raw": raw, "json": json.loads(raw or b"null")})
                 self.send_response(200)
                 self.end_headers()
 
@@ -76,15 +109,15 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-@pytest.fixture(scope="module")
-def worker(django_db_setup: None, gateway: tuple[FakeGateway, str], tmp_path_factory: Any) -> Iterator[Any]:
-    """A real Celery worker (threads pool, 4 at once so shards run in parallel) against the fake gateway."""
-    log = tmp_path_factory.mktemp("worker") / "worker.log"
+@contextmanager
+def celery_worker(gateway_url: str, log: Path, max_wait_s: int = MAX_WAIT_S) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker (threads pool, 4 at once so shards run in parallel) sending shards to `gateway_url`."""
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "dashboard", "worker", "--pool", "threads", "--concurrency", "4",
              "--loglevel", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            cwd=ROOT, env=subprocess_env(SWITCHYARD_GATEWAY_URL=gateway[1], SWITCHYARD_JOBS_MAX_WAIT_S=str(MAX_WAIT_S)),
+            cwd=ROOT, env=subprocess_env(SWITCHYARD_GATEWAY_URL=gateway_url,
+                                         SWITCHYARD_JOBS_MAX_WAIT_S=str(max_wait_s)),
             stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "ready" in log.read_text() or proc.poll() is not None, 60, "the Celery worker")
@@ -97,3 +130,10 @@ def worker(django_db_setup: None, gateway: tuple[FakeGateway, str], tmp_path_fac
             proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def worker(django_db_setup: None, fake_gateway: tuple[FakeGateway, str], tmp_path_factory: Any) -> Iterator[Any]:
+    """A real Celery worker against the fake gateway."""
+    with celery_worker(fake_gateway[1], tmp_path_factory.mktemp("worker") / "worker.log") as proc:
+        yield proc

@@ -1,9 +1,9 @@
 """A small real upstream that plays the gateway for job tests: a raw ASGI app served by uvicorn on a free port.
 
 It checks the internal bearer token, answers OpenAI chat-completion JSON whose content is the prompt upper-cased,
-names a node per answer (round robin over three, in X-Switchyard-Node), and shapes capacity by markers in the prompt:
-`RATE-LIMIT-ONCE` gets one 429 + Retry-After: 1 before succeeding, `ALWAYS-BUSY` always gets 429 + Retry-After: 1,
-`BROKEN` gets a 400 (a request the gateway refuses).
+names a node per answer (round robin over three, in X-Switchyard-Node), and shapes failures by markers in the prompt:
+`ALWAYS-BUSY` always gets 429 + Retry-After: 1, `BROKEN` gets a 400 (a request the gateway refuses). A Retry-After
+that passes is the real gateway's to give (tests/jobs/test_jobs_gateway_e2e.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class FakeGateway:
     delay_s: float = 0.3  # long enough that the shards of one job overlap
     calls: list[Call] = field(default_factory=list)
     _nodes: Any = field(default_factory=lambda: itertools.cycle(NODES))
-    _seen_once: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -85,12 +84,6 @@ class FakeGateway:
         busy = [(b"retry-after", b"1")], {"error": {"message": "saturated"}}
         if "ALWAYS-BUSY" in content:
             return 429, *busy
-        if "RATE-LIMIT-ONCE" in content:
-            with self._lock:
-                first = content not in self._seen_once
-                self._seen_once.add(content)
-            if first:
-                return 429, *busy
         if "BROKEN" in content:
             return 400, [], {"error": {"message": "model does not exist"}}
         return 200, [], None

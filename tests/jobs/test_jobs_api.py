@@ -1,5 +1,6 @@
 """POST/GET /api/v1/jobs and cancel: validation (field paths, nothing stored), roles, audit. No worker runs here
-(the tests' transaction never commits, so nothing is enqueued); tests/jobs/test_jobs_e2e.py runs jobs for real."""
+(the tests' transaction never commits, so nothing is enqueued); tests/jobs/test_jobs_gateway_e2e.py and
+test_jobs_failure_shapes.py run jobs for real."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ BAD = [
     ({"shard": 64}, "shard", "expected an object"),
     ({"input": "word " * 20_000, "shard": {"token_budget": 64}}, "shard.token_budget", "the limit is 256"),
     ({"colour": "blue"}, "colour", "unknown field"),
+    ({"callback_secret": "chosen-by-me"}, "callback_secret", "unknown field"),  # Switchyard makes the secret
 ]
 
 
