@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
+from control.audit.redact import redact_url
 from control.jobs.models import Job
 from control.webhooks import events, sender
 
@@ -41,5 +42,6 @@ def job_finished(job_id: str) -> None:
             # 201 of the submission and checks the notice with control/webhooks/verify.py.
             sender.send_callback(job.callback_url, "job", body, secret=job.callback_secret)
         except ValueError:  # a URL the sender refuses (checked at submit too): the job stays done, the log says why
-            log.exception("job %s: callback to %s not queued", job_id, job.callback_url)
+            # The URL's path and query may be the receiver's credential: the log names its host only.
+            log.exception("job %s: callback to %s not queued", job_id, redact_url(job.callback_url))
     events.emit("job", body)

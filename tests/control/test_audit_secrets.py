@@ -204,6 +204,7 @@ def test_no_secret_survives_in_any_audit_event(api: Callable[..., Any], browser:
     job = admin.post("/api/v1/jobs", {"model": "m", "input": "hello", "callback_url": CALLBACK,
                                       "reason": "nightly"}, format="json")
     assert job.status_code in (201, 202), job.content
+    seen_tokens.append(job.json()["callback_secret"])  # the callback's signing key, returned once
 
     events = events_since(mark)
     written = {e.action for e in events}
