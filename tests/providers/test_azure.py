@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from control.providers import registry
-from control.providers.azure.fake import FakeArm, self_signed_cert
 from control.providers.azure.provider import (
     CLIENT_ENV,
     ENDPOINT_ENV,
@@ -19,6 +18,7 @@ from control.providers.azure.provider import (
 )
 from control.providers.base import Instance, Size
 from tests.providers.conftest import closed_port_url, provider_error, wait_until, without_hanging
+from tests.providers.fakes.azure import FakeArm, self_signed_cert
 
 SUB = "5f2d0c9e-1b3a-4c8d-9e7f-0a1b2c3d4e5f"
 TOKEN = "arm-token-xyz"

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from control.providers import registry
-from control.providers.azure.fake import self_signed_cert
 from control.providers.base import Size
-from control.providers.kubernetes.fake import DELETION_COST, FakeKubernetes
 from control.providers.kubernetes.provider import CA_FILE_ENV, TOKEN_FILE_ENV, KubernetesProvider
 from tests.providers.conftest import closed_port_url, provider_error, wait_until, without_hanging
+from tests.providers.fakes.azure import self_signed_cert
+from tests.providers.fakes.kubernetes import DELETION_COST, FakeKubernetes
 
 TOKEN = "sa-token-123"
 

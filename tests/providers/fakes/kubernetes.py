@@ -8,7 +8,7 @@
 One Deployment whose replicas and pods live in memory. Scaling down removes pods the way a ReplicaSet does:
 not-ready pods first, then the lowest `controller.kubernetes.io/pod-deletion-cost`, then the newest. Requests need
 `Authorization: Bearer <token>`; `fail(status)` makes every request (or those matching) answer with that status.
-With `tls=(cert, key)` it serves HTTPS (control.providers.azure.fake.self_signed_cert makes a throwaway pair).
+With `tls=(cert, key)` it serves HTTPS (tests.providers.fakes.azure.self_signed_cert makes a throwaway pair).
 
     with FakeKubernetes(namespace="gpu", deployment="vllm", token="t") as kube:
         kube.url  # http://127.0.0.1:<free port>
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from control.providers.fakeserver import FakeServer
+from tests.providers.fakes.server import FakeServer
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from control.providers.fakeserver import FakeServer
+from tests.providers.fakes.server import FakeServer
 
 LOCATION = "eastus"
 VMSS_PATH = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute/"

@@ -1,4 +1,4 @@
-"""What the local fakes of cloud APIs share (kubernetes/fake.py, azure/fake.py): a threaded HTTP(S) server on a
+"""What the local fakes of cloud APIs share (tests/providers/fakes: kubernetes.py, azure.py): a threaded HTTP(S) server on a
 free port whose every request goes to the fake's `_handle`, started and stopped as a context manager."""
 
 from __future__ import annotations
