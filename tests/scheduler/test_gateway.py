@@ -381,3 +381,33 @@ def test_a_client_leaving_a_stream_releases_the_node(fleet: Fleet, upstreams: An
     gw.wait(lambda: gw.app.sched.nodes[node.name].in_flight == 0, timeout=5, what="slot released")
     gw.wait(lambda: len(reqlog(redis_db)) == 1, what="log entry")
     assert reqlog(redis_db)[0]["error"] == "client disconnected mid-stream"
+
+
+def test_a_cached_answer_is_served_only_to_its_own_user_unless_the_policy_shares_the_cache(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api_client: Any) -> None:
+    from tests.conftest import make_user
+
+    (node,) = upstreams(1)
+    fleet.add(node.name, node.url)
+    gw = gateway()
+    gw.wait(lambda: gw.eligible() == {node.name}, what="node eligible")
+    other = make_user("other", "viewer")
+    secret_question = {**CHAT, "temperature": 0, "messages": [{"role": "user", "content": "my diagnosis is..."}]}
+    assert chat(gw, user_token, secret_question).headers["X-Switchyard-Cache"] == "miss"
+    assert chat(gw, user_token, secret_question).headers["X-Switchyard-Cache"] == "hit"
+    theirs = chat(gw, other, secret_question)  # the same question from someone else: no hint that it was asked
+    assert theirs.status_code == 200 and theirs.headers["X-Switchyard-Cache"] == "miss"
+    assert node.requests() == 2
+
+    doc = api_client.get("/api/v1/policies/scheduler/").json()
+    assert doc["document"]["cache"]["shared"] is False  # per user by default
+    doc["document"]["cache"]["shared"] = True
+    r = api_client.post("/api/v1/policies/scheduler/revisions/",
+                        {"document": doc["document"], "reason": "one tenant: share answers", "parent": doc["id"]},
+                        format="json")
+    assert r.status_code == 201, r.content
+    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], what="policy loaded")
+    public = {**CHAT, "temperature": 0, "messages": [{"role": "user", "content": "what is 2 + 2?"}]}
+    assert chat(gw, user_token, public).headers["X-Switchyard-Cache"] == "miss"
+    assert chat(gw, other, public).headers["X-Switchyard-Cache"] == "hit"
+    assert node.requests() == 3
