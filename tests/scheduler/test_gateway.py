@@ -202,14 +202,14 @@ def test_auth_internal_token_classes_and_read_endpoints(fleet: Fleet, upstreams:
     models = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {rt_token}"}).json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
     assert httpx.get(f"{gw.url}/v1/models").status_code == 401
-    health = httpx.get(f"{gw.url}/healthz").json()
-    assert health["status"] == "ok" and health["eligible"] == 1
-    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {rt_token}"}).text
     assert 'sy_gateway_requests_total{cache="off",cls="realtime",status="200"} 1.0' in metrics
+    assert f'sy_gateway_policy_revision{{kind="scheduler"}} {gw.app.policy_ids["scheduler"]}.0' in metrics
 
 
 def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams: Any, gateway: Any,
-                                                         user_token: str) -> None:
+                                                         user_token: str, realtime_token: str) -> None:
     (node,) = upstreams(1)
     fleet.add(node.name, node.url, waiting=300, running=40)  # queue above max_queue_depth (256): no room
     gw = gateway()
@@ -223,7 +223,7 @@ def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams
     async def realtime() -> httpx.Response:
         async with httpx.AsyncClient(timeout=30) as client:
             return await client.post(f"{gw.url}/v1/chat/completions", json=CHAT,
-                                     headers={"Authorization": f"Bearer {user_token}", "X-Priority": "realtime"})
+                                     headers={"Authorization": f"Bearer {realtime_token}"})
 
     async def scenario() -> tuple[httpx.Response, int]:
         task = asyncio.create_task(realtime())
@@ -240,7 +240,7 @@ def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams
 
 
 def test_queue_timeout_and_full_queue_answer_503(fleet: Fleet, upstreams: Any, gateway: Any, user_token: str,
-                                                 api_client: Any) -> None:
+                                                 realtime_token: str, api_client: Any) -> None:
     (node,) = upstreams(1)
     fleet.add(node.name, node.url, kv=99.0)  # KV cache above 98 %: saturated
     doc = api_client.get("/api/v1/policies/priorities/").json()
@@ -253,7 +253,7 @@ def test_queue_timeout_and_full_queue_answer_503(fleet: Fleet, upstreams: Any, g
     gw = gateway()
     gw.wait(lambda: gw.app.priorities.classes["realtime"].queue_timeout_s == 0.5, what="priorities loaded")
     gw.wait(lambda: node.name in gw.app.sched.nodes and gw.app.sched.nodes[node.name].healthy, what="node seen")
-    timed_out = chat(gw, user_token, **{"X-Priority": "realtime"})
+    timed_out = chat(gw, realtime_token)
     assert timed_out.status_code == 503 and timed_out.headers["Retry-After"] == "2"
     assert "stayed saturated for 0.5 s" in timed_out.json()["error"]["message"]
     full = chat(gw, user_token, **{"X-Priority": "standard"})
