@@ -1,9 +1,10 @@
 """What the gateway adds to a request, and the highest rate it holds on this machine.
 
 A trivial upstream (answers a fixed completion at once) is registered as the only node, so the figures are the
-gateway's own cost: scheduling, proxying with httpx, the request log and the metrics. The same open-loop load
-(`--rate` req/s for `--seconds`) goes once straight to the upstream and once through the gateway; the added latency
-is the difference of the percentiles. Then a closed loop with `--concurrency` clients measures the most requests per
+gateway's own cost: scheduling, proxying over its own keep-alive HTTP/1.1 client (control/scheduler/upstream.py,
+asyncio streams + httptools, not httpx), the request log and the metrics. The same open-loop load (`--rate` req/s
+for `--seconds`) goes once straight to the upstream and once through the gateway; the added latency is the
+difference of the percentiles. Then a closed loop with `--concurrency` clients measures the most requests per
 second the gateway answers. The client is a minimal keep-alive HTTP/1.1 client on raw asyncio streams so that its
 own cost stays small and identical on both paths.
 

@@ -43,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.benchlib import ROOT, free_port, start_server, use_bench_database, wait_port  # noqa: E402
+from control.scheduler.status import read_status  # noqa: E402  (the gateway runs --auth off: /metrics is open)
 
 CONFIGS = ("round_robin", "least_in_flight", "classic", "switchyard")
 POOL = "routing"
@@ -162,8 +163,7 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     duration = args.duration if duration is None else duration
     label = label or name
     rev = activate(name)
-    wait_for(f"the gateway to load revision {rev}", lambda: get_json(f"{gw}/healthz")["policy"].get("scheduler")
-             == rev, 15)
+    wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
     # Same start for every configuration: nothing running or queued, and a sample taken after that.
     wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
                                                  for n in get_json(f"{control}/nodes")["nodes"]), 180, 1.0)
@@ -366,8 +366,7 @@ def main() -> None:
                          and d, 60)
         profiles = {n["name"]: n["profile"] for n in nodes}
         urls = [n["url"] for n in nodes]
-        wait_for("every node eligible at the gateway", lambda: get_json(f"{gw}/healthz")["eligible"] == args.nodes,
-                 60)
+        wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == args.nodes, 60)
         log(f"gateway {gw}, fleet control {control}, logs in {logs}")
         if not args.rate:
             args.rate, probes = calibrate(args, gw, control, profiles, urls, slo_s, saturation, unloaded_s)

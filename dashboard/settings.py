@@ -253,6 +253,7 @@ LOGGING = {
 # --- gateway, jobs, webhooks -------------------------------------------------------------------------------------
 # Where Celery jobs send their work (the gateway routes it like any other request) and the URL alerts link back to.
 GATEWAY_URL = env("GATEWAY_URL", "http://127.0.0.1:8400")
+GATEWAY_METRICS_PUBLIC = env_bool("GATEWAY_METRICS_PUBLIC", False)  # the gateway's /metrics without a viewer token
 EXTERNAL_URL = env("EXTERNAL_URL", "http://127.0.0.1:8000")
 # Total seconds one job shard may wait on the gateway's Retry-After before the job fails.
 JOBS_MAX_WAIT_S = env_int("JOBS_MAX_WAIT_S", 3600)

@@ -43,7 +43,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "load": {"node_capacity": 32, "burst_correction": 1.0},
         "retry": {"max_attempts": 3, "connect_timeout_s": 2.0, "first_byte_timeout_s": 60.0, "read_timeout_s": 120.0},
         "quarantine": {"failures": 3, "cooldown_s": 30.0},
-        "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576},
+        "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576, "shared": False},
         "shedding": {"retry_after_s": 2},
     },
     "scaling": {

@@ -103,6 +103,9 @@ class Cache(Strict):
     enabled: bool = True
     ttl_s: int = Field(300, ge=1, le=7 * 86_400)
     max_entry_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576)
+    shared: bool = Field(False, description="false: an answer is served only to the user who asked it (per-user "
+                                             "keys, so timing cannot reveal another user's question); true: to "
+                                             "every caller (one tenant)")
 
 
 class Shedding(Strict):

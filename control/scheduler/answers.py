@@ -1,21 +1,29 @@
 """The answer cache: deterministic requests (temperature 0) answered from Redis.
 
-Key: sha256 over the endpoint and the whole request body with sorted keys (model, messages or prompt, every
-sampling parameter, and `stream`, so a streamed answer is replayed as the same stream and a plain one as JSON);
-fields that do not change the answer (`user`) are left out. Only an explicit `temperature: 0` with one choice is
-cached: a missing temperature means 1.0 on vLLM, i.e. sampled text that must not be repeated.
+Key: sha256 over the tenant, the endpoint and the whole request body with sorted keys (model, messages or prompt,
+every sampling parameter, and `stream`, so a streamed answer is replayed as the same stream and a plain one as
+JSON); fields that do not change the answer (`user`) are left out. Only an explicit `temperature: 0` with one
+choice is cached: a missing temperature means 1.0 on vLLM, i.e. sampled text that must not be repeated.
+
+The tenant is the calling user (the token's owner) unless the scheduler policy says `cache.shared: true`: a hit is
+fast, so a shared cache would let anyone learn by timing whether someone else asked the same question.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from control.scheduler.auth import Caller
+
 PREFIX = "sy:cache:"
 IGNORED_FIELDS = ("user",)
+SHARED = ""  # the tenant of a shared cache, and of every caller when the gateway runs without authentication
+log = logging.getLogger(__name__)
 
 
 def cacheable(body: dict[str, Any]) -> bool:
@@ -24,9 +32,16 @@ def cacheable(body: dict[str, Any]) -> bool:
     return isinstance(t, int | float) and not isinstance(t, bool) and t == 0 and n in (1, None)
 
 
-def key(path: str, body: dict[str, Any]) -> str:
+def tenant(caller: Caller | None, shared: bool) -> str:
+    """Whose answers a request may be served: its user's, or everyone's when the cache is shared."""
+    if shared or caller is None:
+        return SHARED
+    return "internal" if caller.internal else f"user:{caller.user_id}"
+
+
+def key(path: str, body: dict[str, Any], tenant: str = SHARED) -> str:
     material = {k: v for k, v in body.items() if k not in IGNORED_FIELDS}
-    raw = path.encode() + b"\n" + orjson.dumps(material, option=orjson.OPT_SORT_KEYS)
+    raw = tenant.encode() + b"\n" + path.encode() + b"\n" + orjson.dumps(material, option=orjson.OPT_SORT_KEYS)
     return PREFIX + hashlib.sha256(raw).hexdigest()
 
 
@@ -51,3 +66,24 @@ class Entry:
             return cls(int(m["status"]), str(m["content_type"]), str(m["node"]), body)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return None
+
+
+class AnswerCache:
+    """The answers in Redis. A cache that is down is a miss, never an error: the request goes to a node."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+
+    async def get(self, ckey: str) -> Entry | None:
+        try:
+            raw = await self.redis.get(ckey)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.debug("cache read failed: %s", exc)
+            return None
+        return Entry.decode(raw) if raw else None
+
+    async def put(self, ckey: str, entry: Entry, ttl_s: int) -> None:
+        try:
+            await self.redis.set(ckey, entry.encode(), ex=ttl_s)
+        except Exception as exc:  # noqa: BLE001 - the answer was delivered; caching it is best effort
+            log.debug("cache write failed: %s", exc)

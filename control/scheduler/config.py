@@ -36,6 +36,18 @@ class Priorities:
     def ordered(self) -> list[PriorityClass]:
         return sorted(self.classes.values(), key=lambda c: c.rank)
 
+    @property
+    def top_class(self) -> str:
+        return self.ordered()[0].name
+
+    def class_or_default(self, name: str) -> str:
+        """`name` when the policy defines it, else the default class (a blank or since-removed class)."""
+        return name if name in self.classes else self.default_class
+
+    def ranks_above(self, name: str, other: str) -> bool:
+        """True when class `name` is more important than class `other` (both defined)."""
+        return self.classes[name].rank < self.classes[other].rank
+
 
 @dataclass(frozen=True)
 class Config:
@@ -65,6 +77,7 @@ class Config:
     cache_enabled: bool
     cache_ttl_s: int
     cache_max_entry_bytes: int
+    cache_shared: bool  # False: answers are cached per user, so timing cannot reveal what someone else asked
     retry_after_s: int
     strategy: str = "highest"  # picker: highest | round_robin | least_in_flight
 
@@ -86,7 +99,8 @@ class Config:
             first_byte_timeout_s=float(retry["first_byte_timeout_s"]), read_timeout_s=float(retry["read_timeout_s"]),
             quarantine_failures=int(quar["failures"]), quarantine_cooldown_s=float(quar["cooldown_s"]),
             cache_enabled=bool(cache["enabled"]), cache_ttl_s=int(cache["ttl_s"]),
-            cache_max_entry_bytes=int(cache["max_entry_bytes"]), retry_after_s=int(shed["retry_after_s"]),
+            cache_max_entry_bytes=int(cache["max_entry_bytes"]), cache_shared=bool(cache.get("shared", False)),
+            retry_after_s=int(shed["retry_after_s"]),
             strategy=p.get("strategy", "highest"),
         )
 

@@ -1,4 +1,5 @@
-"""The gateway's own Prometheus metrics (one registry per gateway instance, served at its /metrics)."""
+"""The gateway's own Prometheus metrics (one registry per gateway instance, served at its /metrics to a viewer's
+token: node names and policy ids are in them)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class GatewayMetrics:
     waiting: Gauge
     in_flight: Gauge
     eligible: Gauge
+    policy: Gauge
 
     @classmethod
     def create(cls) -> GatewayMetrics:
@@ -39,4 +41,6 @@ class GatewayMetrics:
             in_flight=Gauge("sy_gateway_node_in_flight", "Requests this gateway has in flight, by node", ["node"],
                             registry=r),
             eligible=Gauge("sy_gateway_nodes_eligible", "Nodes that may take a request now", registry=r),
+            policy=Gauge("sy_gateway_policy_revision", "Revision id of the policy this gateway routes by, by kind",
+                         ["kind"], registry=r),
         )

@@ -7,9 +7,16 @@ node in a plain list and parses with httptools (already installed with uvicorn[s
 everything else in Switchyard.
 
 What it does: POST with a body, return once the status line and headers are in, then yield the body as it arrives
-(de-chunked, never content-decoded: the bytes a node sends are the bytes the caller gets). A pooled connection that
-the node closed while idle fails on first use; that request is resent once on a new connection, since the node
-cannot have seen it.
+(de-chunked, never content-decoded: the bytes a node sends are the bytes the caller gets). A body without
+Content-Length or chunked encoding ends when the node closes the connection (valid HTTP/1.1; that connection is not
+reused).
+
+A POST is sent to a node at most once per call. A node that read the request and then closed or reset the
+connection without a byte may be running it (for an LLM: double cost; for a tool-calling agent: double side effects),
+so that failure goes back to the caller (the gateway, which may try another node and says so). The request is
+resent on a new connection only when the pooled one was provably dead before the request could reach the node:
+the node had closed it while idle (seen before use), or writing the request failed (the connection was already
+lost). `Response.resent` says when that happened.
 """
 
 from __future__ import annotations
@@ -69,13 +76,28 @@ class _Conn:
         self.writer.close()
 
 
+# (tls, host, port): a plain connection must never carry a request meant for https on the same host and port.
+PoolKey = tuple[bool, str, int]
+# Statuses whose response has no body whatever the headers say (RFC 9112 6.3).
+_NO_BODY = frozenset({204, 304})
+
+
+def _ends_at_close(status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+    """A response whose body is delimited by the connection closing: neither Content-Length nor chunked."""
+    if status < 200 or status in _NO_BODY:
+        return False
+    return not any(k.lower() in (b"content-length", b"transfer-encoding") for k, _ in headers)
+
+
 class Response:
-    def __init__(self, client: UpstreamClient, key: tuple[str, int], conn: _Conn, parsed: _Parsed,
-                 parser: httptools.HttpResponseParser, read_timeout: float) -> None:
+    def __init__(self, client: UpstreamClient, key: PoolKey, conn: _Conn, parsed: _Parsed,
+                 parser: httptools.HttpResponseParser, read_timeout: float, resent: bool) -> None:
         self._client, self._key, self._conn = client, key, conn
         self._parsed, self._parser, self._read_timeout = parsed, parser, read_timeout
         self.status_code = parsed.status
         self.headers = parsed.headers
+        self.resent = resent  # sent again on a new connection because the pooled one was dead before use
+        self._until_close = _ends_at_close(parsed.status, parsed.headers)
         self._done = False
 
     def header(self, name: bytes) -> str:
@@ -98,6 +120,9 @@ class Response:
                 await self.aclose()
                 raise UpstreamError(f"no byte for {self._read_timeout:g} s") from None
             if not data:
+                if self._until_close:  # the close is the end of this body: the answer is whole
+                    parsed.complete, parsed.keep_alive = True, False
+                    continue
                 await self.aclose()
                 raise UpstreamError("the node closed the connection mid-answer")
             try:
@@ -140,7 +165,7 @@ class Response:
 
 class UpstreamClient:
     def __init__(self, max_idle_per_node: int = 512) -> None:
-        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._idle: dict[PoolKey, list[_Conn]] = {}
         self.max_idle = max_idle_per_node
         self._ssl: ssl.SSLContext | None = None
 
@@ -160,50 +185,60 @@ class UpstreamClient:
     async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str], *,
                    connect_timeout: float, read_timeout: float) -> Response:
         host, port, prefix, tls = self._key(base_url)
-        key = (host, port)
+        key: PoolKey = (tls, host, port)
         head = [f"POST {prefix}{path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(body)}\r\n"]
         head += [f"{k}: {v}\r\n" for k, v in headers.items()]
         message = "".join(head).encode("latin-1") + b"\r\n" + body
-        for attempt in range(2):
-            conn = self._pooled(key) if attempt == 0 else None  # a resend always goes on a new connection
+        resent = False
+        while True:
+            conn = self._pooled(key) if not resent else None  # a resend always goes on a new connection
             reused = conn is not None
             if conn is None:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port, limit=READ_SIZE * 4, ssl=self._tls() if tls else None),
                     connect_timeout)
                 conn = _Conn(reader, writer)
-            parsed = _Parsed()
-            parser = parsed.parser = httptools.HttpResponseParser(parsed)
-            got_any = False
             try:
                 conn.writer.write(message)
-                while not parsed.headers_done:
-                    data = await conn.reader.read(READ_SIZE)
-                    if not data:
-                        raise UpstreamError("the node closed the connection before answering")
-                    got_any = True
-                    parser.feed_data(data)
-            except (OSError, UpstreamError, httptools.HttpParserError) as exc:
+                await conn.writer.drain()  # back-pressure for a large body; raises if the connection was lost
+            except OSError:
                 conn.close()
-                if reused and not got_any:
-                    continue  # an idle connection the node had closed: resend once on a new one
-                if isinstance(exc, httptools.HttpParserError):
-                    raise UpstreamError(f"bad HTTP from the node: {exc}") from None
+                if reused:  # the write failed: the connection was dead before the node could read the request
+                    resent = True
+                    continue
                 raise
-            except BaseException:  # cancelled (first-byte deadline): the connection is mid-message
+            except BaseException:
                 conn.close()
                 raise
-            parsed.status = parser.get_status_code()
-            return Response(self, key, conn, parsed, parser, read_timeout)
-        raise UpstreamError("the node closed the connection before answering")
+            return await self._head(conn, key, read_timeout, resent)
 
-    def _pooled(self, key: tuple[str, int]) -> _Conn | None:
+    async def _head(self, conn: _Conn, key: PoolKey, read_timeout: float, resent: bool) -> Response:
+        """Read the status line and headers. Any failure here is final: the node may have read the request."""
+        parsed = _Parsed()
+        parser = parsed.parser = httptools.HttpResponseParser(parsed)
+        try:
+            while not parsed.headers_done:
+                data = await conn.reader.read(READ_SIZE)
+                if not data:
+                    raise UpstreamError("the node closed the connection before answering")
+                parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            conn.close()
+            raise UpstreamError(f"bad HTTP from the node: {exc}") from None
+        except BaseException:  # network error, or cancelled (first-byte deadline): the connection is mid-message
+            conn.close()
+            raise
+        parsed.status = parser.get_status_code()
+        return Response(self, key, conn, parsed, parser, read_timeout, resent)
+
+    def _pooled(self, key: PoolKey) -> _Conn | None:
         """The most recently used idle connection to `key` that the node has not closed by now."""
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.idle_since < IDLE_REUSE_S and not conn.reader.at_eof():
+            if (now - conn.idle_since < IDLE_REUSE_S and not conn.reader.at_eof()
+                    and not conn.writer.is_closing()):
                 return conn
             conn.close()
         return None

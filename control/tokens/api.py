@@ -38,7 +38,9 @@ class CreateTokenRequest(serializers.Serializer):
     reason = serializers.CharField()
     user = serializers.CharField(required=False, help_text="whose token (admins only; default: yourself)")
     priority_class = serializers.CharField(
-        required=False, help_text="gateway priority class of its requests (default: the priorities policy's default)")
+        required=False, help_text="the most important gateway priority class its requests may have (X-Priority may "
+                                  "only lower it; default: the priorities policy's default); a class above the "
+                                  "default needs an admin")
 
 
 class RevokeRequest(serializers.Serializer):
@@ -72,7 +74,7 @@ class TokenList(generics.ListAPIView):
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         return super().get(request, *args, **kwargs)
 
-    @extend_schema(request=CreateTokenRequest, responses={201: TokenCreated, **errors(400, 404, 413, 415)})
+    @extend_schema(request=CreateTokenRequest, responses={201: TokenCreated, **errors(400, 403, 404, 413, 415)})
     def post(self, request: Request) -> Response:
         data = body(request)
         unknown = sorted(set(data) - {"name", "reason", "user", "priority_class"})
@@ -90,9 +92,12 @@ class TokenList(generics.ListAPIView):
             if owner is None:
                 raise ApiError(404, f"no active user {username!r}", {"user": "no such user"})
         try:
-            token, plain = service.issue(owner, name, Origin.from_request(request), reason, priority_class)
+            token, plain = service.issue(owner, name, Origin.from_request(request), reason, priority_class,
+                                         by_admin=_is_admin(request))
         except service.UnknownClass as exc:
             raise ApiError(400, str(exc), {"priority_class": str(exc)}) from None
+        except service.ClassNotAllowed as exc:
+            raise ApiError(403, str(exc), {"priority_class": str(exc)}) from None
         return Response({**TokenSerializer(token).data, "token": plain}, status=201)
 
 

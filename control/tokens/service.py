@@ -1,7 +1,13 @@
-"""Issuing and revoking user API tokens, with their audit events (used by the API and by `createuser`)."""
+"""Issuing and revoking user API tokens, with their audit events (used by the API, the page and `createuser`).
+
+A token's priority class is the most important class its requests may have at the gateway, so only an admin may
+issue one whose class ranks above the priorities policy's default. A revocation is announced to every gateway
+(`sy:tokens`, the token's digest) once it has committed.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import transaction
@@ -9,12 +15,19 @@ from django.utils import timezone
 
 from control.audit.context import Origin
 from control.audit.record import record
+from control.scheduler.auth import TOKENS_CHANNEL
 from dashboard.accounts.models import UserToken
 from dashboard.accounts.tokens import display_prefix, new_token
+
+log = logging.getLogger(__name__)
 
 
 class UnknownClass(ValueError):
     """A priority class that the active priorities policy does not define."""
+
+
+class ClassNotAllowed(PermissionError):
+    """A class above the policy's default, asked for by someone who is not an admin."""
 
 
 def _facts(token: UserToken) -> dict[str, Any]:
@@ -25,22 +38,31 @@ def _facts(token: UserToken) -> dict[str, Any]:
     return facts
 
 
-def check_priority_class(name: str) -> str:
-    """`name` if the active priorities policy defines it ('' = its default class), else UnknownClass."""
+def check_priority_class(name: str, *, by_admin: bool) -> str:
+    """`name` if the active priorities policy defines it ('' = its default class), else UnknownClass; a class that
+    ranks above the default is ClassNotAllowed unless `by_admin`."""
     if not name:
         return ""
     from control.policy.service import active
+    from control.scheduler.config import Priorities
 
-    classes = [c["name"] for c in active("priorities").document["classes"]]
-    if name not in classes:
-        raise UnknownClass(f"unknown priority class {name!r}; the classes are {', '.join(classes)}")
+    priorities = Priorities.from_document(active("priorities").document)
+    if name not in priorities.classes:
+        raise UnknownClass(f"unknown priority class {name!r}; the classes are "
+                           f"{', '.join(c.name for c in priorities.ordered())}")
+    default = priorities.default_class
+    if not by_admin and priorities.ranks_above(name, default):
+        raise ClassNotAllowed(f"only an admin may issue a token of class {name!r}, which ranks above the default "
+                              f"class {default!r}; yours may have {default!r} or below")
     return name
 
 
-def issue(user: Any, name: str, origin: Origin, reason: str, priority_class: str = "") -> tuple[UserToken, str]:
+def issue(user: Any, name: str, origin: Origin, reason: str, priority_class: str = "", *,
+          by_admin: bool = False) -> tuple[UserToken, str]:
     """A new token for `user`; returns it and the plain secret (shown once, never stored). `priority_class` is the
-    gateway class of its requests (blank = the policy's default); UnknownClass when the policy has no such class."""
-    priority_class = check_priority_class(priority_class)
+    most important gateway class of its requests (blank = the policy's default); UnknownClass when the policy has
+    no such class, ClassNotAllowed when it ranks above the default and the issuer (`by_admin`) is not an admin."""
+    priority_class = check_priority_class(priority_class, by_admin=by_admin)
     plain, dig = new_token("user")
     with transaction.atomic():
         token = UserToken.objects.create(user=user, prefix=display_prefix(plain), digest=dig, name=name,
@@ -59,5 +81,22 @@ def revoke(token: UserToken, origin: Origin, reason: str) -> bool:
         locked.save(update_fields=["revoked"])
         record(origin, "token.revoke", f"token:{locked.pk}", reason, before={**_facts(locked), "revoked": None},
                after={**_facts(locked), "revoked": locked.revoked.isoformat()})
+        _announce_revocation(locked.digest)
     token.revoked = locked.revoked
     return True
+
+
+def _announce_revocation(dig: str) -> None:
+    """Tell every gateway to forget the token, once the revocation has committed. The digest, never the secret.
+    Redis being down must not fail a revocation that is stored: gateways then drop it within their cache's TTL."""
+
+    def publish() -> None:
+        from dashboard.metrics.latest import redis_client
+
+        try:
+            redis_client().publish(TOKENS_CHANNEL, dig)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is only logged
+            log.warning("token revoked but not announced on %s (gateways drop it within their cache TTL): %s",
+                        TOKENS_CHANNEL, exc)
+
+    transaction.on_commit(publish)

@@ -11,6 +11,7 @@ from control import once
 from control.audit.context import Origin
 from control.tokens import service
 from dashboard.accounts.models import UserToken
+from dashboard.accounts.roles import has_role
 from dashboard.accounts.views import role_required
 
 
@@ -31,8 +32,9 @@ def tokens(request: HttpRequest) -> HttpResponse:
             return redirect("account-tokens")
         priority_class = _clean(request.POST.get("priority_class", ""), 63)
         try:
-            token, plain = service.issue(request.user, name, Origin.from_request(request), reason, priority_class)
-        except service.UnknownClass as exc:
+            token, plain = service.issue(request.user, name, Origin.from_request(request), reason, priority_class,
+                                         by_admin=has_role(request.user, "admin"))
+        except (service.UnknownClass, service.ClassNotAllowed) as exc:
             messages.error(request, str(exc))
             return redirect("account-tokens")
         # The secret goes into this one response only; a reload re-sends the form, which `once` turns away.

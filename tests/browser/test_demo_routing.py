@@ -34,6 +34,7 @@ import pytest
 from control.audit.context import Origin
 from control.policy import service
 from control.routing import reqlog, summary
+from control.scheduler.status import read_status
 from dashboard.metrics.latest import redis_client
 from tests.browser.conftest import ROOT, screenshot
 from tests.conftest import free_port, make_user, subprocess_env
@@ -121,7 +122,8 @@ def test_a_weight_changed_in_the_dashboard_moves_the_demo_load_off_a_slow_node(p
     try:
         password = demo.wait_for_line("admin login: admin / ", 120).rsplit(" ", 1)[-1]
         demo.wait_for_line("Ctrl-C stops everything.", 10)
-        wait_until(lambda: httpx.get(f"{gateway}/healthz", timeout=2).json()["eligible"] == 3, 30,
+        watcher = make_user("watcher", "viewer")  # the gateway's /metrics needs a viewer (the demo has its own key)
+        wait_until(lambda: read_status(gateway, watcher).eligible == 3, 30,
                    "three eligible nodes at the gateway")
         # The operator starts from the classic formula alone: the default's expected_wait scorer steers load off a
         # slow node by itself (tests/scheduler/test_expected_wait.py), so it is turned off here, and the weight
@@ -132,7 +134,7 @@ def test_a_weight_changed_in_the_dashboard_moves_the_demo_load_off_a_slow_node(p
                 scorer["weight"] = 0.0
         classic = service.create_revision("scheduler", document, "the classic formula alone",
                                           service.active("scheduler").pk, Origin.system("test")).revision.pk
-        wait_until(lambda: httpx.get(f"{gateway}/healthz", timeout=2).json()["policy"].get("scheduler") == classic,
+        wait_until(lambda: read_status(gateway, watcher).policy.get("scheduler") == classic,
                    5, "the gateway to load the classic policy")
         load = subprocess.Popen(
             [sys.executable, "manage.py", "loadgen", "--url", gateway, "--token", make_user("load", "viewer"),
@@ -165,7 +167,7 @@ def test_a_weight_changed_in_the_dashboard_moves_the_demo_load_off_a_slow_node(p
         page.click("button[value=save]")
         page.wait_for_url(f"{web}/policies/scheduler/history/")
         revision = service.active("scheduler").pk
-        wait_until(lambda: httpx.get(f"{gateway}/healthz", timeout=2).json()["policy"].get("scheduler") == revision,
+        wait_until(lambda: read_status(gateway, watcher).policy.get("scheduler") == revision,
                    5, "the gateway to load the new revision (within 2 s by contract)")
         changed = time.time()
 

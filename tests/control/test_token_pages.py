@@ -72,3 +72,19 @@ def test_a_reload_of_the_create_answer_does_not_make_a_second_token(browser: Cal
     assert fresh != nonce
     assert csrf_post(client, "/account/tokens/", {**data, "once": fresh}).status_code == 201
     assert UserToken.objects.filter(name="grafana").count() == 2
+
+
+def test_a_viewer_cannot_give_a_token_a_class_above_the_default(browser: Callable[..., Any]) -> None:
+    client = browser("viewer")
+    before, mark = UserToken.objects.count(), last_event_id()
+    refused = csrf_post(client, "/account/tokens/", {"name": "fast", "reason": "latency", "priority_class": "realtime"})
+    assert refused.status_code == 302
+    page = client.get("/account/tokens/").content.decode()
+    assert "only an admin may issue a token of class &#x27;realtime&#x27;" in page
+    assert UserToken.objects.count() == before and events_since(mark) == []
+    assert csrf_post(client, "/account/tokens/", {"name": "slow", "reason": "nightly", "priority_class": "batch"}) \
+        .status_code == 201
+    admin = browser("admin")
+    assert csrf_post(admin, "/account/tokens/", {"name": "fast", "reason": "pager", "priority_class": "realtime"}) \
+        .status_code == 201
+    assert UserToken.objects.get(name="fast").user.username == "admin"

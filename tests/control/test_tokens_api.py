@@ -73,3 +73,32 @@ def test_token_input_checks(api: Callable[..., Any]) -> None:
     assert viewer.post("/api/v1/tokens/", {"name": 5, "reason": "r"}, format="json").status_code == 400
     assert viewer.post("/api/v1/tokens/999999/revoke/", {"reason": "r"}, format="json").status_code == 404
     assert events_since(mark) == []
+
+
+def test_only_an_admin_may_issue_a_token_whose_class_ranks_above_the_default(api: Callable[..., Any]) -> None:
+    mark = last_event_id()
+    before = UserToken.objects.count()
+    for role in ("viewer", "operator"):
+        refused = api(role).post("/api/v1/tokens/", {"name": "fast", "reason": "latency", "priority_class":
+                                                     "realtime"}, format="json")
+        assert refused.status_code == 403
+        assert refused.json()["error"] == ("only an admin may issue a token of class 'realtime', which ranks above "
+                                            "the default class 'standard'; yours may have 'standard' or below")
+        assert refused.json()["fields"]["priority_class"].startswith("only an admin")
+    assert UserToken.objects.count() == before and events_since(mark) == []  # nothing stored, nothing audited
+
+    for cls in ("standard", "batch", ""):  # the default and below are anyone's
+        ok = api("viewer").post("/api/v1/tokens/", {"name": f"t-{cls}", "reason": "r", "priority_class": cls},
+                                format="json")
+        assert ok.status_code == 201 and ok.json()["priority_class"] == cls
+    mine = api("admin").post("/api/v1/tokens/", {"name": "rt", "reason": "r", "priority_class": "realtime"},
+                             format="json")
+    theirs = api("admin").post("/api/v1/tokens/", {"name": "rt", "reason": "trading desk", "user": "viewer",
+                                                   "priority_class": "realtime"}, format="json")
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert theirs.json()["user"] == "viewer" and theirs.json()["priority_class"] == "realtime"
+    for hostile in ("realtime\x00", "REALTIME", "x" * 64, ["realtime"]):
+        bad = api("viewer").post("/api/v1/tokens/", {"name": "h", "reason": "r", "priority_class": hostile},
+                                 format="json")
+        assert bad.status_code == 400, (hostile, bad.content)
+    assert UserToken.objects.filter(user__username="viewer", priority_class="realtime").count() == 1

@@ -39,6 +39,8 @@ from control.controller.models import GuardWatch
 from control.policy import service
 from control.routing import aggregate
 from control.routing.models import RequestMinute
+from control.scheduler.auth import internal_token
+from control.scheduler.status import read_status
 from control.webhooks.models import Delivery, Receiver
 from tests.conftest import make_user
 from tests.scheduler.conftest import Fleet, gateway  # noqa: F401  (the gateway fixture on a real port)
@@ -121,7 +123,7 @@ def slow_share(done: list[Done]) -> float:
 
 
 def scheduler_id(gw_url: str) -> int | None:
-    return httpx.get(f"{gw_url}/healthz", timeout=5).json()["policy"].get("scheduler")
+    return read_status(gw_url, internal_token(), timeout=5).policy.get("scheduler")
 
 
 def test_a_bad_weight_change_under_load_is_rolled_back_by_the_guard_and_audited(

@@ -126,8 +126,8 @@ class RunningGateway:
 
     def refresh_now(self) -> None:
         """Ask the gateway to reload at once (as a sy:policy message would), from this thread."""
-        assert self.loop is not None and self.app._wake is not None
-        self.loop.call_soon_threadsafe(self.app._wake.set)
+        assert self.loop is not None and self.app.wake is not None
+        self.loop.call_soon_threadsafe(self.app.wake.set)
 
     def wait(self, condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
         deadline = time.monotonic() + timeout
@@ -180,6 +180,18 @@ def gateway(fleet: Fleet) -> Iterator[Callable[..., RunningGateway]]:
 @pytest.fixture
 def user_token(fleet: Fleet) -> str:
     return make_user("caller", "viewer")
+
+
+@pytest.fixture
+def realtime_token(fleet: Fleet) -> str:
+    """A token whose class is realtime (issued through createuser, as an admin would): it may ask for any class."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("createuser", "urgent", "--role", "viewer", "--class", "realtime", stdout=out)
+    return out.getvalue().strip().splitlines()[-1]
 
 
 def old(seconds: float) -> datetime:

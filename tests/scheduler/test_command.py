@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from control.scheduler.auth import internal_token
+from control.scheduler.status import read_status
 from tests.conftest import free_port, subprocess_env, wait_for_port
 from tests.scheduler.conftest import MODEL, ROOT, Fleet
 
@@ -32,7 +33,8 @@ def test_the_gateway_command_routes_and_publishes_its_state(fleet: Fleet, upstre
     try:
         wait_for_port(port, timeout=30)
         deadline = time.monotonic() + 10
-        while httpx.get(f"http://127.0.0.1:{port}/healthz").json()["eligible"] != 1:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        while read_status(f"http://127.0.0.1:{port}", internal_token()).eligible != 1:
             assert time.monotonic() < deadline, "the node never became eligible"
             time.sleep(0.1)
         body = {"model": MODEL, "prompt": "once upon a time"}
@@ -44,11 +46,15 @@ def test_the_gateway_command_routes_and_publishes_its_state(fleet: Fleet, upstre
                        headers={"Authorization": f"Bearer {internal_token()}"}, timeout=10)
         assert r.status_code == 200  # the job runner's token, computed in another process from SECRET_KEY
         assert httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=10).status_code == 401
-        while redis_db.get("sy:gw:state:gw-cmd") is None:
-            assert time.monotonic() < deadline + 5, "no state key"
+        def state() -> dict[str, Any]:
+            raw = redis_db.get("sy:gw:state:gw-cmd")
+            return json.loads(raw) if raw else {}
+
+        deadline = time.monotonic() + 10  # rewritten every second: wait for the one after the two requests
+        while state().get("counters", {}).get("requests") != 2:
+            assert time.monotonic() < deadline, f"no state key counting both requests: {state()}"
             time.sleep(0.1)
-        state = json.loads(redis_db.get("sy:gw:state:gw-cmd"))
-        assert state["id"] == "gw-cmd" and state["counters"]["requests"] == 2
+        assert state()["id"] == "gw-cmd"
     finally:
         proc.terminate()
         proc.wait(15)

@@ -202,14 +202,14 @@ def test_auth_internal_token_classes_and_read_endpoints(fleet: Fleet, upstreams:
     models = httpx.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {rt_token}"}).json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
     assert httpx.get(f"{gw.url}/v1/models").status_code == 401
-    health = httpx.get(f"{gw.url}/healthz").json()
-    assert health["status"] == "ok" and health["eligible"] == 1
-    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert httpx.get(f"{gw.url}/healthz").json() == {"status": "ok"}
+    metrics = httpx.get(f"{gw.url}/metrics", headers={"Authorization": f"Bearer {rt_token}"}).text
     assert 'sy_gateway_requests_total{cache="off",cls="realtime",status="200"} 1.0' in metrics
+    assert f'sy_gateway_policy_revision{{kind="scheduler"}} {gw.app.policy_ids["scheduler"]}.0' in metrics
 
 
 def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams: Any, gateway: Any,
-                                                         user_token: str) -> None:
+                                                         user_token: str, realtime_token: str) -> None:
     (node,) = upstreams(1)
     fleet.add(node.name, node.url, waiting=300, running=40)  # queue above max_queue_depth (256): no room
     gw = gateway()
@@ -223,7 +223,7 @@ def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams
     async def realtime() -> httpx.Response:
         async with httpx.AsyncClient(timeout=30) as client:
             return await client.post(f"{gw.url}/v1/chat/completions", json=CHAT,
-                                     headers={"Authorization": f"Bearer {user_token}", "X-Priority": "realtime"})
+                                     headers={"Authorization": f"Bearer {realtime_token}"})
 
     async def scenario() -> tuple[httpx.Response, int]:
         task = asyncio.create_task(realtime())
@@ -240,7 +240,7 @@ def test_saturated_fleet_sheds_batch_and_queues_realtime(fleet: Fleet, upstreams
 
 
 def test_queue_timeout_and_full_queue_answer_503(fleet: Fleet, upstreams: Any, gateway: Any, user_token: str,
-                                                 api_client: Any) -> None:
+                                                 realtime_token: str, api_client: Any) -> None:
     (node,) = upstreams(1)
     fleet.add(node.name, node.url, kv=99.0)  # KV cache above 98 %: saturated
     doc = api_client.get("/api/v1/policies/priorities/").json()
@@ -253,7 +253,7 @@ def test_queue_timeout_and_full_queue_answer_503(fleet: Fleet, upstreams: Any, g
     gw = gateway()
     gw.wait(lambda: gw.app.priorities.classes["realtime"].queue_timeout_s == 0.5, what="priorities loaded")
     gw.wait(lambda: node.name in gw.app.sched.nodes and gw.app.sched.nodes[node.name].healthy, what="node seen")
-    timed_out = chat(gw, user_token, **{"X-Priority": "realtime"})
+    timed_out = chat(gw, realtime_token)
     assert timed_out.status_code == 503 and timed_out.headers["Retry-After"] == "2"
     assert "stayed saturated for 0.5 s" in timed_out.json()["error"]["message"]
     full = chat(gw, user_token, **{"X-Priority": "standard"})
@@ -381,3 +381,33 @@ def test_a_client_leaving_a_stream_releases_the_node(fleet: Fleet, upstreams: An
     gw.wait(lambda: gw.app.sched.nodes[node.name].in_flight == 0, timeout=5, what="slot released")
     gw.wait(lambda: len(reqlog(redis_db)) == 1, what="log entry")
     assert reqlog(redis_db)[0]["error"] == "client disconnected mid-stream"
+
+
+def test_a_cached_answer_is_served_only_to_its_own_user_unless_the_policy_shares_the_cache(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api_client: Any) -> None:
+    from tests.conftest import make_user
+
+    (node,) = upstreams(1)
+    fleet.add(node.name, node.url)
+    gw = gateway()
+    gw.wait(lambda: gw.eligible() == {node.name}, what="node eligible")
+    other = make_user("other", "viewer")
+    secret_question = {**CHAT, "temperature": 0, "messages": [{"role": "user", "content": "my diagnosis is..."}]}
+    assert chat(gw, user_token, secret_question).headers["X-Switchyard-Cache"] == "miss"
+    assert chat(gw, user_token, secret_question).headers["X-Switchyard-Cache"] == "hit"
+    theirs = chat(gw, other, secret_question)  # the same question from someone else: no hint that it was asked
+    assert theirs.status_code == 200 and theirs.headers["X-Switchyard-Cache"] == "miss"
+    assert node.requests() == 2
+
+    doc = api_client.get("/api/v1/policies/scheduler/").json()
+    assert doc["document"]["cache"]["shared"] is False  # per user by default
+    doc["document"]["cache"]["shared"] = True
+    r = api_client.post("/api/v1/policies/scheduler/revisions/",
+                        {"document": doc["document"], "reason": "one tenant: share answers", "parent": doc["id"]},
+                        format="json")
+    assert r.status_code == 201, r.content
+    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], what="policy loaded")
+    public = {**CHAT, "temperature": 0, "messages": [{"role": "user", "content": "what is 2 + 2?"}]}
+    assert chat(gw, user_token, public).headers["X-Switchyard-Cache"] == "miss"
+    assert chat(gw, other, public).headers["X-Switchyard-Cache"] == "hit"
+    assert node.requests() == 3

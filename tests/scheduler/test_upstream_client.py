@@ -106,3 +106,134 @@ def test_endpoint_schemes() -> None:
 
     with pytest.raises(UpstreamError, match="use http"):
         asyncio.run(go())
+
+
+def test_a_request_the_node_read_and_then_dropped_is_never_resent() -> None:
+    """The node answers once, keeps the connection, then reads the next request and closes without a byte: that
+    request may already be running there, so the client must report the failure, not send it again."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                request = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                break
+            seen.append(request)
+            if len(seen) > 1:
+                break  # read it, count it, close without answering
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    async def go() -> str:
+        server, url = await serve(handler)
+        client = UpstreamClient()
+        try:
+            first = await client.post(url, "/v1/x", b'{"n": 1}', {}, connect_timeout=2, read_timeout=2)
+            assert await first.read(1000) == b"ok"
+            try:
+                await client.post(url, "/v1/x", b'{"n": 2}', {}, connect_timeout=2, read_timeout=2)
+            except UpstreamError as exc:
+                return str(exc)
+            return "answered"
+        finally:
+            await client.aclose()
+            server.close()
+
+    assert asyncio.run(go()) == "the node closed the connection before answering"
+    assert [r.endswith(b'{"n": 2}') for r in seen] == [False, True]  # the second request reached the node once
+
+
+def test_a_pooled_connection_closed_before_use_is_not_used() -> None:
+    """A connection that is provably dead before the request is written (closed on our side here, as a reset
+    would) is dropped, and the request goes out once on a new connection."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    async def go() -> bytes:
+        server, url = await serve(handler)
+        client = UpstreamClient()
+        try:
+            await (await client.post(url, "/v1/x", b"{}", {}, connect_timeout=2, read_timeout=2)).read(100)
+            for conns in client._idle.values():
+                for conn in conns:
+                    conn.writer.transport.abort()
+            return await (await client.post(url, "/v1/x", b"{}", {}, connect_timeout=2, read_timeout=2)).read(100)
+        finally:
+            await client.aclose()
+            server.close()
+
+    assert asyncio.run(go()) == b"ok"
+    assert len(seen) == 2
+
+
+def test_a_body_that_ends_when_the_node_closes_is_a_whole_answer() -> None:
+    """HTTP/1.1 allows a response with neither Content-Length nor chunked encoding: its body ends at the close."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        for part in (b'{"answer": ', b'"to the end"}'):
+            writer.write(part)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        writer.close()
+
+    async def go() -> tuple[bytes, int]:
+        server, url = await serve(handler)
+        client = UpstreamClient()
+        try:
+            resp = await client.post(url, "/v1/x", b"{}", {}, connect_timeout=2, read_timeout=2)
+            body = await resp.read(1000)
+            return body, sum(len(c) for c in client._idle.values())
+        finally:
+            await client.aclose()
+            server.close()
+
+    body, pooled = asyncio.run(go())
+    assert body == b'{"answer": "to the end"}'
+    assert pooled == 0  # that connection is over: never reused
+
+
+def test_an_https_endpoint_never_reuses_a_plain_connection_to_the_same_port() -> None:
+    """The pool is keyed by scheme, host and port: a plain-text connection must not carry an https request."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except (asyncio.IncompleteReadError, ConnectionError, StopIteration, ValueError):
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        writer.close()
+
+    async def go() -> str:
+        server, url = await serve(handler)
+        client = UpstreamClient()
+        try:
+            await (await client.post(url, "/v1/x", b"{}", {}, connect_timeout=2, read_timeout=2)).read(100)
+            try:
+                resp = await client.post(url.replace("http://", "https://"), "/v1/x", b"{}", {}, connect_timeout=2,
+                                         read_timeout=2)
+                return f"answered in plain text: {await resp.read(100)!r}"
+            except (OSError, UpstreamError) as exc:  # the TLS handshake with a plain-text server fails
+                return type(exc).__name__
+        finally:
+            await client.aclose()
+            server.close()
+
+    outcome = asyncio.run(go())
+    assert not outcome.startswith("answered"), outcome
+    assert len(seen) == 1  # the https request never went out over the plain connection

@@ -261,11 +261,14 @@ class Command(BaseCommand):
                           timeout: float) -> None:
         """Hold the load until the gateway can route (the first agent pushes have told it the nodes' endpoints):
         load sent earlier would only collect 503s."""
+        from control.scheduler.auth import internal_token
+        from control.scheduler.status import read_status
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive(procs)
             try:
-                if httpx.get(f"{gateway_url}/healthz", timeout=2).json().get("eligible", 0) > 0:
+                if read_status(gateway_url, internal_token()).eligible > 0:
                     return
             except (httpx.HTTPError, ValueError):
                 pass
