@@ -124,6 +124,12 @@ class JobList(APIView):
         (docs/jobs.md). With a callback_url the answer carries `callback_secret`, the key of the callback's
         X-Switchyard-Signature: shown this once."""
         spec = validation.check(body(request))
+        allowed = validation.above_ceiling(spec.priority, has_role(request.user, "admin"),
+                                           getattr(request.auth, "priority_class", None))
+        if allowed is not None:
+            message = (f"priority {spec.priority!r} is above what you may ask for: {allowed!r} (the class of the API "
+                       "token this request came with; an admin can issue a token of a higher class)")
+            raise ApiError(403, message, {"priority": message})
         job = service.submit(request.user, spec, Origin.from_request(request))
         job.refresh_from_db()
         # The callback's signing key, in this response only (job_json never carries it): null without a callback.

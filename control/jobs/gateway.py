@@ -53,10 +53,12 @@ def request_body(model: str, messages: list[dict[str, str]], max_tokens: int | N
     return body
 
 
-def complete(body: dict[str, Any], priority: str, job_id: str, shard_index: int) -> Outcome:
+def complete(body: dict[str, Any], priority: str, job_id: str, shard_index: int, owner_id: int) -> Outcome:
     url = settings.GATEWAY_URL.rstrip("/") + "/v1/chat/completions"
+    # On behalf of the job's owner: the gateway keeps the answer cache per user, and only the internal token may
+    # name another user.
     headers = {"Authorization": f"Bearer {internal_token()}", "X-Priority": priority,
-               "X-Switchyard-Job": f"{job_id}/{shard_index}"}
+               "X-Switchyard-Job": f"{job_id}/{shard_index}", "X-Switchyard-On-Behalf-Of": str(owner_id)}
     timeout = httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
     try:
         resp = httpx.post(url, json=body, headers=headers, timeout=timeout)

@@ -34,7 +34,7 @@ def run_shard(self, shard_id: int) -> str:  # type: ignore[no-untyped-def]
     messages = job.messages if job.messages is not None else [{"role": "user", "content": shard.input}]
     body = gateway.request_body(job.model, messages, job.max_tokens, job.temperature)
     sent = timezone.now()
-    outcome = gateway.complete(body, job.priority, str(job.id), shard.index)
+    outcome = gateway.complete(body, job.priority, str(job.id), shard.index, job.owner_id)
     service.record_try(shard, sent, outcome.status, outcome.node,
                        outcome.retry_after if outcome.kind == "busy" else None)
 

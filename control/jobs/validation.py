@@ -10,6 +10,8 @@ from typing import Any
 from control.api_common import ApiError
 from control.jobs import sharding
 from control.policy import service as policy_service
+from control.scheduler.config import Priorities
+from control.scheduler.priority import user_ceiling
 from control.webhooks.addresses import InvalidURL, check_url
 
 MAX_INPUT_CHARS = 1_000_000
@@ -39,6 +41,14 @@ class JobSpec:
 
 def priority_classes() -> list[str]:
     return [c["name"] for c in policy_service.active("priorities").document["classes"]]
+
+
+def above_ceiling(priority: str, admin: bool, token_class: str | None) -> str | None:
+    """The most important class this submitter may give a job, when `priority` ranks above it; None when allowed
+    (control.scheduler.priority.user_ceiling says who may ask for what)."""
+    priorities = Priorities.from_document(policy_service.active("priorities").document)
+    allowed = user_ceiling(priorities, token_class, admin)
+    return allowed if priority in priorities.classes and priorities.ranks_above(priority, allowed) else None
 
 
 def _int_in(value: Any, field: str, lo: int, hi: int, fields: dict[str, str]) -> int | None:

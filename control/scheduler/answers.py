@@ -32,11 +32,18 @@ def cacheable(body: dict[str, Any]) -> bool:
     return isinstance(t, int | float) and not isinstance(t, bool) and t == 0 and n in (1, None)
 
 
-def tenant(caller: Caller | None, shared: bool) -> str:
-    """Whose answers a request may be served: its user's, or everyone's when the cache is shared."""
+ON_BEHALF_HEADER = "x-switchyard-on-behalf-of"  # the job runner: the user id of the job's owner
+
+
+def tenant(caller: Caller | None, shared: bool, on_behalf_of: str = "") -> str:
+    """Whose answers a request may be served: its user's, or everyone's when the cache is shared. The internal
+    token (the job runner) names the job's owner in X-Switchyard-On-Behalf-Of, so one user's job is never answered
+    from another's; the header means nothing from anyone else."""
     if shared or caller is None:
         return SHARED
-    return "internal" if caller.internal else f"user:{caller.user_id}"
+    if caller.internal:
+        return f"user:{on_behalf_of}" if on_behalf_of.isdigit() else "internal"
+    return f"user:{caller.user_id}"
 
 
 def key(path: str, body: dict[str, Any], tenant: str = SHARED) -> str:

@@ -211,7 +211,8 @@ class Gateway:
                              request_id=headers.get("x-request-id", ""), receive=receive)
         cfg = self.sched.config
         if cfg.cache_enabled and answers.cacheable(body):
-            ctx.ckey = answers.key(scope["path"], body, answers.tenant(caller, cfg.cache_shared))
+            owner = answers.tenant(caller, cfg.cache_shared, headers.get(answers.ON_BEHALF_HEADER, ""))
+            ctx.ckey = answers.key(scope["path"], body, owner)
             if "no-cache" in headers.get("cache-control", "").lower():
                 ctx.cache = "bypass"
             else:

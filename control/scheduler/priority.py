@@ -16,6 +16,15 @@ def ceiling(priorities: Priorities, caller: Caller | None) -> str:
     return priorities.class_or_default(caller.priority_class)
 
 
+def user_ceiling(priorities: Priorities, token_class: str | None, admin: bool) -> str:
+    """The most important class a user may give work submitted outside the gateway (a batch job): an admin any
+    class; otherwise the class of the API token it came with (a session, or a token without a class: the default).
+    The job runner then sends it with the internal token, so this is where the ceiling must hold."""
+    if admin:
+        return priorities.top_class
+    return priorities.class_or_default(token_class or "")
+
+
 def request_class(priorities: Priorities, wanted: str, caller: Caller | None) -> str:
     """The class of a request whose `X-Priority` header is `wanted` ('' when absent)."""
     allowed = ceiling(priorities, caller)

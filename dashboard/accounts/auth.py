@@ -13,7 +13,8 @@ from dashboard.accounts.models import UserToken
 from dashboard.accounts.tokens import digest
 
 
-def user_for_token(plain: str) -> Any | None:
+def token_for(plain: str) -> UserToken | None:
+    """The live token with this secret (its user loaded), or None."""
     token = (
         UserToken.objects.select_related("user")
         .filter(digest=digest(plain), revoked__isnull=True, user__is_active=True)
@@ -25,23 +26,24 @@ def user_for_token(plain: str) -> Any | None:
     # Recording every use would turn each API read into a write; once a minute is enough to spot stale tokens.
     if token.last_used is None or now - token.last_used > timedelta(minutes=1):
         UserToken.objects.filter(pk=token.pk).update(last_used=now)
-    return token.user
+    return token
 
 
 class UserTokenAuthentication(BaseAuthentication):
     keywords = ("token", "bearer")
 
-    def authenticate(self, request: Any) -> tuple[Any, None] | None:
+    def authenticate(self, request: Any) -> tuple[Any, UserToken] | None:
+        """(user, token): the token is `request.auth`, so a view can honour what the token allows (its class)."""
         header = request.META.get("HTTP_AUTHORIZATION", "")
         parts = header.split()
         if not parts or parts[0].lower() not in self.keywords:
             return None
         if len(parts) != 2:
             raise exceptions.AuthenticationFailed("Malformed Authorization header: use 'Token <token>'.")
-        user = user_for_token(parts[1])
-        if user is None:
+        token = token_for(parts[1])
+        if token is None:
             raise exceptions.AuthenticationFailed("Unknown or revoked API token.")
-        return user, None
+        return token.user, token
 
     def authenticate_header(self, request: Any) -> str:
         return 'Token realm="switchyard"'

@@ -183,3 +183,27 @@ def test_pages(browser: Callable[..., Any], api: Callable[..., Any]) -> None:
     assert browser("viewer").get(f"/jobs/{job_id}/").status_code == 404
     anon = browser(None).get("/jobs/")
     assert anon.status_code == 302 and "/accounts/login/" in anon["Location"]
+
+
+def test_a_job_cannot_ask_for_a_class_above_what_its_submitter_may_use(api: Callable[..., Any],
+                                                                       tokens: dict[str, str]) -> None:
+    """The job runner sends every shard with the internal token (any class), so the ceiling holds here: an
+    operator's session or default-class token gets the default at most; a token of a higher class (issued by an
+    admin) allows that class; an admin may ask for any."""
+    mark = AuditEvent.objects.count()
+    resp = submit(api, "operator", priority="realtime")
+    assert resp.status_code == 403, resp.content
+    assert resp.json()["fields"]["priority"].startswith("priority 'realtime' is above what you may ask for: "
+                                                        "'standard'")
+    assert Job.objects.count() == 0 and AuditEvent.objects.count() == mark  # nothing stored, nothing audited
+    assert submit(api, "operator", priority="standard").status_code == 201
+    assert submit(api, "admin", priority="realtime").status_code == 201
+
+    issued = api("admin").post("/api/v1/tokens/", {"name": "pager", "reason": "realtime jobs",
+                                                   "user": "operator", "priority_class": "realtime"}, format="json")
+    assert issued.status_code == 201, issued.content
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {issued.json()['token']}")
+    assert client.post("/api/v1/jobs", {**GOOD, "priority": "realtime"}, format="json").status_code == 201

@@ -411,3 +411,24 @@ def test_a_cached_answer_is_served_only_to_its_own_user_unless_the_policy_shares
     assert chat(gw, user_token, public).headers["X-Switchyard-Cache"] == "miss"
     assert chat(gw, other, public).headers["X-Switchyard-Cache"] == "hit"
     assert node.requests() == 3
+
+
+def test_job_shards_are_cached_per_job_owner_and_only_the_internal_token_may_name_one(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str) -> None:
+    (node,) = upstreams(1)
+    fleet.add(node.name, node.url)
+    gw = gateway()
+    gw.wait(lambda: gw.eligible() == {node.name}, what="node eligible")
+    question = {**CHAT, "temperature": 0, "messages": [{"role": "user", "content": "summarise my contract"}]}
+    runner = internal_token()
+
+    def cache(token: str, owner: str) -> str:
+        r = chat(gw, token, question, **{"X-Switchyard-On-Behalf-Of": owner})
+        assert r.status_code == 200, r.text
+        return r.headers["X-Switchyard-Cache"]
+
+    assert cache(runner, "41") == "miss"
+    assert cache(runner, "41") == "hit"  # the same owner's next job
+    assert cache(runner, "42") == "miss"  # another owner's job: never answered from the first one's
+    assert cache(user_token, "41") == "miss"  # a user cannot claim someone else's answers with the header
+    assert node.requests() == 3
