@@ -1,7 +1,7 @@
 """The push loop: collect a sample every interval, spool it, push the spool to the server in order.
 
 Every sample goes through the on-disk spool, pushed or not, so the order on the server is the order of
-collection and an outage, a crash or a restart loses nothing but what the spool's bound drops. The
+collection and an outage, a crash, a power loss or a restart loses nothing but what the spool's bound drops. The
 server's answer steers the loop: 200 acknowledges and carries what the controller wants of this node (`desired`);
 a 400 that names samples by index (`samples[3].gpus[1].temp_c`) sends exactly those to a dead-letter file, with
 the server's reason for each, once the rest of the push is stored; 413 halves the batch; any other 400 (about the
@@ -33,7 +33,7 @@ import httpx
 from agents import __version__
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS, Metric
 from agents.collectors.base import Backend, finite
-from agents.spool import Spool, atomic_write, dumps, loads
+from agents.spool import Spool, atomic_write, dumps, fsync_dir, loads, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,12 @@ class Pusher:
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._rng = rng if rng is not None else random.Random()
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir)
         self._lock_fd = self._lock()
         self.spool = Spool(self.state_dir / "spool", max_bytes=int(config.buffer_max_mb * 1024 * 1024))
         self.deadletter_path = self.state_dir / "deadletter.jsonl"
         self._seq_path = self.state_dir / "seq"
-        self._seq = self._load_seq()
+        self._seq = max(self._load_seq(), self._spooled_seq())
         self._url = config.server.rstrip("/") + INGEST_PATH
         self.headers = {
             "Authorization": f"Bearer {config.token}",
@@ -244,10 +244,23 @@ class Pusher:
             log.warning("%s is unreadable; sequence numbers restart at 1", self._seq_path)
             return 0
 
+    def _spooled_seq(self) -> int:
+        """The sequence number of the newest sample the spool ever took (0 when none or unreadable)."""
+        if self.spool.newest is None:
+            return 0
+        try:
+            seq = loads(self.spool.newest).get("seq")
+        except (ValueError, AttributeError):
+            return 0
+        return seq if type(seq) is int and seq >= 0 else 0
+
     def _next_seq(self) -> int:
-        # Durable before use: a sequence number handed out twice would make the server drop a sample as a duplicate.
+        # A sequence number handed out twice would make the server drop a sample as a duplicate. The spool is
+        # what makes it durable: a number leaves this process only in a pushed sample, which is fsynced in the
+        # spool first, and the spool keeps its newest line after it is acknowledged, so a restart continues above
+        # it (`_spooled_seq`). The seq file is written on a clean stop, for an older agent and a spool deleted by
+        # hand; writing it for every sample would double the fsyncs.
         self._seq += 1
-        atomic_write(self._seq_path, str(self._seq).encode())
         return self._seq
 
     @property
@@ -443,12 +456,16 @@ class Pusher:
         log.log(level, "%s; %d sample(s) kept, next try in %.1f s", message, len(self.spool), delay)
 
     def _dead_letter(self, samples: list[Any], status: int | None, reason: Any) -> None:
+        # Durable before the spool lets the samples go: a dead letter is the only copy left.
         at = iso_now()
+        created = not self.deadletter_path.exists()
         with open(self.deadletter_path, "ab") as f:
             for sample in samples:
                 f.write(dumps({"dead_at": at, "status": status, "reason": reason, "sample": sample}) + b"\n")
             f.flush()
             os.fsync(f.fileno())
+        if created:
+            fsync_dir(self.state_dir)
 
     # -- what the server wants -------------------------------------------------------------------------------
 
@@ -576,6 +593,11 @@ class Pusher:
         self._stop.set()
 
     def close(self) -> None:
+        if self._lock_fd >= 0:
+            try:
+                atomic_write(self._seq_path, str(self._seq).encode())
+            except OSError as exc:  # the spool still holds the number; a restart continues above it
+                log.warning("could not write %s: %s", self._seq_path, exc)
         if self._client is not None:
             self._client.close()
         if self._lock_fd >= 0:  # twice would close whatever file later reused the descriptor number

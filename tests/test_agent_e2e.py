@@ -96,15 +96,15 @@ def test_a_sample_the_server_rejects_goes_to_the_dead_letter_file(server: Server
     token = make_node()
     assert agent_once(server, token, tmp_path).returncode == 0
     # A sample that fails validation on the server (as a buggy collector could produce) sits in the spool.
-    bad = {"ts": "2026-01-01T00:00:00.000Z", "seq": 999, "host": {"cpu_util_pct": 50.0}, "gpus": [],
+    bad = {"ts": "2026-01-01T00:00:00.000Z", "seq": 2, "host": {"cpu_util_pct": 50.0}, "gpus": [],
            "inference": {}}
     Spool(tmp_path / "spool").append(bad)
     assert agent_once(server, token, tmp_path).returncode == 0
     dead = (tmp_path / "deadletter.jsonl").read_text().splitlines()
-    assert len(dead) == 1 and '"seq":999' in dead[0].replace(" ", "")
+    assert len(dead) == 1 and '"seq":2' in dead[0].replace(" ", "")
     assert "samples[0].ts" in dead[0] and "older than the raw retention" in dead[0]
-    # The good sample pushed in the same batch was re-sent alone and stored; the bad one was not.
-    assert stored_seqs() == [1, 2]
+    # The good sample pushed in the same batch was re-sent without it and stored; the bad one was not.
+    assert stored_seqs() == [1, 3]
 
 
 def test_a_push_over_the_servers_sample_limit_loses_nothing(tmp_path: Path) -> None:
