@@ -1,10 +1,11 @@
 """The push loop: collect a sample every interval, spool it, push the spool to the server in order.
 
 Every sample goes through the on-disk spool, pushed or not, so the order on the server is the order of
-collection and an outage, a crash or a restart loses nothing but what the spool's bound drops. The server's
-answer steers the loop: 200 acknowledges and carries what the controller wants of this node (`desired`), 400
-sends the batch to a dead-letter file, 413 halves the batch, 401/403/429/5xx and network errors keep the samples
-and back off.
+collection and an outage, a crash, a power loss or a restart loses nothing but what the spool's bound drops. The
+server's answer steers the loop: 200 acknowledges and carries what the controller wants of this node (`desired`);
+a 400 that names samples by index (`samples[3].gpus[1].temp_c`) sends exactly those to a dead-letter file, with
+the server's reason for each, once the rest of the push is stored; 413 halves the batch; any other 400 (about the
+push as a whole), 401/403/429/5xx and network errors keep every sample and back off.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import httpx
 from agents import __version__
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS, Metric
 from agents.collectors.base import Backend, finite
-from agents.spool import Spool, atomic_write, dumps, loads
+from agents.spool import Spool, atomic_write, dumps, fsync_dir, loads, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +124,22 @@ def _retry_after(header: str | None) -> float | None:
     return max(0.0, min(MAX_RETRY_AFTER_S, seconds)) if math.isfinite(seconds) else None
 
 
-_SAMPLE_PATH = re.compile(r"^samples\[(\d+)\]")
+# A field path of a 400 that points into one sample of the push: "samples[3]", "samples[3].gpus[1].temp_c".
+_SAMPLE_PATH = re.compile(r"samples\[(\d{1,9})\](?=$|[.\[])")
+MAX_TOLD = 64  # distinct refusals of a whole push remembered, so that each is logged once
 
 
-def _bad_indices(reply: dict[str, Any]) -> set[int]:
-    """Indices of the samples a 400's `fields` names (paths like "samples[3].gpus[1].temp_c")."""
+def _named_samples(reply: dict[str, Any], count: int) -> dict[int, dict[str, str]]:
+    """The samples of a `count`-sample push that a 400 names by index, each with the server's words about it.
+    A path that names no sample of the push (`node`, `samples` itself, an index past the end) is not counted."""
     fields = reply.get("fields")
-    if not isinstance(fields, dict):
-        return set()
-    return {int(m.group(1)) for key in fields if isinstance(key, str) and (m := _SAMPLE_PATH.match(key))}
+    named: dict[int, dict[str, str]] = {}
+    if isinstance(fields, dict):
+        for path, message in fields.items():
+            m = _SAMPLE_PATH.match(path) if isinstance(path, str) else None
+            if m is not None and int(m.group(1)) < count:
+                named.setdefault(int(m.group(1)), {})[path] = str(message)
+    return named
 
 
 def _reply(resp: httpx.Response) -> dict[str, Any]:
@@ -140,6 +148,11 @@ def _reply(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         return {"error": resp.text[:500]}
     return doc if isinstance(doc, dict) else {"error": str(doc)[:500]}
+
+
+def _said(reply: dict[str, Any], status: int) -> str:
+    """The server's message on one line (a proxy's HTML page must not spill lines into the log), bounded."""
+    return " ".join(str(reply.get("error") or f"HTTP {status}").split())[:500]
 
 
 class Pusher:
@@ -157,12 +170,12 @@ class Pusher:
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._rng = rng if rng is not None else random.Random()
         self.state_dir = Path(config.state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.state_dir)
         self._lock_fd = self._lock()
         self.spool = Spool(self.state_dir / "spool", max_bytes=int(config.buffer_max_mb * 1024 * 1024))
         self.deadletter_path = self.state_dir / "deadletter.jsonl"
         self._seq_path = self.state_dir / "seq"
-        self._seq = self._load_seq()
+        self._seq = max(self._load_seq(), self._spooled_seq())
         self._url = config.server.rstrip("/") + INGEST_PATH
         self.headers = {
             "Authorization": f"Bearer {config.token}",
@@ -180,6 +193,14 @@ class Pusher:
         self.last_error: str | None = None
         self._failures = 0
         self._retry_at = -math.inf
+        # Samples per push: halved after a 413 or a 400 on the `samples` list, back to MAX_BATCH once the spool is
+        # drained (the backlog that met the limit is pushed in pieces that fit, not refused again and again).
+        self._limit = MAX_BATCH
+        # Spooled lines the server named as bad, with the status and reason: they go to the dead letters once the
+        # rest of their push is stored, so that a sample is never dead-lettered while its good neighbours may
+        # still be lost, nor twice.
+        self._refused: dict[bytes, tuple[int, dict[str, Any]]] = {}
+        self._told: set[str] = set()  # refusals of a whole push logged since the last accepted push
         self._rtt_ms: float | None = None
         self._models: list[str] | None = None
         self._models_at = -math.inf
@@ -223,10 +244,23 @@ class Pusher:
             log.warning("%s is unreadable; sequence numbers restart at 1", self._seq_path)
             return 0
 
+    def _spooled_seq(self) -> int:
+        """The sequence number of the newest sample the spool ever took (0 when none or unreadable)."""
+        if self.spool.newest is None:
+            return 0
+        try:
+            seq = loads(self.spool.newest).get("seq")
+        except (ValueError, AttributeError):
+            return 0
+        return seq if type(seq) is int and seq >= 0 else 0
+
     def _next_seq(self) -> int:
-        # Durable before use: a sequence number handed out twice would make the server drop a sample as a duplicate.
+        # A sequence number handed out twice would make the server drop a sample as a duplicate. The spool is
+        # what makes it durable: a number leaves this process only in a pushed sample, which is fsynced in the
+        # spool first, and the spool keeps its newest line after it is acknowledged, so a restart continues above
+        # it (`_spooled_seq`). The seq file is written on a clean stop, for an older agent and a spool deleted by
+        # hand; writing it for every sample would double the fsyncs.
         self._seq += 1
-        atomic_write(self._seq_path, str(self._seq).encode())
         return self._seq
 
     @property
@@ -289,17 +323,18 @@ class Pusher:
         doc["samples"] = samples
         return gzip.compress(dumps(doc), compresslevel=6)
 
-    def _next_batch(self, limit: int) -> tuple[list[Any], bytes | None]:
-        """Up to `limit` oldest samples; or, when the oldest spooled line is unreadable, ([], that line)."""
-        samples: list[Any] = []
+    def _next_batch(self, limit: int) -> tuple[list[tuple[bytes, Any]], bytes | None]:
+        """Up to `limit` oldest samples with their spooled lines; or, when the oldest line is unreadable,
+        ([], that line)."""
+        batch: list[tuple[bytes, Any]] = []
         for raw in self.spool.peek_raw(limit):
             try:
-                samples.append(loads(raw))
+                batch.append((raw, loads(raw)))
             except ValueError:
-                if not samples:
+                if not batch:
                     return [], raw
                 break  # pushed on its own next round, so that only it goes to the dead letters
-        return samples, None
+        return batch, None
 
     def flush(self, deadline: float | None = None) -> bool:
         """Push spooled samples oldest first. True when the spool is empty; False after a failed push (the
@@ -321,68 +356,91 @@ class Pusher:
         """`flush` without the I/O: yields each request body to POST to `url` and takes the response back (or
         the httpx.HTTPError the post raised, thrown in); returns what `flush` returns. An asynchronous pusher
         (the fleet simulator's) drives the same decisions with its own client."""
-        limit = MAX_BATCH
         while len(self.spool):
             if deadline is not None and self._clock() >= deadline:
                 return False
-            batch, unreadable = self._next_batch(limit)
+            batch, unreadable = self._next_batch(self._limit)
             if unreadable is not None:
                 self._dead_letter([unreadable.decode(errors="replace")], None, {"error": "unreadable spool line"})
                 self.spool.ack(1)
                 continue
+            send = [(raw, sample) for raw, sample in batch if raw not in self._refused]
+            if not send:
+                self._settle(batch)
+                continue
             try:
                 started = time.perf_counter()
-                resp = yield self._payload(batch)
+                resp = yield self._payload([sample for _, sample in send])
             except httpx.HTTPError as exc:
                 self._fail(f"push to {self._url} failed: {type(exc).__name__}: {exc}")
                 return False
             status = resp.status_code
             if status == 200:
                 self._rtt_ms = round((time.perf_counter() - started) * 1000.0, 3)
-                self.spool.ack(len(batch))
+                self._settle(batch)
                 self._failures = 0
                 self.last_error = None
+                self._told.clear()
                 self._apply(_reply(resp).get("desired"))
                 continue
             reply = _reply(resp)
-            reason = str(reply.get("error") or f"HTTP {status}")
+            said = _said(reply, status)
             if status == 400:
-                # The server stores nothing of a batch it refuses, and names each bad field by its path
-                # ("samples[3].gpus[1].temp_c"). Only the oldest sample is decided now: dead-lettered when the
-                # server named it (or named no sample at all), otherwise the samples before the first bad one are
-                # pushed alone next round. So good samples are never dead-lettered with a bad neighbour.
-                bad = _bad_indices(reply)
-                first_bad = min(bad) if bad else 0
-                if first_bad > 0:
-                    limit = first_bad
+                # The server stores nothing of a push it refuses and names each bad field by its path. The samples
+                # it names are set aside with its words about each; the rest of the push goes again at once.
+                named = _named_samples(reply, len(send))
+                for index, fields in named.items():
+                    reason = {"error": "; ".join(f"{path}: {message}" for path, message in fields.items()),
+                              "fields": fields}
+                    self._refused[send[index][0]] = (status, reason)
+                if named:
                     continue
-                self._dead_letter(batch[:1], status, reply)
-                self.spool.ack(1)
-                limit = MAX_BATCH
-                log.error("server refused sample seq %s: %s; moved to %s", batch[0].get("seq"), reason,
-                          self.deadletter_path)
-                continue
+                # A 400 that names no sample (the node, endpoint or models, the body, `samples` itself) says
+                # nothing against any sample: all of them stay and the agent backs off. When it is about the list
+                # itself, the next push is also smaller: a server older than the 413 says "too many samples" so.
+                fields = reply.get("fields")
+                if isinstance(fields, dict) and "samples" in fields:
+                    self._limit = max(1, len(batch) // 2)
+                told = said in self._told
+                if not told:
+                    if len(self._told) >= MAX_TOLD:
+                        self._told.clear()
+                    self._told.add(said)
+                self._fail(f"server refused the push as a whole (400: {said}); nothing of it was stored",
+                           level=logging.DEBUG if told else logging.ERROR)
+                return False
             if status == 413:
-                if len(batch) > 1:
-                    limit = len(batch) // 2
-                    log.warning("server says a %d-sample push is too large; retrying with %d", len(batch), limit)
-                    continue
-                self._dead_letter(batch, status, reply)
-                self.spool.ack(1)
-                log.error("sample seq %s alone is too large for the server (%s); moved to %s",
-                          batch[0].get("seq"), reason, self.deadletter_path)
+                if len(send) > 1:
+                    self._limit = max(1, len(batch) // 2)
+                    log.warning("server says a %d-sample push is too large; retrying with %d", len(send),
+                                self._limit)
+                else:  # a single sample too large for the server: dead-lettered when its batch is settled
+                    self._refused[send[0][0]] = (status, {"error": f"alone too large for the server: {said}"})
                 continue
             if status == 401:
-                self._fail(f"server rejected the token (401: {reason}): the token is wrong or revoked; check "
+                self._fail(f"server rejected the token (401: {said}): the token is wrong or revoked; check "
                            "--token / SWITCHYARD_AGENT_TOKEN", level=logging.ERROR)
                 return False
             if status == 403:
-                self._fail(f"server refused this node's push (403: {reason}): the token belongs to another node "
+                self._fail(f"server refused this node's push (403: {said}): the token belongs to another node "
                            f"than {self.config.node!r}; check --node and --token", level=logging.ERROR)
                 return False
-            self._fail(f"server answered {status}: {reason}", retry_after=_retry_after(resp.headers.get("Retry-After")))
+            self._fail(f"server answered {status}: {said}", retry_after=_retry_after(resp.headers.get("Retry-After")))
             return False
+        self._limit = MAX_BATCH
+        self._refused.clear()
         return True
+
+    def _settle(self, batch: list[tuple[bytes, Any]]) -> None:
+        """The batch's good samples are stored: dead-letter the ones the server refused, then drop them all."""
+        for raw, sample in batch:
+            refused = self._refused.pop(raw, None)
+            if refused is not None:
+                status, reason = refused
+                self._dead_letter([sample], status, reason)
+                log.error("server refused sample seq %s: %s; moved to %s", sample.get("seq"), reason["error"],
+                          self.deadletter_path)
+        self.spool.ack(len(batch))
 
     def _fail(self, message: str, level: int = logging.WARNING, retry_after: float | None = None) -> None:
         """Keep the samples and schedule the next try: Retry-After when the server gave one, else exponential
@@ -398,12 +456,16 @@ class Pusher:
         log.log(level, "%s; %d sample(s) kept, next try in %.1f s", message, len(self.spool), delay)
 
     def _dead_letter(self, samples: list[Any], status: int | None, reason: Any) -> None:
+        # Durable before the spool lets the samples go: a dead letter is the only copy left.
         at = iso_now()
+        created = not self.deadletter_path.exists()
         with open(self.deadletter_path, "ab") as f:
             for sample in samples:
                 f.write(dumps({"dead_at": at, "status": status, "reason": reason, "sample": sample}) + b"\n")
             f.flush()
             os.fsync(f.fileno())
+        if created:
+            fsync_dir(self.state_dir)
 
     # -- what the server wants -------------------------------------------------------------------------------
 
@@ -531,6 +593,11 @@ class Pusher:
         self._stop.set()
 
     def close(self) -> None:
+        if self._lock_fd >= 0:
+            try:
+                atomic_write(self._seq_path, str(self._seq).encode())
+            except OSError as exc:  # the spool still holds the number; a restart continues above it
+                log.warning("could not write %s: %s", self._seq_path, exc)
         if self._client is not None:
             self._client.close()
         if self._lock_fd >= 0:  # twice would close whatever file later reused the descriptor number

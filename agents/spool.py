@@ -1,9 +1,14 @@
 """A bounded on-disk FIFO of samples: the agent's buffer for when the server is down.
 
-Samples are JSON lines appended to segment files (`000000000001.jsonl`, ...). Progress is a separate `ack` file
-(segment id + byte offset) replaced atomically, so a crash after a push but before its ack replays those samples
-(the server counts them as duplicates) and a crash mid-append leaves a torn last line that the next start cuts
-off. Nothing is ever reordered. When the buffer outgrows its bound the oldest samples are dropped and counted.
+Samples are JSON lines appended to segment files (`000000000001.jsonl`, ...). An append is fsynced before it
+returns (and the directory too when it created a segment file), so a sample the spool took survives a power loss,
+not only a crash. Progress is a separate `ack` file (segment id + byte offset) replaced atomically, so a crash after
+a push but before its ack replays those samples (the server counts them as duplicates) and a crash mid-append
+leaves a torn last line that the next start cuts off. Nothing is ever reordered. When the buffer outgrows its bound
+the oldest samples are dropped and counted.
+
+The newest line ever appended stays on disk after it is acknowledged (the newest segment file is never deleted),
+so `newest` tells a restarted agent the last sequence number it handed out.
 
 Not thread-safe: one push loop owns a spool.
 """
@@ -42,6 +47,29 @@ SEGMENT_BYTES = 4 * 1024 * 1024
 ACK_FILE = "ack"
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` (a file created or renamed in it) survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p` whose result survives a power loss: each directory it creates is fsynced into its parent."""
+    if path.is_dir():
+        return
+    make_dirs(path.parent)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        return
+    fsync_dir(path.parent)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves either the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -68,13 +96,14 @@ class Spool:
     def __init__(self, directory: Path | str, max_bytes: int = 64 * 1024 * 1024,
                  segment_bytes: int = SEGMENT_BYTES) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self.dropped = 0
         self._segments: list[_Segment] = []
         self._head_offset = 0
         self._head_lines = 0
+        self.newest: bytes | None = None  # the newest line ever appended, acknowledged or not
         self._load()
 
     # -- startup ---------------------------------------------------------------------------------------------
@@ -103,6 +132,8 @@ class Spool:
                 if offset and data[offset - 1:offset] != b"\n":  # never start mid-line, whatever the ack file says
                     offset = data.find(b"\n", offset) + 1 or len(data)
                 self._head_offset, self._head_lines = offset, data.count(b"\n", 0, offset)
+            if data:
+                self.newest = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
             self._segments.append(_Segment(seg_id, path, len(data), data.count(b"\n")))
 
     def _read_ack(self) -> tuple[int, int]:
@@ -125,6 +156,8 @@ class Spool:
         return sum(s.size for s in self._segments) - self._head_offset
 
     def append(self, sample: dict[str, Any]) -> None:
+        """Add `sample` at the tail; it is on stable storage when this returns (one fsync, two when a segment
+        file is started)."""
         line = dumps(sample) + b"\n"
         if not self._segments or self._segments[-1].size >= self.segment_bytes:
             seg_id = self._segments[-1].id + 1 if self._segments else 1
@@ -133,8 +166,12 @@ class Spool:
         with open(seg.path, "ab") as f:
             f.write(line)
             f.flush()
+            os.fsync(f.fileno())
+        if seg.size == 0:  # a new segment file: its name must be durable too
+            fsync_dir(self.dir)
         seg.size += len(line)
         seg.lines += 1
+        self.newest = line
         self._enforce_bound()
 
     def peek_raw(self, n: int) -> list[bytes]:

@@ -17,13 +17,15 @@ pytestmark = pytest.mark.usefixtures("clean_samples")
 
 
 class Server:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, **env: str) -> None:
         self.port = port
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(self.port)], cwd=ROOT,
-                                     env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     env=subprocess_env(**self.env), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -94,13 +96,38 @@ def test_a_sample_the_server_rejects_goes_to_the_dead_letter_file(server: Server
     token = make_node()
     assert agent_once(server, token, tmp_path).returncode == 0
     # A sample that fails validation on the server (as a buggy collector could produce) sits in the spool.
-    bad = {"ts": "2026-01-01T00:00:00.000Z", "seq": 999, "host": {"cpu_util_pct": 50.0}, "gpus": [],
+    bad = {"ts": "2026-01-01T00:00:00.000Z", "seq": 2, "host": {"cpu_util_pct": 50.0}, "gpus": [],
            "inference": {}}
     Spool(tmp_path / "spool").append(bad)
     assert agent_once(server, token, tmp_path).returncode == 0
     dead = (tmp_path / "deadletter.jsonl").read_text().splitlines()
-    assert len(dead) == 1 and '"seq":999' in dead[0].replace(" ", "")
+    assert len(dead) == 1 and '"seq":2' in dead[0].replace(" ", "")
     assert "samples[0].ts" in dead[0] and "older than the raw retention" in dead[0]
-    # The good sample pushed in the same batch was re-sent alone and stored; the bad one was not.
-    assert stored_seqs() == [1, 2]
+    # The good sample pushed in the same batch was re-sent without it and stored; the bad one was not.
+    assert stored_seqs() == [1, 3]
+
+
+def test_a_push_over_the_servers_sample_limit_loses_nothing(tmp_path: Path) -> None:
+    """A backlog bigger than SWITCHYARD_INGEST_MAX_SAMPLES: whether the server says so with 413 or (before it
+    did) with a 400 on `samples`, the agent sends it in smaller pushes and dead-letters nothing."""
+    from agents.collectors.sim import SimBackend
+    from agents.push import PushConfig, Pusher
+
+    token = make_node()
+    srv = Server(free_port(), SWITCHYARD_INGEST_MAX_SAMPLES="3")
+    srv.start()
+    pusher = Pusher(PushConfig(server=f"http://127.0.0.1:{srv.port}", token=token, node="gpu-a-1",
+                               state_dir=tmp_path, timeout_s=10.0), SimBackend(gpus=2, seed=0))
+    try:
+        for _ in range(7):
+            pusher.collect_once()
+        for _ in range(5):  # a refusal or two while the agent finds a size that fits
+            if pusher.flush():
+                break
+        assert len(pusher.spool) == 0, pusher.last_error
+    finally:
+        pusher.close()
+        srv.stop()
+    assert not (tmp_path / "deadletter.jsonl").exists()
+    assert stored_seqs() == [1, 2, 3, 4, 5, 6, 7]
 

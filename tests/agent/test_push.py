@@ -32,6 +32,11 @@ class Reply:
     status: int
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None  # sent instead of `body` as JSON (a proxy's HTML page, say)
+
+    @property
+    def said(self) -> str:
+        return self.raw.decode() if self.raw is not None else str(self.body["error"])
 
 
 class IngestServer:
@@ -65,7 +70,7 @@ class IngestServer:
                 body = gzip.decompress(raw) if self.headers.get("Content-Encoding") == "gzip" else raw
                 doc = json.loads(body)
                 reply = outer._reply(self.path, dict(self.headers), doc)
-                out = json.dumps(reply.body).encode()
+                out = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 for k, v in {"Content-Type": "application/json", **reply.headers}.items():
                     self.send_header(k, v)
@@ -272,41 +277,142 @@ def test_spool_bound_drops_the_oldest(server: IngestServer, make: Callable[..., 
 
 def test_400_dead_letters_only_the_samples_the_server_names(server: IngestServer,
                                                             make: Callable[..., Pusher]) -> None:
-    """Like the real server: a batch holding the bad sample is refused whole, with the bad one named by index."""
+    """Like the real server: a batch holding bad samples is refused whole, each bad one named by its index. The
+    named ones go to the dead letters, each with the server's reason for it, and the rest are sent again at once."""
     pusher = make(server.url)
-    bad_seq = 2
+    bad = {2: "140 is above 100", 4: "-3 is below 0"}
 
     def respond(doc: dict[str, Any]) -> Reply | None:
-        seqs = [s["seq"] for s in doc["samples"]]
-        if bad_seq not in seqs:
+        fields = {f"samples[{i}].gpus[0].gpu_util_pct": bad[s["seq"]]
+                  for i, s in enumerate(doc["samples"]) if s["seq"] in bad}
+        if not fields:
             return None
-        i = seqs.index(bad_seq)
-        return Reply(400, {"error": f"1 invalid field(s): samples[{i}].gpus[0].gpu_util_pct: 140 is above 100",
-                           "fields": {f"samples[{i}].gpus[0].gpu_util_pct": "140 is above 100"}})
+        return Reply(400, {"error": f"{len(fields)} invalid field(s): ...", "fields": fields})
 
     server.respond = respond
-    for _ in range(4):
+    for _ in range(5):
         pusher.collect_once()
     assert pusher.flush()  # nothing left to push
+    assert server.batches() == [[1, 2, 3, 4, 5], [1, 3, 5]]  # the good ones went again in one push, in order
+    assert server.seqs == [1, 3, 5]
     dead = dead_letters(pusher)
-    assert [d["sample"]["seq"] for d in dead] == [2]
-    assert dead[0]["status"] == 400 and "samples[0].gpus[0].gpu_util_pct" in dead[0]["reason"]["fields"]
+    assert [d["sample"]["seq"] for d in dead] == [2, 4]
+    assert [d["status"] for d in dead] == [400, 400]
+    # Each dead letter carries the server's words about that sample, not about its neighbours.
+    assert dead[0]["reason"]["fields"] == {"samples[1].gpus[0].gpu_util_pct": "140 is above 100"}
+    assert dead[1]["reason"]["fields"] == {"samples[3].gpus[0].gpu_util_pct": "-3 is below 0"}
+    assert "140 is above 100" in dead[0]["reason"]["error"] and "-3" not in dead[0]["reason"]["error"]
     assert re.fullmatch(r"\d{4}-.*Z", dead[0]["dead_at"])
-    assert server.seqs == [1, 3, 4]  # the good neighbours arrived, in order
 
     assert pusher.once()
-    assert server.seqs == [1, 3, 4, 5]
+    assert server.seqs == [1, 3, 5, 6]
 
 
-def test_400_naming_no_sample_dead_letters_one_at_a_time(server: IngestServer,
-                                                         make: Callable[..., Pusher]) -> None:
+def test_samples_named_bad_are_not_dead_lettered_before_the_rest_is_stored(server: IngestServer,
+                                                                           make: Callable[..., Pusher]) -> None:
+    """The good rest of a refused batch meets a 5xx: every sample stays spooled, none is dead-lettered yet; once the
+    server is back the rest is stored and only then does the named sample go to the dead letters."""
     pusher = make(server.url)
-    server.script = [Reply(400, {"error": "models: must be a list", "fields": {"models": "must be a list"}})]
-    pusher.collect_once()
-    pusher.collect_once()
+    server.script = [Reply(400, {"error": "...", "fields": {"samples[0].ts": "is not an ISO 8601 timestamp"}}),
+                     Reply(503, {"error": "database unavailable"})]
+    for _ in range(3):
+        pusher.collect_once()
+    assert not pusher.flush()
+    assert len(pusher.spool) == 3 and dead_letters(pusher) == []
     assert pusher.flush()
+    assert server.batches() == [[1, 2, 3], [2, 3], [2, 3]]
+    assert server.seqs == [2, 3]
     assert [d["sample"]["seq"] for d in dead_letters(pusher)] == [1]
-    assert server.seqs == [2]
+
+
+ENVELOPE_400 = {
+    "too many samples (an older server)": Reply(400, {
+        "error": "1 invalid field(s): samples: holds 5 samples; send at most 100 per request",
+        "fields": {"samples": "holds 5 samples; send at most 100 per request"}}),
+    "node": Reply(400, {"error": "1 invalid field(s): node: is required", "fields": {"node": "is required"}}),
+    "endpoint": Reply(400, {"error": "1 invalid field(s): endpoint: 'x' is not an http:// or https:// URL",
+                            "fields": {"endpoint": "'x' is not an http:// or https:// URL"}}),
+    "models": Reply(400, {"error": "1 invalid field(s): models: must be a list", "fields": {"models": "must be a list"}}),
+    "the body itself": Reply(400, {"error": "the body is not valid JSON: line 1", "fields": {}}),
+    "an answer that is not JSON": Reply(400, raw=b"<html><body>400 Bad Request (from a proxy)</body></html>"),
+    "no fields at all": Reply(400, {"error": "the gzip body is truncated"}),
+    "an index beyond the batch": Reply(400, {"error": "samples[7].ts: bad", "fields": {"samples[7].ts": "bad"}}),
+    "an absurd index": Reply(400, {"error": "samples[1e9]: bad", "fields": {"samples[99999999999999999999999]": "x",
+                                                                            "samples[-1]": "x", "samples[0]x": "x"}}),
+}
+
+
+@pytest.mark.parametrize("reply", ENVELOPE_400.values(), ids=ENVELOPE_400.keys())
+def test_400_naming_no_sample_keeps_every_sample_and_backs_off(server: IngestServer, make: Callable[..., Pusher],
+                                                               ft: FakeTime, reply: Reply,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agents")
+    pusher = make(server.url)
+    # An agent that retried at once instead of backing off would loop here: 20 requests end that with a 500.
+    server.respond = lambda doc: reply if len(server.requests) <= 20 else Reply(500, {"error": "retried at once"})
+    for _ in range(5):
+        pusher.collect_once()
+    for _ in range(4):
+        assert not pusher.flush()
+        assert len(pusher.spool) == 5  # nothing dead-lettered, nothing dropped
+        assert pusher.retry_at > ft.clock()  # and the next try waits
+    assert not pusher.deadletter_path.exists()
+    assert reply.said in (pusher.last_error or "")
+    # What the server said is logged once, not once per retry.
+    told = [r for r in caplog.records if reply.said in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(told) == 1, [r.getMessage() for r in told]
+    server.respond = None
+    assert pusher.flush()
+    assert server.seqs == [1, 2, 3, 4, 5] and not pusher.deadletter_path.exists()
+
+
+def test_400_naming_no_sample_backs_off_exponentially(server: IngestServer, make: Callable[..., Pusher],
+                                                      ft: FakeTime) -> None:
+    server.respond = lambda doc: ENVELOPE_400["models"]
+    pusher = make(server.url, interval_s=300)
+    pusher.run(max_iterations=2)
+    retries = ft.sleeps[:9]
+    for k, delay in enumerate(retries):
+        ceiling = min(60.0, 2.0**k)
+        assert ceiling / 2 <= delay <= ceiling, (k, delay)
+    assert len(pusher.spool) == 2 and not pusher.deadletter_path.exists()
+
+
+def test_a_distinct_400_message_is_logged_again(server: IngestServer, make: Callable[..., Pusher],
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="agents")
+    pusher = make(server.url)
+    pusher.collect_once()
+    server.script = [ENVELOPE_400["models"], ENVELOPE_400["models"], ENVELOPE_400["node"], ENVELOPE_400["models"]]
+    for _ in range(4):
+        assert not pusher.flush()
+    loud = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "400" in r.getMessage()]
+    assert len(loud) == 2
+    assert "models: must be a list" in loud[0] and "node: is required" in loud[1]
+
+
+def test_an_older_server_refusing_too_many_samples_gets_smaller_pushes(server: IngestServer,
+                                                                       make: Callable[..., Pusher],
+                                                                       ft: FakeTime) -> None:
+    """A server before the 413 answers a push over its sample limit with 400 on `samples`: the agent keeps the
+    backlog, backs off, and tries smaller pushes until they fit; nothing is dead-lettered."""
+
+    def respond(doc: dict[str, Any]) -> Reply | None:
+        n = len(doc["samples"])
+        if n <= 30:
+            return None
+        return Reply(400, {"error": f"1 invalid field(s): samples: holds {n} samples; send at most 30 per request",
+                           "fields": {"samples": f"holds {n} samples; send at most 30 per request"}})
+
+    server.respond = respond
+    pusher = make(server.url, backend=SimBackend(gpus=1, seed=0), interval_s=300)
+    for _ in range(250):
+        pusher.collect_once()
+    pusher.run(max_iterations=2)  # the backlog goes in the 300 s before the next sample
+    assert len(pusher.spool) == 0 and not pusher.deadletter_path.exists()
+    assert server.seqs == list(range(1, 253))
+    # The smaller size is kept for the rest of the backlog: a refusal or two, not one per push.
+    assert sum(len(b) > 30 for b in server.batches()) <= 3
 
 
 def test_413_splits_the_batch(server: IngestServer, make: Callable[..., Pusher]) -> None:
