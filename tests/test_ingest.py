@@ -257,12 +257,24 @@ def test_oversize_body_is_413(push: Any, settings: Any) -> None:
     assert stored() == (0, 0)
 
 
-def test_too_many_samples_in_one_request(push: Any, settings: Any) -> None:
+def test_too_many_samples_in_one_request_is_413_and_stores_nothing(push: Any, settings: Any) -> None:
+    """Too many samples is the size of the push, not a bad sample: 413 makes the agent halve its batch, where a
+    400 would make it dead-letter samples that are fine."""
     settings.INGEST_MAX_SAMPLES = 3
     token = make_node()
     samples = [full_sample(i, datetime.now(UTC) - timedelta(seconds=i), gpus=0) for i in range(4)]
     resp = push(token, body(*samples))
-    assert resp.status_code == 400 and "at most 3" in resp.json()["fields"]["samples"]
+    assert resp.status_code == 413, resp.content
+    err = resp.json()
+    assert "holds 4 samples; the limit is 3 per request" in err["fields"]["samples"]
+    assert "send smaller batches" in err["error"] and "nothing was stored" in err["error"]
+    assert stored() == (0, 0) and latest("gpu-a-1") is None
+    # Still 413, not a 400 naming a sample, when a sample of the oversized batch is also bad.
+    samples[0]["gpus"] = [{"index": 0, "gpu_util_pct": 140}]
+    resp = push(token, body(*samples))
+    assert resp.status_code == 413 and list(resp.json()["fields"]) == ["samples"]
+    # Exactly at the limit is fine.
+    assert push(token, body(*samples[1:])).json()["accepted"] == 3
 
 
 def test_rate_limit_answers_429_with_retry_after(push: Any, settings: Any) -> None:

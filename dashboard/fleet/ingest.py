@@ -215,7 +215,7 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     oldest = now - timedelta(days=settings.RETENTION_RAW_DAYS)
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
-        return error(400, errors.summary(), errors.fields)
+        return error(errors.status, errors.summary(), errors.fields)
     accepted = store(node, batch, now)
     body_out: dict[str, Any] = {
         "accepted": accepted,
