@@ -193,7 +193,17 @@ def desired_for(node: NodeInfo, power_limit_w: dict[str, float] | None = None) -
     }
 
 
-def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
+@dataclass
+class Pusher:
+    """An authenticated push, before its body is read: the node and what its Redis round trip said."""
+
+    node: NodeInfo
+    power_limit_w: dict[str, float]
+
+
+def authenticate(token: str | None) -> Pusher | Reply:
+    """Everything that needs only the headers, done before a byte of the body is read: the token (401) and the
+    node's rate limit (429). An unauthenticated client therefore holds neither memory nor an ingest thread."""
     if not token:
         return error(401, "missing node token: send 'Authorization: Bearer <token>' (python manage.py createnode)")
     node = lookup_token(token)
@@ -202,6 +212,12 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     rround = redis_round(node)
     if rround.limited is not None:
         return rround.limited
+    return Pusher(node, rround.power_limit_w)
+
+
+def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
+    """The body of an authenticated push: decode, check, store, acknowledge."""
+    node = pusher.node
     body = decode_body(raw, encoding)
     if isinstance(body, Reply):
         return body
@@ -220,7 +236,7 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     body_out: dict[str, Any] = {
         "accepted": accepted,
         "duplicates": len(batch.samples) - accepted,
-        "desired": desired_for(node, rround.power_limit_w),
+        "desired": desired_for(node, pusher.power_limit_w),
     }
     if batch.ignored:
         body_out["ignored"] = sorted(batch.ignored)[:20]
