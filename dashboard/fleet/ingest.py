@@ -26,7 +26,6 @@ from dashboard.accounts.tokens import digest
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import redis_client, store_latest
-from dashboard.metrics.rollups import LOOKBACK
 from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_staging
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
@@ -268,10 +267,17 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
             accepted = copy_deduplicated(node_rows, gpu_rows)
             update_node(node, batch, now)
     newest = max(batch.samples, key=lambda s: s.ts)
-    late_before = now - LOOKBACK - timedelta(minutes=1)
-    late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}
-    store_latest(node.name, snapshot(node, batch, newest), late)
+    store_latest(node.name, snapshot(node, batch, newest), ended_minutes(batch))
     return accepted
+
+
+def ended_minutes(batch: Batch) -> set[int]:
+    """The minutes (epoch seconds) of the batch's samples that had ended when it committed: a rollup may already
+    have run for them, so the next one must redo them (dashboard/metrics/rollups.py). All of the batch, duplicates
+    too: a push retried because its flags were lost flags them again."""
+    current = int(time.time()) // 60 * 60  # read after the commit: a minute that ends during it is flagged
+    minutes = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
+    return {m for m in minutes if m < current}
 
 
 def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:

@@ -15,7 +15,8 @@ from django.conf import settings
 
 LATEST_KEY = "sy:latest"
 INGEST_CHANNEL = "sy:ingest"
-# Minutes (epoch seconds) that received samples after their rollup may have run; the rollup task redoes them.
+# Minutes (hours) that received samples after their rollup may have run, as epoch seconds; the rollup tasks redo
+# them (dashboard/metrics/rollups.py).
 LATE_MINUTES_KEY = "sy:rollup:late-minutes"
 LATE_HOURS_KEY = "sy:rollup:late-hours"
 
