@@ -117,23 +117,39 @@ def test_query_bad_parameters(viewer: Client, params: dict[str, str], field: str
 
 
 def test_prometheus_exposition(push: Any, viewer: Client) -> None:
-    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [full_sample(1, gpus=2, base=33)]})
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sample = full_sample(1, gpus=2, base=33)
+    hostile = 'GPU-"},x="1\\\n'  # quote, brace, backslash, newline: an agent can send any uuid up to 96 chars
+    sample["gpus"][1]["uuid"] = hostile
+    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [sample]})
     old = full_sample(1, datetime.now(UTC) - timedelta(minutes=10), gpus=1, base=77)
     push(make_node("gpu-old", "pool-b"), {"node": "gpu-old", "samples": [old]})
     resp = viewer.get("/metrics/fleet")
-    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain")
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain; version=0.0.4")
     text = resp.content.decode()
-    assert '# TYPE switchyard_gpu_util_pct gauge' in text
-    assert 'switchyard_gpu_util_pct{pool="pool-a",node="gpu-a-1",gpu="1",uuid="GPU-0001"} 34.0' in text
-    assert '# TYPE switchyard_energy_j counter' in text
-    assert 'switchyard_cpu_util_pct{pool="pool-a",node="gpu-a-1"} 33.0' in text
-    # A node that stopped reporting is down, and its old numbers are not exported as if live.
-    assert 'switchyard_node_up{pool="pool-b",node="gpu-old"} 0' in text
-    assert 'node="gpu-old",gpu=' not in text
-    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
 
-    families = {f.name for f in text_string_to_metric_families(text)}
-    assert "switchyard_gpu_util_pct" in families
+    def gpu(node: str, pool: str, index: int, uuid: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted({"pool": pool, "node": node, "gpu": str(index), "uuid": uuid}.items()))
+
+    assert families["switchyard_gpu_util_pct"].type == "gauge"
+    assert values[("switchyard_gpu_util_pct", gpu("gpu-a-1", "pool-a", 1, hostile))] == 34.0
+    assert values[("switchyard_cpu_util_pct", (("node", "gpu-a-1"), ("pool", "pool-a")))] == 33.0
+    # Counters are exposed as <name>_total; a catalogue name that already ends in _total keeps one suffix. (The
+    # parser adds _total to a counter's samples by itself: read the text for what a scraper stores.)
+    for counter in ("switchyard_energy_j", "switchyard_remapped_rows_uncorrectable", "switchyard_pcie_replay",
+                    "switchyard_preemptions"):
+        assert families[counter].type == "counter", counter
+        assert f"\n# TYPE {counter}_total counter\n{counter}_total{{" in text, counter
+    assert "_total_total" not in text
+    assert values[("switchyard_energy_j_total", gpu("gpu-a-1", "pool-a", 0, "GPU-0000"))] == pytest.approx(
+        sample["gpus"][0]["energy_j"])
+    # A node that stopped reporting is down, and its old numbers are not exported as if live.
+    assert values[("switchyard_node_up", (("node", "gpu-old"), ("pool", "pool-b")))] == 0
+    assert values[("switchyard_node_up", (("node", "gpu-a-1"), ("pool", "pool-a")))] == 1
+    assert [k for k in values if ("node", "gpu-old") in k[1] and k[0] != "switchyard_node_up"] == []
 
 
 def test_openapi_schema_and_docs_are_served_from_vendored_assets(viewer: Client, client: Client) -> None:
