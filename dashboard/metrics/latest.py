@@ -41,6 +41,14 @@ def all_latest() -> dict[str, dict[str, Any]]:
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}
 
 
+def latest_of(nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """The latest snapshots of these nodes (one HMGET); nodes that never reported are left out."""
+    if not nodes:
+        return {}
+    raw = redis_client().hmget(LATEST_KEY, nodes)
+    return {n: orjson.loads(v) for n, v in zip(nodes, raw, strict=True) if v}
+
+
 def latest(node: str) -> dict[str, Any] | None:
     raw = redis_client().hget(LATEST_KEY, node)
     return orjson.loads(raw) if raw else None
