@@ -139,6 +139,14 @@ def _release(key: str) -> None:
     redis_client().delete(_claimed_key(key))
 
 
+def _range_starts(lo: datetime, hi: datetime, step: timedelta) -> list[datetime]:
+    out = []
+    while lo < hi:
+        out.append(lo)
+        lo += step
+    return out
+
+
 def _spans(starts: Iterable[datetime], step: timedelta, longest: timedelta) -> list[tuple[datetime, datetime]]:
     """Sorted bucket starts merged into [lo, hi) spans of consecutive buckets, none longer than `longest`."""
     out: list[tuple[datetime, datetime]] = []
@@ -211,11 +219,3 @@ def rollup_hours(now: datetime | None = None) -> int:
             count += 1
         _release(LATE_HOURS_KEY)
     return count
-
-
-def _range_starts(lo: datetime, hi: datetime, step: timedelta) -> list[datetime]:
-    out = []
-    while lo < hi:
-        out.append(lo)
-        lo += step
-    return out
