@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +17,7 @@ from django.db import connection
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from dashboard.fleet.models import GPU, Node
 from dashboard.metrics.latest import latest
-from tests.conftest import count, full_sample, iso, make_node
+from tests.conftest import AsgiResponse, count, free_port, full_sample, iso, make_node, wait_for_port
 
 pytestmark = pytest.mark.usefixtures("clean_samples")
 
@@ -257,12 +260,24 @@ def test_oversize_body_is_413(push: Any, settings: Any) -> None:
     assert stored() == (0, 0)
 
 
-def test_too_many_samples_in_one_request(push: Any, settings: Any) -> None:
+def test_too_many_samples_in_one_request_is_413_and_stores_nothing(push: Any, settings: Any) -> None:
+    """Too many samples is the size of the push, not a bad sample: 413 makes the agent halve its batch, where a
+    400 would make it dead-letter samples that are fine."""
     settings.INGEST_MAX_SAMPLES = 3
     token = make_node()
     samples = [full_sample(i, datetime.now(UTC) - timedelta(seconds=i), gpus=0) for i in range(4)]
     resp = push(token, body(*samples))
-    assert resp.status_code == 400 and "at most 3" in resp.json()["fields"]["samples"]
+    assert resp.status_code == 413, resp.content
+    err = resp.json()
+    assert "holds 4 samples; the limit is 3 per request" in err["fields"]["samples"]
+    assert "send smaller batches" in err["error"] and "nothing was stored" in err["error"]
+    assert stored() == (0, 0) and latest("gpu-a-1") is None
+    # Still 413, not a 400 naming a sample, when a sample of the oversized batch is also bad.
+    samples[0]["gpus"] = [{"index": 0, "gpu_util_pct": 140}]
+    resp = push(token, body(*samples))
+    assert resp.status_code == 413 and list(resp.json()["fields"]) == ["samples"]
+    # Exactly at the limit is fine.
+    assert push(token, body(*samples[1:])).json()["accepted"] == 3
 
 
 def test_rate_limit_answers_429_with_retry_after(push: Any, settings: Any) -> None:
@@ -304,3 +319,104 @@ def test_every_answer_carries_its_own_request_id(push: Any) -> None:
     assert (ok.status_code, bad.status_code) == (200, 401)
     ids = {ok["x-request-id"], bad["x-request-id"]}
     assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def _ingest_with_unread_body(headers: dict[str, str]) -> tuple[AsgiResponse, list[str]]:
+    """Drive the ASGI app with a client that announces a body and never sends it; returns the reply and the
+    receive() calls the app made (each answered as if the client had gone away)."""
+    from dashboard.asgi import application
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/api/v1/ingest", "raw_path": b"/api/v1/ingest", "query_string": b"", "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }
+    received: list[str] = []
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append("receive")
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(application(scope, receive, send))
+    assert sent, "no reply at all: the app waited for the body"
+    reply = AsgiResponse(sent[0]["status"], {k.decode().lower(): v.decode() for k, v in sent[0]["headers"]},
+                         b"".join(m.get("body", b"") for m in sent[1:]))
+    return reply, received
+
+
+@pytest.mark.parametrize("length", ["100000000", "1000000", None], ids=["over-limit", "under-limit", "chunked"])
+def test_bad_tokens_get_401_before_the_body_is_read(length: str | None) -> None:
+    from io import StringIO
+
+    good = make_node()
+    call_command("createnode", "gpu-a-1", "--pool", "pool-a", "--rotate", stdout=StringIO())  # revokes `good`
+    size = {"Content-Length": length} if length else {"Transfer-Encoding": "chunked"}
+    for auth, words in [({}, "missing node token"),
+                        ({"Authorization": "Bearer sy_node_not-a-real-token"}, "unknown or revoked"),
+                        ({"Authorization": f"Bearer {good}"}, "unknown or revoked"),
+                        ({"Authorization": "Token sy_node_wrong-scheme"}, "missing node token")]:
+        reply, received = _ingest_with_unread_body({"Content-Type": "application/json", **size, **auth})
+        assert reply.status_code == 401 and words in reply.json()["error"], reply.content
+        assert received == [], "the body was read before the token was checked"
+        assert reply["connection"] == "close"  # nothing more is read from this client either
+    assert stored() == (0, 0)
+
+
+def test_rate_limited_node_gets_429_before_the_body_is_read(push: Any, settings: Any) -> None:
+    settings.INGEST_RATE_PER_MINUTE = 0
+    token = make_node()
+    reply, received = _ingest_with_unread_body({"Authorization": f"Bearer {token}", "Content-Length": "500000"})
+    assert reply.status_code == 429 and received == [] and reply["Retry-After"]
+    assert stored() == (0, 0)
+
+
+@pytest.fixture
+def ingest_server() -> Iterator[int]:
+    """The real ASGI app under uvicorn on a thread of this process (its ingest threads use the test database)."""
+    import threading
+
+    import uvicorn
+
+    from dashboard.asgi import application
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(application, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    yield port
+    server.should_exit = True
+    thread.join(15)
+
+
+def _raw_post(port: int, token: str, declared: int, body: bytes, close: bool = False) -> bytes:
+    """Send a POST's headers (and `body`, possibly less than `declared`) over a raw socket, then read until the
+    server closes. The 30-s timeout only guards against a hang: a server that waits for the body fails here."""
+    head = (f"POST /api/v1/ingest HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {declared}\r\n"
+            + ("Connection: close\r\n" if close else "") + "\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_a_raw_client_with_a_bad_token_gets_401_without_sending_its_body(ingest_server: int) -> None:
+    token = make_node()
+    # Headers only, then silence; then a slow client that sent 1 KiB of a 3 MB body and stalls.
+    for partial in (b"", b"{" + b" " * 1023):
+        answer = _raw_post(ingest_server, "sy_node_not-a-real-token", 3_000_000, partial)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+        assert b"unknown or revoked node token" in answer
+    # The same server still takes a real push over a raw socket.
+    payload = json.dumps(body(full_sample(1))).encode()
+    answer = _raw_post(ingest_server, token, len(payload), payload, close=True)
+    assert answer.startswith(b"HTTP/1.1 200 ") and stored() == (1, 2)

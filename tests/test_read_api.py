@@ -48,7 +48,7 @@ def test_nodes_list_shows_last_seen_and_latest(push: Any, viewer: Client) -> Non
     make_node("gpu-silent", "pool-a")
     push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [full_sample(3, gpus=2, base=42)],
                                  "endpoint": "http://127.0.0.1:9001", "models": ["m1"]})
-    nodes = {n["name"]: n for n in viewer.get("/api/v1/nodes/").json()}
+    nodes = {n["name"]: n for n in viewer.get("/api/v1/nodes/").json()["results"]}
     live = nodes["gpu-a-1"]
     assert live["status"] == "up" and live["pool"] == "pool-a" and live["gpus"] == 2
     assert live["last_seen"] and live["models"] == ["m1"] and live["endpoint"] == "http://127.0.0.1:9001"
@@ -56,7 +56,55 @@ def test_nodes_list_shows_last_seen_and_latest(push: Any, viewer: Client) -> Non
     assert nodes["gpu-silent"]["status"] == "down" and nodes["gpu-silent"]["latest"] is None
     assert viewer.get("/api/v1/nodes/gpu-a-1/").json()["name"] == "gpu-a-1"
     assert viewer.get("/api/v1/nodes/nope/").status_code == 404
-    assert [n["name"] for n in viewer.get("/api/v1/nodes/?pool=pool-b").json()] == []
+    assert viewer.get("/api/v1/nodes/?pool=pool-b").json() == {"count": 0, "next": None, "previous": None,
+                                                                 "results": []}
+
+
+def test_node_and_gpu_lists_are_paginated_on_a_large_fleet(push: Any, viewer: Client) -> None:
+    """2,000 nodes and 16,000 GPUs: a page at a time, in a stable order, with the latest values of its nodes."""
+    from dashboard.fleet.models import GPU, Node, Pool
+
+    token = make_node("gpu-00000", "pool-big")
+    pool = Pool.objects.get(name="pool-big")
+    nodes = [Node.objects.get(name="gpu-00000"),
+             *Node.objects.bulk_create([Node(name=f"gpu-{i:05d}", pool=pool) for i in range(1, 2000)])]
+    GPU.objects.bulk_create([GPU(node=n, index=g, uuid=f"GPU-{n.name}-{g}", name="H100") for n in nodes
+                             for g in range(8)])
+    push(token, {"node": "gpu-00000", "samples": [full_sample(1, gpus=8, base=42)]})
+
+    first = viewer.get("/api/v1/nodes/").json()
+    assert first["count"] == 2000 and len(first["results"]) == 100 and first["previous"] is None
+    assert first["results"][0]["name"] == "gpu-00000" and first["results"][0]["status"] == "up"
+    assert first["results"][0]["latest"]["gpus"][3]["gpu_util_pct"] == 45.0  # base 42 + GPU 3
+    assert first["results"][1]["latest"] is None and first["results"][1]["gpus"] == 8
+    second = viewer.get(first["next"]).json()
+    assert [n["name"] for n in second["results"]] == [f"gpu-{i:05d}" for i in range(100, 200)]
+
+    seen: list[tuple[str, int]] = []
+    url: str | None = "/api/v1/gpus/?limit=1000"
+    while url:
+        page = viewer.get(url).json()
+        assert page["count"] == 16000 and len(page["results"]) <= 1000
+        seen += [(g["node"], g["index"]) for g in page["results"]]
+        url = page["next"]
+    assert seen == [(f"gpu-{i:05d}", g) for i in range(2000) for g in range(8)]
+    only = viewer.get("/api/v1/gpus/", {"node": "gpu-01999"}).json()
+    assert only["count"] == 8 and [g["index"] for g in only["results"]] == list(range(8))
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nodes/", "/api/v1/gpus/"])
+@pytest.mark.parametrize("params,field", [
+    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "-5"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"limit": "1e3"}, "limit"), ({"limit": "\u0663"}, "limit"), ({"offset": "-1"}, "offset"),
+    ({"offset": "9" * 40}, "offset"), ({"offset": "1; DROP TABLE fleet_node"}, "offset"),
+])
+def test_bad_page_parameters_are_refused_by_name(viewer: Client, path: str, params: dict[str, str],
+                                                  field: str) -> None:
+    make_node("gpu-a-1")
+    resp = viewer.get(path, params)
+    assert resp.status_code == 400, resp.content
+    assert "whole number from" in resp.json()["fields"][field] and field in resp.json()["error"]
+    assert viewer.get(path).status_code == 200  # and nothing else went wrong
 
 
 def test_query_raw_picks_raw_and_returns_units(push: Any, viewer: Client) -> None:
@@ -117,23 +165,39 @@ def test_query_bad_parameters(viewer: Client, params: dict[str, str], field: str
 
 
 def test_prometheus_exposition(push: Any, viewer: Client) -> None:
-    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [full_sample(1, gpus=2, base=33)]})
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sample = full_sample(1, gpus=2, base=33)
+    hostile = 'GPU-"},x="1\\\n'  # quote, brace, backslash, newline: an agent can send any uuid up to 96 chars
+    sample["gpus"][1]["uuid"] = hostile
+    push(make_node("gpu-a-1"), {"node": "gpu-a-1", "samples": [sample]})
     old = full_sample(1, datetime.now(UTC) - timedelta(minutes=10), gpus=1, base=77)
     push(make_node("gpu-old", "pool-b"), {"node": "gpu-old", "samples": [old]})
     resp = viewer.get("/metrics/fleet")
-    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain")
+    assert resp.status_code == 200 and resp["Content-Type"].startswith("text/plain; version=0.0.4")
     text = resp.content.decode()
-    assert '# TYPE switchyard_gpu_util_pct gauge' in text
-    assert 'switchyard_gpu_util_pct{pool="pool-a",node="gpu-a-1",gpu="1",uuid="GPU-0001"} 34.0' in text
-    assert '# TYPE switchyard_energy_j counter' in text
-    assert 'switchyard_cpu_util_pct{pool="pool-a",node="gpu-a-1"} 33.0' in text
-    # A node that stopped reporting is down, and its old numbers are not exported as if live.
-    assert 'switchyard_node_up{pool="pool-b",node="gpu-old"} 0' in text
-    assert 'node="gpu-old",gpu=' not in text
-    from prometheus_client.parser import text_string_to_metric_families
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    values = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
 
-    families = {f.name for f in text_string_to_metric_families(text)}
-    assert "switchyard_gpu_util_pct" in families
+    def gpu(node: str, pool: str, index: int, uuid: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted({"pool": pool, "node": node, "gpu": str(index), "uuid": uuid}.items()))
+
+    assert families["switchyard_gpu_util_pct"].type == "gauge"
+    assert values[("switchyard_gpu_util_pct", gpu("gpu-a-1", "pool-a", 1, hostile))] == 34.0
+    assert values[("switchyard_cpu_util_pct", (("node", "gpu-a-1"), ("pool", "pool-a")))] == 33.0
+    # Counters are exposed as <name>_total; a catalogue name that already ends in _total keeps one suffix. (The
+    # parser adds _total to a counter's samples by itself: read the text for what a scraper stores.)
+    for counter in ("switchyard_energy_j", "switchyard_remapped_rows_uncorrectable", "switchyard_pcie_replay",
+                    "switchyard_preemptions"):
+        assert families[counter].type == "counter", counter
+        assert f"\n# TYPE {counter}_total counter\n{counter}_total{{" in text, counter
+    assert "_total_total" not in text
+    assert values[("switchyard_energy_j_total", gpu("gpu-a-1", "pool-a", 0, "GPU-0000"))] == pytest.approx(
+        sample["gpus"][0]["energy_j"])
+    # A node that stopped reporting is down, and its old numbers are not exported as if live.
+    assert values[("switchyard_node_up", (("node", "gpu-old"), ("pool", "pool-b")))] == 0
+    assert values[("switchyard_node_up", (("node", "gpu-a-1"), ("pool", "pool-a")))] == 1
+    assert [k for k in values if ("node", "gpu-old") in k[1] and k[0] != "switchyard_node_up"] == []
 
 
 def test_openapi_schema_and_docs_are_served_from_vendored_assets(viewer: Client, client: Client) -> None:

@@ -61,3 +61,14 @@ def test_any_timestamp_string_is_answered(ts: str) -> None:
     sample["ts"] = ts
     batch, errors = validate({"node": "n", "samples": [sample]}, NOW, OLDEST, 100)
     assert batch is not None or set(errors.fields) == {"samples[0].ts"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(min_value=1, max_value=12), junk=json_values)
+def test_too_many_samples_is_413_whatever_they_hold(n: int, junk: Any) -> None:
+    batch, errors = validate({"node": "n", "samples": [junk] * n}, NOW, OLDEST, 5)
+    if n > 5:
+        assert batch is None and errors.status == 413 and list(errors.fields) == ["samples"]
+        assert "send smaller batches" in errors.summary()
+    else:
+        assert errors.status == 400

@@ -1,4 +1,4 @@
-"""Read API of the fleet: pools, nodes (with last-seen and latest values), GPUs."""
+"""Read API of the fleet: pools, nodes (with last-seen and latest values), GPUs; node and GPU lists are paginated."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
-from rest_framework import serializers
+from rest_framework import generics, serializers
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,7 +16,7 @@ from rest_framework.views import APIView
 from dashboard.api_errors import errors
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import GPU, Node, Pool
-from dashboard.metrics.latest import all_latest, latest
+from dashboard.metrics.latest import latest, latest_of
 
 
 class PoolSerializer(serializers.ModelSerializer):
@@ -83,16 +84,49 @@ class PoolList(APIView):
         return Response(PoolSerializer(pools, many=True).data)
 
 
-class NodeList(APIView):
-    """Every node with its status (up/stale/down), last-seen time and latest values."""
+class FleetPage(LimitOffsetPagination):
+    """`?limit=` (1-1000, default 100) and `?offset=`; a malformed or out-of-range value is refused with a 400
+    naming it, not silently replaced by the default (a script would then read the wrong page without knowing)."""
 
-    @extend_schema(responses={200: NodeSerializer(many=True), **errors()},
-                   parameters=[OpenApiParameter("pool", str, description="only the nodes of this pool")])
-    def get(self, request: Request) -> Response:
+    default_limit = 100
+    max_limit = 1000
+    max_offset = 10**9  # past PostgreSQL's bigint trouble, far past any fleet
+
+    def get_limit(self, request: Request) -> int:
+        return self._number(request, self.limit_query_param, 1, self.max_limit, self.default_limit)
+
+    def get_offset(self, request: Request) -> int:
+        return self._number(request, self.offset_query_param, 0, self.max_offset, 0)
+
+    @staticmethod
+    def _number(request: Request, name: str, lo: int, hi: int, default: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 10 and lo <= int(raw) <= hi):
+            raise serializers.ValidationError({name: f"{raw[:20]!r} is not a whole number from {lo} to {hi}"})
+        return int(raw)
+
+
+class NodeList(generics.ListAPIView):
+    """Nodes (paginated) with their status (up/stale/down), last-seen time and latest values."""
+
+    serializer_class = NodeSerializer
+    pagination_class = FleetPage
+
+    def get_queryset(self) -> Any:
         qs = nodes_queryset()
-        if pool := request.query_params.get("pool"):
+        if pool := self.request.query_params.get("pool"):
             qs = qs.filter(pool__name=pool)
-        return Response(NodeSerializer(qs, many=True, context={"snaps": all_latest()}).data)
+        return qs
+
+    @extend_schema(responses={200: NodeSerializer(many=True), **errors(400)},
+                   parameters=[OpenApiParameter("pool", str, description="only the nodes of this pool")])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(self.get_queryset())
+        # The latest values of this page's nodes only, not of the whole fleet.
+        snaps = latest_of([node.name for node in page or []])
+        return self.get_paginated_response(NodeSerializer(page, many=True, context={"snaps": snaps}).data)
 
 
 class NodeDetail(APIView):
@@ -102,11 +136,19 @@ class NodeDetail(APIView):
         return Response(NodeSerializer(node, context={"snaps": {node.name: latest(node.name)}}).data)
 
 
-class GPUList(APIView):
-    @extend_schema(responses={200: GPUSerializer(many=True), **errors()},
-                   parameters=[OpenApiParameter("node", str, description="only the GPUs of this node")])
-    def get(self, request: Request) -> Response:
+class GPUList(generics.ListAPIView):
+    """GPUs (paginated), ordered by node and index."""
+
+    serializer_class = GPUSerializer
+    pagination_class = FleetPage
+
+    def get_queryset(self) -> Any:
         qs = GPU.objects.select_related("node")
-        if node := request.query_params.get("node"):
+        if node := self.request.query_params.get("node"):
             qs = qs.filter(node__name=node)
-        return Response(GPUSerializer(qs, many=True).data)
+        return qs
+
+    @extend_schema(responses={200: GPUSerializer(many=True), **errors(400)},
+                   parameters=[OpenApiParameter("node", str, description="only the GPUs of this node")])
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)

@@ -26,7 +26,6 @@ from dashboard.accounts.tokens import digest
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import redis_client, store_latest
-from dashboard.metrics.rollups import LOOKBACK
 from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_staging
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
@@ -193,7 +192,17 @@ def desired_for(node: NodeInfo, power_limit_w: dict[str, float] | None = None) -
     }
 
 
-def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
+@dataclass
+class Pusher:
+    """An authenticated push, before its body is read: the node and what its Redis round trip said."""
+
+    node: NodeInfo
+    power_limit_w: dict[str, float]
+
+
+def authenticate(token: str | None) -> Pusher | Reply:
+    """Everything that needs only the headers, done before a byte of the body is read: the token (401) and the
+    node's rate limit (429). An unauthenticated client therefore holds neither memory nor an ingest thread."""
     if not token:
         return error(401, "missing node token: send 'Authorization: Bearer <token>' (python manage.py createnode)")
     node = lookup_token(token)
@@ -202,6 +211,12 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     rround = redis_round(node)
     if rround.limited is not None:
         return rround.limited
+    return Pusher(node, rround.power_limit_w)
+
+
+def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
+    """The body of an authenticated push: decode, check, store, acknowledge."""
+    node = pusher.node
     body = decode_body(raw, encoding)
     if isinstance(body, Reply):
         return body
@@ -215,12 +230,12 @@ def handle(token: str | None, raw: bytes, encoding: str) -> Reply:
     oldest = now - timedelta(days=settings.RETENTION_RAW_DAYS)
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
-        return error(400, errors.summary(), errors.fields)
+        return error(errors.status, errors.summary(), errors.fields)
     accepted = store(node, batch, now)
     body_out: dict[str, Any] = {
         "accepted": accepted,
         "duplicates": len(batch.samples) - accepted,
-        "desired": desired_for(node, rround.power_limit_w),
+        "desired": desired_for(node, pusher.power_limit_w),
     }
     if batch.ignored:
         body_out["ignored"] = sorted(batch.ignored)[:20]
@@ -252,10 +267,17 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
             accepted = copy_deduplicated(node_rows, gpu_rows)
             update_node(node, batch, now)
     newest = max(batch.samples, key=lambda s: s.ts)
-    late_before = now - LOOKBACK - timedelta(minutes=1)
-    late = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples if s.ts < late_before}
-    store_latest(node.name, snapshot(node, batch, newest), late)
+    store_latest(node.name, snapshot(node, batch, newest), ended_minutes(batch))
     return accepted
+
+
+def ended_minutes(batch: Batch) -> set[int]:
+    """The minutes (epoch seconds) of the batch's samples that had ended when it committed: a rollup may already
+    have run for them, so the next one must redo them (dashboard/metrics/rollups.py). All of the batch, duplicates
+    too: a push retried because its flags were lost flags them again."""
+    current = int(time.time()) // 60 * 60  # read after the commit: a minute that ends during it is flagged
+    minutes = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
+    return {m for m in minutes if m < current}
 
 
 def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:

@@ -3,8 +3,9 @@
 The ingest path is the hottest in the system (a 2,000-node fleet pushes 400 times a second). Through Django's
 request cycle each push would hop into Django's single sync thread once per middleware (sessions, CSRF, auth,
 messages, WhiteNoise), serialising every push behind the others. Agents need none of that: they authenticate with
-a node token. So this app reads the body, hands it to the ingest service on a thread pool where each thread keeps
-its own database connection, and writes the reply.
+a node token. So this app checks the token (and the node's rate limit) from the headers alone, then reads the body,
+hands it to the ingest service on a thread pool where each thread keeps its own database connection, and writes
+the reply.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,9 +28,10 @@ PATH = "/api/v1/ingest"
 _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ingest")
 
 
-def run_service(token: str | None, raw: bytes, encoding: str) -> service.Reply:
+def run_service(step: Callable[..., Any], *args: Any) -> Any:
+    """One step of the ingest service (authenticate, or handle the body) on this thread's database connection."""
     try:
-        return service.handle(token, raw, encoding)
+        return step(*args)
     except DatabaseError as exc:
         # A dropped or restarted database: forget this thread's connection so the next push reconnects, and
         # answer 503 so the agent keeps the samples and retries.
@@ -40,7 +43,7 @@ def run_service(token: str | None, raw: bytes, encoding: str) -> service.Reply:
         raise
 
 
-async def _send(send: Any, reply: service.Reply) -> None:
+async def _send(send: Any, reply: service.Reply, unread_body: bool = False) -> None:
     body = orjson.dumps(reply.body)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                # Django's middleware does not run on this path; the id lets an agent's log line meet the server's.
@@ -48,6 +51,10 @@ async def _send(send: Any, reply: service.Reply) -> None:
     headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
     if reply.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="switchyard-ingest"'))
+    if unread_body:
+        # Answered before the body was read: close rather than make the server read and discard what the client
+        # may still send on this connection.
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -57,13 +64,26 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         reply = service.error(405, f"{scope['method']} is not allowed here; agents POST samples", Allow="POST")
         return await _send(send, reply)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    bearer = token.strip() if scheme.lower() == "bearer" else None
+    loop = asyncio.get_running_loop()
+    # Authenticate on the headers alone, before reading a byte of the body: an unknown client holds no memory
+    # and no ingest thread, whatever body it announces or however slowly it sends it.
+    if not bearer:
+        pusher: service.Pusher | service.Reply = service.authenticate(bearer)  # no I/O without a token
+    else:
+        pusher = await loop.run_in_executor(_executor, run_service, service.authenticate, bearer)
+    if isinstance(pusher, service.Reply):
+        return await _send(send, pusher, unread_body=has_body)
     limit = settings.INGEST_MAX_BYTES
     declared = headers.get("content-length", "0")
     if not declared.isdigit():
-        return await _send(send, service.error(400, "Content-Length is not a number"))
+        return await _send(send, service.error(400, "Content-Length is not a number"), unread_body=has_body)
     if int(declared) > limit:
         return await _send(send, service.error(
-            413, f"the body is {declared} bytes; the limit is {limit}. Send fewer samples per request"))
+            413, f"the body is {declared} bytes; the limit is {limit}. Send fewer samples per request"),
+            unread_body=True)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -73,13 +93,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:  # chunked uploads carry no Content-Length: count as we read
-            return await _send(send, service.error(413, f"the body is over the {limit}-byte limit"))
+            return await _send(send, service.error(413, f"the body is over the {limit}-byte limit"),
+                               unread_body=True)
         chunks.append(chunk)
         if not message.get("more_body"):
             break
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    bearer = token.strip() if scheme.lower() == "bearer" else None
-    loop = asyncio.get_running_loop()
-    reply = await loop.run_in_executor(_executor, run_service, bearer, b"".join(chunks),
+    reply = await loop.run_in_executor(_executor, run_service, service.handle, pusher, b"".join(chunks),
                                        headers.get("content-encoding", ""))
     await _send(send, reply)

@@ -31,6 +31,9 @@ class TooManyErrors(Exception):
 @dataclass
 class Errors:
     fields: dict[str, str] = field(default_factory=dict)
+    # 413 when the request is refused for its size alone (too many samples): the agent then halves its batch,
+    # where a 400 makes it dead-letter the sample named by index.
+    status: int = 400
 
     def add(self, path: str, message: str) -> None:
         self.fields.setdefault(path, message)
@@ -38,6 +41,8 @@ class Errors:
             raise TooManyErrors
 
     def summary(self) -> str:
+        if self.status == 413:
+            return f"too many samples: {self.fields['samples']}; nothing was stored"
         head = "; ".join(f"{p}: {m}" for p, m in list(self.fields.items())[:5])
         more = len(self.fields) - 5
         suffix = f" (and {more} more, see fields)" if more > 0 else ""
@@ -198,6 +203,13 @@ def _validate(doc: Any, now: datetime, oldest: datetime, max_samples: int, error
     if not isinstance(doc, dict):
         errors.add("$", "the body must be a JSON object")
         return None
+    raw_samples = doc.get("samples")
+    # Checked before anything else: a batch too large is refused whole (413), whatever else is wrong with it.
+    if isinstance(raw_samples, list) and len(raw_samples) > max_samples:
+        errors.status = 413
+        errors.add("samples", f"holds {len(raw_samples)} samples; the limit is {max_samples} per request "
+                              "(SWITCHYARD_INGEST_MAX_SAMPLES): send smaller batches")
+        return None
     node = _string(doc, "node", "node", errors, 63, required=True)
     agent = _string(doc, "agent", "agent", errors, 100) or ""
     endpoint = _string(doc, "endpoint", "endpoint", errors, 300)
@@ -217,12 +229,8 @@ def _validate(doc: Any, now: datetime, oldest: datetime, max_samples: int, error
         errors.add("applied", "must be an object")
         applied = None
     unknown_top = [k for k in doc if k not in TOP_LEVEL_KEYS]
-    raw_samples = doc.get("samples")
     if not isinstance(raw_samples, list) or not raw_samples:
         errors.add("samples", "must be a non-empty list of samples")
-        return None
-    if len(raw_samples) > max_samples:
-        errors.add("samples", f"holds {len(raw_samples)} samples; send at most {max_samples} per request")
         return None
     ignored: set[str] = {f"${k[:64]}" for k in unknown_top}
     samples: list[Sample] = []

@@ -15,7 +15,8 @@ from django.conf import settings
 
 LATEST_KEY = "sy:latest"
 INGEST_CHANNEL = "sy:ingest"
-# Minutes (epoch seconds) that received samples after their rollup may have run; the rollup task redoes them.
+# Minutes (hours) that received samples after their rollup may have run, as epoch seconds; the rollup tasks redo
+# them (dashboard/metrics/rollups.py).
 LATE_MINUTES_KEY = "sy:rollup:late-minutes"
 LATE_HOURS_KEY = "sy:rollup:late-hours"
 
@@ -38,6 +39,14 @@ def store_latest(node: str, snapshot: dict[str, Any], late_minutes: set[int] | N
 def all_latest() -> dict[str, dict[str, Any]]:
     raw = redis_client().hgetall(LATEST_KEY)
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+
+def latest_of(nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """The latest snapshots of these nodes (one HMGET); nodes that never reported are left out."""
+    if not nodes:
+        return {}
+    raw = redis_client().hmget(LATEST_KEY, nodes)
+    return {n: orjson.loads(v) for n, v in zip(nodes, raw, strict=True) if v}
 
 
 def latest(node: str) -> dict[str, Any] | None:

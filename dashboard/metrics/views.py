@@ -7,6 +7,7 @@ from typing import Any
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -77,4 +78,4 @@ class FleetExposition(APIView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request) -> Any:
-        return HttpResponse(exposition.render(all_latest()), content_type="text/plain; version=0.0.4")
+        return HttpResponse(exposition.render(all_latest()), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -260,3 +260,28 @@ def test_a_rule_that_cannot_be_evaluated_does_not_stop_the_others(fleet: Any, mo
     result = evaluator.evaluate(at(0))
     assert result is not None and result.skipped_rules == ["broken"]
     assert list(Alert.objects.values_list("rule", "state")) == [("gpu-hot", "firing")]
+
+
+def test_an_evaluation_writes_its_alerts_in_the_same_few_statements_however_many_there_are(fleet: Any) -> None:
+    """The evaluator holds every live alert locked while it writes: its writes are batched, so an evaluation
+    sends as many statements for 40 alerts as for 2 (creating pending ones, stepping them, keeping them firing)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    set_rules(rule(for_s=30))
+
+    def statements(node: str, hot: int) -> list[int]:
+        counts = []
+        for s in (0, 10, 40, 50):  # pending created, pending stepped, firing (notifies), firing kept
+            fleet(node, at(s), gpus=[{"temp_c": 95.0}] * hot)
+            with CaptureQueriesContext(connection) as queries:
+                evaluator.evaluate(at(s))
+            counts.append(len(queries))
+        assert Alert.objects.filter(state="firing", labels__node=node).count() == hot
+        return [counts[0], counts[1], counts[3]]  # the firing transition also claims one notification per alert
+
+    few = statements("gpu-a-1", 2)
+    Alert.objects.all().delete()
+    fleet("gpu-a-1", at(50), gpus=[{"temp_c": 40.0}] * 2)
+    many = statements("gpu-a-2", 40)
+    assert many == few
