@@ -31,7 +31,7 @@ lint: install  ## ruff
 	$(BIN)/ruff check .
 
 stop:  ## stop embedded PostgreSQL/Redis left running by a killed process
-	$(BIN)/python -m dashboard.embedded stop
+	$(BIN)/python -m core.embedded stop
 
 clean:  ## remove the virtualenv (keeps .var data)
 	rm -rf $(VENV)

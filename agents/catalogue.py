@@ -149,6 +149,11 @@ CLOCK_EVENT_REASONS: dict[int, str] = {
 }
 
 
+# The reasons that mean a GPU is being slowed down (power or thermal); idle and clock settings are normal. The
+# overview's "needs attention" list and the alerts' `throttled` series both read it.
+THROTTLE_BITS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80
+
+
 def decode_clock_reasons(mask: int | None) -> list[str]:
     if not mask:
         return []

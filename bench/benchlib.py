@@ -25,7 +25,7 @@ def use_bench_database(db_name: str, redis_db: int | None = None) -> tuple[str, 
     if redis_db is not None:
         settings.REDIS_URL = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{redis_db}"
         settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [settings.REDIS_URL]
-    from dashboard import embedded
+    from core import embedded
 
     url = urlparse(settings.DATABASE_URL)
     embedded._create_database(url._replace(path="/postgres").geturl(), db_name)

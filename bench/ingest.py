@@ -34,7 +34,7 @@ BENCH_DB = "switchyard_bench"
 def setup_database(nodes: int, gpus: int) -> tuple[list[tuple[str, str]], str, str]:
     """Migrate and empty the bench database and create the nodes. Returns (nodes and tokens, db url, redis url)."""
     db_url, redis_url = use_bench_database(BENCH_DB)
-    from dashboard.accounts.tokens import display_prefix, new_token
+    from core.tokens import display_prefix, new_token
     from dashboard.fleet.models import Node, NodeToken, Pool
     from dashboard.metrics.latest import redis_client
 

@@ -48,8 +48,8 @@ def setup(db_name: str, redis_db: int, nodes: int, gpus: int, probes: int) -> di
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from dashboard.accounts.roles import set_role
-    from dashboard.accounts.tokens import display_prefix, new_token
+    from core.roles import set_role
+    from core.tokens import display_prefix, new_token
     from dashboard.fleet.models import GPU, Node, NodeToken, Pool
     from dashboard.metrics.latest import redis_client
 

@@ -110,8 +110,8 @@ def policy(name: str) -> dict[str, Any]:
 
 
 def activate(name: str) -> int:
-    from control.audit.context import Origin
     from control.policy import service
+    from core.audit.context import Origin
 
     current = service.active("scheduler")
     change = service.create_revision("scheduler", policy(name), f"bench/routing.py: {name}", current.pk,

@@ -2,14 +2,14 @@
 
 from django.urls import include, path
 
-from control.audit import api as audit_api
-from control.audit import views as audit_views
 from control.nodes import api as node_api
 from control.nodes import views as node_views
 from control.policy import api as policy_api
 from control.policy import views as policy_views
 from control.tokens import api as token_api
 from control.tokens import views as token_views
+from core.audit import api as audit_api
+from core.audit import views as audit_views
 
 api = [
     path("policies/", policy_api.PolicyKinds.as_view(), name="policy-kinds"),

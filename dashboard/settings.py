@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from celery.schedules import crontab
 
-from dashboard import embedded
+from core import embedded
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -101,7 +101,7 @@ INSTALLED_APPS = [
     "dashboard.metrics",
     "dashboard.live",
     "pgtrigger",
-    "control.audit",
+    "core.audit",
     "control.policy",
     "control.nodes",
     "control.scheduler",
@@ -111,11 +111,14 @@ INSTALLED_APPS = [
     "control.jobs",
     "control.loadgen",
     "control.controller",
+    "control.tokens",
+    # The project package itself, for the commands that drive every part at once (`manage.py demo`).
+    "dashboard",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "control.audit.middleware.RequestIdMiddleware",
+    "core.audit.middleware.RequestIdMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -139,7 +142,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "dashboard.accounts.views.role_context",
+                "core.roles.role_context",
             ],
         },
     },
@@ -222,10 +225,10 @@ REST_FRAMEWORK = {
         "dashboard.accounts.auth.UserTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["dashboard.accounts.roles.IsViewer"],
+    "DEFAULT_PERMISSION_CLASSES": ["core.roles.IsViewer"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "dashboard.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.api_errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
 }
@@ -237,7 +240,7 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["dashboard.accounts.roles.IsViewer"],
+    "SERVE_PERMISSIONS": ["core.roles.IsViewer"],
 }
 
 LOGGING = {

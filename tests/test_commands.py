@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from core.roles import role_of
+from core.tokens import digest
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.roles import role_of
-from dashboard.accounts.tokens import digest
 from dashboard.fleet.models import Node, NodeToken, Pool
 
 pytestmark = pytest.mark.django_db

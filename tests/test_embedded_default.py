@@ -44,7 +44,7 @@ def run_probe(var_dir: Path) -> list[str]:
 def status(var_dir: Path) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_")}
     env["SWITCHYARD_VAR_DIR"] = str(var_dir)
-    out = subprocess.run([sys.executable, "-m", "dashboard.embedded", "status"], cwd=ROOT, env=env,
+    out = subprocess.run([sys.executable, "-m", "core.embedded", "status"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=60)
     return out.stdout
 

@@ -16,10 +16,10 @@ from rest_framework.views import APIView
 from control.alerts import silences
 from control.alerts.models import SEVERITIES, Alert, Silence
 from control.alerts.schema import DERIVED_GPU, DERIVED_NODE
-from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
-from control.audit.context import Origin
 from control.policy import service as policy
-from dashboard.accounts.roles import IsOperator, IsViewer
+from core.api import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
+from core.audit.context import Origin
+from core.roles import IsOperator, IsViewer
 
 STATES = ("pending", "firing", "resolved")
 

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agents.catalogue import GPU_NAMES, HOST_NAMES
+from agents.catalogue import GPU_NAMES, HOST_NAMES, THROTTLE_BITS
 from control.alerts.schema import DERIVED_NODE, Matcher
 from dashboard.fleet.models import Node
-from dashboard.live.frames import THROTTLE_BITS
 from dashboard.metrics.latest import all_latest
 
 log = logging.getLogger(__name__)

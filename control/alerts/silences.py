@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from control.alerts.models import Silence
 from control.alerts.schema import Matcher
-from control.audit.context import Origin
-from control.audit.record import record
-from control.policy.schemas import error_path
+from core.audit.context import Origin
+from core.audit.record import record
+from core.diffing import error_path
 
 MAX_DURATION = timedelta(days=30)
 

@@ -13,8 +13,8 @@ from django.views.decorators.http import require_POST
 
 from control.alerts import silences
 from control.alerts.models import Alert
-from control.audit.context import Origin
-from dashboard.accounts.views import role_required
+from core.audit.context import Origin
+from core.roles import role_required
 
 DURATIONS = ((3600, "1 hour"), (4 * 3600, "4 hours"), (86400, "1 day"), (7 * 86400, "7 days"))
 MATCH_LABELS = ("alertname", "node", "pool", "gpu", "severity")

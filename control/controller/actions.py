@@ -23,8 +23,6 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.controller import observe
 from control.controller.models import OPEN_STATES, PoolProvider, ScalingAction
 from control.controller.notify import raise_alert
@@ -34,6 +32,8 @@ from control.policy import service as policies
 from control.providers.base import Provider, ProviderError
 from control.providers.registry import get as get_provider
 from control.webhooks import events
+from core.audit.context import Origin
+from core.audit.record import record
 from dashboard.fleet.models import Node, Pool
 
 log = logging.getLogger(__name__)

@@ -14,12 +14,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
-from control.audit.context import Origin
 from control.controller import actions, bindings, loop, observe, predict
 from control.controller.models import PoolProvider, ScalingAction
 from control.providers.registry import ConfigError
-from dashboard.accounts.roles import IsAdmin, IsOperator, IsViewer
+from core.api import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
+from core.audit.context import Origin
+from core.roles import IsAdmin, IsOperator, IsViewer
 from dashboard.fleet.models import Node, Pool
 from dashboard.metrics.latest import redis_client
 

@@ -7,10 +7,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.controller.models import PoolProvider
 from control.providers.registry import KINDS, ConfigError, validate_config
+from core.audit.context import Origin
+from core.audit.record import record
 from dashboard.fleet.models import Pool
 
 

@@ -21,9 +21,6 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
-from control.audit.record import record
 from control.controller import notify
 from control.controller.models import GuardWatch
 from control.policy import service
@@ -31,6 +28,9 @@ from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
 from control.policy.schemas import validate
 from control.routing import histogram
 from control.routing.models import RequestMinute
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
+from core.audit.record import record
 from dashboard.metrics import schema
 
 log = logging.getLogger(__name__)

@@ -16,12 +16,12 @@ import orjson
 from django.db import transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.controller import actions, autoscaler, observe
 from control.controller.models import PoolProvider, Recommendation, ScalingAction
 from control.policy import schemas
 from control.providers.base import ProviderError
+from core.audit.context import Origin
+from core.audit.record import record
 from dashboard.fleet.models import Node
 from dashboard.metrics.latest import redis_client
 

@@ -30,11 +30,11 @@ from typing import Any
 import orjson
 from django.db import connection, transaction
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.controller import notify
 from control.policy import schemas
 from control.policy import service as policies
+from core.audit.context import Origin
+from core.audit.record import record
 from dashboard.fleet.ingest import POWER_DESIRED_KEY, watts_map
 from dashboard.fleet.models import Node, Pool
 from dashboard.metrics import schema

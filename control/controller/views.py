@@ -9,11 +9,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from control.audit.context import Origin
 from control.controller import actions
 from control.controller.api import pools_overview
 from control.controller.models import ScalingAction
-from dashboard.accounts.views import role_required
+from core.audit.context import Origin
+from core.roles import role_required
 
 
 @role_required("viewer")

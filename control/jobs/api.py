@@ -17,11 +17,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, text
-from control.audit.context import Origin
 from control.jobs import service, validation
 from control.jobs.models import Job
-from dashboard.accounts.roles import IsOperator, IsViewer, has_role
+from core.api import ApiError, BoundedJSONParser, body, errors, text
+from core.audit.context import Origin
+from core.roles import IsOperator, IsViewer, has_role
 
 MAX_JOB_BODY_BYTES = 4 * 1024 * 1024  # a 1M-character input plus JSON escaping; settings' upload cap is the same
 

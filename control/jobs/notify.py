@@ -7,9 +7,9 @@ from typing import Any
 
 from django.conf import settings
 
-from control.audit.redact import redact_url
 from control.jobs.models import Job
 from control.webhooks import events, sender
+from core.audit.redact import redact_url
 
 log = logging.getLogger(__name__)
 MAX_RESULT_IN_PAYLOAD = 64 * 1024  # the full result is at GET /api/v1/jobs/<id>; a webhook carries at most this

@@ -15,10 +15,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.jobs.models import Job, Shard
 from control.jobs.validation import JobSpec
+from core.audit.context import Origin
+from core.audit.record import record
 
 MERGE_SEPARATOR = "\n\n"  # chunks were cut at paragraph boundaries; their outputs are joined the same way
 MAX_TRIES_KEPT = 50  # a shard may wait an hour on Retry-After: keep the latest tries (`attempts` counts them all)

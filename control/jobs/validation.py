@@ -7,12 +7,12 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from control.api_common import ApiError
 from control.jobs import sharding
 from control.policy import service as policy_service
 from control.scheduler.config import Priorities
 from control.scheduler.priority import user_ceiling
 from control.webhooks.addresses import InvalidURL, check_url
+from core.api import ApiError
 
 MAX_INPUT_CHARS = 1_000_000
 MAX_MESSAGES = 256

@@ -5,9 +5,9 @@ from __future__ import annotations
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 
-from control.api_common import ApiError
 from control.jobs.api import get_visible, job_json, visible_jobs
-from dashboard.accounts.views import role_required
+from core.api import ApiError
+from core.roles import role_required
 
 
 @role_required("viewer")

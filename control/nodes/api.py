@@ -9,10 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, text
-from control.audit.context import Origin
 from control.nodes.service import ACTIONS, apply
-from dashboard.accounts.roles import IsOperator
+from core.api import ApiError, BoundedJSONParser, body, errors, text
+from core.audit.context import Origin
+from core.roles import IsOperator
 from dashboard.fleet.models import NAME_RE, Node
 
 

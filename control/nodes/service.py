@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
-from control.audit.context import Origin
-from control.audit.record import record
+from core.audit.context import Origin
+from core.audit.record import record
 from dashboard.fleet.models import Node
+from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 # Gateways subscribe to this channel and reload the node registry at once (polling every second is the fallback).
@@ -47,8 +48,6 @@ def apply(name: str, action: str, reason: str, origin: Origin) -> Outcome:
 
 def _announce(name: str) -> None:
     """Tell gateways (sy:nodes) after the commit; a Redis failure is logged, never fails the action."""
-    from dashboard.metrics.latest import redis_client
-
     try:
         redis_client().publish(NODES_CHANNEL, name)
     except Exception as exc:  # noqa: BLE001 - the state change is stored; gateways poll every second anyway

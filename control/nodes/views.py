@@ -8,9 +8,9 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from control.audit.context import Origin
 from control.nodes.service import ACTIONS, apply
-from dashboard.accounts.views import role_required
+from core.audit.context import Origin
+from core.roles import role_required
 from dashboard.fleet.models import Node
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from control.audit.admin_audit import ReadOnlyAdmin
 from control.policy.models import PolicyRevision
+from core.audit.admin_audit import ReadOnlyAdmin
 
 
 @admin.register(PolicyRevision)

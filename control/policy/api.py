@@ -11,12 +11,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, text
-from control.audit.context import Origin
 from control.policy import service
 from control.policy.models import PolicyRevision
 from control.policy.schemas import KINDS, DocumentError, json_schema
-from dashboard.accounts.roles import IsOperator, IsViewer
+from core.api import ApiError, BoundedJSONParser, body, errors, text
+from core.audit.context import Origin
+from core.roles import IsOperator, IsViewer
 
 KIND_PARAM = OpenApiParameter("kind", str, OpenApiParameter.PATH, enum=list(KINDS), description="policy kind")
 IF_MATCH = OpenApiParameter("If-Match", str, OpenApiParameter.HEADER, required=False,

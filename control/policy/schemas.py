@@ -11,12 +11,12 @@ that formula, for the gateway and for tests.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from control.alerts.schema import Alerts
+from core.diffing import error_path
 
 KINDS = ("scheduler", "scaling", "priorities", "power", "alerts")
 
@@ -292,19 +292,6 @@ class DocumentError(ValueError):
         first = next(iter(fields.items()))
         super().__init__(f"invalid document: {first[0]}: {first[1]}" + (
             f" (and {len(fields) - 1} more)" if len(fields) > 1 else ""))
-
-
-def error_path(loc: tuple[Any, ...]) -> str:
-    """('default', 'rules', 0, 'threshold') -> 'default.rules[0].threshold'; the document itself is '$'."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
-            out += f".{part}" if out else str(part)
-        else:  # pool names with '-' or '.', which a dotted path would make ambiguous
-            out += f"[{str(part)!r}]"
-    return out or "$"
 
 
 def validate(kind: str, document: Any) -> dict[str, Any]:

@@ -12,13 +12,14 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
-from control.policy import diffing
 from control.policy.defaults import default_document
 from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
 from control.policy.schemas import KINDS, validate
 from control.webhooks import events
+from core import diffing
+from core.audit.context import Origin
+from core.audit.record import record
+from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 MAX_REASON = 2000
@@ -31,8 +32,6 @@ def _announce(kind: str) -> None:
     or fail an activation that is already stored (gateways still see it within a second by polling)."""
 
     def publish() -> None:
-        from dashboard.metrics.latest import redis_client
-
         try:
             redis_client().publish(POLICY_CHANNEL, kind)
         except Exception as exc:  # noqa: BLE001 - any Redis failure is only logged

@@ -10,11 +10,12 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from control.api_common import MAX_BODY_BYTES
-from control.audit.context import Origin
-from control.policy import diffing, service
+from control.policy import service
 from control.policy.schemas import KINDS, DocumentError
-from dashboard.accounts.views import role_required
+from core import diffing
+from core.api import MAX_BODY_BYTES
+from core.audit.context import Origin
+from core.roles import has_role, role_required
 
 DESCRIPTIONS = {
     "scheduler": "How the gateway scores nodes: weighted scorers, filters, the picker (highest score, or the "
@@ -57,8 +58,6 @@ def editor(request: HttpRequest, kind: str) -> HttpResponse:
 
 
 def _can_operate(request: HttpRequest) -> bool:
-    from dashboard.accounts.roles import has_role
-
     return has_role(request.user, "operator")
 
 

@@ -10,9 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, errors, query_text
 from control.routing import summary
-from dashboard.accounts.roles import IsViewer
+from core.api import ApiError, errors, query_text
+from core.roles import IsViewer
 from dashboard.metrics.query import QueryError, parse_time
 
 MAX_RANGE = timedelta(days=31)

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from control.routing import summary
-from dashboard.accounts.views import role_required
+from core.roles import role_required
 
 TILES = [
     ("rps", "Requests/s", ""),

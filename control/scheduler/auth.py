@@ -20,8 +20,9 @@ from datetime import timedelta
 from django.conf import settings
 
 from control.scheduler.replies import Reply
-from dashboard.accounts.roles import RANK, ROLES
-from dashboard.accounts.tokens import digest
+from core.roles import RANK, ROLES
+from core.tokens import digest
+from dashboard.accounts.models import UserToken
 
 TOKENS_CHANNEL = "sy:tokens"  # message: the digest of a token that was just revoked (never the secret)
 POSITIVE_TTL_S = 10.0  # a deactivated user or a changed role is seen within this long (a revocation at once)
@@ -58,7 +59,7 @@ def bearer(header: str) -> str | None:
 
 
 def _role(groups: list[str | None], superuser: bool) -> str | None:
-    """The same rule as dashboard.accounts.roles.role_of, from values the lookup already fetched."""
+    """The same rule as core.roles.role_of, from values the lookup already fetched."""
     if superuser:
         return "admin"
     return next((name for name in reversed(ROLES) if name in groups), None)
@@ -71,8 +72,6 @@ def lookup(dig: str) -> Caller | None:
     from django.db import DatabaseError, connection
     from django.db.models import Q
     from django.utils import timezone
-
-    from dashboard.accounts.models import UserToken
 
     try:
         row = (UserToken.objects.filter(digest=dig, revoked__isnull=True, user__is_active=True)

@@ -6,14 +6,13 @@ import logging
 from typing import Any
 
 from control.scheduler.core import NodeSpec
+from dashboard.fleet.models import Node
 
 log = logging.getLogger(__name__)
 KINDS = ("scheduler", "priorities")
 
 
 def registry() -> list[NodeSpec]:
-    from dashboard.fleet.models import Node
-
     rows = Node.objects.values_list("name", "pool__name", "state", "endpoint", "served_models")
     return [NodeSpec(name, pool, state, endpoint or "", tuple(m for m in (models or []) if isinstance(m, str)))
             for name, pool, state, endpoint, models in rows]

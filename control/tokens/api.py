@@ -11,11 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, body, errors, query_text, text
-from control.audit.context import Origin
 from control.tokens import service
+from core.api import ApiError, BoundedJSONParser, body, errors, query_text, text
+from core.audit.context import Origin
+from core.roles import IsViewer, has_role
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.roles import IsViewer, has_role
 
 
 class TokenSerializer(serializers.ModelSerializer):

@@ -13,11 +13,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.scheduler.auth import TOKENS_CHANNEL
+from core.audit.context import Origin
+from core.audit.record import record
+from core.tokens import display_prefix, new_token
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.tokens import display_prefix, new_token
+from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,6 @@ def _announce_revocation(dig: str) -> None:
     Redis being down must not fail a revocation that is stored: gateways then drop it within their cache's TTL."""
 
     def publish() -> None:
-        from dashboard.metrics.latest import redis_client
-
         try:
             redis_client().publish(TOKENS_CHANNEL, dig)
         except Exception as exc:  # noqa: BLE001 - any Redis failure is only logged

@@ -8,11 +8,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from control import once
-from control.audit.context import Origin
 from control.tokens import service
+from core.audit.context import Origin
+from core.roles import has_role, role_required
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.roles import has_role
-from dashboard.accounts.views import role_required
 
 
 def _clean(value: str, limit: int) -> str:

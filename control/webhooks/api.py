@@ -10,11 +10,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.api_common import ApiError, BoundedJSONParser, ReasonIn, body, errors, text
-from control.audit.context import Origin
 from control.webhooks import service
 from control.webhooks.models import EVENTS, FORMATS, Delivery, Receiver
-from dashboard.accounts.roles import IsAdmin
+from core.api import ApiError, BoundedJSONParser, ReasonIn, body, errors, text
+from core.audit.context import Origin
+from core.roles import IsAdmin
 
 
 class ReceiverOut(serializers.Serializer):

@@ -23,13 +23,13 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
-from control.audit.redact import redact_text
 from control.webhooks import formats
 from control.webhooks.addresses import AddressRefused, GuardedBackend, InvalidURL, check_url
 from control.webhooks.models import EVENTS, Attempt, Delivery, Receiver
 from control.webhooks.verify import HEADER, sign
+from core.audit.context import Origin
+from core.audit.record import record
+from core.audit.redact import redact_text
 
 log = logging.getLogger(__name__)
 

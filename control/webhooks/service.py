@@ -12,12 +12,12 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
-from control.audit.redact import redact_url
 from control.webhooks import sender
 from control.webhooks.addresses import InvalidURL, check_url
 from control.webhooks.models import EVENTS, FORMATS, Delivery, Receiver
+from core.audit.context import Origin
+from core.audit.record import record
+from core.audit.redact import redact_url
 
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 FIELDS = ("name", "url", "secret", "format", "events", "enabled", "internal")

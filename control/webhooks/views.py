@@ -10,10 +10,10 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from control import once
-from control.audit.context import Origin
 from control.webhooks import service
 from control.webhooks.models import EVENTS, FORMATS, Receiver
-from dashboard.accounts.views import role_required
+from core.audit.context import Origin
+from core.roles import role_required
 
 
 def _clean(value: str, limit: int = 2000) -> str:

@@ -8,11 +8,11 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from control.audit.admin_audit import AuditedAdmin, ReadOnlyAdmin
-from control.audit.context import Origin
-from control.audit.record import record
+from core.audit.admin_audit import AuditedAdmin, ReadOnlyAdmin
+from core.audit.context import Origin
+from core.audit.record import record
+from core.roles import ROLES
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.roles import ROLES
 
 
 def role_from_groups(names: set[str]) -> str | None:

@@ -9,8 +9,8 @@ from django.utils import timezone
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 
+from core.tokens import digest
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.tokens import digest
 
 
 def token_for(plain: str) -> UserToken | None:

@@ -10,7 +10,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import HttpResponse
 
-from control.audit.context import client_address
+from core.audit.context import client_address
 from dashboard.accounts import throttle
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 
-from control.audit.admin_audit import AuditedAdmin
+from core.audit.admin_audit import AuditedAdmin
 from dashboard.fleet.models import GPU, Node, NodeToken, Pool
 
 

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dashboard.api_errors import errors
+from core.api_errors import errors
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import GPU, Node, Pool
 from dashboard.metrics.latest import latest, latest_of

@@ -22,7 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
-from dashboard.accounts.tokens import digest
+from core.tokens import digest
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import redis_client, store_latest

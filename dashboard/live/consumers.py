@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from dashboard.accounts.roles import has_role
+from core.roles import has_role
 from dashboard.live import broadcast, frames
 
 PROTOCOL = 1

@@ -28,7 +28,17 @@ from typing import Any, Literal
 import orjson
 from django.conf import settings
 
-from agents.catalogue import BY_NAME, GPU_NAMES, HOST_NAMES, INFERENCE_NAMES, Metric, decode_clock_reasons
+from agents.catalogue import (
+    BY_NAME,
+    GPU_NAMES,
+    HOST_NAMES,
+    INFERENCE_NAMES,
+    THROTTLE_BITS,
+    Metric,
+    decode_clock_reasons,
+)
+from control.alerts.summary import firing_counts
+from dashboard.fleet.models import Node
 from dashboard.metrics.latest import LATEST_KEY, redis_client
 
 DEFAULT_NODE_METRICS: tuple[str, ...] = ("cpu_util_pct", "disk_busy_pct", "requests_waiting", "kv_cache_usage_pct",
@@ -137,8 +147,6 @@ def node_infos(max_age_s: float = NODE_CACHE_S) -> list[NodeInfo]:
         if _node_cache is not None and time.monotonic() - _node_cache[0] < max_age_s:
             return _node_cache[1]
         from django.db.models import Max
-
-        from dashboard.fleet.models import Node
 
         # A node the controller scaled in is gone: it is history (its page), not a grey row on the heatmap.
         infos = [NodeInfo(n["name"], n["pool__name"], n["interval_s"],
@@ -325,7 +333,6 @@ def node_frame(view: FleetView, spec: str = "default") -> dict[str, Any]:
 # What puts a node on the overview's "needs attention" list. Fixed thresholds for the wall screen; the alerts
 # issue brings operator-set rules (the `alerts` policy) with durations and paging.
 ATTENTION_LIMIT = 12
-THROTTLE_BITS = 0x4 | 0x8 | 0x20 | 0x40 | 0x80  # power/thermal slowdowns; idle and app-clock settings are normal
 GPU_CHECKS: tuple[tuple[str, float, str], ...] = (
     ("temp_c", 85.0, "at {value:.0f} °C"),
     ("mem_temp_c", 95.0, "HBM at {value:.0f} °C"),
@@ -391,8 +398,6 @@ def firing_alerts(max_age_s: float = NODE_CACHE_S) -> int:
     with _node_lock:
         if _alerts_cache is not None and time.monotonic() - _alerts_cache[0] < max_age_s:
             return _alerts_cache[1]
-        from control.alerts.summary import firing_counts
-
         count = sum(firing_counts().values())
         _alerts_cache = (time.monotonic(), count)
         return count

@@ -8,8 +8,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dashboard.accounts.roles import IsViewer
-from dashboard.api_errors import errors
+from core.api_errors import errors
+from core.roles import IsViewer
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
 from dashboard.live import history, pool_summary

@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from agents.catalogue import BY_NAME, CLOCK_EVENT_REASONS, decode_clock_reasons
-from dashboard.accounts.views import role_required
+from core.roles import role_required
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
 from dashboard.live import history, pool_summary

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from agents.catalogue import GPU_METRICS, GPU_NAMES
-from dashboard.accounts.views import role_required
+from core.roles import role_required
 from dashboard.live.frames import DEFAULT_NODE_METRICS
 
 # (kpi name, label, unit shown after the value); the names are the keys of the kpi topic's values.

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agents.catalogue import ALL_METRICS
-from dashboard.api_errors import errors
+from core.api_errors import errors
 from dashboard.fleet.models import Node
 from dashboard.metrics import exposition, query
 from dashboard.metrics.latest import all_latest

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from agents.push import PushConfig, Pusher
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.controller import power
 from control.policy import service as policies
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from tests.agent.test_power_agent import Recording
 from tests.conftest import free_port, make_node
 from tests.test_agent_e2e import Server

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from control.audit.context import Origin
 from control.policy import service as policy
+from core.audit.context import Origin
 from dashboard.fleet.models import Node
 from dashboard.metrics.latest import store_latest
 from tests.conftest import make_node

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from control.alerts import silences
 from control.alerts.models import Alert, Silence
-from control.audit.context import Origin
-from dashboard.accounts.roles import RANK
+from core.audit.context import Origin
+from core.roles import RANK
 from tests.control.conftest import csrf_post, events_since, last_event_id
 from tests.control.test_api_access import Endpoint, State, const
 

@@ -80,8 +80,8 @@ def _no_policies() -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_migration_adds_default_rules_only_over_the_untouched_empty_seed() -> None:
-    from control.audit.models import AuditEvent
     from control.policy.models import ActivePolicy, PolicyRevision
+    from core.audit.models import AuditEvent
 
     migration = importlib.import_module("control.alerts.migrations.0002_default_rules")
     from django.apps import apps

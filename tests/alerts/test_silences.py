@@ -10,11 +10,11 @@ import pytest
 
 from control.alerts import evaluator, silences
 from control.alerts.models import Alert
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.webhooks import sender
 from control.webhooks.models import Delivery, Receiver
 from control.webhooks.verify import verify
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from tests.alerts.conftest import at, rule, set_rules
 
 pytestmark = pytest.mark.django_db

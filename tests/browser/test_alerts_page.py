@@ -15,8 +15,8 @@ from playwright.sync_api import expect
 
 from control.alerts import evaluator, silences
 from control.alerts.models import Alert, Silence
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from dashboard.fleet.models import Node
 from dashboard.metrics.latest import store_latest
 from tests.alerts.conftest import rule, set_rules

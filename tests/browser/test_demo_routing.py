@@ -31,10 +31,10 @@ from typing import Any
 import httpx
 import pytest
 
-from control.audit.context import Origin
 from control.policy import service
 from control.routing import reqlog, summary
 from control.scheduler.status import read_status
+from core.audit.context import Origin
 from dashboard.metrics.latest import redis_client
 from tests.browser.conftest import ROOT, screenshot
 from tests.conftest import free_port, make_user, subprocess_env

@@ -11,11 +11,11 @@ from typing import Any
 
 from playwright.sync_api import expect
 
-from control.audit.models import AuditEvent
 from control.webhooks import sender
 from control.webhooks.events import emit
 from control.webhooks.models import Delivery, Receiver
 from control.webhooks.verify import verify
+from core.audit.models import AuditEvent
 from tests.browser.conftest import Server, login, screenshot
 from tests.webhooks.conftest import LocalReceiver, receiver  # noqa: F401  (the real local HTTP receiver fixture)
 

@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from control.audit.models import AuditEvent
+from core.audit.models import AuditEvent
 from tests.conftest import make_user
 
 ROLES = ("viewer", "operator", "admin")

@@ -75,8 +75,8 @@ def test_role_change_on_a_user_is_audited_and_deletes_are_off(browser: Callable[
 
 
 def test_audit_events_and_revisions_are_read_only_in_the_admin(browser: Callable[..., Any]) -> None:
-    from control.audit.models import AuditEvent
     from control.policy import service
+    from core.audit.models import AuditEvent
 
     client = browser("admin")
     rev = service.active("scheduler")

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.policy import service
 from control.tokens.service import issue
-from dashboard.accounts.roles import RANK
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
+from core.roles import RANK
 from dashboard.fleet.models import Node
 from tests.conftest import make_node
 from tests.control.conftest import events_since, last_event_id

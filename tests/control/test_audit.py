@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
-from control.audit.record import record
 from control.policy.models import PolicyRevision
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
+from core.audit.record import record
 
 
 def some_event() -> AuditEvent:

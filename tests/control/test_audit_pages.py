@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from control.audit.context import Origin
-from control.audit.record import record
+from core.audit.context import Origin
+from core.audit.record import record
 
 
 @pytest.mark.parametrize("path", ["/audit/", "/audit/1/"])

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 
-from control.audit.models import AuditEvent
-from control.audit.redact import REDACTED, fingerprint, redact_url, scrub
+from core.audit.models import AuditEvent
+from core.audit.redact import REDACTED, fingerprint, redact_url, scrub
 from tests.conftest import make_node
 from tests.control.conftest import events_since, last_event_id
 
@@ -61,7 +61,7 @@ def source_actions() -> set[str]:
     """Every action string passed to record(), with f-string holes as '{}' (the admin's audit_kind expanded)."""
     found: set[str] = set()
     kinds: set[str] = set()
-    for path in [*ROOT.glob("control/**/*.py"), *ROOT.glob("dashboard/**/*.py")]:
+    for path in [*ROOT.glob("control/**/*.py"), *ROOT.glob("core/**/*.py"), *ROOT.glob("dashboard/**/*.py")]:
         if "migrations" in path.parts:
             continue
         tree = ast.parse(path.read_text())

@@ -7,7 +7,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from control.audit.models import AuditEvent
+from core.audit.models import AuditEvent
 from tests.control.conftest import events_since, last_event_id
 
 pytestmark = pytest.mark.django_db

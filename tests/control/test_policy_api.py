@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from control.api_common import MAX_BODY_BYTES
-from control.audit.models import AuditEvent
 from control.policy.defaults import DEFAULTS
 from control.policy.models import ActivePolicy, PolicyRevision
 from control.policy.schemas import KINDS
+from core.api import MAX_BODY_BYTES
+from core.audit.models import AuditEvent
 from tests.control.conftest import events_since, last_event_id
 
 BASE = "/api/v1/policies"

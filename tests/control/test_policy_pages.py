@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from control.audit.models import AuditEvent
 from control.policy import service
 from control.policy.defaults import DEFAULTS
 from control.policy.models import PolicyRevision
 from control.policy.schemas import KINDS
+from core.audit.models import AuditEvent
 from tests.control.conftest import csrf_post, events_since, last_event_id
 
 PAGES = ["/policies/", "/policies/scheduler/", "/policies/scaling/history/"]

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from control.policy import diffing
 from control.policy.defaults import DEFAULTS, default_document
-from control.policy.schemas import KINDS, DocumentError, error_path, score, validate
+from control.policy.schemas import KINDS, DocumentError, score, validate
+from core import diffing
+from core.diffing import error_path
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from control.audit.models import AuditEvent
+from core.audit.models import AuditEvent
+from core.tokens import digest
 from dashboard.accounts.models import UserToken
-from dashboard.accounts.tokens import digest
 from tests.control.conftest import events_since, last_event_id
 
 

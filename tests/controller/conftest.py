@@ -31,8 +31,8 @@ def snapshot(node: str, pool: str, *, running: int = 0, waiting: int = 0, ts: da
 
 
 def bind_local(pool: str, fleet: BackgroundFleet, **config: Any) -> None:
-    from control.audit.context import Origin
     from control.controller import bindings
+    from core.audit.context import Origin
     from dashboard.fleet.models import Pool
 
     Pool.objects.get_or_create(name=pool)

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from agents.sim.background import BackgroundFleet
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.controller import actions, loop
 from control.controller.models import ScalingAction
 from control.policy import service as policies
 from control.providers.base import Instance, Provider, ProviderError, Size
 from control.providers.registry import get as get_provider
 from control.webhooks.models import Delivery, Receiver
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from dashboard.fleet.models import Node, Pool
 from tests.conftest import at_once, make_node
 from tests.controller.conftest import bind_local, snapshot

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from agents.sim.background import BackgroundFleet
-from control.audit.models import AuditEvent
 from control.controller.models import PoolProvider, ScalingAction
+from core.audit.models import AuditEvent
 from tests.controller.test_actions import set_pool_policy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_db")]

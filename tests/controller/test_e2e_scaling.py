@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.controller import bindings
 from control.controller.models import ScalingAction
 from control.policy import service as policies
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from dashboard.fleet.models import Node, Pool
 from tests.conftest import free_port, make_user, subprocess_env, wait_for_port
 

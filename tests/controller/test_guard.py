@@ -16,8 +16,6 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.controller import guard
 from control.controller.models import GuardWatch
 from control.policy import service
@@ -26,6 +24,8 @@ from control.routing import histogram
 from control.routing.models import RequestMinute
 from control.webhooks import sender
 from control.webhooks.models import Delivery, Receiver
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from dashboard.metrics import partitions
 from tests.conftest import at_once
 from tests.webhooks.conftest import LocalReceiver, receiver  # noqa: F401  (a real local HTTP receiver)

@@ -32,8 +32,6 @@ import pytest
 from django.db.models import F, Sum
 
 from agents.sim.background import BackgroundFleet
-from control.audit.context import Origin, new_request_id
-from control.audit.models import AuditEvent
 from control.controller import guard
 from control.controller.models import GuardWatch
 from control.policy import service
@@ -42,6 +40,8 @@ from control.routing.models import RequestMinute
 from control.scheduler.auth import internal_token
 from control.scheduler.status import read_status
 from control.webhooks.models import Delivery, Receiver
+from core.audit.context import Origin, new_request_id
+from core.audit.models import AuditEvent
 from tests.conftest import make_user
 from tests.scheduler.conftest import Fleet, gateway  # noqa: F401  (the gateway fixture on a real port)
 

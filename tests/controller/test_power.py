@@ -14,11 +14,11 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.controller import power
 from control.policy import service as policies
 from control.webhooks.models import Delivery, Receiver
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 from dashboard.fleet.ingest import POWER_DESIRED_KEY
 from dashboard.fleet.models import Node
 from dashboard.metrics import rollups

@@ -10,9 +10,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from agents.sim.background import BackgroundFleet
-from control.audit.models import AuditEvent
 from control.controller import actions
 from control.controller.models import PoolProvider, ScalingAction
+from core.audit.models import AuditEvent
 from tests.controller.conftest import bind_local
 from tests.controller.test_actions import set_pool_policy
 
@@ -181,7 +181,7 @@ def test_forecast_endpoint_checks_its_parameters(api: API, fleet: BackgroundFlee
 
 
 def test_action_error_messages_reach_the_operator(fleet: BackgroundFleet) -> None:
-    from control.audit.context import Origin
+    from core.audit.context import Origin
 
     with pytest.raises(actions.ActionError, match="no scaling action 12345"):
         actions.revert(12345, "x", Origin.system("t"))

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from control.audit.models import AuditEvent
 from control.jobs import service
 from control.jobs.models import Job, Shard
 from control.webhooks import addresses
 from control.webhooks.models import Delivery
 from control.webhooks.tasks import deliver
 from control.webhooks.verify import HEADER, SignatureError, verify
+from core.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
 from control.jobs.models import Job, Shard
 from control.policy import service as policy_service
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -23,7 +23,6 @@ from django.contrib.auth import get_user_model
 from django.test import override_settings
 
 from agents.sim.background import BackgroundFleet
-from control.audit.context import Origin
 from control.jobs import gateway as runner
 from control.jobs import sharding
 from control.jobs.models import Job, Shard
@@ -31,6 +30,7 @@ from control.jobs.tasks import run_shard
 from control.policy import service as policy
 from control.webhooks.models import Delivery
 from control.webhooks.verify import verify
+from core.audit.context import Origin
 from tests.jobs.conftest import HOOK_SECRET, celery_worker, hook, job_posts, wait_for, wait_job
 from tests.scheduler.conftest import Fleet, fleet, gateway  # noqa: F401  (a real gateway on a real port)
 

@@ -14,7 +14,7 @@ from django.core.management import call_command
 
 from control.scheduler import auth
 from control.scheduler.auth import internal_token
-from dashboard.accounts.tokens import digest
+from core.tokens import digest
 from tests.conftest import make_user
 from tests.scheduler.conftest import Fleet
 from tests.scheduler.test_gateway import chat, reqlog
@@ -59,8 +59,8 @@ def test_healthz_is_a_bare_liveness_answer_and_metrics_need_a_viewer(fleet: Flee
                                                                       settings: Any) -> None:
     from django.contrib.auth import get_user_model
 
+    from core.tokens import new_token
     from dashboard.accounts.models import UserToken
-    from dashboard.accounts.tokens import new_token
 
     (node,) = upstreams(1)
     fleet.add(node.name, node.url)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from django.db import connection
 
-from control.audit.models import AuditEvent
+from core.audit.models import AuditEvent
 from dashboard.fleet.models import Node, NodeToken
 from tests.conftest import count, free_port, make_node, subprocess_env, wait_for_port
 

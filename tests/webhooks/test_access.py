@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from control.audit.models import AuditEvent
 from control.webhooks.models import Delivery, Receiver
-from dashboard.accounts.roles import RANK
+from core.audit.models import AuditEvent
+from core.roles import RANK
 from tests.control.conftest import csrf_post, events_since, last_event_id
 from tests.control.test_api_access import Endpoint, State, const
 

@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from control.audit.models import AuditEvent
 from control.webhooks import sender
 from control.webhooks.events import emit
 from control.webhooks.models import Attempt, Delivery, Receiver
 from control.webhooks.verify import SignatureError, verify
+from core.audit.models import AuditEvent
 from tests.webhooks.conftest import LocalReceiver
 
 pytestmark = pytest.mark.django_db

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from control.audit.context import Origin
 from control.policy import service
 from control.webhooks import sender
 from control.webhooks.models import Delivery, Receiver
 from control.webhooks.verify import verify
+from core.audit.context import Origin
 from tests.webhooks.conftest import LocalReceiver
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from dashboard import embedded
+from core import embedded
 
 
 class Command(BaseCommand):
@@ -41,7 +41,7 @@ class Command(BaseCommand):
         if opts["concurrency"] < 1:
             self.stderr.write("--concurrency must be at least 1")
             raise SystemExit(2)
-        from dashboard.celery import app
+        from celery import current_app as app  # the project's app (dashboard/celery.py), made current at startup
 
         schedule = opts["schedule"] or str(embedded.var_dir() / "celerybeat-controller")
         # In this process, so that embedded PostgreSQL/Redis started for it stay up for as long as it runs.

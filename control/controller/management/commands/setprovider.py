@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from control.audit.context import Origin
 from control.controller import bindings
 from control.providers.registry import KINDS, ConfigError
+from core.audit.context import Origin
 from dashboard.fleet.models import Pool
 
 

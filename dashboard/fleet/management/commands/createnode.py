@@ -9,9 +9,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.utils import timezone
 
-from control.audit.context import Origin
-from control.audit.record import record
-from dashboard.accounts.tokens import display_prefix, new_token
+from core.audit.context import Origin
+from core.audit.record import record
+from core.tokens import display_prefix, new_token
 from dashboard.fleet.models import NAME_RE, Node, NodeToken, Pool
 
 

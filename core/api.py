@@ -9,7 +9,7 @@ from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 
-from dashboard.api_errors import errors  # noqa: F401  (the control views import it from here)
+from core.api_errors import errors  # noqa: F401  (the control views import it from here)
 
 # A policy document is a few KiB; a megabyte of one is a mistake or an attack, refused before it is parsed.
 MAX_BODY_BYTES = 256 * 1024
@@ -22,7 +22,7 @@ class ReasonIn(serializers.Serializer):
 
 
 class ApiError(APIException):
-    """Raise to answer {"error": message, "fields": {...}} with `status_code` (dashboard.api_errors keeps it)."""
+    """Raise to answer {"error": message, "fields": {...}} with `status_code` (core.api_errors keeps it)."""
 
     def __init__(self, status_code: int, message: str, fields: dict[str, str] | None = None) -> None:
         self.status_code = status_code

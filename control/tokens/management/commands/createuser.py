@@ -8,10 +8,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from control.audit.context import Origin
-from control.audit.record import record
 from control.tokens.service import UnknownClass, issue
-from dashboard.accounts.roles import ROLES, role_of, set_role
+from core.audit.context import Origin
+from core.audit.record import record
+from core.roles import ROLES, role_of, set_role
 
 
 class Command(BaseCommand):

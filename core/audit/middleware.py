@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
 
-from control.audit.context import new_request_id
+from core.audit.context import new_request_id
 
 HEADER = "X-Request-ID"
 

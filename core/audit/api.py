@@ -10,9 +10,9 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.request import Request
 
-from control.api_common import ApiError, errors, query_text
-from control.audit.models import AuditEvent
-from dashboard.accounts.roles import IsViewer
+from core.api import ApiError, errors, query_text
+from core.audit.models import AuditEvent
+from core.roles import IsViewer
 
 
 class AuditEventSerializer(serializers.ModelSerializer):

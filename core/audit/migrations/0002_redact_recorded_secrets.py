@@ -17,7 +17,7 @@ from django.db import migrations
 def redact(apps: Any, schema_editor: Any) -> None:
     import pgtrigger
 
-    from control.audit.redact import redact_text, scrub
+    from core.audit.redact import redact_text, scrub
 
     AuditEvent = apps.get_model("audit", "AuditEvent")
     changed = []

@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
 
-from control.audit.context import Origin
-from control.audit.models import AuditEvent
-from control.audit.redact import redact_text, scrub
+from core.audit.context import Origin
+from core.audit.models import AuditEvent
+from core.audit.redact import redact_text, scrub
 
 
 def _jsonable(value: Any) -> Any:

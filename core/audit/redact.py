@@ -34,7 +34,7 @@ SECRET_SUFFIXES = ("_secret", "_password", "_token", "_api_key", "_access_key", 
 # migration that redacts old events relies on).
 URL_RE = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s\"'<>…]++(?!…)")
 TOKEN_RE = re.compile(r"\bsy_(user|node|internal)_[A-Za-z0-9_\-]{9,}")  # longer than a display prefix
-TOKEN_PREFIX_CHARS = 16  # as dashboard.accounts.tokens.display_prefix: "sy_user_" + 8 characters
+TOKEN_PREFIX_CHARS = 16  # as core.tokens.display_prefix: "sy_user_" + 8 characters
 
 
 def is_secret_key(key: str) -> bool:

@@ -21,10 +21,19 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from dashboard import embedded
-from dashboard.accounts.roles import set_role
+from control.controller import bindings
+from control.policy import service as policies
+from control.routing import summary
+from control.scheduler.auth import internal_token
+from control.scheduler.status import read_status
+from control.tokens.service import revoke
+from core import embedded
+from core.audit.context import Origin
+from core.roles import set_role
+from dashboard.accounts.models import UserToken
+from dashboard.fleet.models import Pool
 
-ROOT = Path(__file__).resolve().parents[4]
+ROOT = Path(__file__).resolve().parents[3]
 LOAD_USER = "loadgen"
 WEEK_S = 7 * 86400  # loadgen's longest run: "until Ctrl-C" in practice
 
@@ -206,11 +215,6 @@ class Command(BaseCommand):
     def seed_scaling(self, pool: str, nodes: int, control_url: str) -> None:
         """The demo pool is scaled by the controller through the fleet's control API (the local provider), between
         the demo's own nodes and four more; an entry an operator already made for the pool is kept."""
-        from control.audit.context import Origin
-        from control.controller import bindings
-        from control.policy import service as policies
-        from dashboard.fleet.models import Pool
-
         origin = Origin.command("demo")
         Pool.objects.get_or_create(name=pool)
         bindings.set_provider(pool, "local", {"url": control_url, "boot_delay_s": 20, "profile": "h100"}, True,
@@ -234,10 +238,6 @@ class Command(BaseCommand):
     def seed_load_user(self) -> str:
         """An API-only viewer whose fresh token the load generator uses: the gateway authenticates it like any
         client's. Its earlier tokens were printed to a terminal, so they are revoked."""
-        from control.audit.context import Origin
-        from control.tokens.service import revoke
-        from dashboard.accounts.models import UserToken
-
         for token in UserToken.objects.filter(user__username=LOAD_USER, revoked__isnull=True):
             revoke(token, Origin.command("demo"), "manage.py demo: a new load token replaces it")
         out = StringIO()
@@ -261,9 +261,6 @@ class Command(BaseCommand):
                           timeout: float) -> None:
         """Hold the load until the gateway can route (the first agent pushes have told it the nodes' endpoints):
         load sent earlier would only collect 503s."""
-        from control.scheduler.auth import internal_token
-        from control.scheduler.status import read_status
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check_alive(procs)
@@ -297,8 +294,6 @@ class Command(BaseCommand):
 
     def routing_line(self) -> str:
         """What the gateway routed in the last minute, from its request log (the routing page's source)."""
-        from control.routing import summary
-
         try:
             s = summary.summary(60)
         except Exception as exc:  # noqa: BLE001 - a status line must never end the demo

@@ -6,11 +6,11 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
-from control.api_common import ApiError
-from control.audit.api import filter_events
-from control.audit.models import AuditEvent
-from control.policy import diffing
-from dashboard.accounts.views import role_required
+from core import diffing
+from core.api import ApiError
+from core.audit.api import filter_events
+from core.audit.models import AuditEvent
+from core.roles import role_required
 
 FILTER_NAMES = ("actor", "action", "target", "since", "until", "request_id")
 

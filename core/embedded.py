@@ -157,7 +157,7 @@ def _shutdown_redis(port: int) -> None:
         pass  # already gone
 
 
-# --- `python -m dashboard.embedded status|stop` (no Django: asking must not start the servers) ---------------------
+# --- `python -m core.embedded status|stop` (no Django: asking must not start the servers) ---------------------
 
 def _pg_pid(pgdata: Path) -> int | None:
     try:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m dashboard.embedded",
+        prog="python -m core.embedded",
         description="Status or stop of the embedded PostgreSQL and Redis under the var dir "
                     "(SWITCHYARD_VAR_DIR, default .var/). They normally stop by themselves when the last "
                     "Switchyard process exits; `stop` is for one that was killed.",

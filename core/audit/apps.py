@@ -2,6 +2,6 @@ from django.apps import AppConfig
 
 
 class AuditConfig(AppConfig):
-    name = "control.audit"
+    name = "core.audit"
     label = "audit"
     default_auto_field = "django.db.models.BigAutoField"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from control.audit.admin_audit import ReadOnlyAdmin
-from control.audit.models import AuditEvent
+from core.audit.admin_audit import ReadOnlyAdmin
+from core.audit.models import AuditEvent
 
 
 @admin.register(AuditEvent)

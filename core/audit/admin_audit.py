@@ -14,8 +14,8 @@ from django import forms
 from django.contrib import admin
 from django.forms.models import model_to_dict
 
-from control.audit.context import Origin
-from control.audit.record import record
+from core.audit.context import Origin
+from core.audit.record import record
 
 REASON_FIELD = "audit_reason"
 SECRET_FIELDS = {"password", "digest"}  # recorded as "changed", never as values

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from control.policy.schemas import error_path
+
+def error_path(loc: tuple[Any, ...]) -> str:
+    """('default', 'rules', 0, 'threshold') -> 'default.rules[0].threshold'; the document itself is '$'."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(part)):
+            out += f".{part}" if out else str(part)
+        else:  # pool names with '-' or '.', which a dotted path would make ambiguous
+            out += f"[{str(part)!r}]"
+    return out or "$"
+
+
 
 
 def pretty(document: Any) -> str:
