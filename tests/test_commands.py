@@ -76,7 +76,7 @@ def test_demo_refuses_bad_flags_before_starting_anything(flags: list[str], messa
 
 
 def test_demo_load_user_gets_a_fresh_standard_token_and_the_old_one_is_revoked() -> None:
-    from dashboard.fleet.management.commands.demo import Command as Demo
+    from dashboard.management.commands.demo import Command as Demo
 
     first = Demo().seed_load_user()
     second = Demo().seed_load_user()
