@@ -449,8 +449,11 @@ def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir
             cal = argparse.Namespace(**{**vars(args), "duration": args.fleet_duration, "rate": 0.0})
             args.fleet_rate, probes = routing.calibrate(cal, gw, control, profiles, urls, slo_s, saturation,
                                                         unloaded_s)
+        stable = [p for p in probes if p["stable"]]
         log(f"offered: {args.fleet_rate:g} req/s ({args.fleet_rate / saturation:.0%} of the computed saturation)"
-            + (" = the highest stable probe of least-in-flight" if probes else ""))
+            + (" = the highest stable probe of least-in-flight" if stable else
+               " (no probe was stable: every proxy is measured past the fleet's capacity on this machine)"
+               if probes else ""))
         if gw:
             rev = routing.activate("switchyard")  # the default policy (answer cache off: no repeated prompts anyway)
             routing.wait_for(f"the gateway to load revision {rev}",
@@ -533,7 +536,10 @@ def main() -> None:
     ap.add_argument("--fleet-duration", type=float, default=40.0, help="part 2: seconds of load per proxy (default 40)")
     ap.add_argument("--fleet-rate", type=float, default=0.0,
                     help="part 2: req/s (default: calibrate as bench/routing.py does, see --probe)")
-    ap.add_argument("--probe", default="0.65,0.75,0.85", help="calibration shares of the computed saturation")
+    ap.add_argument("--probe", default="0.35,0.5,0.65,0.75",
+                    help="calibration: shares of the computed saturation probed with least-in-flight, rising; lower "
+                         "than bench/routing.py's, so that a shared machine still finds a stable one "
+                         "(default %(default)s)")
     ap.add_argument("--probe-duration", type=float, default=20.0, help="seconds per calibration probe (default 20)")
     ap.add_argument("--stable-x", type=float, default=3.0, help="as bench/routing.py (default 3)")
     ap.add_argument("--max-growth", type=float, default=1.3, help="as bench/routing.py (default 1.3)")

@@ -382,3 +382,21 @@ def test_every_manifest_parses_as_yaml_with_a_kind_and_a_name() -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             if path.name != "kustomization.yaml":
                 assert doc["kind"] and doc["metadata"]["name"], path.name
+
+
+def test_the_token_script_fills_the_secret_the_agent_reads_for_the_nodes_it_runs_on(docs: list[dict[str, Any]]) -> None:
+    import subprocess
+
+    script = KUBE / "issue-agent-tokens.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    ds = find(docs, "DaemonSet", "switchyard-agent")
+    spec = ds["spec"]["template"]["spec"]
+    secret = next(v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v)
+    assert f"AGENT_NS={ds['metadata']['namespace']}\n" in text and f"SECRET={secret}\n" in text
+    [(label, value)] = spec["nodeSelector"].items()
+    assert f"-l {label}={value}" in text
+    # createnode runs in the web Deployment's container, which has the database.
+    web = find(docs, "Deployment", "switchyard-web")
+    assert f"exec deploy/{web['metadata']['name']} -c {web['spec']['template']['spec']['containers'][0]['name']}" in text
+    check_management_command("createnode", ["gpu-node-7", "--pool", "gpu", "--rotate", "--reason", "x"])
