@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,28 +269,32 @@ def proxy_cost(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> 
     proxies: dict[str, Proxy] = {}
     up_url = f"http://127.0.0.1:{up_port}"
 
-    def keep_fresh(name: str) -> None:  # the gateway routes only to a node with a fresh sample
-        if name == "switchyard":
+    # The gateway routes only to a node whose sample is fresh (about 10 s): the trivial upstream has no agent, so
+    # its sample is renewed every 2 s for as long as part 1 runs.
+    stop = threading.Event()
+
+    def keep_fresh() -> None:
+        while not stop.wait(2.0):
             gwbench.register(up_url)
 
+    fresh = threading.Thread(target=keep_fresh, name="keep-fresh", daemon=True)
     try:
         wait_port(up_port, upstream, "the trivial upstream")
         gwbench.register(up_url)
+        fresh.start()
         for name in args.proxies:
             sub = workdir / f"cost-{name}"
             sub.mkdir()
             proxies[name] = (start_switchyard(env, sub) if name == "switchyard" else start_nginx([up_url], sub)
                              if name == "nginx" else start_litellm([up_url], "bench-model", sub))
         body = json.loads(gwbench.BODY)
-        for name, proxy in proxies.items():
-            keep_fresh(name)
+        for proxy in proxies.values():
             wait_answering(proxy, body)
         asyncio.run(gwbench.open_loop(up_port, 50, 1.0))  # warm-up
         done, _ = asyncio.run(gwbench.closed_loop(up_port, args.concurrency, args.seconds))
         results["direct_max"] = done / args.seconds
         log(f"upstream alone: {results['direct_max']:.0f} req/s with {args.concurrency} clients (the ceiling)")
         for name, proxy in proxies.items():
-            keep_fresh(name)
             asyncio.run(gwbench.open_loop(proxy.port, 20, 1.0))  # warm-up
             cpu0 = proxy.cpu_seconds()
             done, errors = asyncio.run(gwbench.closed_loop(proxy.port, args.concurrency, args.seconds))
@@ -302,7 +307,6 @@ def proxy_cost(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> 
         log(f"fixed rate {rate:g} req/s ({'--rate' if args.rate else 'half the lowest highest rate'})")
         for name, proxy in proxies.items():
             direct, _ = asyncio.run(gwbench.open_loop(up_port, rate, args.seconds))
-            keep_fresh(name)
             cpu0 = proxy.cpu_seconds()
             lat, errors = asyncio.run(gwbench.open_loop(proxy.port, rate, args.seconds))
             row = results[name]
@@ -316,6 +320,9 @@ def proxy_cost(args: argparse.Namespace, env: dict[str, str], workdir: Path) -> 
                 f" p99 {row['p99_ms']:.2f} ms (alone {row['direct_p99_ms']:.2f}), {errors} errors; CPU-s per 1,000 "
                 f"requests {row['cpu_s_per_1000_fixed']:.3f}")
     finally:
+        stop.set()
+        if fresh.is_alive():
+            fresh.join(5)
         for proxy in proxies.values():
             proxy.stop()
         upstream.terminate()
@@ -347,7 +354,7 @@ def gateway_status(gw: str, name: str) -> Any:
     return getattr(read_status(gw), name)
 
 
-def run_load(label: str, url: str, args: argparse.Namespace, control: str, urls: list[str],
+def run_load(label: str, proxy: Proxy, args: argparse.Namespace, control: str, urls: list[str],
              url_profile: dict[str, str], slo_s: float) -> dict[str, Any]:
     """The seeded sequence through one proxy, from an idle fleet, as bench/routing.py measures a policy."""
     from control.loadgen import curves, report, runner
@@ -357,9 +364,9 @@ def run_load(label: str, url: str, args: argparse.Namespace, control: str, urls:
                                                          for n in routing.get_json(f"{control}/nodes")["nodes"]),
                      180, 1.0)
     time.sleep(args.interval + 1.5)  # a sample taken after the fleet went idle, for the gateway's scorers
-    before, lag0 = success_counts(urls), routing.engine_lag(urls)
+    before, lag0, cpu0 = success_counts(urls), routing.engine_lag(urls), proxy.cpu_seconds()
     spec = runner.LoadSpec(
-        url=url, model=routing.MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=args.fleet_rate)),
+        url=proxy.url, model=routing.MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=args.fleet_rate)),
         duration_s=args.fleet_duration,
         prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
         max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
@@ -380,12 +387,16 @@ def run_load(label: str, url: str, args: argparse.Namespace, control: str, urls:
         by_profile[url_profile[u]] = by_profile.get(url_profile[u], 0.0) + after[u] - before[u]
     total = max(1.0, sum(by_profile.values()))
     share = {p: by_profile.get(p, 0.0) / total for p in ("h100", "a100", "l40s")}
+    # The proxy's CPU comes out of the same cores as the simulated engines': what it uses, and how far the engines
+    # fell behind their model meanwhile, say how much of the difference between proxies is the machine's.
     result = {**row.as_dict(), "share": share, "timeouts": sum(1 for o in outs if o.error == "timeout"),
-              "engine_lag_s": routing.engine_lag(urls) - lag0, "errors_seen": report.first_errors(outs)}
+              "engine_lag_s": routing.engine_lag(urls) - lag0, "proxy_cpu_s": proxy.cpu_seconds() - cpu0,
+              "errors_seen": report.first_errors(outs)}
     lat = row.latency
     log(f"  {label:<12} {row.ok}/{row.sent} ok, p50/p95/p99 {routing.fmt(lat[0])}/{routing.fmt(lat[1])}/"
         f"{routing.fmt(lat[2])}, TTFT p95 {routing.fmt(row.ttft[1])}, goodput {row.goodput:.1f}/s, share "
-        f"h100/a100/l40s {share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}")
+        f"h100/a100/l40s {share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}; proxy CPU "
+        f"{result['proxy_cpu_s']:.1f} s, engines fell behind {result['engine_lag_s']:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
     return result
@@ -460,7 +471,7 @@ def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir
                              lambda: gateway_status(gw, "policy").get("scheduler") == rev, 30)
         results = []
         for name in args.proxies:
-            results.append(run_load(name, proxies[name].url, args, control, urls, url_profile, slo_s))
+            results.append(run_load(name, proxies[name], args, control, urls, url_profile, slo_s))
     finally:
         for proxy in proxies.values():
             proxy.stop()
@@ -536,7 +547,7 @@ def main() -> None:
     ap.add_argument("--fleet-duration", type=float, default=40.0, help="part 2: seconds of load per proxy (default 40)")
     ap.add_argument("--fleet-rate", type=float, default=0.0,
                     help="part 2: req/s (default: calibrate as bench/routing.py does, see --probe)")
-    ap.add_argument("--probe", default="0.35,0.5,0.65,0.75",
+    ap.add_argument("--probe", default="0.2,0.35,0.5,0.65,0.75",
                     help="calibration: shares of the computed saturation probed with least-in-flight, rising; lower "
                          "than bench/routing.py's, so that a shared machine still finds a stable one "
                          "(default %(default)s)")
@@ -594,8 +605,9 @@ def main() -> None:
     for line in ratios(cost, fleet):
         print(line)
     if fleet:
-        lag = sum(r["engine_lag_s"] for r in fleet["results"])
-        print(f"simulated engines fell behind their model by {lag:.1f} s in all (0 = the CPU kept up)")
+        print("simulated engines fell behind their model (0 = the CPU kept up) / proxy CPU-seconds, during each "
+              "proxy's run: " + ", ".join(f"{r['name']} {r['engine_lag_s']:.1f} s / {r['proxy_cpu_s']:.1f} s"
+                                          for r in fleet["results"]))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps({"started": started, "nginx": nginx_version,
                                                     "litellm": LITELLM_VERSION, "cost": cost, "fleet": fleet},
