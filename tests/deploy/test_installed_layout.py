@@ -30,8 +30,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     for rel in wheel_files():
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / rel, site / rel)
+    # Nothing here reads the database or Redis; unreachable URLs keep settings from starting embedded servers.
     env = {**os.environ, "SWITCHYARD_VAR_DIR": str(var), "SWITCHYARD_SECRET_KEY": "installed-layout-test",
-           "DJANGO_SETTINGS_MODULE": "dashboard.settings", "PYTHONDONTWRITEBYTECODE": "1"}
+           "DJANGO_SETTINGS_MODULE": "dashboard.settings", "PYTHONDONTWRITEBYTECODE": "1",
+           "SWITCHYARD_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "SWITCHYARD_REDIS_URL": "redis://127.0.0.1:1/0"}
     env.pop("PYTHONPATH", None)
     # The build stage: manage.py from the checkout, so that static/ is found and collected into STATIC_ROOT.
     subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"], cwd=ROOT,

@@ -400,3 +400,24 @@ def test_the_token_script_fills_the_secret_the_agent_reads_for_the_nodes_it_runs
     web = find(docs, "Deployment", "switchyard-web")
     assert f"exec deploy/{web['metadata']['name']} -c {web['spec']['template']['spec']['containers'][0]['name']}" in text
     check_management_command("createnode", ["gpu-node-7", "--pool", "gpu", "--rotate", "--reason", "x"])
+
+
+def test_every_switchyard_variable_set_by_a_manifest_or_compose_is_one_the_app_reads(docs: list[dict[str, Any]]) -> None:
+    """A misspelt variable is silently ignored: each one must be in README's configuration table."""
+    from tests.deploy.manifests import DOCKER, ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Operations")]
+    known = set(re.findall(r"`(SWITCHYARD_[A-Z0-9_]+)`", table))
+    names = set()
+    for d in docs:
+        if d["kind"] == "ConfigMap":
+            names |= set(d["data"])
+        for c in containers(d):
+            names |= {i["name"] for i in c.get("env") or []}
+    compose = yaml.safe_load((DOCKER / "compose.yml").read_text())
+    for svc in compose["services"].values():
+        names |= set(svc.get("environment") or {})
+    ours = {n for n in names if n.startswith("SWITCHYARD_")}
+    assert {"SWITCHYARD_DATABASE_URL", "SWITCHYARD_AGENT_SERVER", "SWITCHYARD_ALLOWED_HOSTS"} <= ours
+    assert ours - known == set(), "not in README's configuration table (misspelt, or undocumented)"
