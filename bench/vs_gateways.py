@@ -472,6 +472,9 @@ def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir
         results = []
         for name in args.proxies:
             results.append(run_load(name, proxies[name], args, control, urls, url_profile, slo_s))
+            # Stopped once measured: a proxy that fell behind (LiteLLM, past its ceiling) may still be working off
+            # requests its clients gave up on, on the cores the next proxy's fleet needs.
+            proxies[name].stop()
     finally:
         for proxy in proxies.values():
             proxy.stop()
