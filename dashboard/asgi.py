@@ -15,9 +15,22 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from dashboard.fleet import ingest_asgi  # noqa: E402
 from dashboard.live.routing import websocket_urlpatterns  # noqa: E402
 
+HEALTHZ_BODY = b'{"status":"ok"}'
+
+
+async def healthz(send: Any) -> None:
+    """Liveness and readiness for probes and load balancers: this process answers HTTP. Answered before Django, since
+    a kubelet's probe carries the pod's IP as Host, which ALLOWED_HOSTS refuses; it reads nothing and names nothing."""
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(HEALTHZ_BODY)),
+                            (b"cache-control", b"no-store")]})
+    await send({"type": "http.response.body", "body": HEALTHZ_BODY})
+
 
 async def http_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["path"].rstrip("/") == ingest_asgi.PATH:
+    if scope["path"] == "/healthz" and scope["method"] == "GET":
+        await healthz(send)
+    elif scope["path"].rstrip("/") == ingest_asgi.PATH:
         await ingest_asgi.app(scope, receive, send)
     else:
         await django_asgi_app(scope, receive, send)

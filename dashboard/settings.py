@@ -166,7 +166,9 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# A checkout serves static/ from the tree. An installed wheel has no static/ beside its packages (the image collects
+# it into STATIC_ROOT when it is built), and a missing directory here would make every command warn.
+STATICFILES_DIRS = [d for d in [BASE_DIR / "static"] if d.is_dir()]
 STATIC_ROOT = embedded.var_dir() / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)
 # Serve straight from STATICFILES_DIRS/app dirs: no collectstatic step between `git clone` and a working page.
