@@ -198,7 +198,7 @@ current-context: fake
 
 def test_config() -> None:
     assert registry.validate_config("kubernetes", {"namespace": "gpu", "deployment": "vllm"}) == {
-        "namespace": "gpu", "deployment": "vllm", "timeout_s": 10.0}
+        "namespace": "gpu", "deployment": "vllm", "node_names": "pod", "timeout_s": 10.0}
     with pytest.raises(registry.ConfigError) as info:
         registry.validate_config("kubernetes", {"namespace": "GPU_pods", "api_url": "k8s.local", "bearer_token": "x",
                                                 "replicas": 3})
@@ -210,9 +210,29 @@ def test_config() -> None:
         "bearer_token": "looks like a secret: the pool's config is stored in the database and shown to operators, "
                         "so it must hold none; put the bearer token in a file and set SWITCHYARD_K8S_TOKEN_FILE "
                         "(and SWITCHYARD_K8S_CA_FILE for the API server's CA), or use KUBECONFIG",
-        "replicas": "unknown key; allowed: namespace, deployment, api_url, timeout_s",
+        "replicas": "unknown key; allowed: namespace, deployment, api_url, node_names, timeout_s",
     }
     with pytest.raises(registry.ConfigError) as info:
         registry.validate_config("kubernetes", {"namespace": ["gpu"], "deployment": "vllm", "timeout_s": 500})
     assert info.value.fields == {"namespace": "must be a string, got ['gpu']",
                                  "timeout_s": "must be above 0 and at most 120 seconds, got 500"}
+
+
+def test_with_node_names_node_each_instance_is_the_kubernetes_node_its_agent_reports(kube: FakeKubernetes) -> None:
+    """deploy/kubernetes/ runs the agent as a DaemonSet, which reports the host's name (spec.nodeName): scale-in must
+    find the node to drain by that name, and still remove exactly the pod on it."""
+    p = provider(kube, node_names="node")
+    p.set_desired_size(3)
+    instances = {i.node: i.id for i in p.list_instances()}
+    hosts = {pod.node: pod.name for pod in kube.pods.values()}
+    assert instances == hosts and all(h.startswith("gpu-host-") for h in instances)
+    victim_host = sorted(instances)[1]
+    p.remove_instance(instances[victim_host])
+    assert kube.replicas == 2 and victim_host not in {pod.node for pod in kube.pods.values()}
+    assert [i.node for i in provider(kube).list_instances()] == kube.pod_names()  # the default: pod names
+
+
+def test_node_names_must_be_pod_or_node() -> None:
+    with pytest.raises(registry.ConfigError) as err:
+        registry.validate_config("kubernetes", {"namespace": "gpu", "deployment": "vllm", "node_names": "host"})
+    assert err.value.fields == {"node_names": "must be 'pod' or 'node', got 'host'"}

@@ -41,8 +41,10 @@ class Gone(Exception):
 class KubernetesProvider(Provider):
     kind = "kubernetes"
 
-    def __init__(self, namespace: str, deployment: str, api_url: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(self, namespace: str, deployment: str, api_url: str | None = None, timeout_s: float = 10.0,
+                 node_names: str = "pod") -> None:
         self.namespace = namespace
+        self.node_names = node_names
         self.deployment = deployment
         self.api_url = api_url
         self.timeout_s = timeout_s
@@ -157,7 +159,10 @@ class KubernetesProvider(Provider):
         return str((headers or {}).get("Audit-Id") or request_id("k8s"))
 
     def list_instances(self) -> list[Instance]:
-        return [Instance(id=p.metadata.name, node=p.metadata.name, state=_pod_state(p)) for p in self._pods()]
+        # A pod not yet scheduled has no node: it is named after itself until it is (it cannot be serving yet).
+        return [Instance(id=p.metadata.name, state=_pod_state(p),
+                         node=(p.spec.node_name or p.metadata.name) if self.node_names == "node" else p.metadata.name)
+                for p in self._pods()]
 
     def _pods(self) -> list[Any]:
         apps, core = self._api()

@@ -44,6 +44,7 @@ class FakePod:
     created: float
     ready_at: float
     annotations: dict[str, str] = field(default_factory=dict)
+    node: str = "gpu-host-1"  # the Kubernetes node it is scheduled on (spec.nodeName)
 
     @property
     def ready(self) -> bool:
@@ -113,9 +114,11 @@ class FakeKubernetes(FakeServer):
     def _scale_to(self, replicas: int) -> None:
         self.replicas = replicas
         while len(self.pods) < replicas:
-            name = f"{self.deployment}-6d8f7b9c4-{next(self._serial):05d}"
+            serial = next(self._serial)
+            name = f"{self.deployment}-6d8f7b9c4-{serial:05d}"
             now = time.monotonic()
-            self.pods[name] = FakePod(name, dict(self.labels), now, now + self.ready_after_s)
+            # One inference pod per GPU host, as the scheduler places them with a whole node's GPUs requested.
+            self.pods[name] = FakePod(name, dict(self.labels), now, now + self.ready_after_s, node=f"gpu-host-{serial}")
         if len(self.pods) > replicas:
             # A ReplicaSet's order: not ready before ready, lower deletion cost first, newer first.
             ranked = sorted(self.pods.values(), key=lambda p: (p.ready, p.cost(), -p.created))
@@ -148,7 +151,7 @@ class FakeKubernetes(FakeServer):
                 "metadata": {**self._meta(pod.name), "labels": dict(pod.labels),
                              "annotations": dict(pod.annotations),
                              "creationTimestamp": "2025-01-01T00:00:00Z"},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}], "nodeName": "gpu-host-1"},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}], "nodeName": pod.node},
                 "status": {"phase": "Running" if ready else "Pending",
                            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
