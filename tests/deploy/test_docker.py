@@ -125,8 +125,13 @@ def test_every_copy_source_exists_and_is_in_the_build_context(dockerfile: tuple[
                 assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
                 assert not ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
                 copied.append(source)
-    # The control plane and the templates' packages are in the wheel, so they must be in the context.
-    assert {"pyproject.toml", "agents", "control", "dashboard", "static"} <= set(copied)
+    # Every package pyproject.toml ships must be in the context, or the wheel built from it lacks that package.
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    assert packages == {"agents", "core", "control", "dashboard"}
+    assert {"pyproject.toml", "static", *packages} <= set(copied), f"not copied: {packages - set(copied)}"
 
 
 def test_the_images_install_this_repository_from_its_wheel(dockerfile: tuple[dict[str, str], list[Stage]]) -> None:
