@@ -9,17 +9,15 @@ machine would have kept.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from agents.collectors.sim import SimBackend
-from agents.push import PushConfig, Pusher
+from agents.push import Pusher
 from agents.spool import Spool
-from tests.agent.test_push import TOKEN, FakeTime, IngestServer
+from tests.agent.test_push import IngestServer
 
 
 class PowerLoss:
@@ -67,27 +65,7 @@ def power(monkeypatch: pytest.MonkeyPatch) -> PowerLoss:
     return PowerLoss(monkeypatch)
 
 
-@pytest.fixture
-def server() -> Iterator[IngestServer]:
-    s = IngestServer()
-    yield s
-    s.stop()
 
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., Pusher]]:
-    """Pushers on one state directory (so that a second one is the first one restarted), on a fake clock."""
-    made: list[Pusher] = []
-    ft = FakeTime()
-
-    def factory(url: str) -> Pusher:
-        cfg = PushConfig(server=url, token=TOKEN, node="gpu-a-1", state_dir=tmp_path / "state", timeout_s=2.0)
-        made.append(Pusher(cfg, SimBackend(gpus=1, seed=0), clock=ft.clock, sleep=ft.sleep, rng=random.Random(7)))
-        return made[-1]
-
-    yield factory
-    for p in made:
-        p.close()
 
 
 def test_every_collected_sample_survives_a_power_loss(server: IngestServer, make: Callable[..., Pusher],

@@ -7,8 +7,7 @@ The server is the scripted stand-in of test_push.py; time is the fake clock ther
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +16,13 @@ import pytest
 from agents.collectors.base import CompositeBackend
 from agents.collectors.nvml import NvmlCollector
 from agents.collectors.sim import SimBackend
-from agents.push import PushConfig, Pusher
+from agents.push import Pusher
 from agents.sim.engine import Engine
 from agents.sim.profiles import get as profile
 from agents.sim.vhost import VirtualHost
 from agents.sim.vnvml import VirtualNvml
 from tests.agent.test_nvml import NOT_SUPPORTED, Clock, FakeGpu, FakeNvml, NVMLError
-from tests.agent.test_push import TOKEN, FakeTime, IngestServer
-
-
-@pytest.fixture
-def server() -> Iterator[IngestServer]:
-    s = IngestServer()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., Pusher]]:
-    """Pushers on one state directory (so that a second one is the first one restarted), on a fake clock."""
-    made: list[Pusher] = []
-    ft = FakeTime()
-
-    def factory(url: str, backend: Any) -> Pusher:
-        cfg = PushConfig(server=url, token=TOKEN, node="gpu-a-1", state_dir=tmp_path / "state", timeout_s=2.0)
-        made.append(Pusher(cfg, backend, clock=ft.clock, sleep=ft.sleep, rng=random.Random(7)))
-        return made[-1]
-
-    yield factory
-    for p in made:
-        p.close()
+from tests.agent.test_push import IngestServer
 
 
 class Recording(SimBackend):

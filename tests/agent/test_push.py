@@ -122,12 +122,6 @@ class FakeTime:
         self.t += seconds
 
 
-@pytest.fixture
-def server() -> Iterator[IngestServer]:
-    s = IngestServer()
-    yield s
-    s.stop()
-
 
 @pytest.fixture
 def ft() -> FakeTime:
