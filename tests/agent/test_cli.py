@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pynvml
@@ -26,12 +25,6 @@ def agent(*args: str, env: dict[str, str] | None = None, timeout: float = 60) ->
     return subprocess.run([sys.executable, "-m", "agents", *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
-
-@pytest.fixture
-def server() -> Iterator[IngestServer]:
-    s = IngestServer()
-    yield s
-    s.stop()
 
 
 def settings_for(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
