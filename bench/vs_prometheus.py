@@ -530,7 +530,7 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
             b = best(r)
             try:
                 cells.append(fn(r, b))
-            except (TypeError, KeyError, IndexError):
+            except (TypeError, KeyError, IndexError, AttributeError):  # b is None: no step held
                 cells.append("-")
         rows.append((label, *cells))
 
@@ -539,7 +539,8 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                                                "none (sweep ended)"))
     row("values/s held", lambda r, b: f"{b['values_s']:,}")
     row("CPU-s per million values", lambda r, b: f"{b['cpu_s_per_million']:.2f}")
-    row("CPU cores used (of it: PostgreSQL)", lambda r, b: f"{b.get('cpu_cores', 0) or (b['server_cpu_cores'] + b['pg_cpu_cores']):.2f}"
+    row("CPU cores used (of it: PostgreSQL)",
+        lambda r, b: f"{b.get('cpu_cores', 0) or (b['server_cpu_cores'] + b['pg_cpu_cores']):.2f}"
         + (f" ({b['pg_cpu_cores']:.2f})" if "pg_cpu_cores" in b else ""))
     row("latency at that fleet", lambda r, b: f"push p95 {b['p95_ms']:.0f} ms" if "p95_ms" in b
         else f"scrape p99 {b['scrape_p99_ms']:.0f} ms")
@@ -567,9 +568,9 @@ def ratios(results: dict[str, dict[str, Any]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", default="500,1000,2000,3000,4000,6000",
-                        help="the sweep: fleet sizes tried in turn, comma-separated (default 500,1000,2000,3000,"
-                             "4000,6000); each system stops at its first step that falls behind")
+    parser.add_argument("--nodes", default="250,500,1000,2000,3000,4000,6000",
+                        help="the sweep: fleet sizes tried in turn, comma-separated (default 250,500,1000,2000,"
+                             "3000,4000,6000); each system stops at its first step that falls behind")
     parser.add_argument("--gpus", type=int, default=8, help="GPUs per node (default 8)")
     parser.add_argument("--interval", type=float, default=5.0,
                         help="scrape interval and push interval, seconds (default 5)")
