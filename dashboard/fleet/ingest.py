@@ -18,15 +18,14 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from core.tokens import digest
+from dashboard.fleet.group_commit import Pending, committer
 from dashboard.fleet.validation import Batch, Sample, validate
-from dashboard.metrics import partitions
-from dashboard.metrics.latest import redis_client, store_latest
-from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_staging
+from dashboard.metrics.latest import redis_client
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
@@ -243,6 +242,8 @@ def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
 
 
 def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
+    """Hand the push's rows to this process's committer (dashboard/fleet/group_commit.py) and wait until they are
+    committed, together with whatever other pushes arrived meanwhile. Returns the samples that were new."""
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -255,29 +256,17 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         node_rows.append([s.ts, node.id, s.seq, *s.host_inference])
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
-    partitions.ensure_days(days)
-    try:
-        with transaction.atomic():
-            accepted = copy_direct(node_rows, gpu_rows)
-            update_node(node, batch, now)
-    except IntegrityError:
-        # A replayed sample: redo the whole push so that only the new samples are stored.
-        ensure_staging()
-        with transaction.atomic():
-            accepted = copy_deduplicated(node_rows, gpu_rows)
-            update_node(node, batch, now)
     newest = max(batch.samples, key=lambda s: s.ts)
-    store_latest(node.name, snapshot(node, batch, newest), ended_minutes(batch))
-    return accepted
+    pending = Pending(node, batch, now, node_rows, gpu_rows, days, orjson.dumps(snapshot(node, batch, newest)),
+                      sample_minutes(batch))
+    return committer.submit(pending)
 
 
-def ended_minutes(batch: Batch) -> set[int]:
-    """The minutes (epoch seconds) of the batch's samples that had ended when it committed: a rollup may already
-    have run for them, so the next one must redo them (dashboard/metrics/rollups.py). All of the batch, duplicates
-    too: a push retried because its flags were lost flags them again."""
-    current = int(time.time()) // 60 * 60  # read after the commit: a minute that ends during it is flagged
-    minutes = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
-    return {m for m in minutes if m < current}
+def sample_minutes(batch: Batch) -> set[int]:
+    """The minutes (epoch seconds) of the batch's samples. Those that had ended when it committed are flagged for
+    the rollups (dashboard/metrics/rollups.py): a rollup may already have run for them, so the next one must redo
+    them. All of the batch, duplicates too: a push retried because its flags were lost flags them again."""
+    return {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
 
 
 def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:
