@@ -205,7 +205,7 @@ def du(path: Path) -> int:
 
 # --- Prometheus -------------------------------------------------------------------------------------------------
 class Prometheus:
-    def __init__(self, binary: str, workdir: Path, interval: float, expo_port: int) -> None:
+    def __init__(self, binary: str, workdir: Path, interval: float, expo_port: int, started: list[Any]) -> None:
         self.workdir = workdir
         self.interval = interval
         self.expo_port = expo_port
@@ -224,6 +224,7 @@ class Prometheus:
             [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={self.data}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
+        started.append(self)  # before the wait: Ctrl-C during it stops it too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -356,8 +357,7 @@ def run_prometheus(binary: str, sweep: list[int], args: argparse.Namespace, work
                              str(args.gpus)])
     started.append(expo)
     benchlib.wait_port(expo_port, expo, "the exposition server")
-    prom = Prometheus(binary, workdir, args.interval, expo_port)
-    started.append(prom)
+    prom = Prometheus(binary, workdir, args.interval, expo_port, started)
     steps = []
     for n in sweep:
         log(f"prometheus: {n} nodes x {args.gpus} GPUs every {args.interval:g} s ...")
@@ -466,8 +466,13 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
             return super().payload()
 
     port = free_port()
-    server = ingest_bench.start_server(port, args.workers, db_url, redis_url)
+    # As benchlib.start_server, but the process is on the list before the wait: Ctrl-C during it stops it too.
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(args.workers)],
+        cwd=benchlib.ROOT, env=dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
+                                    SWITCHYARD_INGEST_RATE_PER_MINUTE="100000"))
     started.append(server)
+    benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
     steps = []
     for n in sweep:
         log(f"switchyard: {n} nodes x {args.gpus} GPUs every {args.interval:g} s ...")

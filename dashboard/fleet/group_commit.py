@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from django.db import DatabaseError, IntegrityError, connection, transaction
 
 from dashboard.metrics import partitions
@@ -49,7 +50,7 @@ class Pending:
     node_rows: list[list[Any]]
     gpu_rows: list[list[Any]]
     days: set[date]
-    snapshot: bytes  # the node's latest state (orjson), written to Redis after the commit
+    snapshot: dict[str, Any]  # the node's latest state, written to Redis after the commit (node fields refreshed)
     minutes: set[int]  # the minutes of its samples, epoch seconds
     done: threading.Event = field(default_factory=threading.Event)
     accepted: int = 0
@@ -136,7 +137,7 @@ class Committer:
             # After the commit (the rollups must see the rows before they see the flag), read the clock now: a
             # minute that ended during the commit is flagged too.
             current = int(time.time()) // 60 * 60
-            store_latest_many({p.node.name: p.snapshot for p in group},
+            store_latest_many({p.node.name: orjson.dumps(with_node(p.snapshot, p.node, p.batch)) for p in group},
                               {m for p in group for m in p.minutes if m < current})
         except Exception as exc:  # noqa: BLE001 - Redis down: each push of the group answers as it would alone
             for p in group:
@@ -145,13 +146,14 @@ class Committer:
             p.done.set()
 
     def _store(self, group: list[Pending]) -> None:
-        from dashboard.fleet.ingest import update_node
+        from dashboard.fleet.ingest import refresh_nodes, update_node
 
         partitions.ensure_days(set().union(*(p.days for p in group)))
         node_rows = [r for p in group for r in p.node_rows]
         gpu_rows = [r for p in group for r in p.gpu_rows]
         try:
             with transaction.atomic():
+                refresh_nodes([p.node for p in group])  # the nodes as they are now, for the replies and snapshots
                 copy_direct(node_rows, gpu_rows)
                 for p in group:
                     update_node(p.node, p.batch, p.now)
@@ -168,6 +170,17 @@ class Committer:
                 mine = [k for k in p.keys() if k in new]
                 new.difference_update(mine)  # the same sample in two pushes of a group is new for the first only
                 p.accepted = len(mine)
+
+
+def with_node(snapshot: dict[str, Any], node: NodeInfo, batch: Batch) -> dict[str, Any]:
+    """The snapshot with the node's fields as the commit's group read them."""
+    snapshot["pool"] = node.pool
+    snapshot["state"] = node.state
+    if batch.endpoint is None:
+        snapshot["endpoint"] = node.endpoint
+    if batch.models is None:
+        snapshot["models"] = node.models
+    return snapshot
 
 
 committer = Committer()

@@ -24,6 +24,8 @@ from django.utils import timezone
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from core.tokens import digest
 from dashboard.fleet.group_commit import Pending, committer
+from dashboard.fleet.node_tokens import cache as token_cache
+from dashboard.fleet.revocation import read_revocations
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics.latest import redis_client
 
@@ -37,6 +39,9 @@ POWER_DESIRED_KEY = "sy:power:desired"
 _MAX_GPU_INDEX = 255  # as the sample validation allows
 _MAX_WATTS = 5000.0  # power_limit_w's catalogue range
 _APPLIED_MAPS = ("power_limit_w", "power_asked_w", "power_default_w")
+
+
+UNKNOWN_TOKEN = "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P"
 
 
 @dataclass
@@ -63,19 +68,45 @@ class NodeInfo:
     last_seen: datetime | None
 
 
-def lookup_token(token: str) -> NodeInfo | None:
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT n.id, n.name, p.name, n.state, n.interval_s, n.endpoint, n.models, n.agent, n.last_seen "
-            "FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id JOIN fleet_pool p ON p.id = n.pool_id "
-            "WHERE t.digest = %s AND t.revoked IS NULL",
-            [digest(token)],
-        )
-        row = cur.fetchone()
-    if row is None:
-        return None
+_NODE_COLUMNS = "n.id, n.name, p.name, n.state, n.interval_s, n.endpoint, n.models, n.agent, n.last_seen"
+
+
+def _node_info(row: tuple[Any, ...]) -> NodeInfo:
     models = row[6] if isinstance(row[6], list) else json.loads(row[6] or "[]")
     return NodeInfo(row[0], row[1], row[2], row[3], row[4], row[5], models, row[7], row[8])
+
+
+def lookup_token(token: str) -> NodeInfo | None:
+    return lookup_digest(digest(token))
+
+
+def lookup_digest(dig: str) -> NodeInfo | None:
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT {_NODE_COLUMNS} "
+            "FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id JOIN fleet_pool p ON p.id = n.pool_id "
+            "WHERE t.digest = %s AND t.revoked IS NULL",
+            [dig],
+        )
+        row = cur.fetchone()
+    return None if row is None else _node_info(row)
+
+
+def refresh_nodes(nodes: list[NodeInfo]) -> None:
+    """Re-read the nodes' current rows (one query for a commit's group) into their NodeInfo, which the token cache
+    shares: an operator's change of state, interval or pool reaches the next push's reply. A node deleted meanwhile
+    keeps what it had (its push then fails on its own, see group_commit)."""
+    by_id: dict[int, list[NodeInfo]] = {}
+    for n in nodes:
+        by_id.setdefault(n.id, []).append(n)
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
+                    "WHERE n.id = ANY(%s)", [list(by_id)])
+        rows = cur.fetchall()
+    for row in rows:
+        fresh = _node_info(row)
+        for n in by_id[fresh.id]:
+            n.__dict__.update(fresh.__dict__)
 
 
 def decode_body(raw: bytes, encoding: str) -> bytes | Reply:
@@ -116,11 +147,13 @@ class NodeRedis:
 
     limited: Reply | None  # 429 when the node pushes too often
     power_limit_w: dict[str, float]  # the controller's caps for the node's GPUs
+    revocations: bytes | None  # the revocation counter (dashboard/fleet/revocation.py), for the token cache
 
 
 def redis_round(node: NodeInfo) -> NodeRedis:
-    """Count the push against the node's rate limit and read the power controller's caps for the node, in one
-    pipeline: the hottest path in the system gets no extra round trip for power capping."""
+    """Count the push against the node's rate limit, read the power controller's caps for the node and the token
+    revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
+    or for trusting its cached token."""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
     minute = int(now // 60)
@@ -129,13 +162,14 @@ def redis_round(node: NodeInfo) -> NodeRedis:
     pipe.incr(key)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
-    count, _, desired_raw = pipe.execute()
+    read_revocations(pipe)
+    count, _, desired_raw, _, revocations = pipe.execute()
     limited = None
     if count > limit:
         retry = max(1, 60 - int(now % 60))
         limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
                         **{"Retry-After": str(retry)})
-    return NodeRedis(limited, watts_map(_loads(desired_raw)))
+    return NodeRedis(limited, watts_map(_loads(desired_raw)), revocations)
 
 
 def _loads(raw: bytes | None) -> dict[str, Any] | None:
@@ -204,10 +238,28 @@ def authenticate(token: str | None) -> Pusher | Reply:
     node's rate limit (429). An unauthenticated client therefore holds neither memory nor an ingest thread."""
     if not token:
         return error(401, "missing node token: send 'Authorization: Bearer <token>' (python manage.py createnode)")
-    node = lookup_token(token)
-    if node is None:
-        return error(401, "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P")
+    dig = digest(token)
+    cached = token_cache.get(dig)
+    if cached is None:
+        # The counter is read before the lookup: a revocation that commits after the lookup raises it, and the
+        # next push then asks again (see node_tokens).
+        tag = read_revocations(redis_client().pipeline(transaction=False)).execute()[-1]
+        node = lookup_digest(dig)
+        if node is None:
+            return error(401, UNKNOWN_TOKEN)
+        token_cache.put(dig, node, tag)
+    else:
+        node, tag = cached
     rround = redis_round(node)
+    if cached is not None and rround.revocations != tag:
+        # Some token was revoked since this one was cached: ask the database (the counter just read is older
+        # than this lookup, so it is the right tag). The rate limit was counted for the same node either way.
+        token_cache.drop(dig)
+        fresh = lookup_digest(dig)
+        if fresh is None:
+            return error(401, UNKNOWN_TOKEN)
+        node = fresh
+        token_cache.put(dig, node, rround.revocations)
     if rround.limited is not None:
         return rround.limited
     return Pusher(node, rround.power_limit_w)
@@ -257,7 +309,7 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
     newest = max(batch.samples, key=lambda s: s.ts)
-    pending = Pending(node, batch, now, node_rows, gpu_rows, days, orjson.dumps(snapshot(node, batch, newest)),
+    pending = Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
                       sample_minutes(batch))
     return committer.submit(pending)
 
