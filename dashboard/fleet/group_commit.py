@@ -146,7 +146,7 @@ class Committer:
             p.done.set()
 
     def _store(self, group: list[Pending]) -> None:
-        from dashboard.fleet.ingest import refresh_nodes, update_node
+        from dashboard.fleet.ingest import refresh_nodes, update_nodes
 
         partitions.ensure_days(set().union(*(p.days for p in group)))
         node_rows = [r for p in group for r in p.node_rows]
@@ -155,8 +155,7 @@ class Committer:
             with transaction.atomic():
                 refresh_nodes([p.node for p in group])  # the nodes as they are now, for the replies and snapshots
                 copy_direct(node_rows, gpu_rows)
-                for p in group:
-                    update_node(p.node, p.batch, p.now)
+                update_nodes([(p.node, p.batch, p.now) for p in group])
             for p in group:
                 p.accepted = len(p.node_rows)
         except IntegrityError:
@@ -164,8 +163,7 @@ class Committer:
             ensure_staging()
             with transaction.atomic():
                 new = set(copy_deduplicated_keys(node_rows, gpu_rows))
-                for p in group:
-                    update_node(p.node, p.batch, p.now)
+                update_nodes([(p.node, p.batch, p.now) for p in group])
             for p in group:
                 mine = [k for k in p.keys() if k in new]
                 new.difference_update(mine)  # the same sample in two pushes of a group is new for the first only

@@ -321,42 +321,55 @@ def sample_minutes(batch: Batch) -> set[int]:
     return {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
 
 
-def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:
-    changes: dict[str, Any] = {}
-    if batch.endpoint is not None and batch.endpoint != node.endpoint:
-        changes["endpoint"] = batch.endpoint
-    if batch.models is not None and batch.models != node.models:
-        changes["models"] = json.dumps(batch.models)
-    if batch.agent and batch.agent != node.agent:
-        changes["agent"] = batch.agent
-    if changes or node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
-        changes["last_seen"] = now
-        sets = ", ".join(f"{k} = %s" for k in changes)
+def update_nodes(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
+    """Bring the nodes' rows up to date with a commit's group of pushes: a changed endpoint, model list or agent
+    version (rare: one UPDATE each), last_seen once a LAST_SEEN_RESOLUTION (one UPDATE for the group), and GPUs
+    reporting for the first time or with a new uuid/name (one upsert for the group)."""
+    seen: dict[int, datetime] = {}
+    for node, batch, now in pushes:
+        changes: dict[str, Any] = {}
+        if batch.endpoint is not None and batch.endpoint != node.endpoint:
+            changes["endpoint"] = batch.endpoint
+        if batch.models is not None and batch.models != node.models:
+            changes["models"] = json.dumps(batch.models)
+        if batch.agent and batch.agent != node.agent:
+            changes["agent"] = batch.agent
+        if changes:
+            changes["last_seen"] = now
+            sets = ", ".join(f"{k} = %s" for k in changes)
+            with connection.cursor() as cur:
+                cur.execute(f"UPDATE fleet_node SET {sets} WHERE id = %s", [*changes.values(), node.id])
+        elif node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
+            seen[node.id] = now
+    if seen:
         with connection.cursor() as cur:
-            cur.execute(f"UPDATE fleet_node SET {sets} WHERE id = %s", [*changes.values(), node.id])
-    upsert_gpus(node, batch, now)
+            cur.execute("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
+                        "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())])
+    upsert_gpus(pushes)
 
 
 _known_gpus: dict[tuple[int, int], tuple[str, str]] = {}
 
 
-def upsert_gpus(node: NodeInfo, batch: Batch, now: datetime) -> None:
+def upsert_gpus(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
     """Register GPUs the first time they report (or when their uuid/name change); a cache skips the rest."""
-    fresh = {}
-    for s in batch.samples:
-        for g in s.gpus:
-            if _known_gpus.get((node.id, g.index)) != (g.uuid, g.name):
-                fresh[g.index] = (g.uuid, g.name)
+    fresh: dict[tuple[int, int], tuple[str, str, datetime]] = {}
+    for node, batch, now in pushes:
+        for s in batch.samples:
+            for g in s.gpus:
+                if _known_gpus.get((node.id, g.index)) != (g.uuid, g.name):
+                    fresh[(node.id, g.index)] = (g.uuid, g.name, now)
     if not fresh:
         return
     with connection.cursor() as cur:
-        for index, (uuid, name) in fresh.items():
-            cur.execute(
-                "INSERT INTO fleet_gpu (node_id, index, uuid, name, first_seen) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (node_id, index) DO UPDATE SET uuid = EXCLUDED.uuid, name = EXCLUDED.name",
-                [node.id, index, uuid, name, now],
-            )
-    transaction.on_commit(lambda: _known_gpus.update({(node.id, i): v for i, v in fresh.items()}))
+        cur.execute(
+            "INSERT INTO fleet_gpu (node_id, index, uuid, name, first_seen) "
+            "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::timestamptz[]) "
+            "ON CONFLICT (node_id, index) DO UPDATE SET uuid = EXCLUDED.uuid, name = EXCLUDED.name",
+            [[k[0] for k in fresh], [k[1] for k in fresh], [v[0] for v in fresh.values()],
+             [v[1] for v in fresh.values()], [v[2] for v in fresh.values()]],
+        )
+    transaction.on_commit(lambda: _known_gpus.update({k: v[:2] for k, v in fresh.items()}))
 
 
 _HOST = [m.name for m in HOST_METRICS]
