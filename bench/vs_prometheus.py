@@ -1,6 +1,6 @@
 """Switchyard's ingest beside Prometheus on the same simulated fleet, in one run on one machine.
 
-    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, about 6 minutes
+    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, about 7 minutes
     .venv/bin/python bench/vs_prometheus.py --nodes 1000,2000 --window 30 --interval 5 --json out.json
 
 The fleet: N nodes x G GPUs (default 8) with the full metric catalogue (25 host and inference values per node, 33
@@ -18,6 +18,8 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
    over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
    PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
+   With --batch 1,4 (the default) it sweeps twice: one sample per push, then 4 samples per push every 4 x
+   --interval (as an agent that batches, or is back from an outage, sends them): the same values per second.
 
 Each system's sweep stops at its first step that falls behind. Then, per system: highest fleet held, values/s,
 CPU-seconds per million values (at the highest fleet held), memory (RSS of Prometheus; of the server processes and,
@@ -450,20 +452,37 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
             "fleet_avg_raw_ms": timed(lambda: sql(raw_sql)), "rollup_s": rollup_s}
 
 
-def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any]) -> dict[str, Any]:
-    import ingest as ingest_bench
+def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1
+                   ) -> dict[str, Any]:
+    """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
+    --interval seconds, the same values per second in fewer, larger pushes."""
+    import gzip
 
-    log(f"switchyard: preparing {max(sweep)} nodes in database {BENCH_DB} ...")
+    import ingest as ingest_bench
+    import orjson
+
+    label = "switchyard" if batch == 1 else f"switchyard x{batch}"
+    log(f"{label}: preparing {max(sweep)} nodes in database {BENCH_DB} ...")
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus)
     random.seed(11)
     templates = [ingest_bench.sample_template(args.gpus) for _ in range(VARIANTS)]
+    period = args.interval * batch
+    window = max(args.window, period)  # every agent pushes at least once in the window
 
     class Agent(ingest_bench.Agent):
-        """bench/ingest.py's virtual agent with new values in every push (VARIANTS sample bodies, cycled)."""
+        """bench/ingest.py's virtual agent with new values in every sample (VARIANTS sample bodies, cycled), and
+        `batch` samples per push."""
 
         def payload(self) -> bytes:
-            self.template = templates[(self.seq + self.offset) % VARIANTS]
-            return super().payload()
+            now = datetime.now(UTC)
+            samples = []
+            for j in range(batch):
+                self.seq += 1
+                ts = (now - timedelta(seconds=args.interval * (batch - 1 - j))).isoformat(timespec="milliseconds")
+                samples.append({"ts": ts.replace("+00:00", "Z"), "seq": self.seq,
+                                **templates[(self.seq + self.offset) % VARIANTS]})  # type: ignore[attr-defined]
+            body = {"node": self.name, "agent": "bench/1.0", "samples": samples}
+            return gzip.compress(orjson.dumps(body), compresslevel=1)
 
     port = free_port()
     # As benchlib.start_server, but the process is on the list before the wait: Ctrl-C during it stops it too.
@@ -475,7 +494,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
     steps = []
     for n in sweep:
-        log(f"switchyard: {n} nodes x {args.gpus} GPUs every {args.interval:g} s ...")
+        log(f"{label}: {n} nodes x {args.gpus} GPUs every {args.interval:g} s, {batch} sample(s) per push ...")
         agents = []
         for i, (name, token) in enumerate(nodes[:n]):
             a = Agent(name, token, "127.0.0.1", port, templates[0])
@@ -485,10 +504,10 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         pg = pg_procs(BENCH_DB)
         c0, p0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), machine_idle()
         me0 = time.process_time()
-        stats = asyncio.run(ingest_bench.run_load(agents, args.interval, args.window, f"{n} nodes"))
+        stats = asyncio.run(ingest_bench.run_load(agents, period, window, f"{n} nodes"))
         # run_load sleeps after each agent's last push until its next turn: the pushes span the window, not
         # the whole call, so rates are per window second (as bench/ingest.py reports them).
-        took = args.window
+        took = window
         c1, p1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(BENCH_DB)), machine_idle()
         loadgen = time.process_time() - me0
         time.sleep(1)
@@ -496,8 +515,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         values = stored * (args.gpus * 33 + 25)
         server_cpu, pg_cpu = cpu_delta(c0, c1), cpu_delta(p0, p1)
         p95 = percentile(stats.latencies, 0.95) * 1000
-        lost = stats.ok - stored
-        step = {"system": "switchyard", "nodes": n, "values_s": round(values / took),
+        lost = stats.ok * batch - stored
+        step = {"system": label, "batch": batch, "nodes": n, "values_s": round(values / took),
                 "expected_values_s": round(n * (args.gpus * 33 + 25) / args.interval), "pushes_ok": stats.ok,
                 "errors": stats.errors, "lost": lost, "p50_ms": round(percentile(stats.latencies, 0.5) * 1000, 1),
                 "p95_ms": round(p95, 1), "server_cpu_cores": round(server_cpu / took, 3),
@@ -506,7 +525,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                 "loadgen_cpu_cores": round(loadgen / took, 3), "machine_idle_cores": round(idle_cores(i0, i1), 2),
                 "rss_bytes": rss_of(tree(server.pid)), "pg_uss_bytes": uss_of(pg_procs(BENCH_DB)),
                 "held": p95 <= 250 and lost <= 0 and not stats.errors}
-        log(f"switchyard: {json.dumps(step)}")
+        log(f"{label}: {json.dumps(step)}")
         steps.append(step)
         if not step["held"]:
             break
@@ -564,11 +583,19 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> str:
-    p, s = best(results.get("prometheus", {"steps": []})), best(results.get("switchyard", {"steps": []}))
-    if not p or not s:
-        return "ratio: one system held no step of the sweep"
-    return (f"switchyard / prometheus in this run: values/s held {s['values_s'] / p['values_s']:.2f}x (goal >= 1.0), "
-            f"CPU-s per million values {s['cpu_s_per_million'] / p['cpu_s_per_million']:.2f}x (goal <= 1.0)")
+    p = best(results.get("prometheus", {"steps": []}))
+    lines = []
+    for name, r in results.items():
+        if name == "prometheus":
+            continue
+        s = best(r)
+        if not p or not s:
+            lines.append(f"{name} / prometheus: one of them held no step of the sweep")
+            continue
+        lines.append(f"{name} / prometheus in this run: values/s held {s['values_s'] / p['values_s']:.2f}x "
+                     f"(goal >= 1.0), CPU-s per million values {s['cpu_s_per_million'] / p['cpu_s_per_million']:.2f}x"
+                     " (goal <= 1.0)")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -583,6 +610,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of Switchyard's server (default 2)")
     parser.add_argument("--systems", default="prometheus,switchyard",
                         help="which systems to run, comma-separated (default both)")
+    parser.add_argument("--batch", default="1,4",
+                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4: "
+                             "one sample every --interval, and 4 samples every 4 x --interval, as an agent that "
+                             "batches or is back from an outage sends them; the same values per second)")
     parser.add_argument("--query-rounds", type=int, default=5, help="times each query is timed; median (default 5)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--serve-exposition", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -616,7 +647,12 @@ def main() -> int:
                 stop(p)
             started.clear()
         if "switchyard" in systems:
-            results["switchyard"] = run_switchyard(sweep, args, started)
+            for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
+                results["switchyard" if batch == 1 else f"switchyard x{batch}"] = run_switchyard(
+                    sweep, args, started, batch)
+                for p in reversed(started):
+                    stop(p)
+                started.clear()
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
         return 130
