@@ -1,6 +1,6 @@
 """Switchyard's ingest beside Prometheus on the same simulated fleet, in one run on one machine.
 
-    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, about 7 minutes
+    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, 6-10 minutes
     .venv/bin/python bench/vs_prometheus.py --nodes 1000,2000 --window 30 --interval 5 --json out.json
 
 The fleet: N nodes x G GPUs (default 8) with the full metric catalogue (25 host and inference values per node, 33
