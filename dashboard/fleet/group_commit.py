@@ -9,8 +9,10 @@ large as the load makes it. The cost of a push becomes mostly the cost of its va
 
 A failure is reported to exactly the pushes it hit. A replayed sample (unique violation) makes the group take the
 slow path together (staging tables, INSERT .. ON CONFLICT DO NOTHING), each push still told how many of its own
-samples were new. Any other database error rolls the group back and commits each push alone, so only the pushes
-whose rows fail (a node deleted meanwhile, the database gone) get the error; the others succeed.
+samples were new. Any other error of the rows (a constraint: a node deleted meanwhile) rolls the group back and
+commits each push alone, so only the pushes whose rows fail get the error; the others succeed. When the database
+itself is gone (OperationalError, InterfaceError) every push of the group gets the error at once (503: the agents
+keep their samples and retry) rather than after one connection attempt each.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 
 from dashboard.metrics import partitions
 from dashboard.metrics.latest import store_latest_many
@@ -124,9 +126,12 @@ class Committer:
             self._store(group)
         except DatabaseError as exc:
             connection.close()  # leave no half-done transaction; the next commit reconnects
-            if len(group) == 1:
-                group[0].error = exc
-                group[0].done.set()
+            if len(group) == 1 or isinstance(exc, OperationalError | InterfaceError):
+                # One push, or the database itself is gone (every push would fail alone too, each after its own
+                # connection attempt): every push of the group gets the error now.
+                for p in group:
+                    p.error = exc
+                    p.done.set()
                 return
             log.info("ingest: a group of %d pushes failed (%s); committing each alone", len(group), exc)
             for p in group:
