@@ -10,9 +10,10 @@ large as the load makes it. The cost of a push becomes mostly the cost of its va
 A failure is reported to exactly the pushes it hit. A replayed sample (unique violation) makes the group take the
 slow path together (staging tables, INSERT .. ON CONFLICT DO NOTHING), each push still told how many of its own
 samples were new. Any other error of the rows (a constraint: a node deleted meanwhile) rolls the group back and
-commits each push alone, so only the pushes whose rows fail get the error; the others succeed. When the database
-itself is gone (OperationalError, InterfaceError) every push of the group gets the error at once (503: the agents
-keep their samples and retry) rather than after one connection attempt each.
+commits each push alone, so only the pushes whose rows fail get the error; the others succeed. A lost connection
+(OperationalError, InterfaceError: a database restart) gets the group one more try on a new connection; if the
+database is gone, every push of the group gets the error then (503: the agents keep their samples and retry),
+after one connection attempt rather than one each.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class Committer:
         self._gate = threading.Lock()  # held by hold(): tests queue pushes and release them as one group
         self.groups = 0  # commits made, for tests and the log
         self.waiting = 0  # pushes submitted and not yet answered (tests poll it; read without the lock)
+        self.backend_pid: int | None = None
         self._count = threading.Lock()
 
     def submit(self, p: Pending) -> int:
@@ -121,23 +123,31 @@ class Committer:
                             p.error = exc
                             p.done.set()
 
-    def _commit(self, group: list[Pending]) -> None:
+    def _commit(self, group: list[Pending], retried: bool = False) -> None:
         try:
             self._store(group)
         except DatabaseError as exc:
-            connection.close()  # leave no half-done transaction; the next commit reconnects
-            if len(group) == 1 or isinstance(exc, OperationalError | InterfaceError):
-                # One push, or the database itself is gone (every push would fail alone too, each after its own
-                # connection attempt): every push of the group gets the error now.
+            connection.close()  # leave no half-done transaction; the next attempt reconnects
+            if isinstance(exc, OperationalError | InterfaceError):
+                # The connection, not the rows: a database restart drops it. Try the group once on a new one; if
+                # the database is gone, every push gets the error after one connection attempt, not one each.
+                if not retried:
+                    self._commit(group, retried=True)
+                    return
                 for p in group:
                     p.error = exc
                     p.done.set()
+                return
+            if len(group) == 1:
+                group[0].error = exc
+                group[0].done.set()
                 return
             log.info("ingest: a group of %d pushes failed (%s); committing each alone", len(group), exc)
             for p in group:
                 self._commit([p])
             return
         self.groups += 1
+        self.backend_pid = connection.connection.info.backend_pid  # which PostgreSQL backend commits (tests, ops)
         try:
             # After the commit (the rollups must see the rows before they see the flag), read the clock now: a
             # minute that ended during the commit is flagged too.
