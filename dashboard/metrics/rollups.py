@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db import connection, transaction
 
-from dashboard.metrics import partitions, schema
+from dashboard.metrics import fleet_rollup, partitions, schema
 from dashboard.metrics.latest import LATE_HOURS_KEY, LATE_MINUTES_KEY, redis_client
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ def aggregate(resolution: str, lo: datetime, hi: datetime) -> None:
         for kind in ("gpu", "node"):
             src = schema.RAW_GPU if kind == "gpu" else schema.RAW_NODE
             cur.execute(_SQL[(src.name, schema.ROLLUPS[(kind, resolution)].name)], [lo, hi])
+        if resolution == "1m":
+            # Same transaction: the fleet's minutes never disagree with the rollups they summarise.
+            fleet_rollup.aggregate(cur, lo, hi)
 
 
 def _watermark(name: str) -> datetime | None:
