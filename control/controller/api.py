@@ -314,7 +314,9 @@ class PowerOut(serializers.Serializer):
     converged = serializers.IntegerField(allow_null=True, help_text="GPUs whose reported limit matches the cap")
     nodes_not_converged = serializers.ListField(child=serializers.CharField())
     mean_power_w = serializers.FloatField(allow_null=True)
-    energy_per_token_j = serializers.FloatField(allow_null=True, help_text="joules per generated token, last hour")
+    energy_per_token_j = serializers.FloatField(allow_null=True, help_text="joules per generated token")
+    energy_window = serializers.CharField(allow_null=True, help_text="the window energy per token was computed over "
+                                          "(the last hour, else the last 15 minutes); null with no tokens or power")
 
 
 class PowerSummary(APIView):
