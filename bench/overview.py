@@ -8,9 +8,12 @@ Uses its own database (default `switchyard_bench_overview`, created and migrated
 sample tables are emptied when it (re)generates) so a running demo is never touched.
 
 1. Generate: 24 h of per-GPU and per-node minute rollups (INSERT .. SELECT generate_series: 11.5 M GPU rows at the
-   default size), the gateway's per-minute totals, and a few hundred audit events to draw as markers. The fleet's
-   minute table is then built by the real code (fleet_rollup.aggregate, an hour at a time) and the steady-state
-   cost of one minute's fleet rollup (what each minute's rollup run adds) is timed.
+   default size), the gateway's per-minute totals, and a few hundred audit events to draw as markers; VACUUM
+   ANALYZE (as autovacuum would: BRIN summaries, statistics). The fleet's minute table is then built from the
+   stored rollups (fleet_rollup.rebuild, what the migration's backfill runs), an hour at a time.
+   Steady state: one minute of raw samples for the whole fleet (12 per GPU) is rolled up by the real
+   rollups.aggregate("1m") (minute rollups + the fleet's minute in one statement), timed against the two minute
+   upserts alone: what the fleet table adds to every minute's rollup run.
 2. Measure: GET /api/v1/overview/trends for every range through Django's test client with a viewer token (view,
    auth, queries and JSON: the whole server side of the call), `--calls` times each; p50/p95 against the 200 ms
    target.
@@ -120,34 +123,59 @@ def generate(nodes: int, gpus: int, hours: int, end: datetime) -> None:
                           before={"size": 10}, after={"size": 12}, details={"rule": "gpu_util_pct>85"})
                for i in range(hours * 6)]
     AuditEvent.objects.bulk_create(events)
+    print(f"generated in {time.perf_counter() - t0:.0f} s; vacuum analyze…", flush=True)
     with connection.cursor() as cur:
-        cur.execute("ANALYZE gpu_sample_1m; ANALYZE node_sample_1m;")
-    print(f"generated in {time.perf_counter() - t0:.0f} s", flush=True)
+        cur.execute("VACUUM ANALYZE gpu_sample_1m")
+        cur.execute("VACUUM ANALYZE node_sample_1m")
 
     t1 = time.perf_counter()
     lo = start
     while lo < end:
         with transaction.atomic(), connection.cursor() as cur:
-            fleet_rollup.aggregate(cur, lo, min(lo + step, end))
+            fleet_rollup.rebuild(cur, lo, min(lo + step, end))
         lo += step
     print(f"fleet minute table built from the rollups in {time.perf_counter() - t1:.1f} s "
           f"({hours * 60} minutes)", flush=True)
 
 
-def time_fleet_minute(end: datetime, rounds: int = 10) -> list[float]:
-    """One minute's fleet rollup (what every minute's rollup run adds), on minutes with a full fleet."""
+def time_minute_rollup(end: datetime, rounds: int = 5) -> tuple[list[float], list[float]]:
+    """One minute of the whole fleet's raw samples rolled up: rollups.aggregate("1m") (with the fleet's minute)
+    and, alternately, the two minute upserts alone. Returns (with fleet ms, without ms)."""
     from django.db import connection, transaction
 
-    from dashboard.metrics import fleet_rollup
+    from dashboard.metrics import partitions, rollups, schema
 
-    out = []
-    for i in range(rounds):
-        m = end - timedelta(minutes=5 + i)
+    m = end + timedelta(minutes=2)  # past the generated rollups: a minute of its own
+    partitions.ensure_days({m.date()})
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("DELETE FROM gpu_sample WHERE ts >= %s AND ts < %s", [m, m + timedelta(minutes=1)])
+        cur.execute("DELETE FROM node_sample WHERE ts >= %s AND ts < %s", [m, m + timedelta(minutes=1)])
+        cur.execute(
+            "INSERT INTO gpu_sample (ts, node_id, gpu, seq, gpu_util_pct, power_w) "
+            "SELECT %s::timestamptz + k * interval '5 seconds', n.id, g, k, 50 + 40 * random(), 300 + 300 * random() "
+            "FROM generate_series(0, 11) k CROSS JOIN (SELECT id FROM fleet_node WHERE name LIKE 'bench-%%') n "
+            "CROSS JOIN generate_series(0, 7) g", [m])
+        cur.execute(
+            "INSERT INTO node_sample (ts, node_id, seq, generation_tokens_s, requests_waiting, ttft_p95_s, e2e_p95_s) "
+            "SELECT %s::timestamptz + k * interval '5 seconds', n.id, 1000000 + k, 500 * random(), 10, 0.2, 2.5 "
+            "FROM generate_series(0, 11) k CROSS JOIN (SELECT id FROM fleet_node WHERE name LIKE 'bench-%%') n", [m])
+    plain = [rollups._SQL[(schema.RAW_GPU.name, schema.GPU_1M.name)],
+             rollups._SQL[(schema.RAW_NODE.name, schema.NODE_1M.name)]]
+    with_fleet: list[float] = []
+    without: list[float] = []
+    hi = m + timedelta(minutes=1)
+    for _ in range(rounds):
+        t = time.perf_counter()
+        rollups.aggregate("1m", m, hi)
+        with_fleet.append((time.perf_counter() - t) * 1000)
         t = time.perf_counter()
         with transaction.atomic(), connection.cursor() as cur:
-            fleet_rollup.aggregate(cur, m, m + timedelta(minutes=1))
-        out.append((time.perf_counter() - t) * 1000)
-    return out
+            for sql in plain:
+                cur.execute(sql, [m, hi])
+        without.append((time.perf_counter() - t) * 1000)
+    with connection.cursor() as cur:  # leave the range's data as generated
+        cur.execute("DELETE FROM metrics_fleet_1m WHERE bucket >= %s", [m])
+    return with_fleet, without
 
 
 DIRECT_SQL = """
@@ -188,15 +216,17 @@ def main() -> None:
     else:
         print(f"reusing {nodes} nodes and {minutes} fleet minutes in {args.db} (--regenerate to rebuild)")
     with connection.cursor() as cur:
-        cur.execute("SELECT max(bucket) FROM metrics_fleet_1m")
+        cur.execute("SELECT max(bucket) FROM metrics_fleet_1m WHERE bucket < now()")
         end = cur.fetchone()[0] + timedelta(minutes=1)
         cur.execute("SELECT count(*) FROM gpu_sample_1m WHERE bucket >= %s", [end - timedelta(hours=args.hours)])
         gpu_rows = cur.fetchone()[0]
     print(f"data: {gpu_rows / 1e6:.1f} M GPU minute rows up to {end:%Y-%m-%d %H:%M} UTC")
 
-    fm = time_fleet_minute(end)
-    print(f"fleet rollup of one minute ({args.nodes * args.gpus} GPU rows): p50 {percentile(fm, 0.5):.1f} ms, "
-          f"max {max(fm):.1f} ms")
+    with_fleet, without = time_minute_rollup(end)
+    print(f"rollup of one minute ({args.nodes * args.gpus * 12} raw GPU samples): with the fleet's minute p50 "
+          f"{percentile(with_fleet, 0.5):.0f} ms (max {max(with_fleet):.0f}), minute upserts alone p50 "
+          f"{percentile(without, 0.5):.0f} ms (max {max(without):.0f}); ratio "
+          f"{percentile(with_fleet, 0.5) / percentile(without, 0.5):.2f}")
 
     from django.contrib.auth import get_user_model
 

@@ -75,6 +75,8 @@ _SQL = {
         (schema.RAW_NODE, schema.NODE_1H),
     )
 }
+_MINUTES_WITH_FLEET = fleet_rollup.with_minute_upserts(_SQL[(schema.RAW_GPU.name, schema.GPU_1M.name)],
+                                                      _SQL[(schema.RAW_NODE.name, schema.NODE_1M.name)])
 
 
 def aggregate(resolution: str, lo: datetime, hi: datetime) -> None:
@@ -82,12 +84,13 @@ def aggregate(resolution: str, lo: datetime, hi: datetime) -> None:
     days = {lo.date() + timedelta(days=i) for i in range((hi - lo).days + 1)}
     partitions.ensure_days(days)
     with transaction.atomic(), connection.cursor() as cur:
+        if resolution == "1m":
+            # The fleet's minutes are summed from what the two upserts write, in the same statement.
+            cur.execute(_MINUTES_WITH_FLEET, [lo, hi, lo, hi])
+            return
         for kind in ("gpu", "node"):
             src = schema.RAW_GPU if kind == "gpu" else schema.RAW_NODE
             cur.execute(_SQL[(src.name, schema.ROLLUPS[(kind, resolution)].name)], [lo, hi])
-        if resolution == "1m":
-            # Same transaction: the fleet's minutes never disagree with the rollups they summarise.
-            fleet_rollup.aggregate(cur, lo, hi)
 
 
 def _watermark(name: str) -> datetime | None:

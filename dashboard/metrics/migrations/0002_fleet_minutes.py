@@ -4,7 +4,7 @@ from django.db import migrations
 
 from dashboard.metrics import fleet_rollup
 
-BACKFILL = fleet_rollup._UPSERT.replace("%(lo)s", "'-infinity'").replace("%(hi)s", "'infinity'")
+BACKFILL = fleet_rollup.REBUILD_SQL.replace("%(lo)s", "'-infinity'").replace("%(hi)s", "'infinity'")
 
 
 class Migration(migrations.Migration):
