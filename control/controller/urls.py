@@ -8,6 +8,7 @@ urlpatterns = [
     path("api/v1/scaling/pools/", api.ScalingPools.as_view(), name="scaling-pools"),
     path("api/v1/scaling/pools/<str:pool>/scale/", api.ScalePool.as_view(), name="scaling-scale"),
     path("api/v1/scaling/pools/<str:pool>/forecast/", api.Forecast.as_view(), name="scaling-forecast"),
+    path("api/v1/scaling/pools/<str:pool>/timeline/", api.Timeline.as_view(), name="scaling-timeline"),
     path("api/v1/scaling/actions/", api.ActionList.as_view(), name="scaling-actions"),
     path("api/v1/scaling/actions/<int:pk>/", api.ActionDetail.as_view(), name="scaling-action"),
     path("api/v1/scaling/actions/<int:pk>/revert/", api.ActionRevert.as_view(), name="scaling-revert"),
