@@ -60,6 +60,7 @@ class LoadSpec:
     # None: independent prompts drawn from prompt_tokens / max_tokens; else shared-prefix or multi-turn
     # (workloads.py), whose requests come from their own seeded generator.
     workload: Workload | None = None
+    prompt_tag: str = ""  # independent prompts start with it: the same sequence with texts no cache has seen
 
 
 def arrivals(curve: Curve, duration_s: float, rng: random.Random, divisor: float = 1.0) -> list[float]:
@@ -164,7 +165,7 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
                 out.error = "client overloaded (--max-outstanding reached)"
                 continue
             if messages is None:
-                messages = [{"role": "user", "content": prompt_of(spec.prompt_tokens.pick(rng), rng)}]
+                messages = [{"role": "user", "content": spec.prompt_tag + prompt_of(spec.prompt_tokens.pick(rng), rng)}]
                 max_tokens = spec.max_tokens.pick(rng)
             payload = {"model": spec.model, "messages": messages, "max_tokens": max_tokens,
                        "temperature": spec.temperature, "stream": stream, **spec.extra_body}

@@ -58,6 +58,7 @@ class SharedPrefix:
     system_tokens: int = 2048
     question_tokens: int = 128
     answer_tokens: int = 64
+    tag: str = ""  # prepended to every text: the same structure and arrivals with texts no cache has seen (benches)
 
     def check(self) -> None:
         _check_int("--groups", self.groups, 1, 10_000)
@@ -67,9 +68,9 @@ class SharedPrefix:
         _check_int("--answer-tokens", self.answer_tokens, 1, 32_768)
 
     def plan(self, arrivals: list[float], rng: random.Random) -> list[Planned]:
-        systems = [text_of(self.system_tokens, rng, f"[system {g}]") for g in range(self.groups)]
-        questions = [[text_of(self.question_tokens, rng, f"[question {g}.{p}]") for p in range(self.prompts_per_group)]
-                     for g in range(self.groups)]
+        systems = [text_of(self.system_tokens, rng, f"{self.tag}[system {g}]") for g in range(self.groups)]
+        questions = [[text_of(self.question_tokens, rng, f"{self.tag}[question {g}.{p}]")
+                      for p in range(self.prompts_per_group)] for g in range(self.groups)]
         pairs = [(g, p) for g in range(self.groups) for p in range(self.prompts_per_group)]
         order: list[tuple[int, int]] = []
         out = []
@@ -90,6 +91,7 @@ class MultiTurn:
     turn_tokens: int = 128
     answer_tokens: int = 64
     think_s: float = 3.0
+    tag: str = ""  # as SharedPrefix.tag
 
     def check(self) -> None:
         _check_int("--turns", self.turns, 1, 1000)
@@ -104,7 +106,8 @@ class MultiTurn:
         plus nothing for the answer (open loop); turns planned past the duration are not sent."""
         out = []
         for s, t in enumerate(starts):
-            messages = [{"role": "system", "content": text_of(self.context_tokens, rng, f"[session {s} context]")}]
+            context = text_of(self.context_tokens, rng, f"{self.tag}[session {s} context]")
+            messages = [{"role": "system", "content": context}]
             for turn in range(self.turns):
                 if turn:
                     messages = [*messages, {"role": "assistant", "content": text_of(self.answer_tokens, rng)}]
