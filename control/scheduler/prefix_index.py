@@ -25,6 +25,9 @@ from collections.abc import Iterable
 from typing import Any
 
 Keys = tuple[int, ...]
+# Nodes holding a shallower match than the deepest are scored too while there are at most this many (a prefix sent
+# to most of a large fleet is no reason to prefer any node of it, and would make each lookup cost the fleet).
+MAX_SHALLOW = 8
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -112,31 +115,42 @@ class PrefixIndex:
                 self._drop(key, node)
 
     def matches(self, keys: Keys, among: Iterable[str] | None = None) -> dict[str, int]:
-        """Node -> how many of the prompt's leading blocks it holds (only nodes holding at least the first).
-        The walk stops at the first block no candidate holds any more, so it costs the matched blocks' holders."""
-        if not keys:
+        """Node -> how many of the prompt's leading blocks it holds, for the nodes holding the most of them (and,
+        while there are few, every node holding at least the first block).
+
+        Chained keys make holding monotone along the prompt (a node holding block i was sent blocks 0..i), so the
+        deepest block anyone holds is found by binary search over the keys, and each node's own depth by binary
+        search in its LRU: O(log blocks) lookups per node looked at, never a walk over every block."""
+        holders = self.holders
+        if not keys or keys[0] not in holders:
             return {}
-        first = self.holders.get(keys[0])
-        if not first:
-            return {}
-        alive = set(first) if among is None else first.intersection(among)
-        counts: dict[str, int] = {}
-        i = 1
-        for i in range(1, len(keys)):
-            if not alive:
-                return counts
-            held = self.holders.get(keys[i])
-            if held is None:
-                break
-            if not alive <= held:
-                for name in alive - held:
-                    counts[name] = i
-                alive &= held
-        else:
-            i = len(keys)
-        for name in alive:
-            counts[name] = i
-        return counts
+        lo, hi = 1, len(keys)  # blocks held by someone: at least lo, at most hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if keys[mid - 1] in holders:
+                lo = mid
+            else:
+                hi = mid - 1
+        out = dict.fromkeys(holders[keys[lo - 1]], lo)
+        first = holders[keys[0]]
+        if len(first) > len(out) and len(first) <= MAX_SHALLOW:
+            nodes = self.nodes
+            for name in first:
+                if name in out:
+                    continue
+                lru = nodes[name]
+                a, b = 1, lo - 1
+                while a < b:
+                    mid = (a + b + 1) // 2
+                    if keys[mid - 1] in lru:
+                        a = mid
+                    else:
+                        b = mid - 1
+                out[name] = a
+        if among is not None:
+            wanted = set(among)
+            return {n: c for n, c in out.items() if n in wanted}
+        return out
 
     def size(self, node: str) -> int:
         lru = self.nodes.get(node)
