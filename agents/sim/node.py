@@ -57,6 +57,7 @@ class SimNode:
         self.admin_state: str | None = None  # what Switchyard wants of the node (active/draining/cordoned)
         self.created = time.time()
         self.fingerprint = f"fp_sim_{profile.name}"
+        self.metrics_style = "vllm"  # or "sglang": which server's /metrics names this node exposes
         self._released = asyncio.Event()  # set to let hung connections go (they are then dropped)
 
     # -- state ----------------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ class SimNode:
         if req.method not in ("GET", "HEAD"):
             return self._error(405, f"{path} takes GET, not {req.method}", "method_not_allowed")
         if path == "/metrics":
-            return Response(200, render(self.engine, self.model).encode(),
+            return Response(200, render(self.engine, self.model, style=self.metrics_style).encode(),
                             content_type="text/plain; version=0.0.4; charset=utf-8")
         if path == "/health":
             if self.failure == "error":

@@ -33,6 +33,7 @@ class RequestContext:
     retries: int = 0
     error: str = ""
     receive: Any = None  # the ASGI receive channel: tells a stream that its client went away
+    prefix: tuple[int, ...] = ()  # the prompt's block keys when the policy routes by cache affinity (prefix_index)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """What every completion answer says about how the gateway handled it."""

@@ -28,6 +28,7 @@ from control.scheduler.config import Priorities, default_config
 from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
 from control.scheduler.intake import DEFAULT_MAX_BODY, ROUTES, header_map, parse, read_body, usage
+from control.scheduler.prefix_index import block_keys, prompt_text
 from control.scheduler.priority import request_class
 from control.scheduler.prom import GatewayMetrics
 from control.scheduler.proxy import Proxy
@@ -210,6 +211,8 @@ class Gateway:
                              cache="off", ckey=None, path=scope["path"], raw=raw,
                              request_id=headers.get("x-request-id", ""), receive=receive)
         cfg = self.sched.config
+        if cfg.uses_prefix:
+            ctx.prefix = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks)
         if cfg.cache_enabled and answers.cacheable(body):
             owner = answers.tenant(caller, cfg.cache_shared, headers.get(answers.ON_BEHALF_HEADER, ""))
             ctx.ckey = answers.key(scope["path"], body, owner)

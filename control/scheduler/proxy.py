@@ -79,7 +79,7 @@ class Proxy:
             self._rid += 1
             rid = self._rid
             try:
-                node = await self.admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid)
+                node = await self.admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",
