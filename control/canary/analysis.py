@@ -29,6 +29,9 @@ from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
+# The stream id is when the gateway's writer flushed the entry (a fraction of a second after the request ended):
+# read a little either side by id, then keep the entries whose own `ts` is inside the window.
+ID_SLACK_S = 5.0
 
 
 @dataclass
@@ -72,7 +75,7 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
     the answer cache are left out: they say nothing about the routing policy."""
     arms = {STABLE: Arm(), CANARY: Arm()}
     r = redis_client()
-    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(end)
+    low, high = reqlog.stream_id_at(start - ID_SLACK_S), reqlog.stream_id_at(end + ID_SLACK_S)
     wanted = str(canary_id).encode()
     while True:
         batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
@@ -85,6 +88,8 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
             try:
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
+                continue
+            if not start <= e.ts <= end:
                 continue
             arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
