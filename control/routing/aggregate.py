@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
+from control.canary import minutes as arm_minutes
 from control.routing import histogram, reqlog
 from control.routing.models import RequestMinute, RequestTotal, StreamCursor
 from dashboard.metrics.latest import redis_client
@@ -159,6 +160,7 @@ def _batch(result: RunResult) -> bool:
         with connection.cursor() as cur:
             cur.executemany(_UPSERT, params)
             cur.executemany(_UPSERT_TOTAL, totals(buckets))
+        arm_minutes.fold(entries)  # a running canary's minutes, per arm, in the same transaction
         after_upsert()
         cursor.last_id = raw[-1][0].decode()
         cursor.processed += len(entries)

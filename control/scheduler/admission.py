@@ -19,6 +19,15 @@ class Admission:
         self.counters = counters
         self.priorities: Priorities = default_priorities()
         self.waitq = WaitQueue()
+        # A running canary's other core (canary_arm.py): it counts this core's sends and finishes too.
+        self.twin: Scheduler | None = None
+
+    def _sent(self, node: Node, rid: int, prefix: Keys = ()) -> None:
+        now = time.time()
+        self.sched.sent(node, rid, now, prefix)
+        twin = self.twin.nodes.get(node.name) if self.twin is not None else None
+        if twin is not None:
+            self.twin.sent(twin, rid, now, prefix)
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
@@ -28,7 +37,7 @@ class Admission:
         `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them)."""
         pick = self.sched.pick(model, exclude, prefix)
         if pick.node is not None:
-            self.sched.sent(pick.node, rid, time.time(), prefix)
+            self._sent(pick.node, rid, prefix)
             return pick.node
         if pick.verdict == "unknown_model":
             raise Reply(404, f"no node serves model {model!r}; GET /v1/models lists the models the fleet serves",
@@ -73,11 +82,14 @@ class Admission:
             pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix)
             if pick.node is None:
                 return None
-            self.sched.sent(pick.node, waiter.rid, time.time(), waiter.prefix)
+            self._sent(pick.node, waiter.rid, waiter.prefix)
             return pick.node
 
         self.waitq.dispatch([c.name for c in self.priorities.ordered()], grant)
 
     def finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool) -> None:
         self.sched.finished(node, rid, ttft_s, ok=ok)
+        twin = self.twin.nodes.get(node.name) if self.twin is not None else None
+        if twin is not None:
+            self.twin.finished(twin, rid, ttft_s, ok=ok)
         self.dispatch()
