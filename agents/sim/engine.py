@@ -100,6 +100,7 @@ class Engine:
         self.profile = profile
         self.time_scale = time_scale
         self.slow = 1.0  # slow_down factor: multiplies every step's time
+        self.prefix_caching = True  # off: every prompt is prefilled whole (a deployment's prefix_caching false)
         # Set by the node to its virtual NVML: the time factor (>= 1) of the power cap at a given utilisation.
         self.dvfs: Callable[[float], float] = lambda util: 1.0
         self._clock = clock
@@ -208,7 +209,7 @@ class Engine:
 
     def _prefix_lookup(self, text: str, prompt_tokens: int) -> int:
         """Tokens of this prompt whose prefix blocks were seen recently (the prefix cache); remembers the rest."""
-        if not text:
+        if not text or not self.prefix_caching:
             return 0
         h = hashlib.blake2b(digest_size=16)
         hits, missed = 0, False

@@ -60,6 +60,13 @@ class Provider(ABC):
         """Remove this instance and lower the desired size by one. An instance that is already gone (or going) is
         not an error: nothing else changes and the returned id says so."""
 
+    def restart_instances(self, instance_ids: list[str], entry: dict[str, Any], revision: int | None) -> str:
+        """Restart these instances running the deployment pool entry `entry` (control/policy/deployment.py) from
+        now on; returns a request id at once, the instances show as booting until they serve. Only a provider
+        whose rollout the controller drives batch by batch implements it (local, today)."""
+        raise ProviderError(f"the {self.kind} provider cannot restart single instances with a new deployment",
+                            permanent=True)
+
     # -- helpers for implementations ------------------------------------------------------------------------
 
     def _check_size(self, n: int) -> None:
