@@ -161,6 +161,7 @@ class Rollout(models.Model):
     step_started = models.DateTimeField(null=True, blank=True)
     provider = models.CharField(max_length=16, blank=True)
     provider_request_id = models.CharField(max_length=200, blank=True)
+    progress = models.CharField(max_length=200, blank=True, help_text="a provider's own rollout: how far it got")
     error = models.TextField(blank=True)
     actor = models.CharField(max_length=150, default="controller")
     reason = models.TextField(blank=True)

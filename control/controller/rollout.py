@@ -97,7 +97,10 @@ def start(pool: Pool, provider: Provider, origin: Origin, reason: str, *, revert
         with transaction.atomic():
             r = Rollout.objects.create(
                 pool=pool, revision=rev, previous=last.revision if last else rev.parent, entry=entry,
-                batches=batches_for(names, entry["strategy"]["max_unavailable"]), provider=binding.kind if binding
+                # A provider that rolls out itself gets the whole pool as one batch: its own update goes by the
+                # entry's max_surge / max_unavailable.
+                batches=[sorted(names)] if provider.rolls_out_itself else
+                batches_for(names, entry["strategy"]["max_unavailable"]), provider=binding.kind if binding
                 else "", actor=origin.actor, reason=reason, reverts=reverts, created=now, step_started=now)
             _audit(r, "rollout", reason, origin, batches=r.batches, **({"reverts": reverts.pk} if reverts else {}))
             events.emit("scaling", _payload(r, f"{pool.name}: rolling out deployment v{rev.version} in "
@@ -127,8 +130,12 @@ def advance(r: Rollout, provider: Provider, now: datetime | None = None) -> None
                 _finish(r, now)
                 return
             before = (r.step, r.batch)
-            {Rollout.Step.DRAIN: _drain, Rollout.Step.DRAINING: _check_drain,
-             Rollout.Step.RESTARTING: _check_restart}[r.step](r, provider, now)
+            if provider.rolls_out_itself:
+                {Rollout.Step.DRAIN: _provider_apply, Rollout.Step.RESTARTING: _provider_wait}[r.step](
+                    r, provider, now)
+            else:
+                {Rollout.Step.DRAIN: _drain, Rollout.Step.DRAINING: _check_drain,
+                 Rollout.Step.RESTARTING: _check_restart}[r.step](r, provider, now)
             if (r.step, r.batch) == before:
                 return
     except ProviderError as exc:
@@ -214,6 +221,42 @@ def _check_restart(r: Rollout, provider: Provider, now: datetime) -> None:
                nodes=batch)
         events.emit("scaling", _payload(r, f"{r.pool.name}: rollout #{r.pk} batch {r.batch}/{len(r.batches)} "
                                            "serving"))
+
+
+def _provider_apply(r: Rollout, provider: Provider, now: datetime) -> None:
+    """A provider that rolls out itself: render the entry into its template and start its update (the pods,
+    instances or VMs it replaces are drained by its own termination: see docs/deployments.md)."""
+    if not _claim(r, (r.state, r.step), step=Rollout.Step.RESTARTING, step_started=now,
+                  step_deadline=now + timedelta(seconds=BOOT_TIMEOUT_S + r.entry["strategy"]["drain_timeout_s"]
+                                                * max(1, len(r.batches[0])))):
+        return
+    request_id = provider.apply_deployment(r.entry, r.revision_id)
+    with transaction.atomic():
+        Rollout.objects.filter(pk=r.pk).update(provider_request_id=request_id[:200])
+        r.provider_request_id = request_id[:200]
+        _audit(r, "apply", f"rollout #{r.pk}: {r.provider} updates pool {r.pool.name} to deployment "
+                           f"v{r.revision.version} (max_surge {r.entry['strategy']['max_surge']}, max_unavailable "
+                           f"{r.entry['strategy']['max_unavailable']})", request_id=request_id)
+        events.emit("scaling", _payload(r, f"{r.pool.name}: {r.provider} rolling update to deployment "
+                                           f"v{r.revision.version} started"))
+
+
+def _provider_wait(r: Rollout, provider: Provider, now: datetime) -> None:
+    st = provider.deployment_status(r.provider_request_id)
+    if st.progress != r.progress:
+        Rollout.objects.filter(pk=r.pk).update(progress=st.progress[:200])
+        r.progress = st.progress[:200]
+    if st.failed:
+        _fail(r, st.failed, now)
+        return
+    if not st.done:
+        if r.step_deadline and now >= r.step_deadline:
+            _fail(r, f"the {r.provider} rollout did not finish in time ({st.progress})", now)
+        return
+    with transaction.atomic():
+        if _claim(r, (r.state, r.step), step=Rollout.Step.DRAIN, batch=r.batch + 1, step_deadline=None,
+                  done_nodes=list(r.batches[r.batch])):
+            _audit(r, "batch.done", f"rollout #{r.pk}: {r.provider} finished its update ({st.progress})")
 
 
 def _finish(r: Rollout, now: datetime) -> None:
