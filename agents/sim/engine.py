@@ -121,6 +121,7 @@ class Engine:
         self.profile = profile
         self.time_scale = time_scale
         self.slow = 1.0  # slow_down factor: multiplies every step's time
+        self.prefix_caching = True  # off: every prompt is prefilled whole (a deployment's prefix_caching false)
         # Set by the node to its virtual NVML: the time factor (>= 1) of the power cap at a given utilisation.
         self.dvfs: Callable[[float], float] = lambda util: 1.0
         self._clock = clock
@@ -243,6 +244,9 @@ class Engine:
 
     def _lookup(self, req: SimRequest) -> None:
         """On admission: how much of the prompt the prefix cache holds (so is not prefilled), and hold its blocks."""
+        if not self.prefix_caching:  # a deployment with prefix caching off prefills every prompt whole
+            req.prefill_tokens = max(1, req.prompt_tokens + req.generated)
+            return
         hits = 0
         for key in req.blocks:
             if key in self._refs:

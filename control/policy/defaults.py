@@ -75,6 +75,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "power": {"default": {"mode": "uncapped", "cap_w": None, "pct": None, "peak_start_hour": 12, "peak_end_hour": 18},
               "pools": {}},
     "alerts": DEFAULT_ALERTS,
+    # No pool is managed until an operator says what it runs (docs/deployments.md).
+    "deployment": {"pools": {}},
 }
 
 

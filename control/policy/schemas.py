@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from control.alerts.schema import Alerts
+from control.policy.deployment import Deployment
 from core.diffing import error_path
 
-KINDS = ("scheduler", "scaling", "priorities", "power", "alerts")
+KINDS = ("scheduler", "scaling", "priorities", "power", "alerts", "deployment")
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 PoolName = Annotated[str, Field(pattern=NAME)]
@@ -310,6 +311,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "priorities": Priorities,
     "power": Power,
     "alerts": Alerts,
+    "deployment": Deployment,  # control/policy/deployment.py, with the pool-fit check
 }
 
 

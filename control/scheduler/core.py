@@ -82,6 +82,7 @@ class Metrics:
     kv_cache_pct: float | None
     models: tuple[str, ...] = ()
     endpoint: str = ""
+    max_model_len: int | None = None  # advertised in the sample's `serving` block (control/scheduler/length.py)
 
 
 def _unix(value: Any) -> float | None:
@@ -115,7 +116,13 @@ def metrics_from_snapshot(snap: dict[str, Any]) -> Metrics | None:
         ttft_p50_s=_num(inf, "ttft_p50_s"), running=None if running is None else int(running),
         waiting=None if waiting is None else int(waiting), kv_cache_pct=_num(inf, "kv_cache_usage_pct"),
         models=tuple(m for m in models if isinstance(m, str)), endpoint=str(snap.get("endpoint") or ""),
+        max_model_len=_max_len(snap.get("serving")),
     )
+
+
+def _max_len(serving: Any) -> int | None:
+    value = serving.get("max_model_len") if isinstance(serving, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class Node:
