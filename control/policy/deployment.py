@@ -50,6 +50,8 @@ OWNED_FLAGS: dict[str, str] = {
     "--disable-radix-cache": "prefix_caching", "--port": "(the provider sets the port)",
     "--host": "(the provider sets the host)",
 }
+# Flags whose value is a credential (vLLM --api-key, --hf-token, SGLang --api-key, ...).
+SECRET_FLAG = re.compile(r"key|token|secret|password|credential", re.IGNORECASE)
 # Known flags of vLLM and SGLang and the type of their value ("flag" takes none).
 KNOWN_FLAGS: dict[str, str | tuple[str, ...]] = {
     "--max-num-seqs": "int", "--max-num-batched-tokens": "int", "--max-running-requests": "int",
@@ -97,6 +99,11 @@ def _check_extra_args(args: list[str]) -> list[str]:
             raise ValueError(f"[{i}] {token!r} is not a --flag (a value must follow its flag)")
         if flag in OWNED_FLAGS:
             raise ValueError(f"[{i}] {flag} is set by the field {OWNED_FLAGS[flag]}, not in extra_args")
+        if SECRET_FLAG.search(flag):
+            # A policy document is readable by every viewer and kept in the audit log: no credential belongs here.
+            raise ValueError(f"[{i}] {flag} would put a credential in the policy, which every viewer can read; "
+                             "give the engine its key through the provider (a Kubernetes Secret as an environment "
+                             "variable, the instance's secret store)")
         kind = KNOWN_FLAGS.get(flag)
         has_next = i + 1 < len(args) and not args[i + 1].startswith("--")
         if kind == "flag":

@@ -54,6 +54,14 @@ NO_SECRET_INPUT = {
     "pool.{}": "admin form: the pool's name and settings",
     "node.create": "the node's pool and inference endpoint (a base URL: recorded as scheme and host anyway)",
     "audit.redact": "the migration that redacted old events: counts and ids",
+    "canary.start": "revision ids, steps (weights, pauses) and analysis thresholds: numbers only",
+    "canary.step": "as canary.start, with the analysis figures",
+    "canary.pause": "as canary.start",
+    "canary.resume": "as canary.start",
+    "canary.promote": "revision ids",
+    "canary.abort": "revision ids, the weight and the failed analysis figures",
+    "deployment.{}": "rollout batches: revision ids and node names; the engine arguments are a policy document, "
+                     "whose extra_args refuse credential flags (control/policy/deployment.py SECRET_FLAG)",
 }
 
 

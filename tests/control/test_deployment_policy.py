@@ -141,6 +141,8 @@ def test_unknown_pool_and_a_pool_with_no_gpus_yet(api: Callable[..., Any]) -> No
     (["--enforce-eager", "yes"], "--enforce-eager takes no value"),
     (["--block-size", "7"], "--block-size must be one of 8, 16, 32, 64, 128"),
     (["max-num-seqs", "3"], "is not a --flag"),
+    (["--api-key", "sk-live-123"], "--api-key would put a credential in the policy"),
+    (["--hf-token=hf_abc"], "--hf-token would put a credential in the policy"),
 ])
 def test_extra_args_are_checked(api: Callable[..., Any], args: list[str], expected: str) -> None:
     make_pool()
