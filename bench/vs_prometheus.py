@@ -1,6 +1,6 @@
 """Switchyard's ingest beside Prometheus on the same simulated fleet, in one run on one machine.
 
-    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, about 6 minutes
+    .venv/bin/python bench/vs_prometheus.py                      # the default sweep, about 7 minutes
     .venv/bin/python bench/vs_prometheus.py --nodes 1000,2000 --window 30 --interval 5 --json out.json
 
 The fleet: N nodes x G GPUs (default 8) with the full metric catalogue (25 host and inference values per node, 33
@@ -18,6 +18,8 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
    over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
    PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
+   With --batch 1,4 (the default) it sweeps twice: one sample per push, then 4 samples per push every 4 x
+   --interval (as an agent that batches, or is back from an outage, sends them): the same values per second.
 
 Each system's sweep stops at its first step that falls behind. Then, per system: highest fleet held, values/s,
 CPU-seconds per million values (at the highest fleet held), memory (RSS of Prometheus; of the server processes and,
@@ -205,7 +207,7 @@ def du(path: Path) -> int:
 
 # --- Prometheus -------------------------------------------------------------------------------------------------
 class Prometheus:
-    def __init__(self, binary: str, workdir: Path, interval: float, expo_port: int) -> None:
+    def __init__(self, binary: str, workdir: Path, interval: float, expo_port: int, started: list[Any]) -> None:
         self.workdir = workdir
         self.interval = interval
         self.expo_port = expo_port
@@ -224,6 +226,7 @@ class Prometheus:
             [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={self.data}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT)
+        started.append(self)  # before the wait: Ctrl-C during it stops it too
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -356,8 +359,7 @@ def run_prometheus(binary: str, sweep: list[int], args: argparse.Namespace, work
                              str(args.gpus)])
     started.append(expo)
     benchlib.wait_port(expo_port, expo, "the exposition server")
-    prom = Prometheus(binary, workdir, args.interval, expo_port)
-    started.append(prom)
+    prom = Prometheus(binary, workdir, args.interval, expo_port, started)
     steps = []
     for n in sweep:
         log(f"prometheus: {n} nodes x {args.gpus} GPUs every {args.interval:g} s ...")
@@ -450,40 +452,67 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
             "fleet_avg_raw_ms": timed(lambda: sql(raw_sql)), "rollup_s": rollup_s}
 
 
-def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any]) -> dict[str, Any]:
-    import ingest as ingest_bench
+def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1
+                   ) -> dict[str, Any]:
+    """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
+    --interval seconds, the same values per second in fewer, larger pushes."""
+    import gzip
 
-    log(f"switchyard: preparing {max(sweep)} nodes in database {BENCH_DB} ...")
+    import ingest as ingest_bench
+    import orjson
+
+    label = "switchyard" if batch == 1 else f"switchyard x{batch}"
+    log(f"{label}: preparing {max(sweep)} nodes in database {BENCH_DB} ...")
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus)
     random.seed(11)
     templates = [ingest_bench.sample_template(args.gpus) for _ in range(VARIANTS)]
+    period = args.interval * batch
+    window = max(args.window, period)  # every agent pushes at least once in the window
 
     class Agent(ingest_bench.Agent):
-        """bench/ingest.py's virtual agent with new values in every push (VARIANTS sample bodies, cycled)."""
+        """bench/ingest.py's virtual agent with new values in every sample (VARIANTS sample bodies, cycled), and
+        `batch` samples per push."""
 
         def payload(self) -> bytes:
-            self.template = templates[(self.seq + self.offset) % VARIANTS]
-            return super().payload()
+            now = datetime.now(UTC)
+            samples = []
+            for j in range(batch):
+                self.seq += 1
+                ts = (now - timedelta(seconds=args.interval * (batch - 1 - j))).isoformat(timespec="milliseconds")
+                samples.append({"ts": ts.replace("+00:00", "Z"), "seq": self.seq,
+                                **templates[(self.seq + self.offset) % VARIANTS]})  # type: ignore[attr-defined]
+            body = {"node": self.name, "agent": "bench/1.0", "samples": samples}
+            return gzip.compress(orjson.dumps(body), compresslevel=1)
 
     port = free_port()
-    server = ingest_bench.start_server(port, args.workers, db_url, redis_url)
+    # As benchlib.start_server, but the process is on the list before the wait: Ctrl-C during it stops it too.
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(args.workers)],
+        cwd=benchlib.ROOT, env=dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
+                                    SWITCHYARD_INGEST_RATE_PER_MINUTE="100000"))
     started.append(server)
+    benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
     steps = []
+    warmed = 0
     for n in sweep:
-        log(f"switchyard: {n} nodes x {args.gpus} GPUs every {args.interval:g} s ...")
+        log(f"{label}: {n} nodes x {args.gpus} GPUs every {args.interval:g} s, {batch} sample(s) per push ...")
         agents = []
         for i, (name, token) in enumerate(nodes[:n]):
             a = Agent(name, token, "127.0.0.1", port, templates[0])
             a.offset = i  # type: ignore[attr-defined]
             agents.append(a)
+        # Every agent pushes once before the window, as Prometheus scrapes every target once before its window:
+        # a node's first push registers its GPUs and its token in the workers' caches, a cost paid once.
+        asyncio.run(warm_up(agents[warmed:]))
+        warmed = n
         before = ingest_bench.stored_samples()[0]
         pg = pg_procs(BENCH_DB)
         c0, p0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), machine_idle()
         me0 = time.process_time()
-        stats = asyncio.run(ingest_bench.run_load(agents, args.interval, args.window, f"{n} nodes"))
+        stats = asyncio.run(ingest_bench.run_load(agents, period, window, f"{n} nodes"))
         # run_load sleeps after each agent's last push until its next turn: the pushes span the window, not
         # the whole call, so rates are per window second (as bench/ingest.py reports them).
-        took = args.window
+        took = window
         c1, p1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(BENCH_DB)), machine_idle()
         loadgen = time.process_time() - me0
         time.sleep(1)
@@ -491,8 +520,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         values = stored * (args.gpus * 33 + 25)
         server_cpu, pg_cpu = cpu_delta(c0, c1), cpu_delta(p0, p1)
         p95 = percentile(stats.latencies, 0.95) * 1000
-        lost = stats.ok - stored
-        step = {"system": "switchyard", "nodes": n, "values_s": round(values / took),
+        lost = stats.ok * batch - stored
+        step = {"system": label, "batch": batch, "nodes": n, "values_s": round(values / took),
                 "expected_values_s": round(n * (args.gpus * 33 + 25) / args.interval), "pushes_ok": stats.ok,
                 "errors": stats.errors, "lost": lost, "p50_ms": round(percentile(stats.latencies, 0.5) * 1000, 1),
                 "p95_ms": round(p95, 1), "server_cpu_cores": round(server_cpu / took, 3),
@@ -501,7 +530,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                 "loadgen_cpu_cores": round(loadgen / took, 3), "machine_idle_cores": round(idle_cores(i0, i1), 2),
                 "rss_bytes": rss_of(tree(server.pid)), "pg_uss_bytes": uss_of(pg_procs(BENCH_DB)),
                 "held": p95 <= 250 and lost <= 0 and not stats.errors}
-        log(f"switchyard: {json.dumps(step)}")
+        log(f"{label}: {json.dumps(step)}")
         steps.append(step)
         if not step["held"]:
             break
@@ -509,6 +538,23 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     queries = switchyard_queries(args.query_rounds)
     return {"steps": steps, "queries": queries, "disk_bytes": disk,
             "disk_bytes_per_value": disk / stored_values if stored_values else None, "stored_values": stored_values}
+
+
+async def warm_up(agents: list[Any]) -> None:
+    import ingest as ingest_bench
+
+    gate = asyncio.Semaphore(32)
+    stats = ingest_bench.Stats()
+
+    async def one(agent: Any) -> None:
+        async with gate:
+            await agent.push(stats)
+
+    await asyncio.gather(*(one(a) for a in agents))
+    for a in agents:  # the load opens its own connections
+        if a.writer is not None:
+            a.writer.close()
+            a.writer = None
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -539,6 +585,12 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
                                                "none (sweep ended)"))
     row("values/s held", lambda r, b: f"{b['values_s']:,}")
     row("CPU-s per million values", lambda r, b: f"{b['cpu_s_per_million']:.2f}")
+    common = max(set.intersection(*({st["nodes"] for st in r["steps"]} for r in results.values())), default=None)
+    if common is not None:
+        # On a busy machine latency can fail a step that CPU would hold: the cost per value at a fleet every
+        # system ran is the comparison that does not depend on the neighbours.
+        row(f"CPU-s per million values at {common:,} nodes (every system ran it)",
+            lambda r, b: next(f"{st['cpu_s_per_million']:.2f}" for st in r["steps"] if st["nodes"] == common))
     row("CPU cores used (of it: PostgreSQL)",
         lambda r, b: f"{b.get('cpu_cores', 0) or (b['server_cpu_cores'] + b['pg_cpu_cores']):.2f}"
         + (f" ({b['pg_cpu_cores']:.2f})" if "pg_cpu_cores" in b else ""))
@@ -559,11 +611,26 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 
 
 def ratios(results: dict[str, dict[str, Any]]) -> str:
-    p, s = best(results.get("prometheus", {"steps": []})), best(results.get("switchyard", {"steps": []}))
-    if not p or not s:
-        return "ratio: one system held no step of the sweep"
-    return (f"switchyard / prometheus in this run: values/s held {s['values_s'] / p['values_s']:.2f}x (goal >= 1.0), "
-            f"CPU-s per million values {s['cpu_s_per_million'] / p['cpu_s_per_million']:.2f}x (goal <= 1.0)")
+    p = best(results.get("prometheus", {"steps": []}))
+    lines = []
+    prom_steps = {st["nodes"]: st for st in results.get("prometheus", {"steps": []})["steps"]}
+    for name, r in results.items():
+        both = [st for st in r["steps"] if name != "prometheus" and st["nodes"] in prom_steps]
+        if both:
+            st = both[-1]
+            lines.append(f"{name} / prometheus, CPU-s per million values at {st['nodes']:,} nodes: "
+                         f"{st['cpu_s_per_million'] / prom_steps[st['nodes']]['cpu_s_per_million']:.2f}x")
+    for name, r in results.items():
+        if name == "prometheus":
+            continue
+        s = best(r)
+        if not p or not s:
+            lines.append(f"{name} / prometheus: one of them held no step of the sweep")
+            continue
+        lines.append(f"{name} / prometheus in this run: values/s held {s['values_s'] / p['values_s']:.2f}x "
+                     f"(goal >= 1.0), CPU-s per million values {s['cpu_s_per_million'] / p['cpu_s_per_million']:.2f}x"
+                     " (goal <= 1.0)")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -578,6 +645,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of Switchyard's server (default 2)")
     parser.add_argument("--systems", default="prometheus,switchyard",
                         help="which systems to run, comma-separated (default both)")
+    parser.add_argument("--batch", default="1,4",
+                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4: "
+                             "one sample every --interval, and 4 samples every 4 x --interval, as an agent that "
+                             "batches or is back from an outage sends them; the same values per second)")
     parser.add_argument("--query-rounds", type=int, default=5, help="times each query is timed; median (default 5)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--serve-exposition", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -611,7 +682,12 @@ def main() -> int:
                 stop(p)
             started.clear()
         if "switchyard" in systems:
-            results["switchyard"] = run_switchyard(sweep, args, started)
+            for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
+                results["switchyard" if batch == 1 else f"switchyard x{batch}"] = run_switchyard(
+                    sweep, args, started, batch)
+                for p in reversed(started):
+                    stop(p)
+                started.clear()
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
         return 130

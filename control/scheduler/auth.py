@@ -23,8 +23,8 @@ from control.scheduler.replies import Reply
 from core.roles import RANK, ROLES
 from core.tokens import digest
 from dashboard.accounts.models import UserToken
+from dashboard.fleet.revocation import TOKENS_CHANNEL  # noqa: F401  (the gateway's listener subscribes to it)
 
-TOKENS_CHANNEL = "sy:tokens"  # message: the digest of a token that was just revoked (never the secret)
 POSITIVE_TTL_S = 10.0  # a deactivated user or a changed role is seen within this long (a revocation at once)
 NEGATIVE_TTL_S = 2.0  # an unknown token is asked for again after this long (a token created a moment ago works)
 MAX_ENTRIES = 10_000

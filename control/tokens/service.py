@@ -7,20 +7,16 @@ issue one whose class ranks above the priorities policy's default. A revocation 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from control.scheduler.auth import TOKENS_CHANNEL
 from core.audit.context import Origin
 from core.audit.record import record
 from core.tokens import display_prefix, new_token
 from dashboard.accounts.models import UserToken
-from dashboard.metrics.latest import redis_client
-
-log = logging.getLogger(__name__)
+from dashboard.fleet.revocation import announce_revocation
 
 
 class UnknownClass(ValueError):
@@ -88,14 +84,6 @@ def revoke(token: UserToken, origin: Origin, reason: str) -> bool:
 
 
 def _announce_revocation(dig: str) -> None:
-    """Tell every gateway to forget the token, once the revocation has committed. The digest, never the secret.
-    Redis being down must not fail a revocation that is stored: gateways then drop it within their cache's TTL."""
-
-    def publish() -> None:
-        try:
-            redis_client().publish(TOKENS_CHANNEL, dig)
-        except Exception as exc:  # noqa: BLE001 - any Redis failure is only logged
-            log.warning("token revoked but not announced on %s (gateways drop it within their cache TTL): %s",
-                        TOKENS_CHANNEL, exc)
-
-    transaction.on_commit(publish)
+    """Tell every gateway to forget the token, once the revocation has committed (the digest, never the secret):
+    the one announcement that node-token revocations use too (dashboard/fleet/revocation.py)."""
+    announce_revocation(dig)

@@ -18,15 +18,16 @@ from typing import Any
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from core.tokens import digest
+from dashboard.fleet.group_commit import Pending, committer
+from dashboard.fleet.node_tokens import cache as token_cache
+from dashboard.fleet.revocation import read_revocations
 from dashboard.fleet.validation import Batch, Sample, validate
-from dashboard.metrics import partitions
-from dashboard.metrics.latest import redis_client, store_latest
-from dashboard.metrics.storage import copy_deduplicated, copy_direct, ensure_staging
+from dashboard.metrics.latest import redis_client
 
 # How often a node row's last_seen is refreshed; the exact time of the last sample lives in Redis.
 LAST_SEEN_RESOLUTION = timedelta(seconds=60)
@@ -38,6 +39,9 @@ POWER_DESIRED_KEY = "sy:power:desired"
 _MAX_GPU_INDEX = 255  # as the sample validation allows
 _MAX_WATTS = 5000.0  # power_limit_w's catalogue range
 _APPLIED_MAPS = ("power_limit_w", "power_asked_w", "power_default_w")
+
+
+UNKNOWN_TOKEN = "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P"
 
 
 @dataclass
@@ -64,19 +68,45 @@ class NodeInfo:
     last_seen: datetime | None
 
 
-def lookup_token(token: str) -> NodeInfo | None:
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT n.id, n.name, p.name, n.state, n.interval_s, n.endpoint, n.models, n.agent, n.last_seen "
-            "FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id JOIN fleet_pool p ON p.id = n.pool_id "
-            "WHERE t.digest = %s AND t.revoked IS NULL",
-            [digest(token)],
-        )
-        row = cur.fetchone()
-    if row is None:
-        return None
+_NODE_COLUMNS = "n.id, n.name, p.name, n.state, n.interval_s, n.endpoint, n.models, n.agent, n.last_seen"
+
+
+def _node_info(row: tuple[Any, ...]) -> NodeInfo:
     models = row[6] if isinstance(row[6], list) else json.loads(row[6] or "[]")
     return NodeInfo(row[0], row[1], row[2], row[3], row[4], row[5], models, row[7], row[8])
+
+
+def lookup_token(token: str) -> NodeInfo | None:
+    return lookup_digest(digest(token))
+
+
+def lookup_digest(dig: str) -> NodeInfo | None:
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT {_NODE_COLUMNS} "
+            "FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id JOIN fleet_pool p ON p.id = n.pool_id "
+            "WHERE t.digest = %s AND t.revoked IS NULL",
+            [dig],
+        )
+        row = cur.fetchone()
+    return None if row is None else _node_info(row)
+
+
+def refresh_nodes(nodes: list[NodeInfo]) -> None:
+    """Re-read the nodes' current rows (one query for a commit's group) into their NodeInfo, which the token cache
+    shares: an operator's change of state, interval or pool reaches the next push's reply. A node deleted meanwhile
+    keeps what it had (its push then fails on its own, see group_commit)."""
+    by_id: dict[int, list[NodeInfo]] = {}
+    for n in nodes:
+        by_id.setdefault(n.id, []).append(n)
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
+                    "WHERE n.id = ANY(%s)", [list(by_id)])
+        rows = cur.fetchall()
+    for row in rows:
+        fresh = _node_info(row)
+        for n in by_id[fresh.id]:
+            n.__dict__.update(fresh.__dict__)
 
 
 def decode_body(raw: bytes, encoding: str) -> bytes | Reply:
@@ -117,11 +147,13 @@ class NodeRedis:
 
     limited: Reply | None  # 429 when the node pushes too often
     power_limit_w: dict[str, float]  # the controller's caps for the node's GPUs
+    revocations: bytes | None  # the revocation counter (dashboard/fleet/revocation.py), for the token cache
 
 
 def redis_round(node: NodeInfo) -> NodeRedis:
-    """Count the push against the node's rate limit and read the power controller's caps for the node, in one
-    pipeline: the hottest path in the system gets no extra round trip for power capping."""
+    """Count the push against the node's rate limit, read the power controller's caps for the node and the token
+    revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
+    or for trusting its cached token."""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
     minute = int(now // 60)
@@ -130,13 +162,14 @@ def redis_round(node: NodeInfo) -> NodeRedis:
     pipe.incr(key)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
-    count, _, desired_raw = pipe.execute()
+    read_revocations(pipe)
+    count, _, desired_raw, _, revocations = pipe.execute()
     limited = None
     if count > limit:
         retry = max(1, 60 - int(now % 60))
         limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
                         **{"Retry-After": str(retry)})
-    return NodeRedis(limited, watts_map(_loads(desired_raw)))
+    return NodeRedis(limited, watts_map(_loads(desired_raw)), revocations)
 
 
 def _loads(raw: bytes | None) -> dict[str, Any] | None:
@@ -205,10 +238,28 @@ def authenticate(token: str | None) -> Pusher | Reply:
     node's rate limit (429). An unauthenticated client therefore holds neither memory nor an ingest thread."""
     if not token:
         return error(401, "missing node token: send 'Authorization: Bearer <token>' (python manage.py createnode)")
-    node = lookup_token(token)
-    if node is None:
-        return error(401, "unknown or revoked node token; issue one with python manage.py createnode NAME --pool P")
+    dig = digest(token)
+    cached = token_cache.get(dig)
+    if cached is None:
+        # The counter is read before the lookup: a revocation that commits after the lookup raises it, and the
+        # next push then asks again (see node_tokens).
+        tag = read_revocations(redis_client().pipeline(transaction=False)).execute()[-1]
+        node = lookup_digest(dig)
+        if node is None:
+            return error(401, UNKNOWN_TOKEN)
+        token_cache.put(dig, node, tag)
+    else:
+        node, tag = cached
     rround = redis_round(node)
+    if cached is not None and rround.revocations != tag:
+        # Some token was revoked since this one was cached: ask the database (the counter just read is older
+        # than this lookup, so it is the right tag). The rate limit was counted for the same node either way.
+        token_cache.drop(dig)
+        fresh = lookup_digest(dig)
+        if fresh is None:
+            return error(401, UNKNOWN_TOKEN)
+        node = fresh
+        token_cache.put(dig, node, rround.revocations)
     if rround.limited is not None:
         return rround.limited
     return Pusher(node, rround.power_limit_w)
@@ -243,6 +294,8 @@ def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
 
 
 def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
+    """Hand the push's rows to this process's committer (dashboard/fleet/group_commit.py) and wait until they are
+    committed, together with whatever other pushes arrived meanwhile. Returns the samples that were new."""
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -255,67 +308,68 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         node_rows.append([s.ts, node.id, s.seq, *s.host_inference])
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
-    partitions.ensure_days(days)
-    try:
-        with transaction.atomic():
-            accepted = copy_direct(node_rows, gpu_rows)
-            update_node(node, batch, now)
-    except IntegrityError:
-        # A replayed sample: redo the whole push so that only the new samples are stored.
-        ensure_staging()
-        with transaction.atomic():
-            accepted = copy_deduplicated(node_rows, gpu_rows)
-            update_node(node, batch, now)
     newest = max(batch.samples, key=lambda s: s.ts)
-    store_latest(node.name, snapshot(node, batch, newest), ended_minutes(batch))
-    return accepted
+    pending = Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
+                      sample_minutes(batch))
+    return committer.submit(pending)
 
 
-def ended_minutes(batch: Batch) -> set[int]:
-    """The minutes (epoch seconds) of the batch's samples that had ended when it committed: a rollup may already
-    have run for them, so the next one must redo them (dashboard/metrics/rollups.py). All of the batch, duplicates
-    too: a push retried because its flags were lost flags them again."""
-    current = int(time.time()) // 60 * 60  # read after the commit: a minute that ends during it is flagged
-    minutes = {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
-    return {m for m in minutes if m < current}
+def sample_minutes(batch: Batch) -> set[int]:
+    """The minutes (epoch seconds) of the batch's samples. Those that had ended when it committed are flagged for
+    the rollups (dashboard/metrics/rollups.py): a rollup may already have run for them, so the next one must redo
+    them. All of the batch, duplicates too: a push retried because its flags were lost flags them again."""
+    return {int(s.ts.timestamp()) // 60 * 60 for s in batch.samples}
 
 
-def update_node(node: NodeInfo, batch: Batch, now: datetime) -> None:
-    changes: dict[str, Any] = {}
-    if batch.endpoint is not None and batch.endpoint != node.endpoint:
-        changes["endpoint"] = batch.endpoint
-    if batch.models is not None and batch.models != node.models:
-        changes["models"] = json.dumps(batch.models)
-    if batch.agent and batch.agent != node.agent:
-        changes["agent"] = batch.agent
-    if changes or node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
-        changes["last_seen"] = now
-        sets = ", ".join(f"{k} = %s" for k in changes)
+def update_nodes(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
+    """Bring the nodes' rows up to date with a commit's group of pushes: a changed endpoint, model list or agent
+    version (rare: one UPDATE each), last_seen once a LAST_SEEN_RESOLUTION (one UPDATE for the group), and GPUs
+    reporting for the first time or with a new uuid/name (one upsert for the group)."""
+    seen: dict[int, datetime] = {}
+    for node, batch, now in pushes:
+        changes: dict[str, Any] = {}
+        if batch.endpoint is not None and batch.endpoint != node.endpoint:
+            changes["endpoint"] = batch.endpoint
+        if batch.models is not None and batch.models != node.models:
+            changes["models"] = json.dumps(batch.models)
+        if batch.agent and batch.agent != node.agent:
+            changes["agent"] = batch.agent
+        if changes:
+            changes["last_seen"] = now
+            sets = ", ".join(f"{k} = %s" for k in changes)
+            with connection.cursor() as cur:
+                cur.execute(f"UPDATE fleet_node SET {sets} WHERE id = %s", [*changes.values(), node.id])
+        elif node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
+            seen[node.id] = now
+    if seen:
         with connection.cursor() as cur:
-            cur.execute(f"UPDATE fleet_node SET {sets} WHERE id = %s", [*changes.values(), node.id])
-    upsert_gpus(node, batch, now)
+            cur.execute("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
+                        "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())])
+    upsert_gpus(pushes)
 
 
 _known_gpus: dict[tuple[int, int], tuple[str, str]] = {}
 
 
-def upsert_gpus(node: NodeInfo, batch: Batch, now: datetime) -> None:
+def upsert_gpus(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
     """Register GPUs the first time they report (or when their uuid/name change); a cache skips the rest."""
-    fresh = {}
-    for s in batch.samples:
-        for g in s.gpus:
-            if _known_gpus.get((node.id, g.index)) != (g.uuid, g.name):
-                fresh[g.index] = (g.uuid, g.name)
+    fresh: dict[tuple[int, int], tuple[str, str, datetime]] = {}
+    for node, batch, now in pushes:
+        for s in batch.samples:
+            for g in s.gpus:
+                if _known_gpus.get((node.id, g.index)) != (g.uuid, g.name):
+                    fresh[(node.id, g.index)] = (g.uuid, g.name, now)
     if not fresh:
         return
     with connection.cursor() as cur:
-        for index, (uuid, name) in fresh.items():
-            cur.execute(
-                "INSERT INTO fleet_gpu (node_id, index, uuid, name, first_seen) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (node_id, index) DO UPDATE SET uuid = EXCLUDED.uuid, name = EXCLUDED.name",
-                [node.id, index, uuid, name, now],
-            )
-    transaction.on_commit(lambda: _known_gpus.update({(node.id, i): v for i, v in fresh.items()}))
+        cur.execute(
+            "INSERT INTO fleet_gpu (node_id, index, uuid, name, first_seen) "
+            "SELECT * FROM unnest(%s::bigint[], %s::int[], %s::text[], %s::text[], %s::timestamptz[]) "
+            "ON CONFLICT (node_id, index) DO UPDATE SET uuid = EXCLUDED.uuid, name = EXCLUDED.name",
+            [[k[0] for k in fresh], [k[1] for k in fresh], [v[0] for v in fresh.values()],
+             [v[1] for v in fresh.values()], [v[2] for v in fresh.values()]],
+        )
+    transaction.on_commit(lambda: _known_gpus.update({k: v[:2] for k, v in fresh.items()}))
 
 
 _HOST = [m.name for m in HOST_METRICS]

@@ -112,13 +112,46 @@ def check_metric(m: Metric, value: Any, path: str, errors: Errors) -> Any:
     return float(value)  # binary COPY into real/double columns needs floats
 
 
+def _compile(metrics: tuple[Metric, ...]) -> tuple[tuple[str, Any, Any, bool, Metric], ...]:
+    return tuple((m.name, m.lo, m.hi, m.integer, m) for m in metrics)
+
+
+# (name, lo, hi, integer, metric) per catalogue group: the loop below reads plain locals, not Metric attributes.
+_SPECS = {id(ms): _compile(ms) for ms in (GPU_METRICS, HOST_METRICS, INFERENCE_METRICS)}
+
+
 def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, ignored: set[str]) -> list[Any]:
+    """The metrics of one object, in catalogue order. A value that is null, or an int or float within range (and
+    whole for an integer metric) is taken in the loop; anything else goes to check_metric, the one place that
+    words an error, so the messages and paths are the same whichever way a value takes. NaN and +-inf fail the
+    range comparisons and so reach check_metric too. A valid push (289 values) builds no path string."""
     if obj is None:
         return [None] * len(metrics)
     if not isinstance(obj, dict):
         errors.add(path, "must be an object of metric name to number or null")
         return [None] * len(metrics)
-    out = [check_metric(m, obj.get(m.name), f"{path}.{m.name}", errors) for m in metrics]
+    out: list[Any] = []
+    append = out.append
+    get = obj.get
+    for name, lo, hi, integer, m in _SPECS[id(metrics)]:
+        value = get(name)
+        kind = type(value)
+        if kind is float:
+            if lo <= value <= hi:
+                if not integer:
+                    append(value)
+                    continue
+                if value.is_integer():
+                    append(int(value))
+                    continue
+        elif kind is int:
+            if lo <= value <= hi:
+                append(value if integer else float(value))
+                continue
+        elif value is None:
+            append(None)
+            continue
+        append(check_metric(m, value, f"{path}.{name}", errors))
     # Unknown names are reported back, not refused: a newer agent must not lose its samples to an older server.
     extra = obj.keys() - _NAMES[id(metrics)] - GPU_ID_KEYS
     if extra and len(ignored) < 20:

@@ -36,6 +36,19 @@ def store_latest(node: str, snapshot: dict[str, Any], late_minutes: set[int] | N
     p.execute()
 
 
+def store_latest_many(snapshots: dict[str, bytes], late_minutes: set[int] | None = None) -> None:
+    """store_latest for a group of pushes (already encoded), in one round trip: one HSET, a message per node."""
+    if not snapshots:
+        return
+    p = redis_client().pipeline(transaction=False)
+    p.hset(LATEST_KEY, mapping=snapshots)
+    for node in snapshots:
+        p.publish(INGEST_CHANNEL, node)
+    if late_minutes:
+        p.sadd(LATE_MINUTES_KEY, *late_minutes)
+    p.execute()
+
+
 def all_latest() -> dict[str, dict[str, Any]]:
     raw = redis_client().hgetall(LATEST_KEY)
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}

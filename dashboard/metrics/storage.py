@@ -46,8 +46,8 @@ WITH new AS (
     FROM stage_gpu_sample g JOIN new USING (node_id, seq, ts)
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM new), (SELECT count(*) FROM gpu)
-"""
+SELECT node_id, seq, ts FROM new
+"""  # the gpu CTE runs to completion though the SELECT does not read it (PostgreSQL runs every data-modifying CTE)
 
 
 def ensure_staging() -> None:
@@ -80,10 +80,16 @@ def copy_direct(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[
 
 def copy_deduplicated(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[Any]]) -> int:
     """Slow path, inside the caller's transaction (call ensure_staging() before it). Returns new samples."""
+    return len(copy_deduplicated_keys(node_rows, gpu_rows))
+
+
+def copy_deduplicated_keys(node_rows: Sequence[Sequence[Any]], gpu_rows: Sequence[Sequence[Any]]
+                           ) -> list[tuple[int, int, Any]]:
+    """copy_deduplicated, returning the (node_id, seq, ts) of the samples that were new: a group commit credits
+    each push with its own."""
     with connection.cursor() as cur:
         _copy(cur, _COPY_NODE, _NODE_TYPES, node_rows)
         if gpu_rows:
             _copy(cur, _COPY_GPU, _GPU_TYPES, gpu_rows)
         cur.execute(_MOVE_SQL)
-        new_samples, _new_gpu_rows = cur.fetchone()
-    return int(new_samples)
+        return [tuple(r) for r in cur.fetchall()]

@@ -13,6 +13,7 @@ from core.audit.context import Origin
 from core.audit.record import record
 from core.tokens import display_prefix, new_token
 from dashboard.fleet.models import NAME_RE, Node, NodeToken, Pool
+from dashboard.fleet.revocation import announce_revocation
 
 
 class Command(BaseCommand):
@@ -51,8 +52,11 @@ class Command(BaseCommand):
         else:
             if node.pool_id != pool.id:
                 raise CommandError(f"node {name!r} is in pool {node.pool.name!r}, not {pool.name!r}")
-            old = list(NodeToken.objects.filter(node=node, revoked__isnull=True).values_list("prefix", flat=True))
+            live = list(NodeToken.objects.filter(node=node, revoked__isnull=True).values_list("prefix", "digest"))
+            old = [prefix for prefix, _ in live]
             revoked = NodeToken.objects.filter(node=node, revoked__isnull=True).update(revoked=timezone.now())
+            # A queryset update sends no signal: announce it, so every ingest worker refuses the old token at once.
+            announce_revocation(*(dig for _, dig in live))
             record(origin, "node.token.revoke", f"node:{name}", reason, before={"tokens": old},
                    after={"tokens": []}, details={"revoked": revoked})
             self.stdout.write(f"Revoked {revoked} old token(s) of node {name!r}.")

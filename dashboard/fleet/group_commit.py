@@ -1,0 +1,184 @@
+"""Group commit for ingest: pushes that arrive while a commit is under way share the next one.
+
+Each push is validated on its own ingest thread, then handed to this process's one committer thread and waits. The
+committer takes every push queued since its last commit and stores them together: one COPY per table, one
+commit, then one Redis pipeline for their latest snapshots. Only then is each push's waiting thread woken, so the
+200 still goes out only after the push's rows have committed. Nothing waits for company: a push that finds the
+committer idle is committed alone at once; under load, pushes queue while a commit runs and the next group is as
+large as the load makes it. The cost of a push becomes mostly the cost of its values.
+
+A failure is reported to exactly the pushes it hit. A replayed sample (unique violation) makes the group take the
+slow path together (staging tables, INSERT .. ON CONFLICT DO NOTHING), each push still told how many of its own
+samples were new. Any other database error rolls the group back and commits each push alone, so only the pushes
+whose rows fail (a node deleted meanwhile, the database gone) get the error; the others succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from django.db import DatabaseError, IntegrityError, connection, transaction
+
+from dashboard.metrics import partitions
+from dashboard.metrics.latest import store_latest_many
+from dashboard.metrics.storage import copy_deduplicated_keys, copy_direct, ensure_staging
+
+if TYPE_CHECKING:
+    from dashboard.fleet.ingest import NodeInfo
+    from dashboard.fleet.validation import Batch
+
+log = logging.getLogger(__name__)
+MAX_GROUP = 256  # pushes per commit: bounds one transaction's size (about 2,300 rows at 8 GPUs a node)
+
+
+@dataclass
+class Pending:
+    """One validated push, its rows ready for COPY, waiting for its commit."""
+
+    node: NodeInfo
+    batch: Batch
+    now: datetime
+    node_rows: list[list[Any]]
+    gpu_rows: list[list[Any]]
+    days: set[date]
+    snapshot: dict[str, Any]  # the node's latest state, written to Redis after the commit (node fields refreshed)
+    minutes: set[int]  # the minutes of its samples, epoch seconds
+    done: threading.Event = field(default_factory=threading.Event)
+    accepted: int = 0
+    error: BaseException | None = None
+
+    def keys(self) -> Iterator[tuple[int, int, datetime]]:
+        return ((r[1], r[2], r[0]) for r in self.node_rows)  # (node_id, seq, ts) of each new sample row
+
+
+class Committer:
+    """This process's committer thread (started on first use) and the queue in front of it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+        self._gate = threading.Lock()  # held by hold(): tests queue pushes and release them as one group
+        self.groups = 0  # commits made, for tests and the log
+        self.waiting = 0  # pushes submitted and not yet answered (tests poll it; read without the lock)
+        self._count = threading.Lock()
+
+    def submit(self, p: Pending) -> int:
+        """Queue the push and wait for its commit. Returns the samples it stored; raises the error it hit."""
+        self._ensure_thread()
+        with self._count:
+            self.waiting += 1
+        try:
+            self._queue.put(p)
+            p.done.wait()
+        finally:
+            with self._count:
+                self.waiting -= 1
+        if p.error is not None:
+            raise p.error
+        return p.accepted
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Keep the committer from starting a commit until the block ends (tests: form a group on purpose)."""
+        with self._gate:
+            yield
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._start:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="ingest-committer", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            with self._gate:
+                group = [first]
+                while len(group) < MAX_GROUP:
+                    try:
+                        group.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    self._commit(group)
+                except BaseException as exc:  # noqa: BLE001 - never leave a push waiting forever
+                    for p in group:
+                        if not p.done.is_set():
+                            p.error = exc
+                            p.done.set()
+
+    def _commit(self, group: list[Pending]) -> None:
+        try:
+            self._store(group)
+        except DatabaseError as exc:
+            connection.close()  # leave no half-done transaction; the next commit reconnects
+            if len(group) == 1:
+                group[0].error = exc
+                group[0].done.set()
+                return
+            log.info("ingest: a group of %d pushes failed (%s); committing each alone", len(group), exc)
+            for p in group:
+                self._commit([p])
+            return
+        self.groups += 1
+        try:
+            # After the commit (the rollups must see the rows before they see the flag), read the clock now: a
+            # minute that ended during the commit is flagged too.
+            current = int(time.time()) // 60 * 60
+            store_latest_many({p.node.name: orjson.dumps(with_node(p.snapshot, p.node, p.batch)) for p in group},
+                              {m for p in group for m in p.minutes if m < current})
+        except Exception as exc:  # noqa: BLE001 - Redis down: each push of the group answers as it would alone
+            for p in group:
+                p.error = exc
+        for p in group:
+            p.done.set()
+
+    def _store(self, group: list[Pending]) -> None:
+        from dashboard.fleet.ingest import refresh_nodes, update_nodes
+
+        partitions.ensure_days(set().union(*(p.days for p in group)))
+        node_rows = [r for p in group for r in p.node_rows]
+        gpu_rows = [r for p in group for r in p.gpu_rows]
+        try:
+            with transaction.atomic():
+                refresh_nodes([p.node for p in group])  # the nodes as they are now, for the replies and snapshots
+                copy_direct(node_rows, gpu_rows)
+                update_nodes([(p.node, p.batch, p.now) for p in group])
+            for p in group:
+                p.accepted = len(p.node_rows)
+        except IntegrityError:
+            # A replayed sample: redo the group so that only new samples are stored, each push credited with its own.
+            ensure_staging()
+            with transaction.atomic():
+                new = set(copy_deduplicated_keys(node_rows, gpu_rows))
+                update_nodes([(p.node, p.batch, p.now) for p in group])
+            for p in group:
+                mine = [k for k in p.keys() if k in new]
+                new.difference_update(mine)  # the same sample in two pushes of a group is new for the first only
+                p.accepted = len(mine)
+
+
+def with_node(snapshot: dict[str, Any], node: NodeInfo, batch: Batch) -> dict[str, Any]:
+    """The snapshot with the node's fields as the commit's group read them."""
+    snapshot["pool"] = node.pool
+    snapshot["state"] = node.state
+    if batch.endpoint is None:
+        snapshot["endpoint"] = node.endpoint
+    if batch.models is None:
+        snapshot["models"] = node.models
+    return snapshot
+
+
+committer = Committer()
