@@ -284,7 +284,7 @@ class ForecastOut(serializers.Serializer):
     mape = serializers.FloatField(allow_null=True, help_text="mean absolute percentage error of past forecasts")
 
 
-class Forecast(APIView):
+class Forecast(CSVExport, APIView):
     """Forecast versus actual demand of a pool over the last `hours` (default 6), with the forecast's MAPE."""
 
     permission_classes = [IsViewer]
@@ -301,7 +301,24 @@ class Forecast(APIView):
         metric = actions.pool_policy(p.name)["predictive"]["metric"]
         now = timezone.now()
         data = predict.accuracy(p, metric, now - timedelta(hours=int(raw)), now)
-        return Response({"pool": p.name, "metric": metric, **data})
+        return self.respond(request, {"pool": p.name, "metric": metric, **data}, f"switchyard-{p.name}-forecast")
+
+    def to_csv(self, document: Any) -> str:
+        """One row per minute: the actual demand and the forecast for it (empty where there is none)."""
+        import csv
+        import io
+
+        rows: dict[str, list[Any]] = {}
+        for point in document["actual"]:
+            rows.setdefault(point["ts"], ["", ""])[0] = point["value"]
+        for point in document["forecast"]:
+            rows.setdefault(point["ts"], ["", ""])[1] = point["value"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["time", f"actual_{document['metric']}", f"forecast_{document['metric']}"])
+        for ts in sorted(rows):
+            w.writerow([ts, *rows[ts]])
+        return buf.getvalue()
 
 
 class Timeline(CSVExport, APIView):

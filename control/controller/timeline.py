@@ -88,12 +88,20 @@ def _sizes(pool: Pool, minutes: list[datetime], end: datetime) -> tuple[list[int
     return desired, actual, [a for a in log if a.created >= start]
 
 
+def _rolled_up_until() -> datetime | None:
+    with connection.cursor() as cur:
+        cur.execute("SELECT done_until FROM metrics_rollup_state WHERE name = '1m'")
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
 def timeline(pool: Pool, rng: Range, now: datetime) -> dict[str, Any]:
     end = rollups.floor_to(now, MINUTE) + MINUTE
     start = end - timedelta(seconds=rng.seconds)
     minutes = [start + i * MINUTE for i in range(int(rng.seconds // 60))]
     policy = actions.pool_policy(pool.name)
     reporting = observe.nodes_per_minute(pool.name, start, end)
+    rolled_until = _rolled_up_until()
     desired, actual, log = _sizes(pool, minutes, end)
     rules = []
     watched: dict[str, dict[datetime, float | None]] = {}
@@ -120,7 +128,9 @@ def timeline(pool: Pool, rng: Range, now: datetime) -> dict[str, Any]:
         "min": policy["min_nodes"], "max": policy["max_nodes"],
         "t": [m.isoformat() for m in minutes],
         "desired": desired, "actual": actual,
-        "reporting": [reporting[m][0] if m in reporting else 0 for m in minutes],
+        # Minutes the rollup has not reached yet are unknown, not "no node reported".
+        "reporting": [reporting[m][0] if m in reporting else (0 if rolled_until and m < rolled_until else None)
+                      for m in minutes],
         "rules": rules,
         "forecast": forecast,
         "actions": [{"id": a.pk, "ts": a.created.isoformat(), "finished": a.finished.isoformat() if a.finished else None,

@@ -106,7 +106,8 @@
               yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: "gpu:" + state.metric,
-    }), {displaylogo: false, responsive: true});
+    }), SwitchyardCharts.config(`switchyard-${state.topic.replace(':', '-')}`,
+      () => `/api/v1/live/${encodeURIComponent(state.topic)}`));
     gpuEl.dataset.seq = String(state.seq);
     bindClick(gpuEl, "gpu");
   }
@@ -127,7 +128,8 @@
               yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: state.topic,
-    }), {displaylogo: false, responsive: true});
+    }), SwitchyardCharts.config(`switchyard-${state.topic.replace(':', '-')}`,
+      () => `/api/v1/live/${encodeURIComponent(state.topic)}`));
     nodeEl.dataset.seq = String(state.seq);
     bindClick(nodeEl, "node");
   }

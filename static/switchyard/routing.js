@@ -12,7 +12,9 @@
     margin: {l: 110, r: 16, t: 34, b: 36}, xaxis: {gridcolor: "#2a303b", zerolinecolor: "#2a303b"},
     yaxis: {automargin: true, autorange: "reversed"}, legend: {orientation: "h", y: -0.15},
   };
-  const plotOptions = {displayModeBar: false, responsive: true};
+  // PNG from the mode bar; CSV from the same summary call the charts are drawn from.
+  const plotOptions = SwitchyardCharts.config("switchyard-routing",
+    () => cfg.summary_url + "?window=" + encodeURIComponent(windowSelect.value));
 
   function ms(v) { return v == null ? "—" : (v >= 1000 ? (v / 1000).toFixed(2) + " s" : v.toFixed(1)); }
 

@@ -1,13 +1,11 @@
 """The scaling page's timeline in a real browser: an operator scales pool "web" (local provider, real simulated
 fleet) from the page, the controller loop carries it out, and the timeline shows the action as a marker (rule,
 from -> to, state) over desired / actual / reporting nodes, beside each rule's metric and its threshold.
-
-Set SWITCHYARD_DOCS_SCREENSHOTS=1 to refresh docs/img/scaling.png from this test.
+(docs/img/scaling.png comes from bench/screenshots.py.)
 """
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,7 +16,7 @@ from agents.sim.background import BackgroundFleet
 from control.controller import loop
 from control.controller.models import ScalingAction
 from dashboard.metrics import rollups
-from tests.browser.conftest import ROOT, Server, login, screenshot
+from tests.browser.conftest import Server, login, screenshot
 from tests.conftest import full_sample, make_node
 from tests.controller.conftest import bind_local, fleet  # noqa: F401  (the simulated fleet fixture)
 from tests.controller.test_actions import set_pool_policy
@@ -95,8 +93,4 @@ def test_the_timeline_shows_an_action_made_during_the_test(page: Any, server: Se
     csv = httpx.get(f"{server.url}/api/v1/scaling/pools/{POOL}/timeline/?range=1h&format=csv", cookies=cookies)
     assert csv.status_code == 200 and csv.text.splitlines()[-1].split(",")[1:3] == ["2", "2"]
     screenshot(page, "scaling-timeline")
-    if os.environ.get("SWITCHYARD_DOCS_SCREENSHOTS") == "1":
-        page.click("#timeline .range-picker button[data-range='6h']")
-        page.wait_for_function("window.switchyardTimeline.doc.range === '6h'", timeout=10_000)
-        page.locator("#timeline").screenshot(path=str(ROOT / "docs" / "img" / "scaling.png"))
     assert page.js_errors == []

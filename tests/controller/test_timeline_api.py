@@ -71,6 +71,7 @@ def test_sizes_follow_the_actions_and_metrics_come_from_the_rollups(push: Any) -
         s["inference"]["requests_waiting"] = 30
         assert push(token, {"node": name, "samples": [s]}).status_code == 200
     rollups.aggregate("1m", minute(12), minute(0))
+    rollups._set_watermark("1m", minute(1))  # the rollup has reached the minute before last
     # Scaled out 2 -> 4 at -30 min (done 2 minutes later), then 4 -> 6 at -5 min (failed), then 4 -> 3 pending.
     a1 = ScalingAction.objects.create(pool=pool, kind="scale_out", from_size=2, to_size=4, rule="gpu_util_pct>85",
                                       state="done", actor="controller", created=minute(30) + timedelta(seconds=10),
@@ -90,6 +91,7 @@ def test_sizes_follow_the_actions_and_metrics_come_from_the_rollups(push: Any) -
     assert doc["desired"][-1] == 3 and doc["actual"][-1] == 4
     i = at[minute(10).isoformat()]
     assert doc["reporting"][i] == 2 and doc["reporting"][i + 1] == 0
+    assert doc["reporting"][-1] is None  # not rolled up yet: unknown, not zero
     gpu, queue = doc["rules"][0], doc["rules"][1]
     assert (gpu["metric"], gpu["threshold"], gpu["values"][i]) == ("gpu_util_pct", 85.0, 70.0)
     assert (queue["metric"], queue["values"][i]) == ("queue_length", 60.0)  # summed over nodes

@@ -1,12 +1,10 @@
 """The overview in a real browser: trend panels drawn from a simulated fleet's samples, a policy activation as a
 marker naming its author and reason, the live point from the websocket, and the empty state of a fresh install.
-
-Set SWITCHYARD_DOCS_SCREENSHOTS=1 to refresh docs/img/overview.png from this test.
+(docs/img/overview.png comes from bench/screenshots.py, which has hours of history to show.)
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -26,13 +24,6 @@ from tests.conftest import count, make_node, make_user
 from tests.routing.conftest import entry, xadd
 
 PANELS = ("gpu", "requests", "latency", "queue", "power", "energy")
-DOCS_IMG = ROOT / "docs" / "img"
-
-
-def docs_screenshot(page: Any, name: str) -> None:
-    """A small PNG of the page for docs/ (only when asked: the files are committed)."""
-    if os.environ.get("SWITCHYARD_DOCS_SCREENSHOTS") == "1":
-        page.screenshot(path=str(DOCS_IMG / f"{name}.png"), full_page=False)
 
 
 @pytest.fixture
@@ -138,7 +129,6 @@ def test_trend_panels_draw_the_simulated_fleet_with_a_policy_marker(page: Any, s
     page.click(".range-picker button[data-range='1h']")
     page.wait_for_function("window.switchyardTrends.doc.range === '1h'", timeout=10_000)
     screenshot(page, "overview-trends")
-    docs_screenshot(page, "overview")
     assert page.js_errors == []
 
 
