@@ -47,16 +47,18 @@ WORKLOADS = ("shared-prefix", "multi-turn", "independent")
 log = routing.log
 
 
-def policies(weight: float) -> None:
-    """The configurations beyond bench/routing.py's own, as partial scheduler documents."""
+def policies(weight: float, block_chars: int) -> None:
+    """The configurations beyond bench/routing.py's own, as partial scheduler documents. `default` is the default
+    policy without prefix affinity (today's before it), whatever the default document's weight is."""
     from control.policy.defaults import default_document
 
     base = [s for s in default_document("scheduler")["scorers"] if s["metric"] != "prefix_affinity"]
+    prefix = {**default_document("scheduler")["prefix"], **({"block_chars": block_chars} if block_chars else {})}
     routing.CUSTOM["default"] = {"scorers": [*base, {"metric": "prefix_affinity", "weight": 0.0, "invert": False}]}
     routing.CUSTOM["cache_aware"] = {"scorers": routing.CUSTOM["default"]["scorers"],
-                                     "picker": {"strategy": "cache_aware"}}
+                                     "picker": {"strategy": "cache_aware"}, "prefix": prefix}
     routing.CUSTOM["prefix_affinity"] = {
-        "scorers": [*base, {"metric": "prefix_affinity", "weight": weight, "invert": False}]}
+        "scorers": [*base, {"metric": "prefix_affinity", "weight": weight, "invert": False}], "prefix": prefix}
 
 
 def workload(name: str, args: argparse.Namespace, tag: str) -> Any:
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="which, in order (default all)")
     ap.add_argument("--policies", default=",".join(POLICIES), help="which, in order (default all)")
     ap.add_argument("--weight", type=float, default=2.0, help="prefix_affinity weight (default %(default)s)")
+    ap.add_argument("--block-chars", type=int, default=0,
+                    help="prefix.block_chars of the cache-aware policies (default: the default policy's)")
     ap.add_argument("--rate", default="", help="workload=req/s,...: skip the calibration of those workloads")
     ap.add_argument("--probe", default="0.65,0.8,0.95", help="calibration: shares of the computed saturation "
                                                              "probed with least_in_flight (default %(default)s)")
@@ -186,7 +190,7 @@ def main() -> None:
     if bad := [w for w in wls if w not in WORKLOADS] + [p for p in pols if p not in POLICIES]:
         raise SystemExit(f"unknown workload(s) or policy(ies): {bad}")
     rates = {k: float(v) for k, _, v in (item.partition("=") for item in args.rate.split(",") if item)}
-    policies(args.weight)
+    policies(args.weight, args.block_chars)
 
     db_url, redis_url = use_bench_database(args.database, args.redis_db)
     from agents.sim.profiles import MIXED, PROFILES

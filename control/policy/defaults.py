@@ -15,9 +15,10 @@ _PRIORITY_DEFAULTS = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait): the classic formula plus the
-    # speed-aware expected wait, weighted to dominate under load on mixed hardware (bench/routing.py, docs/gateway.md).
-    # Queue depth, KV cache and in-flight are ready, weight 0.
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait) + 2*prefix_affinity: the
+    # classic formula plus the speed-aware expected wait, weighted to dominate under load on mixed hardware
+    # (bench/routing.py), plus cache affinity (bench/prefix.py; a prompt with no match is routed as without it).
+    # Queue depth, KV cache and in-flight are ready, weight 0. See docs/gateway.md.
     "scheduler": {
         "scorers": [
             {"metric": "gpu_free", "weight": 0.6, "invert": False},
@@ -27,7 +28,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             {"metric": "kv_cache", "weight": 0.0, "invert": True},
             {"metric": "in_flight", "weight": 0.0, "invert": True},
             {"metric": "expected_wait", "weight": 5.0, "invert": True},
-            {"metric": "prefix_affinity", "weight": 0.0, "invert": False},
+            {"metric": "prefix_affinity", "weight": 2.0, "invert": False},
         ],
         "filters": {
             "require_model": True,
@@ -49,7 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576, "shared": False},
         "shedding": {"retry_after_s": 2},
         # The gateway's approximate prefix index (prefix_affinity scorer, cache_aware picker; docs/gateway.md).
-        "prefix": {"block_chars": 128, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128},
+        "prefix": {"block_chars": 256, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128},
     },
     "scaling": {
         "default": {

@@ -87,8 +87,8 @@ class Prefix(Strict):
     """The gateway's approximate index of what each node has cached (control/scheduler/prefix_index.py), read by
     the prefix_affinity scorer and the cache_aware picker."""
 
-    block_chars: int = Field(128, ge=8, le=4096, description="characters of prompt text per block (about 32 tokens "
-                                                             "at 128: two of vLLM's 16-token blocks)")
+    block_chars: int = Field(256, ge=8, le=4096, description="characters of prompt text per block (about 64 tokens "
+                                                             "at 256: four of vLLM's 16-token blocks)")
     index_blocks: int = Field(10_000, ge=1, le=1_000_000, description="blocks remembered per node (an LRU): about "
                                                                       "the node's KV cache in blocks")
     min_match_blocks: int = Field(2, ge=1, le=100_000, description="prefix_affinity: a node holding fewer of the "

@@ -17,6 +17,7 @@ TILES = [
     ("retries", "Retries", ""),
     ("quarantined_nodes", "Quarantined now", ""),
     ("cache_hit_rate", "Cache hit rate", "%"),
+    ("prefix_hit_pct", "Prefix-cache hits", "%"),
 ]
 
 

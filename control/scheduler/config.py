@@ -81,7 +81,7 @@ class Config:
     retry_after_s: int
     strategy: str = "highest"  # picker: highest | round_robin | least_in_flight | cache_aware
     # The prefix index (prefix_affinity scorer, cache_aware picker) and SGLang's cache_aware thresholds.
-    prefix_block_chars: int = 128
+    prefix_block_chars: int = 256
     prefix_index_blocks: int = 10_000
     prefix_min_match: int = 2
     prefix_max_blocks: int = 128
@@ -135,7 +135,7 @@ class Config:
 def _prefix_fields(doc: dict[str, Any]) -> dict[str, Any]:
     pre, p = doc.get("prefix") or {}, doc["picker"]
     return dict(
-        prefix_block_chars=int(pre.get("block_chars", 128)), prefix_index_blocks=int(pre.get("index_blocks", 10_000)),
+        prefix_block_chars=int(pre.get("block_chars", 256)), prefix_index_blocks=int(pre.get("index_blocks", 10_000)),
         prefix_min_match=int(pre.get("min_match_blocks", 2)), prefix_max_blocks=int(pre.get("max_blocks", 128)),
         cache_threshold=float(p.get("cache_threshold", 0.5)), balance_abs=int(p.get("balance_abs_threshold", 32)),
         balance_rel=float(p.get("balance_rel_threshold", 1.1)),

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 Keys = tuple[int, ...]
 # Nodes holding a shallower match than the deepest are scored too while there are at most this many (a prefix sent
 # to most of a large fleet is no reason to prefer any node of it, and would make each lookup cost the fleet).
 MAX_SHALLOW = 8
+# At most this many of the deepest holders are returned: each is scored in full by the picker, and a prefix held by
+# more nodes than this gives the load terms enough choice already (set order, so not always the same ones).
+MAX_MATCHES = 16
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -131,7 +135,8 @@ class PrefixIndex:
                 lo = mid
             else:
                 hi = mid - 1
-        out = dict.fromkeys(holders[keys[lo - 1]], lo)
+        deep = holders[keys[lo - 1]]
+        out = dict.fromkeys(deep if len(deep) <= MAX_MATCHES else islice(deep, MAX_MATCHES), lo)
         first = holders[keys[0]]
         if len(first) > len(out) and len(first) <= MAX_SHALLOW:
             nodes = self.nodes

@@ -63,6 +63,7 @@ CHARTS: tuple[Chart, ...] = (
     Chart("host-rtt", "RTT to Switchyard", "host", ("net_rtt_ms",), "milliseconds"),
     Chart("inf-requests", "Requests running / waiting", "inference", ("requests_running", "requests_waiting"), "count"),
     Chart("inf-kv", "KV cache", "inference", ("kv_cache_usage_pct",), "percent"),
+    Chart("inf-prefix", "Prefix-cache hits", "inference", ("prefix_cache_hit_pct",), "percent"),
     Chart("inf-ttft", "Time to first token", "inference", ("ttft_p50_s", "ttft_p95_s"), "seconds"),
     Chart("inf-tokens", "Tokens/s", "inference", ("generation_tokens_s", "prompt_tokens_s"), "tokens_per_second"),
     Chart("inf-e2e", "End-to-end latency p95", "inference", ("e2e_p95_s",), "seconds"),

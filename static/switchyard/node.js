@@ -20,7 +20,7 @@
     load1: "load1", mem_used_bytes: "used", mem_available_bytes: "available", swap_used_bytes: "swap",
     disk_busy_pct: "busy", disk_read_bytes_s: "read", disk_write_bytes_s: "write", net_rx_bytes_s: "rx",
     net_tx_bytes_s: "tx", net_rtt_ms: "RTT", requests_running: "running", requests_waiting: "waiting",
-    kv_cache_usage_pct: "KV cache", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
+    kv_cache_usage_pct: "KV cache", prefix_cache_hit_pct: "hits", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
     prompt_tokens_s: "prompt", e2e_p95_s: "p95",
   };
   const AXIS = {  // per unit: y-axis suffix, tick format, hover format when it differs, fixed range

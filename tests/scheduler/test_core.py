@@ -58,13 +58,15 @@ def test_the_classic_formula_from_its_weights() -> None:
                                               abs=1e-12)
 
 
-def test_the_default_is_the_classic_formula_plus_the_expected_wait() -> None:
+def test_the_default_is_the_classic_formula_plus_the_expected_wait_and_prefix_affinity() -> None:
     doc = validate("scheduler", default_document("scheduler"))
     rng = random.Random(3)
     for _ in range(200):
-        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait")}
+        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait",
+                                       "prefix_affinity")}
         classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
-        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]), abs=1e-12)
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"],
+                                              abs=1e-12)
 
 
 def test_node_scores_equal_the_policy_score_of_their_normalised_metrics() -> None:

@@ -55,25 +55,30 @@ def shared_prefix_burst(url: str, token: str, tag: str) -> list[httpx.Response]:
     return first + rest
 
 
+def set_affinity(api_client: Any, gw: Any, weight: float) -> None:  # noqa: F811
+    doc = api_client.get("/api/v1/policies/scheduler/").json()
+    scorers = [s for s in doc["document"]["scorers"] if s["metric"] != "prefix_affinity"]
+    doc["document"]["scorers"] = [*scorers, {"metric": "prefix_affinity", "weight": weight, "invert": False}]
+    r = api_client.post("/api/v1/policies/scheduler/revisions/", {
+        "document": doc["document"], "reason": f"prefix_affinity {weight}", "parent": doc["id"]}, format="json")
+    assert r.status_code == 201, r.content
+    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], what="policy loaded")
+
+
 def test_a_shared_prefix_burst_hits_the_cache_more_with_the_affinity_scorer(
         fleet: Fleet, sim: BackgroundFleet, gateway: Any, user_token: str, api_client: Any) -> None:  # noqa: F811
     nodes = register(fleet, sim, 4)
     gw = gateway()
     gw.wait(lambda: gw.eligible() == {n.name for n in nodes}, what="4 sim nodes eligible")
 
+    set_affinity(api_client, gw, 0.0)  # the default policy without the scorer
     h0, q0 = fleet_hits(sim)
     off = shared_prefix_burst(gw.url, user_token, "off")
     assert {r.status_code for r in off} == {200}
     h1, q1 = fleet_hits(sim)
     rate_off = (h1 - h0) / (q1 - q0)
 
-    doc = api_client.get("/api/v1/policies/scheduler/").json()
-    scorers = [s for s in doc["document"]["scorers"] if s["metric"] != "prefix_affinity"]
-    doc["document"]["scorers"] = [*scorers, {"metric": "prefix_affinity", "weight": 2.0, "invert": False}]
-    r = api_client.post("/api/v1/policies/scheduler/revisions/", {
-        "document": doc["document"], "reason": "route by prefix cache", "parent": doc["id"]}, format="json")
-    assert r.status_code == 201, r.content
-    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], what="policy loaded")
+    set_affinity(api_client, gw, 2.0)  # the default weight
 
     on = shared_prefix_burst(gw.url, user_token, "on")  # new system prompts: nothing of them is cached yet
     assert {r.status_code for r in on} == {200}
