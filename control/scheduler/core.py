@@ -586,6 +586,8 @@ class Scheduler:
                 "score": round(node.static + sum(dyn.values()), 6) if node.healthy else None,
                 "parts": {k: round(v, 6) for k, v in {**node.parts, **dyn}.items()},
                 "in_flight": node.in_flight, "quarantined_until": node.quarantined_until,
+                # expected_wait's measured seconds per request slot (what-if previews reuse it)
+                "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
             })
         return out
 
