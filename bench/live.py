@@ -355,8 +355,10 @@ def main() -> int:
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
     verdicts = [("build p95 < 50 ms", build["p95_ms"] < 50)]
-    for phase, r in e2e.items():
-        verdicts.append((f"ingest->client p95 < 1 s, {phase}", r["p95_ms"] < 1000 and not r["missed"]))
+    for phase in ("quiet", "busy"):  # e2e also holds counts (background_pushes): only the phases have verdicts
+        if phase in e2e:
+            r = e2e[phase]
+            verdicts.append((f"ingest->client p95 < 1 s, {phase}", r["p95_ms"] < 1000 and not r["missed"]))
     print("\ntargets: " + "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in verdicts))
     return 0
 

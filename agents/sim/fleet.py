@@ -28,6 +28,7 @@ import httpx
 from agents.sim import profiles
 from agents.sim.agent import NodeAgent
 from agents.sim.node import FAIL_MODES, SimNode
+from agents.sim.serving import Serving
 
 if TYPE_CHECKING:
     from agents.sim.control import ControlApi
@@ -77,6 +78,8 @@ class SimFleet:
         self.control: ControlApi | None = None  # when started with a control port
         self.control_url: str | None = None
         self._lock = asyncio.Lock()
+        # What new nodes run: the last deployment a restart applied (None: the profile's own model).
+        self.serving: Serving | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class SimFleet:
         return [p for p in range(self.base_port, min(65536, self.base_port + len(used) + 100)) if p not in used]
 
     async def add_node(self, name: str | None = None, profile: str | None = None,
-                       boot_delay_s: float = 0.0) -> SimNode:
+                       boot_delay_s: float = 0.0, serving: Serving | None = None) -> SimNode:
         """Add a node. With boot_delay_s > 0 it returns at once in state "booting" and starts serving (and its
         agent pushing) after the delay, in wall seconds."""
         if profile is None or profile == "mixed":
@@ -162,7 +165,8 @@ class SimFleet:
             for port in self._ports():
                 try:
                     node = SimNode(name, prof, model=self.model, gpus=self.gpus, host=self.host, port=port,
-                                   time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host)
+                                   time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host,
+                                   serving=serving or self.serving)
                     break
                 except OSError as exc:  # taken by another process: the next one
                     error = exc
@@ -189,6 +193,31 @@ class SimFleet:
                 agent.start()
         finally:
             self._boots.pop(node.name, None)
+
+    def restart_node(self, name: str, serving: Serving | None = None, boot_delay_s: float = 0.0) -> SimNode:
+        """Restart a node's inference server (with `serving` from now on, which new nodes then get too); at once
+        the node is "booting", and it serves again after the delay. ServingError when `serving` cannot run on it,
+        ValueError when it is booting already."""
+        node = self.node(name)
+        if name in self._boots:
+            raise ValueError(f"node {name!r} is booting already; wait until it is up")
+        if not 0 <= boot_delay_s <= MAX_BOOT_DELAY_S:
+            raise ValueError(f"boot_delay_s must be 0-{MAX_BOOT_DELAY_S:g} seconds, got {boot_delay_s}")
+        if serving is not None:
+            from agents.sim.serving import shape
+
+            shape(node.hardware, serving, len(node.gpu.gpus))  # ServingError before anything stops
+            self.serving = serving
+
+        async def run() -> None:
+            try:
+                await node.restart(serving, boot_delay_s)
+            finally:
+                self._boots.pop(name, None)
+
+        node.booted = False  # "booting" from this moment, not from the task's first step
+        self._boots[name] = asyncio.get_running_loop().create_task(run())
+        return node
 
     async def remove_node(self, name: str) -> None:
         node = self.node(name)

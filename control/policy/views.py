@@ -24,6 +24,8 @@ DESCRIPTIONS = {
     "priorities": "Request classes, their queue limits, and which are shed at saturation.",
     "power": "GPU power caps per pool.",
     "alerts": "Alert rules on fleet metrics.",
+    "deployment": "What each pool runs (engine, model, TP/PP, quantization, max model length) and how a change "
+                  "is rolled out; checked against the pool's GPUs.",
 }
 
 

@@ -29,6 +29,8 @@ from control.scheduler.config import Priorities, default_config
 from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
 from control.scheduler.intake import DEFAULT_MAX_BODY, ROUTES, header_map, parse, read_body, usage
+from control.scheduler.length import need_tokens
+from control.scheduler.prefix_index import block_keys, prompt_text
 from control.scheduler.priority import request_class
 from control.scheduler.prom import GatewayMetrics
 from control.scheduler.proxy import Proxy
@@ -211,7 +213,8 @@ class Gateway:
         cls = request_class(self.priorities, headers.get("x-priority", ""), caller)
         ctx = RequestContext(ts=ts, t0=t0, model=body["model"], cls=cls, stream=bool(body.get("stream", False)),
                              cache="off", ckey=None, path=scope["path"], raw=raw,
-                             request_id=headers.get("x-request-id", ""), receive=receive)
+                             request_id=headers.get("x-request-id", ""), receive=receive,
+                             need_tokens=need_tokens(body))
         canary = self.canary
         if canary is not None:
             self._keys += 1
@@ -219,6 +222,8 @@ class Gateway:
             ctx.arm = canary.arm_of(headers.get("x-session-id", ""), ctx.request_id, f"{self.id}:{self._keys}")
             ctx.admission = canary.admission if ctx.arm == "canary" else self.admission
         cfg = self.sched.config
+        if cfg.uses_prefix:
+            ctx.prefix = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks)
         if cfg.cache_enabled and answers.cacheable(body):
             owner = answers.tenant(caller, cfg.cache_shared, headers.get(answers.ON_BEHALF_HEADER, ""))
             ctx.ckey = answers.key(scope["path"], body, owner)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from control.scheduler import answers
+from control.scheduler import answers, length
 from control.scheduler.admission import Admission
 from control.scheduler.context import RequestContext
 from control.scheduler.core import Node
@@ -77,11 +77,15 @@ class Proxy:
         sched = admission.sched
         cfg = sched.config
         exclude: set[str] = set()
+        if ctx.need_tokens:
+            exclude, ctx.filtered = length.exclude_for(self.sched, ctx.model, ctx.need_tokens,
+                                                       "messages" if ctx.path.endswith("chat/completions") else
+                                                       "prompt")
         for attempt in range(cfg.max_attempts):
             self._rid += 1
             rid = self._rid
             try:
-                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid)
+                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",

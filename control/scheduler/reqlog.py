@@ -26,7 +26,8 @@ class RequestLog:
 
     def add(self, *, ts: float, node: str, pool: str, model: str, cls: str, status: int, ttft_ms: float | None,
             latency_ms: float, prompt_tokens: int | None, completion_tokens: int | None, cache: str, retries: int,
-            stream: bool, error: str = "", arm: str = "", canary: int | None = None) -> None:
+            stream: bool, error: str = "", arm: str = "", canary: int | None = None,
+            filtered: str = "") -> None:
         if len(self.buffer) == BUFFER_MAX:
             self.dropped += 1
         entry = {
@@ -35,6 +36,7 @@ class RequestLog:
             "latency_ms": f"{latency_ms:.3f}", "prompt_tokens": "" if prompt_tokens is None else str(prompt_tokens),
             "completion_tokens": "" if completion_tokens is None else str(completion_tokens), "cache": cache,
             "retries": str(retries), "stream": "1" if stream else "0", "error": error[:200],
+            "filtered": filtered[:300],  # nodes skipped for the request and why (length.py)
         }
         if arm:  # only while a canary runs: which arm of canary `canary` routed the request
             entry["arm"] = arm

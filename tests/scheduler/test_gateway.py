@@ -59,7 +59,7 @@ def test_burst_of_100_spreads_over_equal_nodes(fleet: Fleet, upstreams: Any, gat
     assert Counter(e["node"] for e in entries) == share
     e = entries[0]
     assert set(e) == {"ts", "gateway", "node", "pool", "model", "class", "status", "ttft_ms", "latency_ms",
-                      "prompt_tokens", "completion_tokens", "cache", "retries", "stream", "error"}
+                      "prompt_tokens", "completion_tokens", "cache", "retries", "stream", "error", "filtered"}
     assert (e["gateway"], e["pool"], e["model"], e["class"], e["status"], e["cache"], e["retries"], e["stream"]) \
         == (gw.app.id, "pool-a", MODEL, "standard", "200", "off", "0", "0")
     assert e["completion_tokens"] == "8" and float(e["ttft_ms"]) > 0
