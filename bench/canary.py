@@ -14,7 +14,7 @@ Three phases, each `--duration` seconds of load:
 Printed per phase: time to verdict, requests served by each arm (from the request log), p95 latency of each arm
 and of the whole (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 120] [--load 0.6] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 180] [--load 0.75] [--step-s 60] [--seed 7]
 """
 
 from __future__ import annotations
@@ -186,10 +186,12 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--duration", type=float, default=120.0, help="seconds of load per phase (default 120)")
-    ap.add_argument("--load", type=float, default=0.6, help="rate as a share of the computed saturation (0.6)")
+    ap.add_argument("--duration", type=float, default=180.0, help="seconds of load per phase (default 180)")
+    ap.add_argument("--load", type=float, default=0.75,
+                    help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
+                         "load on its machine)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
-    ap.add_argument("--step-s", type=int, default=20, help="pause of each canary step, seconds (default 20)")
+    ap.add_argument("--step-s", type=int, default=60, help="pause of each canary step, seconds (default 60)")
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
     ap.add_argument("--min-requests", type=int, default=20, help="analysis min_requests per arm (default 20)")

@@ -29,9 +29,6 @@ from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
-# The stream id is when the gateway's writer flushed the entry (a fraction of a second after the request ended):
-# read a little either side by id, then keep the entries whose own `ts` is inside the window.
-ID_SLACK_S = 5.0
 
 
 @dataclass
@@ -70,12 +67,17 @@ def p95(values: list[float]) -> float | None:
     return round(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)], 3)
 
 
-def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float) -> dict[str, Arm]:
-    """Both arms of canary `canary_id` from the request log between unix times start and end. Answers served from
-    the answer cache are left out: they say nothing about the routing policy."""
+def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
+                arrived_after: float | None = None) -> dict[str, Arm]:
+    """Both arms of canary `canary_id`: the requests that *ended* between unix times start and end (the stream id
+    is when the gateway logged the entry, a fraction of a second after the answer) and arrived after
+    `arrived_after` (the step's start: nothing routed at an earlier weight). By end, not by arrival: a window of
+    arrivals would hold only the requests that already finished, the fast ones, and flatter the slower arm.
+    Answers served from the answer cache are left out: they say nothing about the routing policy."""
     arms = {STABLE: Arm(), CANARY: Arm()}
     r = redis_client()
-    low, high = reqlog.stream_id_at(start - ID_SLACK_S), reqlog.stream_id_at(end + ID_SLACK_S)
+    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(end)
+    floor = arrived_after if arrived_after is not None else 0.0
     wanted = str(canary_id).encode()
     while True:
         batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
@@ -89,7 +91,7 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
                 continue
-            if not start <= e.ts <= end:
+            if e.ts < floor:
                 continue
             arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
@@ -147,7 +149,7 @@ def measure(c: Canary, now: datetime) -> AnalysisRun:
     """One analysis run of canary `c` over the window ending `now` (stored)."""
     a = c.analysis
     start = max(c.step_started, now - timedelta(seconds=a["window_s"]))
-    arms = read_window(c.pk, start.timestamp(), now.timestamp(), a["goodput_ttft_ms"])
+    arms = read_window(c.pk, start.timestamp(), now.timestamp(), a["goodput_ttft_ms"], c.step_started.timestamp())
     figures = {name: arm.figures() for name, arm in arms.items()}
     verdict, checks = judge(figures[STABLE], figures[CANARY], a)
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,

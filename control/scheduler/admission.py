@@ -19,15 +19,16 @@ class Admission:
         self.counters = counters
         self.priorities: Priorities = default_priorities()
         self.waitq = WaitQueue()
-        # A running canary's other core (canary_arm.py): it counts this core's sends and finishes too.
-        self.twin: Scheduler | None = None
+        # A running canary's other arm (canary_arm.py): its core counts this core's sends and finishes too, and
+        # capacity freed here is offered to its waiters as well.
+        self.twin: Admission | None = None
 
     def _sent(self, node: Node, rid: int, prefix: Keys = ()) -> None:
         now = time.time()
         self.sched.sent(node, rid, now, prefix)
-        twin = self.twin.nodes.get(node.name) if self.twin is not None else None
+        twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
         if twin is not None:
-            self.twin.sent(twin, rid, now, prefix)
+            self.twin.sched.sent(twin, rid, now, prefix)
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
@@ -89,7 +90,9 @@ class Admission:
 
     def finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool) -> None:
         self.sched.finished(node, rid, ttft_s, ok=ok)
-        twin = self.twin.nodes.get(node.name) if self.twin is not None else None
+        twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
         if twin is not None:
-            self.twin.finished(twin, rid, ttft_s, ok=ok)
+            self.twin.sched.finished(twin, rid, ttft_s, ok=ok)
         self.dispatch()
+        if self.twin is not None:
+            self.twin.dispatch()

@@ -44,9 +44,9 @@ def build(canary_id: int, revision_id: int, weight: float, document: dict[str, A
 
 def link(stable: Admission, candidate: Admission | None) -> None:
     """Make each core count the other's sends (or stop, when the canary ended)."""
-    stable.twin = candidate.sched if candidate is not None else None
+    stable.twin = candidate
     if candidate is not None:
-        candidate.twin = stable.sched
+        candidate.twin = stable
 
 
 __all__ = ["CANARY", "STABLE", "CanaryArm", "build", "link"]

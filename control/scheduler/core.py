@@ -634,6 +634,8 @@ class Scheduler:
                 "parts": {k: round(v, 6) for k, v in {**node.parts, **dyn}.items()},
                 "in_flight": node.in_flight, "quarantined_until": node.quarantined_until,
                 "prefix_blocks": self.prefix.size(node.name),
+                # expected_wait's measured seconds per request slot (what-if previews reuse it)
+                "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
             })
         return out
 

@@ -4,7 +4,7 @@ request-log entries written to the real Redis stream."""
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -61,14 +61,20 @@ def test_p95_is_nearest_rank() -> None:
 
 def log_requests(redis: Any, canary_id: int, arm: str, n: int, latency_ms: float, status: int = 200,
                  at: float | None = None) -> None:
+    """n entries that arrived at `at` (default: now) and ended latency_ms later: that is their stream id, as the
+    gateway's writer logs an entry when its request ends."""
     ts = at if at is not None else time.time()
+    ms = int((ts + latency_ms / 1000) * 1000)
+    top = redis.xrevrange("sy:reqlog", count=1)
+    top_ms, top_seq = (int(x) for x in top[0][0].decode().split("-")) if top else (0, -1)
+    ms, seq = (ms, 0) if ms > top_ms else (top_ms, top_seq + 1)  # ids only grow
     pipe = redis.pipeline(transaction=False)
-    for _ in range(n):
-        pipe.xadd("sy:reqlog", {"ts": f"{ts:.6f}", "gateway": "gw", "node": "n1", "pool": "p", "model": "m",
-                                "class": "standard", "status": str(status), "ttft_ms": f"{latency_ms / 4:.3f}",
-                                "latency_ms": f"{latency_ms:.3f}", "prompt_tokens": "5", "completion_tokens": "8",
-                                "cache": "off", "retries": "0", "stream": "0", "error": "", "arm": arm,
-                                "canary": str(canary_id)})
+    for i in range(n):
+        pipe.xadd("sy:reqlog", id=f"{ms}-{seq + i}", fields={
+            "ts": f"{ts:.6f}", "gateway": "gw", "node": "n1", "pool": "p", "model": "m", "class": "standard",
+            "status": str(status), "ttft_ms": f"{latency_ms / 4:.3f}", "latency_ms": f"{latency_ms:.3f}",
+            "prompt_tokens": "5", "completion_tokens": "8", "cache": "off", "retries": "0", "stream": "0",
+            "error": "", "arm": arm, "canary": str(canary_id)})
     pipe.execute()
 
 
@@ -98,8 +104,8 @@ def test_passing_every_step_promotes_the_candidate(running: Canary, redis_db: An
     assert step_event.actor == "controller" and step_event.after == {"weight": 50.0}
     # The next window starts at the new step: the entries logged before it do not count for it.
     at = running.step_started.timestamp() + 0.5
-    log_requests(redis_db, running.pk, "stable", 300, 100.0, at=at)
     log_requests(redis_db, running.pk, "canary", 300, 99.0, at=at)
+    log_requests(redis_db, running.pk, "stable", 300, 100.0, at=at)
     assert tick_later(running, 3.0) == [f"canary {running.pk}: promoted"]
     running.refresh_from_db()
     active = policy.active("scheduler")
@@ -151,10 +157,24 @@ def test_inconclusive_runs_pause_the_canary_for_a_person(running: Canary, redis_
 
 
 def test_the_interval_is_respected_and_other_canaries_entries_ignored(running: Canary, redis_db: Any) -> None:
-    log_requests(redis_db, running.pk + 1000, "canary", 300, 900.0)  # another canary's entries
     log_requests(redis_db, running.pk, "stable", 300, 100.0)
     log_requests(redis_db, running.pk, "canary", 100, 100.0)
-    now = timezone.now()
+    log_requests(redis_db, running.pk + 1000, "canary", 300, 900.0)  # another canary's entries
+    now = timezone.now() + timedelta(seconds=1)  # after the logged requests ended
     assert analysis.tick(now) == [f"canary {running.pk}: step 1 at 50 %"]
     assert analysis.tick(now + timedelta(seconds=0.5)) == []  # interval_s 1 not passed yet
     assert AnalysisRun.objects.count() == 1
+
+
+def test_a_slow_arm_is_judged_on_the_requests_that_ended_in_the_window(running: Canary, redis_db: Any) -> None:
+    """Requests that arrived in the window but end after it are not in the log yet; the window is of *endings*, so
+    the slow canary requests count in the run after they end instead of vanishing from every run."""
+    t = running.step_started.timestamp() + 0.1
+    log_requests(redis_db, running.pk, "stable", 300, 100.0, at=t)
+    log_requests(redis_db, running.pk, "canary", 60, 5000.0, at=t)  # ends 5 s later
+    first = analysis.tick(datetime.fromtimestamp(t + 1, UTC))
+    assert first == [f"canary {running.pk}: inconclusive"]  # the canary requests have not ended yet
+    second = analysis.tick(datetime.fromtimestamp(t + 6, UTC))
+    assert second == [f"canary {running.pk}: failed run 1"]
+    run = AnalysisRun.objects.order_by("-pk").first()
+    assert run.arms["canary"]["requests"] == 60 and run.arms["canary"]["p95_latency_ms"] == 5000.0

@@ -69,6 +69,9 @@ def test_two_gateways_split_alike_and_the_canary_arm_uses_the_candidate(
         rows[m.arm] += m.requests
         assert m.status_2xx == m.requests and sum(m.latency_buckets) == m.requests
     assert rows == logged
+    series = op.get(CANARY_URL).json()["series"]  # what the canary page charts
+    assert {arm: sum(p["requests"] for p in pts) for arm, pts in series.items()} == dict(logged)
+    assert all(p["p95_latency_ms"] > 0 and p["error_rate"] == 0 for pts in series.values() for p in pts)
 
     # Aborted: every request goes back to the stable policy and carries no arm.
     assert op.post(f"{CANARY_URL}abort/", {"reason": "done"}, format="json").status_code == 200

@@ -105,3 +105,30 @@ def test_bad_input_is_refused_naming_the_field(two_nodes: Fleet, api: Any, paylo
 def test_whatif_is_for_the_scheduler_only(two_nodes: Fleet, api: Any) -> None:
     r = api("operator").post("/api/v1/policies/scaling/whatif/", {"document": {}}, format="json")
     assert r.status_code == 404 and "scheduler" in r.json()["error"]
+
+
+def test_the_gateways_live_in_flight_and_measured_speeds_are_used(fleet: Fleet, api: Any, redis_db: Any) -> None:
+    """Two nodes alike by their samples; the gateways measured one as 20 x slower per request slot and have
+    requests in flight on it: the active policy (expected_wait) steers away from it, a policy without that term
+    does not."""
+    import orjson
+
+    fleet.add("slow-node", "http://127.0.0.1:9/", gpu=50.0)
+    fleet.add("fast-node", "http://127.0.0.1:9/", gpu=50.0)
+    for gw, (slow_slot, fast_slot) in {"gw-a": (10.0, 0.5), "gw-b": (12.0, 0.6)}.items():
+        redis_db.set(f"sy:gw:state:{gw}", orjson.dumps({"id": gw, "nodes": [
+            {"node": "slow-node", "in_flight": 3, "slot_s": slow_slot},
+            {"node": "fast-node", "in_flight": 1, "slot_s": fast_slot},
+            {"node": "gone-node", "in_flight": "x", "slot_s": -1}]}), ex=10)
+    redis_db.set("sy:gw:state:broken", b"not json", ex=10)
+    blind = copy.deepcopy(default_document("scheduler"))
+    for s in blind["scorers"]:
+        if s["metric"] == "expected_wait":
+            s["weight"] = 0.0
+    out = api("viewer").post(URL, {"document": blind, "requests": 40}, format="json").json()
+    assert out["live_in_flight"] == 8 and out["measured_speeds"] == 2
+    active, candidate = shares(out["active"]), shares(out["candidate"])
+    assert active["fast-node"] >= 0.75
+    assert abs(candidate["fast-node"] - candidate["slow-node"]) <= 0.2
+    rows = {n["node"]: n for n in out["active"]["nodes"]}
+    assert rows["slow-node"]["in_flight"] == 6 and rows["fast-node"]["in_flight"] == 2
