@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 CONTROLLER = "controller"
 BOOT_TIMEOUT_S = 900  # a restarted node that does not serve within this fails the rollout
-SERVING_STATE = "up"
 
 
 class RolloutError(Exception):
@@ -197,15 +196,15 @@ def _check_drain(r: Rollout, provider: Provider, now: datetime) -> None:
 def _check_restart(r: Rollout, provider: Provider, now: datetime) -> None:
     states = {i.node: i.state for i in provider.list_instances()}
     batch = _batch(r)
-    failed = [n for n in batch if states.get(n) == "failed"]
+    failed = [n for n in batch if states.get(n) in provider.failed_states]
     gone = [n for n in batch if n not in states]
     if failed or (r.step_deadline and now >= r.step_deadline):
-        slow = [n for n in batch if states.get(n) != SERVING_STATE]
+        slow = [n for n in batch if states.get(n) not in provider.serving_states]
         what = f"failed: {', '.join(failed)}" if failed else \
             f"not serving {BOOT_TIMEOUT_S} s after the restart: {', '.join(slow)}"
         _fail(r, f"batch {r.batch + 1}/{len(r.batches)} {what}", now)
         return
-    if any(states.get(n) != SERVING_STATE for n in batch if n not in gone):
+    if any(states.get(n) not in provider.serving_states for n in batch if n not in gone):
         return
     origin = Origin.system(CONTROLLER)
     with transaction.atomic():
