@@ -4,14 +4,18 @@ line), what its nodes say they run, the rollout in progress batch by batch, the 
 
 from __future__ import annotations
 
+import json
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from control.controller import rollout
+from control.controller import advisor, rollout
 from control.controller.models import PoolProvider, Rollout
 from control.policy.deployment import command
 from core.audit.context import Origin
@@ -51,12 +55,16 @@ def pool_deployment(request: HttpRequest, pool: str) -> HttpResponse:
     history = list(Rollout.objects.filter(pool=p).select_related("revision", "previous")[:50])
     running = next((r for r in history if r.state == Rollout.State.RUNNING), None)
     binding = PoolProvider.objects.filter(pool=p).first()
+    suggestions = [{"s": s, "evidence": "; ".join(s.evidence), "editor": reverse("policy-editor", args=["deployment"])
+                    + "?" + urlencode({"document": json.dumps(s.document, indent=2),
+                                       "reason": f"advisor ({p.name}): {s.title}; {'; '.join(s.evidence)}"})}
+                   for s in advisor.advise(p.name, timezone.now())]
     return render(request, "controller/deployment.html", {
         "nav": "scaling", "pool": p, "revision": rev, "entry": entry,
         "command": " ".join(command(entry)) if entry else "", "nodes": nodes, "running": running,
         "batches": batch_rows(running) if running else [], "history": history,
         "last_batches": batch_rows(history[0]) if history and history[0].state == Rollout.State.FAILED else [],
-        "provider": binding.kind if binding else "",
+        "provider": binding.kind if binding else "", "suggestions": suggestions,
     })
 
 
