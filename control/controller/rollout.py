@@ -341,6 +341,12 @@ def revert(rollout_id: int, reason: Any, origin: Origin) -> Rollout:
         raise RolloutError(f"rollout #{old.pk} is still running; wait for it to finish or fail", status=409)
     if old.previous is None:
         raise RolloutError(f"rollout #{old.pk} has no previous deployment revision to go back to", status=409)
+    previous = schemas.validate("deployment", old.previous.document)["pools"].get(old.pool.name)
+    if previous is None:
+        # Before that rollout the pool ran its provider's own template: there is no configuration to re-apply.
+        raise RolloutError(f"deployment v{old.previous.version} (before rollout #{old.pk}) has no entry for pool "
+                           f"{old.pool.name!r}: there is nothing to roll back to; edit the deployment policy "
+                           "instead", status=409)
     try:
         _, provider = provider_of(old.pool)
     except ActionError as exc:
