@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 CONTROLLER = "controller"
 BOOT_TIMEOUT_S = 900  # a restarted node that does not serve within this fails the rollout
-SERVING_STATE = "up"
 
 
 class RolloutError(Exception):
@@ -197,15 +196,15 @@ def _check_drain(r: Rollout, provider: Provider, now: datetime) -> None:
 def _check_restart(r: Rollout, provider: Provider, now: datetime) -> None:
     states = {i.node: i.state for i in provider.list_instances()}
     batch = _batch(r)
-    failed = [n for n in batch if states.get(n) == "failed"]
+    failed = [n for n in batch if states.get(n) in provider.failed_states]
     gone = [n for n in batch if n not in states]
     if failed or (r.step_deadline and now >= r.step_deadline):
-        slow = [n for n in batch if states.get(n) != SERVING_STATE]
+        slow = [n for n in batch if states.get(n) not in provider.serving_states]
         what = f"failed: {', '.join(failed)}" if failed else \
             f"not serving {BOOT_TIMEOUT_S} s after the restart: {', '.join(slow)}"
         _fail(r, f"batch {r.batch + 1}/{len(r.batches)} {what}", now)
         return
-    if any(states.get(n) != SERVING_STATE for n in batch if n not in gone):
+    if any(states.get(n) not in provider.serving_states for n in batch if n not in gone):
         return
     origin = Origin.system(CONTROLLER)
     with transaction.atomic():
@@ -342,6 +341,12 @@ def revert(rollout_id: int, reason: Any, origin: Origin) -> Rollout:
         raise RolloutError(f"rollout #{old.pk} is still running; wait for it to finish or fail", status=409)
     if old.previous is None:
         raise RolloutError(f"rollout #{old.pk} has no previous deployment revision to go back to", status=409)
+    previous = schemas.validate("deployment", old.previous.document)["pools"].get(old.pool.name)
+    if previous is None:
+        # Before that rollout the pool ran its provider's own template: there is no configuration to re-apply.
+        raise RolloutError(f"deployment v{old.previous.version} (before rollout #{old.pk}) has no entry for pool "
+                           f"{old.pool.name!r}: there is nothing to roll back to; edit the deployment policy "
+                           "instead", status=409)
     try:
         _, provider = provider_of(old.pool)
     except ActionError as exc:

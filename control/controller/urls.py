@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from control.controller import api, rollout_api, views
+from control.controller import api, deployment_views, rollout_api, views
 
 urlpatterns = [
     path("api/v1/scaling/pools/", api.ScalingPools.as_view(), name="scaling-pools"),
@@ -21,4 +21,6 @@ urlpatterns = [
     path("scaling/", views.scaling, name="scaling"),
     path("scaling/<str:pool>/scale/", views.scale, name="scaling-scale-page"),
     path("scaling/actions/<int:pk>/revert/", views.revert, name="scaling-revert-page"),
+    path("scaling/pools/<str:pool>/", deployment_views.pool_deployment, name="pool-deployment"),
+    path("scaling/rollouts/<int:pk>/revert/", deployment_views.revert, name="rollout-revert-page"),
 ]

@@ -56,6 +56,9 @@ class Provider(ABC):
     # update, an AWS instance refresh, an Azure rolling upgrade); False: the controller restarts instances batch by
     # batch (restart_instances).
     rolls_out_itself: ClassVar[bool] = False
+    # The Instance.state words of an instance that serves again after a restart, and of one that failed.
+    serving_states: ClassVar[tuple[str, ...]] = ("up",)
+    failed_states: ClassVar[tuple[str, ...]] = ("failed",)
 
     @abstractmethod
     def current_size(self) -> Size: ...

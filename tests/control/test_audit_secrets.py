@@ -42,6 +42,7 @@ NO_SECRET_INPUT = {
     "node.remove": "the node's name and the action that removed it",
     "node.join": "the node's name and pool",
     "scaling.{}": "pool sizes and the metric values behind them",
+    "deployment.{}": "a rollout's steps: revision ids, node names, the provider's request id and error (no credential)",
     "scaling.failed": "the provider's error, which names no credential (providers read them from files)",
     "power.cap": "watts per pool",
     "power.converged": "node names and watts",

@@ -198,3 +198,16 @@ def test_the_rollout_api_lists_and_reverts_with_roles(fleet: BackgroundFleet, ap
     assert busy.status_code == 409 and "still running" in busy.json()["error"]
     assert api("operator").post("/api/v1/rollouts/9999/revert/", {"reason": "x"}, format="json").status_code == 404
     assert (AuditEvent.objects.count(), Rollout.objects.count()) == before
+
+
+@pytest.mark.django_db
+def test_revert_of_a_first_rollout_is_refused_without_changing_the_policy(fleet: BackgroundFleet) -> None:
+    setup_pool(fleet, 1)
+    deploy()
+    rollout.reconcile(timezone.now())
+    r = Rollout.objects.get()
+    Rollout.objects.filter(pk=r.pk).update(state="done")
+    active = policies.active("deployment").pk
+    with pytest.raises(rollout.RolloutError, match="has no entry for pool 'ctl': there is nothing to roll back to"):
+        rollout.revert(r.pk, "back", Origin.system("operator"))
+    assert policies.active("deployment").pk == active and Rollout.objects.count() == 1
