@@ -42,7 +42,8 @@ NO_SECRET_INPUT = {
     "node.remove": "the node's name and the action that removed it",
     "node.join": "the node's name and pool",
     "scaling.{}": "pool sizes and the metric values behind them",
-    "deployment.{}": "a rollout's steps: revision ids, node names, the provider's request id and error (no credential)",
+    "deployment.{}": "a rollout's steps: revision ids, node names, the provider's request id and error (no "
+                     "credential: extra_args refuse credential flags, control/policy/deployment.py SECRET_FLAG)",
     "scaling.failed": "the provider's error, which names no credential (providers read them from files)",
     "power.cap": "watts per pool",
     "power.converged": "node names and watts",
@@ -61,8 +62,6 @@ NO_SECRET_INPUT = {
     "canary.resume": "as canary.start",
     "canary.promote": "revision ids",
     "canary.abort": "revision ids, the weight and the failed analysis figures",
-    "deployment.{}": "rollout batches: revision ids and node names; the engine arguments are a policy document, "
-                     "whose extra_args refuse credential flags (control/policy/deployment.py SECRET_FLAG)",
 }
 
 
