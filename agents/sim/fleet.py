@@ -27,6 +27,7 @@ import httpx
 
 from agents.sim import profiles
 from agents.sim.agent import NodeAgent
+from agents.sim.metrics import STYLES
 from agents.sim.node import FAIL_MODES, SimNode
 from agents.sim.serving import Serving
 
@@ -51,7 +52,8 @@ class SimFleet:
     def __init__(self, pool: str = "p", model: str = "sim-llm", gpus: int = 8, host: str = "127.0.0.1",
                  time_scale: float = 1.0, server_url: str | None = None, register: Register | None = None,
                  interval_s: float = 5.0, seed: int | None = None, profile: str = "h100", base_port: int = 0,
-                 state_dir: str | Path | None = None, advertise_host: str | None = None) -> None:
+                 state_dir: str | Path | None = None, advertise_host: str | None = None,
+                 metrics_style: str = "vllm") -> None:
         if not NAME_RE.match(pool):
             raise ValueError(f"pool name {pool!r} is not valid: use 1-63 lowercase letters, digits, '.', '_' or '-'")
         if not 1 <= gpus <= 64:
@@ -60,12 +62,15 @@ class SimFleet:
             raise ValueError(f"time_scale must be above 0, got {time_scale}")
         if server_url is not None and register is None:
             raise ValueError("server_url needs register: each node's agent pushes with its own token")
+        if metrics_style not in STYLES:
+            raise ValueError(f"unknown metrics style {metrics_style!r}; use one of {', '.join(STYLES)}")
         if profile not in profiles.PROFILE_CHOICES:
             raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILE_CHOICES)}")
         self.pool, self.model, self.gpus, self.host = pool, model, gpus, host
         self.time_scale, self.server_url, self.register = time_scale, server_url, register
         self.interval_s, self.seed, self.profile = interval_s, seed, profile
         self.base_port, self.advertise_host = base_port, advertise_host
+        self.metrics_style = metrics_style  # which server's /metrics names the nodes expose (vllm or sglang)
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._own_state_dir = False
         self._nodes: dict[str, SimNode] = {}
@@ -172,6 +177,7 @@ class SimFleet:
                     error = exc
             else:
                 raise OSError(f"no free port for node {name} from {self.base_port}: {error}")
+            node.metrics_style = self.metrics_style
             self._nodes[name] = node
         if boot_delay_s > 0:
             self._boots[name] = asyncio.get_running_loop().create_task(self._boot(node, token, boot_delay_s))

@@ -139,3 +139,17 @@ def test_a_node_over_http_reports_hits_of_a_shared_system_prompt(fleet: Backgrou
     fleet.call(lambda f: setattr(f.node(node.name), "metrics_style", "sglang"))
     fam = parse_prometheus(client.get(f"{node.url}/metrics").text)
     assert fam["sglang:cache_hit_rate"][0][1] > 0.5
+
+
+def test_a_fleet_started_sglang_style_exposes_sglangs_names(client: httpx.Client) -> None:
+    with BackgroundFleet(pool="sg", model=MODEL, gpus=1, time_scale=20.0, metrics_style="sglang") as fleet:
+        node = fleet.add_node(profile="h100")
+        fam = parse_prometheus(client.get(f"{node.url}/metrics").text)
+        assert "sglang:cache_hit_rate" in fam and "vllm:prefix_cache_hits_total" not in fam
+
+
+def test_an_unknown_metrics_style_is_refused() -> None:
+    from agents.sim.fleet import SimFleet
+
+    with pytest.raises(ValueError, match="unknown metrics style 'tgi'"):
+        SimFleet(metrics_style="tgi")
