@@ -319,6 +319,10 @@ class Pusher:
             doc["endpoint"] = self.config.endpoint
         if self._models is not None:
             doc["models"] = self._models
+        # What the inference server runs (model, max model length, quantization ...), where the backend knows.
+        serving = getattr(self.backend, "serving", None)
+        if callable(serving) and (block := serving()) is not None:
+            doc["serving"] = block
         doc["applied"] = self.applied
         doc["samples"] = samples
         return gzip.compress(dumps(doc), compresslevel=6)

@@ -27,27 +27,23 @@ Target: switchyard p95 latency <= 0.5 x round_robin and <= 0.85 x least_in_fligh
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.benchlib import ROOT, free_port, start_server, use_bench_database, wait_port  # noqa: E402
+from bench.benchlib import use_bench_database  # noqa: E402
+from bench.loadrun import MODEL, POOL, get_json, load_spec, send, sim_fleet, wait_for, wait_idle  # noqa: E402, F401
 from control.scheduler.status import read_status  # noqa: E402  (the gateway runs --auth off: /metrics is open)
 
 CONFIGS = ("round_robin", "least_in_flight", "classic", "switchyard")
-POOL = "routing"
-MODEL = "sim-llm"
 
 
 def log(msg: str) -> None:
@@ -120,25 +116,6 @@ def activate(name: str) -> int:
 
 
 # --- the processes ----------------------------------------------------------------------------------------------
-def get_json(url: str) -> Any:
-    import httpx
-
-    return httpx.get(url, timeout=5).json()
-
-
-def wait_for(what: str, check: Any, timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception:  # noqa: BLE001 - not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def engine_lag(urls: list[str]) -> float:
     """Seconds the simulated engines fell behind their model (a starved CPU); 0 on an undisturbed run."""
     import httpx
@@ -156,35 +133,19 @@ def engine_lag(urls: list[str]) -> float:
 def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str],
                urls: list[str], slo_s: float, rate: float | None = None, duration: float | None = None,
                label: str = "") -> dict[str, Any]:
-    from control.loadgen import curves, report, runner
-    from control.loadgen.mix import parse_mix
+    from control.loadgen import report
 
     rate = args.rate if rate is None else rate
     duration = args.duration if duration is None else duration
     label = label or name
     rev = activate(name)
     wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
-    # Same start for every configuration: nothing running or queued, and a sample taken after that.
-    wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
-                                                 for n in get_json(f"{control}/nodes")["nodes"]), 180, 1.0)
-    time.sleep(args.interval + 1.5)
+    wait_idle(control, args.interval)  # same start for every configuration
     lag0 = engine_lag(urls)
-    spec = runner.LoadSpec(
-        url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
-        duration_s=duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
-        max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
-        stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
-        extra_body={"ignore_eos": True})
-    marks = {"next": 10.0}
-
-    def progress(elapsed: float, sent: int) -> None:
-        if elapsed >= marks["next"]:
-            marks["next"] += 10.0
-            log(f"  {label:<16} {elapsed:>4.0f} s  {sent:>6} sent")
-
-    t0 = time.perf_counter()
-    outs = asyncio.run(runner.run(spec, progress))
-    wall = time.perf_counter() - t0
+    # bench/prefix.py: a workload per run, its texts tagged by the run so that no run finds another's prompts cached.
+    make = getattr(args, "workload_for", None)
+    workload, tag = make(label) if make else (None, "")
+    outs, wall = send(label, load_spec(gw, args, rate, duration, workload, tag), log)
     row = report.row(label, outs, duration, slo_s)
     by_profile = Counter(profiles.get(o.node, "?") for o in outs if 200 <= o.status < 300)
     ok = max(1, row.ok)
@@ -196,7 +157,8 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     q = len(answered) // 4
     growth = (report.quantile([x for _, x in answered[3 * q:]], 0.5) or 0.0) / max(
         1e-9, report.quantile([x for _, x in answered[q:2 * q]], 0.5) or 0.0) if q >= 10 else None
-    result = {**row.as_dict(), "rate": rate, "growth": growth, "wall_s": wall, "revision": rev, "share": share, "engine_lag_s": lag,
+    result = {**row.as_dict(), "rate": rate, "growth": growth, "wall_s": wall, "revision": rev, "share": share,
+              "engine_lag_s": lag, "per_node": dict(Counter(o.node for o in outs if 200 <= o.status < 300)),
               "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs)}
     lat, ttft = row.latency, row.ttft
     log(f"  {label:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
@@ -318,7 +280,6 @@ def main() -> None:
     db_url, redis_url = use_bench_database(args.database, args.redis_db)
     from agents.sim.profiles import MIXED, PROFILES
     from control.loadgen.mix import parse_mix
-    from dashboard.metrics.latest import LATEST_KEY, redis_client
 
     prompt = mean_prompt_tokens(parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000))
     out_mix = parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096)
@@ -341,32 +302,9 @@ def main() -> None:
         f"{args.stream_fraction:.0%} streamed")
     probes: list[dict[str, Any]] = []
 
-    r = redis_client()
-    r.hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, args.nodes + 1)])  # an earlier run's samples
-    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-routing-"))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        port, gw_port, control_port = free_port(), free_port(), free_port()
-        procs.append(start_server(port, 1, db_url, redis_url))
-        fleet_log = open(logs / "simfleet.log", "wb")  # noqa: SIM115 - lives as long as the process
-        procs.append(subprocess.Popen(
-            [sys.executable, "manage.py", "simfleet", "--nodes", str(args.nodes), "--profile", "mixed", "--gpus", "2",
-             "--pool", POOL, "--model", MODEL, "--server", f"http://127.0.0.1:{port}", "--interval",
-             str(args.interval), "--control-port", str(control_port), "--seed", str(args.seed)],
-            cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
-        wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
-        gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", "bench-routing"],
-            cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
-        wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
-        gw, control = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{control_port}"
-        nodes = wait_for("the fleet", lambda: (d := get_json(f"{control}/nodes")["nodes"]) and len(d) == args.nodes
-                         and d, 60)
-        profiles = {n["name"]: n["profile"] for n in nodes}
-        urls = [n["url"] for n in nodes]
-        wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == args.nodes, 60)
+    with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-routing") as fleet:
+        gw, control, profiles, urls = fleet.gateway, fleet.control, fleet.profiles, fleet.urls
         log(f"gateway {gw}, fleet control {control}, logs in {logs}")
         if not args.rate:
             args.rate, probes = calibrate(args, gw, control, profiles, urls, slo_s, saturation, unloaded_s)
@@ -376,14 +314,6 @@ def main() -> None:
         for name in configs:
             log(f"[{len(results) + 1}/{len(configs)}] {name}")
             results.append(run_config(name, args, gw, control, profiles, urls, slo_s))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
     print()
     print(table(results, slo_s))

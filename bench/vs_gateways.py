@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -42,8 +43,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import gateway as gwbench  # noqa: E402  (the trivial upstream and the raw HTTP client)
-from bench import routing  # noqa: E402  (the heterogeneous fleet, its calibration and the policies)
-from bench.benchlib import ROOT, free_port, percentile, start_server, use_bench_database, wait_port  # noqa: E402
+from bench import loadrun, routing  # noqa: E402  (the heterogeneous fleet, its calibration and the policies)
+from bench.benchlib import ROOT, free_port, percentile, use_bench_database, wait_port  # noqa: E402
 
 LITELLM_VERSION = "1.99.4"  # the newest release whose [proxy] extra installs from PyPI alone (later ones need a
 #                             litellm-proxy package that is not published there)
@@ -357,29 +358,11 @@ def gateway_status(gw: str, name: str) -> Any:
 def run_load(label: str, proxy: Proxy, args: argparse.Namespace, control: str, urls: list[str],
              url_profile: dict[str, str], slo_s: float) -> dict[str, Any]:
     """The seeded sequence through one proxy, from an idle fleet, as bench/routing.py measures a policy."""
-    from control.loadgen import curves, report, runner
-    from control.loadgen.mix import parse_mix
+    from control.loadgen import report
 
-    routing.wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
-                                                         for n in routing.get_json(f"{control}/nodes")["nodes"]),
-                     180, 1.0)
-    time.sleep(args.interval + 1.5)  # a sample taken after the fleet went idle, for the gateway's scorers
+    loadrun.wait_idle(control, args.interval)  # and a sample taken after that, for the gateway's scorers
     before, lag0, cpu0 = success_counts(urls), routing.engine_lag(urls), proxy.cpu_seconds()
-    spec = runner.LoadSpec(
-        url=proxy.url, model=routing.MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=args.fleet_rate)),
-        duration_s=args.fleet_duration,
-        prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
-        max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
-        stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
-        extra_body={"ignore_eos": True})
-    marks = {"next": 10.0}
-
-    def progress(elapsed: float, sent: int) -> None:
-        if elapsed >= marks["next"]:
-            marks["next"] += 10.0
-            log(f"  {label:<12} {elapsed:>4.0f} s  {sent:>6} sent")
-
-    outs = asyncio.run(runner.run(spec, progress))
+    outs, _ = loadrun.send(label, loadrun.load_spec(proxy.url, args, args.fleet_rate, args.fleet_duration), log)
     row = report.row(label, outs, args.fleet_duration, slo_s)
     after = success_counts(urls)
     by_profile: dict[str, float] = {}
@@ -405,7 +388,6 @@ def run_load(label: str, proxy: Proxy, args: argparse.Namespace, control: str, u
 def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir: Path) -> dict[str, Any]:
     from agents.sim.profiles import MIXED, PROFILES
     from control.loadgen.mix import parse_mix
-    from dashboard.metrics.latest import LATEST_KEY, redis_client
 
     prompt = routing.mean_prompt_tokens(parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000))
     out_mix = parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096)
@@ -416,26 +398,13 @@ def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir
     slo_s = args.slo or round(1.5 * unloaded_s, 1)
     log(f"fleet: {args.nodes} nodes ({', '.join(f'{kinds.count(k)} {k}' for k in MIXED)}), computed saturation "
         f"{saturation:.1f} req/s, SLO for goodput {slo_s:g} s, {args.fleet_duration:g} s per proxy, seed {args.seed}")
-    redis_client().hdel(LATEST_KEY, *[f"{routing.POOL}-{i:02d}" for i in range(1, args.nodes + 1)])
     env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
-    procs: list[subprocess.Popen[bytes]] = []
     proxies: dict[str, Proxy] = {}
-    try:
-        port, control_port = free_port(), free_port()
-        procs.append(start_server(port, 1, db_url, redis_url))
-        fleet_log = open(workdir / "simfleet.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(
-            [sys.executable, "manage.py", "simfleet", "--nodes", str(args.nodes), "--profile", "mixed", "--gpus", "2",
-             "--pool", routing.POOL, "--model", routing.MODEL, "--server", f"http://127.0.0.1:{port}", "--interval",
-             str(args.interval), "--control-port", str(control_port), "--seed", str(args.seed)],
-            cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
-        wait_port(control_port, procs[-1], f"simfleet (log: {workdir / 'simfleet.log'})", 60)
-        control = f"http://127.0.0.1:{control_port}"
-        nodes = routing.wait_for("the fleet", lambda: (d := routing.get_json(f"{control}/nodes")["nodes"])
-                                 and len(d) == args.nodes and d, 60)
-        profiles = {n["name"]: n["profile"] for n in nodes}
-        urls = [n["url"] for n in nodes]
-        url_profile = {n["url"]: n["profile"] for n in nodes}
+    with contextlib.ExitStack() as stack:
+        fleet = stack.enter_context(loadrun.sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url,
+                                                      workdir))
+        stack.callback(lambda: [proxy.stop() for proxy in proxies.values()])
+        control, profiles, urls, url_profile = fleet.control, fleet.profiles, fleet.urls, fleet.url_profile
         for name in args.proxies:
             sub = workdir / f"fleet-{name}"
             sub.mkdir()
@@ -475,16 +444,6 @@ def fleet_routing(args: argparse.Namespace, db_url: str, redis_url: str, workdir
             # Stopped once measured: a proxy that fell behind (LiteLLM, past its ceiling) may still be working off
             # requests its clients gave up on, on the cores the next proxy's fleet needs.
             proxies[name].stop()
-    finally:
-        for proxy in proxies.values():
-            proxy.stop()
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
     return {"nodes": args.nodes, "profiles": kinds, "rate": args.fleet_rate, "saturation": saturation,
             "slo_s": slo_s, "probes": probes, "results": results}
 

@@ -2,6 +2,7 @@
 
 from django.urls import include, path
 
+from control.canary import urls as canary_urls
 from control.nodes import api as node_api
 from control.nodes import views as node_views
 from control.policy import api as policy_api
@@ -21,6 +22,7 @@ api = [
     path("policies/<str:kind>/diff/", policy_api.PolicyDiff.as_view(), name="policy-diff"),
     path("policies/<str:kind>/activate/", policy_api.PolicyActivate.as_view(), name="policy-activate"),
     path("policies/<str:kind>/rollback/", policy_api.PolicyRollback.as_view(), name="policy-rollback"),
+    *canary_urls.app_api,
     path("policies/<str:kind>/preview/", policy_api.PolicyPreview.as_view(), name="policy-preview"),
     path("audit/", audit_api.AuditList.as_view(), name="audit-list"),
     path("audit/<int:pk>/", audit_api.AuditDetail.as_view(), name="audit-detail"),
@@ -52,4 +54,5 @@ urlpatterns = [
     path("", include("control.routing.urls")),
     path("", include("control.jobs.urls")),
     path("", include("control.controller.urls")),
+    path("", include("control.canary.urls")),
 ]

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -185,10 +186,13 @@ def stop() -> None:
     pg_pid = _pg_pid(vd / "pg")
     if pg_pid:
         os.kill(pg_pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit
-        for _ in range(100):
-            if not _alive(pg_pid):
-                break
+        # The shutdown checkpoint writes every dirty page: seconds on a busy disk, so wait up to a minute.
+        deadline = time.monotonic() + 60
+        while _alive(pg_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
+        if _alive(pg_pid):
+            print(f"postgres (pid {pg_pid}) is still shutting down after 60 s; `make stop` again later",
+                  file=sys.stderr)
     port_file = vd / "redis" / "port"
     if port_file.exists():
         _shutdown_redis(int(port_file.read_text()))

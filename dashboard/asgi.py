@@ -10,9 +10,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402  (Django must be set up first)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from dashboard.fleet import ingest_asgi  # noqa: E402
+from dashboard.live.origin import ExplainedOriginValidator  # noqa: E402
 from dashboard.live.routing import websocket_urlpatterns  # noqa: E402
 
 HEALTHZ_BODY = b'{"status":"ok"}'
@@ -37,8 +37,8 @@ async def http_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 # Browsers send cookies with cross-site websocket handshakes: the origin check stops another site's page from
-# riding a logged-in operator's session.
+# riding a logged-in operator's session. A refused origin is closed with a code that says so (dashboard/live/origin.py).
 application = ProtocolTypeRouter({
     "http": http_router,
-    "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+    "websocket": ExplainedOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })

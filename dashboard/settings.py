@@ -112,6 +112,7 @@ INSTALLED_APPS = [
     "control.loadgen",
     "control.controller",
     "control.tokens",
+    "control.canary",
     # The project package itself, for the commands that drive every part at once (`manage.py demo`).
     "dashboard",
 ]
@@ -219,6 +220,8 @@ CELERY_BEAT_SCHEDULE = {
     # The controller: autoscaling, power caps and the guard every 15 s; forecasts every 5 minutes.
     "controller-tick": {"task": "control.controller.tasks.tick", "schedule": 15.0},
     "controller-forecast": {"task": "control.controller.tasks.forecast", "schedule": 300.0},
+    # Canary analysis: each canary's own interval_s decides when it really runs.
+    "canary-analysis": {"task": "control.canary.tasks.analyse", "schedule": 5.0},
 }
 
 # --- REST API --------------------------------------------------------------------------------------------------

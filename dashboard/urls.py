@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from dashboard.accounts.login import ThrottledAdminAuthenticationForm, ThrottledLoginView
@@ -21,6 +23,8 @@ admin.site.login_form = ThrottledAdminAuthenticationForm
 urlpatterns = [
     path("", include("dashboard.live.urls")),
     path("", include("control.urls")),
+    # Browsers ask for /favicon.ico on pages (and error pages) that do not link one.
+    path("favicon.ico", RedirectView.as_view(url=static("switchyard/favicon.svg"), permanent=True)),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),

@@ -85,7 +85,7 @@ def clean_samples(transactional_db: None, redis_db: Any, _close_worker_connectio
 
     def truncate() -> None:
         with connection.cursor() as cur:
-            cur.execute(f"TRUNCATE {names}, metrics_rollup_state")
+            cur.execute(f"TRUNCATE {names}, metrics_rollup_state, metrics_fleet_1m")
 
     truncate()
     partitions._known_days.clear()

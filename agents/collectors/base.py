@@ -94,6 +94,11 @@ class CompositeBackend:
     def models(self) -> list[str] | None:
         return self.inference.models() if self.inference is not None else None
 
+    def serving(self) -> dict[str, Any] | None:
+        """What the inference server runs, when its source can tell (the simulator does; optional)."""
+        read = getattr(self.inference, "serving", None)
+        return read() if callable(read) else None
+
     def set_power_limit(self, index: int, watts: float) -> float | None:
         return self.gpus.set_power_limit(index, watts)
 

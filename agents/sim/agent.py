@@ -44,6 +44,9 @@ class NodeInference:
     def models(self) -> list[str] | None:
         return [self.node.model] if self.node.serving() else None
 
+    def serving(self) -> dict[str, Any] | None:
+        return self.node.advertised() if self.node.serving() else None
+
     def close(self) -> None:
         pass
 

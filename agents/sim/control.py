@@ -8,6 +8,11 @@
     POST   /nodes/<name>/slow {"factor"} 200 the node (factor 1 = normal speed, 2 = twice as slow)
     POST   /nodes/<name>/fail {"mode"}   200 the node (mode refuse | error | hang)
     POST   /nodes/<name>/recover         200 the node
+    POST   /nodes/<name>/restart {"serving"?, "boot_delay_s"?}  200 the node, "booting" (a deployment rollout)
+    GET    /serving                      {"serving": what new nodes run, or null}
+
+`serving` is a deployment policy's pool entry (agents/sim/serving.py reads the fields it models); POST /nodes
+takes one too.
 
 Errors are `{"error": "<what is wrong and what to send>"}` with 400 (bad input), 404 (unknown node or path),
 405 (wrong method) or 409 (a node of that name exists).
@@ -23,6 +28,7 @@ from agents.sim import profiles
 from agents.sim.fleet import MAX_BOOT_DELAY_S, MAX_SLOW_FACTOR, UnknownNode
 from agents.sim.http import HttpServer, Request, Response, json_response
 from agents.sim.node import FAIL_MODES
+from agents.sim.serving import Serving, ServingError
 from agents.spool import loads
 
 if TYPE_CHECKING:
@@ -80,6 +86,8 @@ class ControlApi:
             return json_response(exc.status, {"error": str(exc)})
         except UnknownNode as exc:
             return json_response(404, {"error": str(exc)})
+        except ServingError as exc:
+            return json_response(400, {"error": str(exc)})
 
     async def _route(self, req: Request) -> Response:
         parts = [p for p in req.path.split("/") if p]
@@ -93,6 +101,22 @@ class ControlApi:
                                            "nodes": [n.describe() for n in self.fleet.nodes]})
             self._method(m, "GET, POST")
             return await self._add(req)
+        if parts == ["serving"]:
+            self._method(m, "GET")
+            s = self.fleet.serving
+            return json_response(200, {"serving": None if s is None else s.__dict__})
+        if len(parts) == 3 and parts[0] == "nodes" and parts[2] == "restart":
+            self._method(m, "POST")
+            doc = _body(req, {"serving", "boot_delay_s"})
+            serving = Serving.parse(doc["serving"]) if doc.get("serving") is not None else None
+            delay = _number(doc, "boot_delay_s") if doc.get("boot_delay_s") is not None else 0.0
+            try:
+                node = self.fleet.restart_node(parts[1], serving, delay)
+            except ServingError:
+                raise
+            except ValueError as exc:
+                raise BadInput(str(exc), 409 if "booting" in str(exc) else 400) from None
+            return json_response(200, node.describe())
         if len(parts) == 2 and parts[0] == "nodes":
             name = parts[1]
             if m == "GET":
@@ -129,7 +153,8 @@ class ControlApi:
             raise BadInput(f"method {method} not allowed here; use {allowed}", 405)
 
     async def _add(self, req: Request) -> Response:
-        doc = _body(req, {"profile", "name", "boot_delay_s"})
+        doc = _body(req, {"profile", "name", "boot_delay_s", "serving"})
+        serving = Serving.parse(doc["serving"]) if doc.get("serving") is not None else None
         profile = doc.get("profile")
         if profile is not None and profile not in profiles.PROFILE_CHOICES:
             raise BadInput(f"profile must be one of {', '.join(profiles.PROFILE_CHOICES)}, got {profile!r}")
@@ -142,7 +167,9 @@ class ControlApi:
         if name is not None and name in {n.name for n in self.fleet.nodes}:
             raise BadInput(f"a node named {name!r} already exists", 409)
         try:
-            node = await self.fleet.add_node(name=name, profile=profile, boot_delay_s=delay)
+            node = await self.fleet.add_node(name=name, profile=profile, boot_delay_s=delay, serving=serving)
+        except ServingError:
+            raise
         except ValueError as exc:
             raise BadInput(str(exc)) from None
         except asyncio.CancelledError:

@@ -7,6 +7,12 @@ and costs the decode time at the current batch size (at least that of a batch of
 the node's slow-down factor and the DVFS factor of a power-capped GPU. When the KV cache overflows, the most recently admitted requests are preempted back to the head
 of the queue and recomputed later (vLLM's recompute preemption).
 
+The prefix cache lives in the same KV capacity, as vLLM's automatic prefix caching does: a prompt is cut into
+64-character blocks with chained hashes (a block's key covers everything before it); the blocks of running requests
+are held by them, and a finished request's blocks stay cached in the free part of the KV cache until running
+sequences need that memory, least recently used first. A request is looked up when it is admitted: its leading
+cached blocks are not prefilled again (at least one token always is, for the first output token).
+
 Time is model time: `time_scale` model seconds pass per wall second, so tests and benchmarks run faster than
 real time while latencies (TTFT, inter-token, end-to-end, queue) are measured in model seconds, exactly as the
 model computed them. Counters and histograms are kept in vLLM's terms for the node's `/metrics`.
@@ -40,7 +46,8 @@ MIN_STEP_WALL_S = 0.004
 # A loop running later than this behind the model's schedule drops the backlog instead of catching it up.
 MAX_LAG_S = 0.5
 PREFIX_BLOCK_CHARS = 64  # one prefix-cache block, about 16 tokens
-PREFIX_CACHE_BLOCKS = 20_000
+PREFIX_BLOCK_TOKENS = PREFIX_BLOCK_CHARS // 4  # what a cached block holds of the KV cache
+RECENT_LOOKUPS = 256  # admissions the SGLang-style recent hit rate is over
 FINISH_REASONS: tuple[str, ...] = ("stop", "length", "abort", "error")
 
 
@@ -66,6 +73,8 @@ class SimRequest:
     target_tokens: int  # how many tokens the answer will have
     finish_reason: str  # why it ends when it reaches target_tokens: "stop" or "length"
     prefix_text: str = ""
+    blocks: list[bytes] = field(default_factory=list)  # chained prefix-block keys of the prompt (set on submit)
+    held: bool = False  # its blocks are referenced by the cache (it is running)
     stream: asyncio.Queue[int | None] | None = None  # gets the number of new tokens after each step; None at the end
     # Filled in by the engine (model seconds).
     arrival: float = 0.0
@@ -91,6 +100,18 @@ class SimRequest:
         return None if self.finished is None else self.finished - self.arrival
 
 
+def block_keys(text: str) -> list[bytes]:
+    """The prompt's chained block keys: block i's key hashes blocks 0..i, so equal keys mean equal prefixes."""
+    if not text:
+        return []
+    h = hashlib.blake2b(digest_size=16)
+    keys = []
+    for start in range(0, len(text) - PREFIX_BLOCK_CHARS + 1, PREFIX_BLOCK_CHARS):
+        h.update(text[start:start + PREFIX_BLOCK_CHARS].encode())
+        keys.append(h.digest())
+    return keys
+
+
 class Engine:
     """One node's scheduler and clock. All methods run on the event loop's thread."""
 
@@ -100,6 +121,7 @@ class Engine:
         self.profile = profile
         self.time_scale = time_scale
         self.slow = 1.0  # slow_down factor: multiplies every step's time
+        self.prefix_caching = True  # off: every prompt is prefilled whole (a deployment's prefix_caching false)
         # Set by the node to its virtual NVML: the time factor (>= 1) of the power cap at a given utilisation.
         self.dvfs: Callable[[float], float] = lambda util: 1.0
         self._clock = clock
@@ -112,6 +134,8 @@ class Engine:
         self.finished_total: dict[str, int] = dict.fromkeys(FINISH_REASONS, 0)
         self.prefix_queries_total = 0
         self.prefix_hits_total = 0
+        # (queried, hit) tokens of the latest admissions: SGLang's cache_hit_rate gauge is over recent batches.
+        self.recent_prefix: deque[tuple[int, int]] = deque(maxlen=RECENT_LOOKUPS)
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(LATENCY_BUCKETS)
@@ -122,7 +146,10 @@ class Engine:
         # the fleet process needs more CPU than it gets, and the model ran slower than its profile says.
         self.lag_dropped_s = 0.0
         self.last_step_util = 0.0
-        self._prefix: OrderedDict[bytes, None] = OrderedDict()
+        # Prefix cache: blocks referenced by running requests (refcount), and the unreferenced cached blocks in
+        # least-recently-used order, which are what gets evicted when running sequences need the memory.
+        self._refs: dict[bytes, int] = {}
+        self._lru: OrderedDict[bytes, None] = OrderedDict()
         self._model = 0.0  # model time at wall time self._wall
         self._wall = clock()
         self._step: tuple[float, float, float] | None = None  # (model start, wall start, model duration)
@@ -151,6 +178,16 @@ class Engine:
         """Fraction of the KV cache held by running sequences, 0-1."""
         return min(1.0, self.kv_used / self.profile.kv_tokens)
 
+    @property
+    def prefix_cached_blocks(self) -> int:
+        """Blocks in the prefix cache: those of running requests and the evictable ones."""
+        return len(self._refs) + len(self._lru)
+
+    def recent_hit_rate(self) -> float:
+        """Share of prompt tokens found cached over the latest admissions, 0-1 (0 before any)."""
+        queried = sum(q for q, _ in self.recent_prefix)
+        return sum(h for _, h in self.recent_prefix) / queried if queried else 0.0
+
     def occupancy(self) -> float:
         return min(1.0, len(self.running) / self.profile.max_seqs)
 
@@ -170,10 +207,8 @@ class Engine:
 
     def submit(self, req: SimRequest) -> None:
         req.arrival = self.now()
-        hit = self._prefix_lookup(req.prefix_text, req.prompt_tokens)
-        self.prefix_queries_total += req.prompt_tokens
-        self.prefix_hits_total += hit
-        req.prefill_tokens = max(1, req.prompt_tokens - hit)
+        req.blocks = block_keys(req.prefix_text)
+        req.prefill_tokens = req.prompt_tokens
         self.waiting.append(req)
         self._wake.set()
         self.start()
@@ -196,6 +231,7 @@ class Engine:
         self.finished_total["error"] += 1
 
     def _finish(self, req: SimRequest, outcome: str, now: float) -> None:
+        self._release(req)
         req.outcome = outcome
         req.finished = now
         self.finished_total[outcome] += 1
@@ -206,24 +242,48 @@ class Engine:
         if not req.done.done():
             req.done.set_result(None)
 
-    def _prefix_lookup(self, text: str, prompt_tokens: int) -> int:
-        """Tokens of this prompt whose prefix blocks were seen recently (the prefix cache); remembers the rest."""
-        if not text:
-            return 0
-        h = hashlib.blake2b(digest_size=16)
-        hits, missed = 0, False
-        for start in range(0, len(text) - PREFIX_BLOCK_CHARS + 1, PREFIX_BLOCK_CHARS):
-            h.update(text[start:start + PREFIX_BLOCK_CHARS].encode())
-            key = h.digest()
-            if not missed and key in self._prefix:
-                self._prefix.move_to_end(key)
+    def _lookup(self, req: SimRequest) -> None:
+        """On admission: how much of the prompt the prefix cache holds (so is not prefilled), and hold its blocks."""
+        if not self.prefix_caching:  # a deployment with prefix caching off prefills every prompt whole
+            req.prefill_tokens = max(1, req.prompt_tokens + req.generated)
+            return
+        hits = 0
+        for key in req.blocks:
+            if key in self._refs:
                 hits += 1
-                continue
-            missed = True
-            self._prefix[key] = None
-            if len(self._prefix) > PREFIX_CACHE_BLOCKS:
-                self._prefix.popitem(last=False)
-        return min(prompt_tokens - 1, hits * PREFIX_BLOCK_CHARS // 4) if hits else 0
+            elif key in self._lru:
+                hits += 1
+            else:
+                break
+        self.prefix_queries_total += req.prompt_tokens
+        hit = min(req.prompt_tokens - 1, hits * PREFIX_BLOCK_TOKENS) if hits else 0
+        self.prefix_hits_total += hit
+        self.recent_prefix.append((req.prompt_tokens, hit))
+        req.prefill_tokens = max(1, req.prompt_tokens + req.generated - hit)
+        # Every block of the prompt is in the cache once this prefill runs; the request holds them while it runs.
+        for key in req.blocks:
+            self._lru.pop(key, None)
+            self._refs[key] = self._refs.get(key, 0) + 1
+        req.held = True
+
+    def _release(self, req: SimRequest) -> None:
+        """A request left the running set: its blocks stay cached, evictable, most recently used last."""
+        if not req.held:
+            return
+        req.held = False
+        for key in req.blocks:
+            n = self._refs.get(key, 0) - 1
+            if n > 0:
+                self._refs[key] = n
+            else:
+                self._refs.pop(key, None)
+                self._lru[key] = None
+
+    def _evict(self) -> None:
+        """Keep the unreferenced cached blocks within the KV memory that running sequences leave free."""
+        room = max(0, self.profile.kv_tokens - self.kv_used) // PREFIX_BLOCK_TOKENS
+        while len(self._lru) > room:
+            self._lru.popitem(last=False)
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -246,8 +306,11 @@ class Engine:
                 break  # the head of the queue waits for KV to free; FIFO, so nothing overtakes it
             self.waiting.popleft()
             self.running.append(req)
+            self._lookup(req)
             kv += need
             admitted.append(req)
+        if admitted:
+            self._evict()
         return admitted
 
     async def _step_once(self) -> None:
@@ -325,11 +388,13 @@ class Engine:
                 still.append(req)
         self.running = still
         self._preempt()
+        self._evict()
 
     def _preempt(self) -> None:
         while len(self.running) > 1 and self.kv_used > self.profile.kv_tokens:
             victim = self.running.pop()  # the most recently admitted goes back first
             victim.prefilled = False
-            victim.prefill_tokens = victim.prompt_tokens + victim.generated  # recomputed from scratch
+            self._release(victim)
+            victim.prefill_tokens = victim.prompt_tokens + victim.generated  # recomputed (less what stays cached)
             self.waiting.appendleft(victim)
             self.preemptions_total += 1

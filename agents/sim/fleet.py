@@ -27,7 +27,9 @@ import httpx
 
 from agents.sim import profiles
 from agents.sim.agent import NodeAgent
+from agents.sim.metrics import STYLES
 from agents.sim.node import FAIL_MODES, SimNode
+from agents.sim.serving import Serving
 
 if TYPE_CHECKING:
     from agents.sim.control import ControlApi
@@ -50,7 +52,8 @@ class SimFleet:
     def __init__(self, pool: str = "p", model: str = "sim-llm", gpus: int = 8, host: str = "127.0.0.1",
                  time_scale: float = 1.0, server_url: str | None = None, register: Register | None = None,
                  interval_s: float = 5.0, seed: int | None = None, profile: str = "h100", base_port: int = 0,
-                 state_dir: str | Path | None = None, advertise_host: str | None = None) -> None:
+                 state_dir: str | Path | None = None, advertise_host: str | None = None,
+                 metrics_style: str = "vllm") -> None:
         if not NAME_RE.match(pool):
             raise ValueError(f"pool name {pool!r} is not valid: use 1-63 lowercase letters, digits, '.', '_' or '-'")
         if not 1 <= gpus <= 64:
@@ -59,12 +62,15 @@ class SimFleet:
             raise ValueError(f"time_scale must be above 0, got {time_scale}")
         if server_url is not None and register is None:
             raise ValueError("server_url needs register: each node's agent pushes with its own token")
+        if metrics_style not in STYLES:
+            raise ValueError(f"unknown metrics style {metrics_style!r}; use one of {', '.join(STYLES)}")
         if profile not in profiles.PROFILE_CHOICES:
             raise ValueError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILE_CHOICES)}")
         self.pool, self.model, self.gpus, self.host = pool, model, gpus, host
         self.time_scale, self.server_url, self.register = time_scale, server_url, register
         self.interval_s, self.seed, self.profile = interval_s, seed, profile
         self.base_port, self.advertise_host = base_port, advertise_host
+        self.metrics_style = metrics_style  # which server's /metrics names the nodes expose (vllm or sglang)
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._own_state_dir = False
         self._nodes: dict[str, SimNode] = {}
@@ -77,6 +83,8 @@ class SimFleet:
         self.control: ControlApi | None = None  # when started with a control port
         self.control_url: str | None = None
         self._lock = asyncio.Lock()
+        # What new nodes run: the last deployment a restart applied (None: the profile's own model).
+        self.serving: Serving | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -138,7 +146,7 @@ class SimFleet:
         return [p for p in range(self.base_port, min(65536, self.base_port + len(used) + 100)) if p not in used]
 
     async def add_node(self, name: str | None = None, profile: str | None = None,
-                       boot_delay_s: float = 0.0) -> SimNode:
+                       boot_delay_s: float = 0.0, serving: Serving | None = None) -> SimNode:
         """Add a node. With boot_delay_s > 0 it returns at once in state "booting" and starts serving (and its
         agent pushing) after the delay, in wall seconds."""
         if profile is None or profile == "mixed":
@@ -162,12 +170,14 @@ class SimFleet:
             for port in self._ports():
                 try:
                     node = SimNode(name, prof, model=self.model, gpus=self.gpus, host=self.host, port=port,
-                                   time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host)
+                                   time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host,
+                                   serving=serving or self.serving)
                     break
                 except OSError as exc:  # taken by another process: the next one
                     error = exc
             else:
                 raise OSError(f"no free port for node {name} from {self.base_port}: {error}")
+            node.metrics_style = self.metrics_style
             self._nodes[name] = node
         if boot_delay_s > 0:
             self._boots[name] = asyncio.get_running_loop().create_task(self._boot(node, token, boot_delay_s))
@@ -189,6 +199,31 @@ class SimFleet:
                 agent.start()
         finally:
             self._boots.pop(node.name, None)
+
+    def restart_node(self, name: str, serving: Serving | None = None, boot_delay_s: float = 0.0) -> SimNode:
+        """Restart a node's inference server (with `serving` from now on, which new nodes then get too); at once
+        the node is "booting", and it serves again after the delay. ServingError when `serving` cannot run on it,
+        ValueError when it is booting already."""
+        node = self.node(name)
+        if name in self._boots:
+            raise ValueError(f"node {name!r} is booting already; wait until it is up")
+        if not 0 <= boot_delay_s <= MAX_BOOT_DELAY_S:
+            raise ValueError(f"boot_delay_s must be 0-{MAX_BOOT_DELAY_S:g} seconds, got {boot_delay_s}")
+        if serving is not None:
+            from agents.sim.serving import shape
+
+            shape(node.hardware, serving, len(node.gpu.gpus))  # ServingError before anything stops
+            self.serving = serving
+
+        async def run() -> None:
+            try:
+                await node.restart(serving, boot_delay_s)
+            finally:
+                self._boots.pop(name, None)
+
+        node.booted = False  # "booting" from this moment, not from the task's first step
+        self._boots[name] = asyncio.get_running_loop().create_task(run())
+        return node
 
     async def remove_node(self, name: str) -> None:
         node = self.node(name)

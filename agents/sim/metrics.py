@@ -1,7 +1,9 @@
-"""A simulated node's `/metrics`: Prometheus text with the metric names vLLM (v1) exports.
+"""A simulated node's `/metrics`: Prometheus text with the metric names vLLM (v1) exports, or SGLang's.
 
-These are the names agents/collectors/inference.py reads first, so the real agent scraper turns a sim node's
-metrics into every inference catalogue metric, the way it does for a real vLLM.
+These are the names agents/collectors/inference.py reads, so the real agent scraper turns a sim node's metrics into
+every inference catalogue metric, the way it does for a real vLLM (`style="vllm"`, the default) or a real SGLang
+server (`style="sglang"`: its names, and the prefix cache as the `sglang:cache_hit_rate` gauge over recent requests
+instead of vLLM's query/hit token counters).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ def _num(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else f"{int(value)}.0"
 
 
-def render(engine: Engine, model: str, engine_id: str = "0") -> str:
+STYLES = ("vllm", "sglang")
+
+
+def render(engine: Engine, model: str, engine_id: str = "0", style: str = "vllm") -> str:
+    if style == "sglang":
+        return _render_sglang(engine, model)
     labels = f'engine="{engine_id}",model_name="{_esc(model)}"'
     out: list[str] = []
 
@@ -62,4 +69,32 @@ def render(engine: Engine, model: str, engine_id: str = "0") -> str:
     out.append("# HELP sim:engine_lag_dropped_seconds_total Wall seconds the simulator ran behind its schedule.")
     out.append("# TYPE sim:engine_lag_dropped_seconds_total counter")
     out.append(f"sim:engine_lag_dropped_seconds_total{{{labels}}} {_num(engine.lag_dropped_s)}")
+    return "\n".join(out) + "\n"
+
+
+def _render_sglang(engine: Engine, model: str) -> str:
+    labels = f'model_name="{_esc(model)}"'
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help: str, value: float) -> None:
+        out.extend((f"# HELP {name} {help}", f"# TYPE {name} {kind}", f"{name}{{{labels}}} {_num(value)}"))
+
+    def histogram(name: str, help: str, h: Histogram) -> None:
+        out.extend((f"# HELP {name} {help}", f"# TYPE {name} histogram"))
+        for le, cum in h.cumulative():
+            out.append(f'{name}_bucket{{{labels},le="{_num(le)}"}} {_num(cum)}')
+        out.append(f"{name}_sum{{{labels}}} {_num(h.sum)}")
+        out.append(f"{name}_count{{{labels}}} {_num(h.count)}")
+
+    metric("sglang:num_running_reqs", "gauge", "The number of running requests.", len(engine.running))
+    metric("sglang:num_queue_reqs", "gauge", "The number of requests in the waiting queue.", len(engine.waiting))
+    metric("sglang:token_usage", "gauge", "The token usage.", engine.kv_usage)
+    metric("sglang:cache_hit_rate", "gauge", "The prefix cache hit rate.", engine.recent_hit_rate())
+    metric("sglang:prompt_tokens_total", "counter", "Number of prefill tokens processed.", engine.prompt_tokens_total)
+    metric("sglang:generation_tokens_total", "counter", "Number of generation tokens processed.",
+           engine.generation_tokens_total)
+    histogram("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.", engine.ttft)
+    histogram("sglang:e2e_request_latency_seconds", "Histogram of End-to-end request latency in seconds",
+              engine.e2e)
+    histogram("sglang:queue_time_seconds", "Histogram of queueing time in seconds.", engine.queue_time)
     return "\n".join(out) + "\n"

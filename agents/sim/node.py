@@ -21,6 +21,7 @@ from agents.sim.engine import Engine, SimRequest
 from agents.sim.http import HttpServer, Request, Response, json_response
 from agents.sim.metrics import render
 from agents.sim.profiles import Profile
+from agents.sim.serving import Serving, shape
 from agents.sim.vhost import VirtualHost
 from agents.sim.vnvml import VirtualNvml
 from agents.spool import dumps
@@ -38,8 +39,11 @@ def _sse(doc: dict[str, Any]) -> bytes:
 class SimNode:
     def __init__(self, name: str, profile: Profile, model: str = "sim-llm", gpus: int = 8, host: str = "127.0.0.1",
                  port: int = 0, time_scale: float = 1.0, seed: int | None = None,
-                 advertise_host: str | None = None) -> None:
+                 advertise_host: str | None = None, serving: Serving | None = None) -> None:
         self.name = name
+        self.hardware = profile  # the profile before a deployment reshapes it
+        self.serving_config: Serving | None = None
+        self.restarts = 0
         self.spec = profile
         self.profile = profile.name  # "h100", "a100" or "l40s"
         self.model = model
@@ -57,7 +61,43 @@ class SimNode:
         self.admin_state: str | None = None  # what Switchyard wants of the node (active/draining/cordoned)
         self.created = time.time()
         self.fingerprint = f"fp_sim_{profile.name}"
+        self.metrics_style = "vllm"  # or "sglang": which server's /metrics names this node exposes
         self._released = asyncio.Event()  # set to let hung connections go (they are then dropped)
+        if serving is not None:
+            self._apply(serving)
+
+    def _apply(self, serving: Serving) -> None:
+        """Run `serving` from now on (ServingError, changing nothing, when it cannot run on this node)."""
+        spec = shape(self.hardware, serving, len(self.gpu.gpus))
+        self.serving_config, self.spec, self.model = serving, spec, serving.model
+        self.engine.profile = spec
+        self.engine.prefix_caching = serving.prefix_caching
+        self.gpu.profile = spec
+
+    def advertised(self) -> dict[str, Any]:
+        """What the node runs, as its agent advertises it (model, max model length, quantization ...)."""
+        if self.serving_config is None:
+            return {"model": self.model, "engine": "vllm", "tensor_parallel_size": len(self.gpu.gpus),
+                    "pipeline_parallel_size": 1, "quantization": None, "kv_cache_dtype": "auto",
+                    "max_model_len": self.spec.max_model_len, "prefix_caching": True, "revision": None}
+        return self.serving_config.describe(len(self.gpu.gpus), self.spec)
+
+    async def restart(self, serving: Serving | None, boot_delay_s: float = 0.0) -> None:
+        """Restart the inference server (with `serving`, when given): it stops listening, the requests still in
+        it are lost (a rollout drains the node first), and it serves again after the boot delay."""
+        if serving is not None:
+            shape(self.hardware, serving, len(self.gpu.gpus))  # refuse before stopping anything
+        self.booted = False
+        self.server.stop_now()
+        await self.engine.close()
+        if serving is not None:
+            self._apply(serving)
+        self.restarts += 1
+        if boot_delay_s > 0:
+            await asyncio.sleep(boot_delay_s)
+        if self.failure != "refuse":
+            await self.server.start()
+        self.booted = True
 
     # -- state ----------------------------------------------------------------------------------------------
 
@@ -91,7 +131,8 @@ class SimNode:
         return {"name": self.name, "url": self.url, "port": self.port, "profile": self.profile,
                 "model": self.model, "gpus": len(self.gpu.gpus), "state": self.state, "failure": self.failure,
                 "slow": self.slow, "admin_state": self.admin_state, "running": self.running,
-                "waiting": self.waiting, "kv_usage_pct": round(100.0 * self.kv_usage, 1)}
+                "waiting": self.waiting, "kv_usage_pct": round(100.0 * self.kv_usage, 1),
+                "serving": self.advertised(), "restarts": self.restarts}
 
     # -- lifecycle ------------------------------------------------------------------------------------------
 
@@ -154,7 +195,7 @@ class SimNode:
         if req.method not in ("GET", "HEAD"):
             return self._error(405, f"{path} takes GET, not {req.method}", "method_not_allowed")
         if path == "/metrics":
-            return Response(200, render(self.engine, self.model).encode(),
+            return Response(200, render(self.engine, self.model, style=self.metrics_style).encode(),
                             content_type="text/plain; version=0.0.4; charset=utf-8")
         if path == "/health":
             if self.failure == "error":

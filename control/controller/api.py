@@ -8,17 +8,19 @@ from typing import Any
 
 import orjson
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from control.controller import actions, bindings, loop, observe, predict
+from control.controller import actions, bindings, loop, observe, predict, timeline
 from control.controller.models import PoolProvider, ScalingAction
 from control.providers.registry import ConfigError
 from core.api import ApiError, BoundedJSONParser, ReasonIn, body, errors, query_text, text
 from core.audit.context import Origin
+from core.csv_export import CSVExport
 from core.roles import IsAdmin, IsOperator, IsViewer
 from dashboard.fleet.models import Node, Pool
 from dashboard.metrics.latest import redis_client
@@ -282,7 +284,7 @@ class ForecastOut(serializers.Serializer):
     mape = serializers.FloatField(allow_null=True, help_text="mean absolute percentage error of past forecasts")
 
 
-class Forecast(APIView):
+class Forecast(CSVExport, APIView):
     """Forecast versus actual demand of a pool over the last `hours` (default 6), with the forecast's MAPE."""
 
     permission_classes = [IsViewer]
@@ -299,7 +301,48 @@ class Forecast(APIView):
         metric = actions.pool_policy(p.name)["predictive"]["metric"]
         now = timezone.now()
         data = predict.accuracy(p, metric, now - timedelta(hours=int(raw)), now)
-        return Response({"pool": p.name, "metric": metric, **data})
+        return self.respond(request, {"pool": p.name, "metric": metric, **data}, f"switchyard-{p.name}-forecast")
+
+    def to_csv(self, document: Any) -> str:
+        """One row per minute: the actual demand and the forecast for it (empty where there is none)."""
+        import csv
+        import io
+
+        rows: dict[str, list[Any]] = {}
+        for point in document["actual"]:
+            rows.setdefault(point["ts"], ["", ""])[0] = point["value"]
+        for point in document["forecast"]:
+            rows.setdefault(point["ts"], ["", ""])[1] = point["value"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["time", f"actual_{document['metric']}", f"forecast_{document['metric']}"])
+        for ts in sorted(rows):
+            w.writerow([ts, *rows[ts]])
+        return buf.getvalue()
+
+
+class Timeline(CSVExport, APIView):
+    """A pool's desired / actual / reporting nodes per minute against each scaling rule's metric (and threshold),
+    the forecast for predictive pools and the scaling actions in the range. `format=csv`: one row per minute."""
+
+    permission_classes = [IsViewer]
+
+    @extend_schema(parameters=[OpenApiParameter("range", str, enum=list(timeline.RANGES),
+                                                 description=f"default {timeline.DEFAULT_RANGE}"),
+                               OpenApiParameter("format", str, enum=["json", "csv"])],
+                   responses={200: OpenApiTypes.OBJECT, **errors(400, 401, 403, 404)})
+    def get(self, request: Request, pool: str) -> Response:
+        try:
+            rng = timeline.parse_range(request.query_params.get("range"))
+        except timeline.RangeError as exc:
+            raise ApiError(400, f"range: {exc}", {"range": str(exc)}) from None
+        p = Pool.objects.filter(name=pool).first()
+        if p is None:
+            raise ApiError(404, f"no pool named {pool[:63]!r}")
+        return self.respond(request, timeline.timeline(p, rng, timezone.now()), f"switchyard-{p.name}-scaling-{rng.name}")
+
+    def to_csv(self, document: Any) -> str:
+        return timeline.to_csv(document)
 
 
 class PowerOut(serializers.Serializer):
@@ -314,7 +357,9 @@ class PowerOut(serializers.Serializer):
     converged = serializers.IntegerField(allow_null=True, help_text="GPUs whose reported limit matches the cap")
     nodes_not_converged = serializers.ListField(child=serializers.CharField())
     mean_power_w = serializers.FloatField(allow_null=True)
-    energy_per_token_j = serializers.FloatField(allow_null=True, help_text="joules per generated token, last hour")
+    energy_per_token_j = serializers.FloatField(allow_null=True, help_text="joules per generated token")
+    energy_window = serializers.CharField(allow_null=True, help_text="the window energy per token was computed over "
+                                          "(the last hour, else the last 15 minutes); null with no tokens or power")
 
 
 class PowerSummary(APIView):

@@ -80,7 +80,10 @@ def open_watches(now: datetime | None = None) -> list[GuardWatch]:
         # activated again counts from then; its creation time would not).
         pointer = ActivePolicy.objects.select_related("revision").get(kind=kind, scope=GLOBAL)
         rev, started = pointer.revision, pointer.updated
-        if rev.parent_id is None or rev.author == ACTOR or now - started >= window:
+        # The guard's own rollbacks restore an earlier revision; a canary the controller promoted is new content
+        # and is watched like any other change.
+        own_rollback = rev.author == ACTOR and rev.restored_from_id is not None
+        if rev.parent_id is None or own_rollback or now - started >= window:
             continue
         watch, created = GuardWatch.objects.get_or_create(
             revision=rev, defaults={"kind": kind, "started": started, "until": started + window})

@@ -132,3 +132,49 @@ class GuardWatch(models.Model):
     class Meta:
         ordering = ["-started"]
         indexes = [models.Index(fields=["state", "until"])]
+
+
+class Rollout(models.Model):
+    """A deployment revision rolled out to a pool, batch by batch (control/controller/rollout.py)."""
+
+    class State(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"  # stopped where it was: the batches before it run the new revision, the rest the old
+
+    class Step(models.TextChoices):
+        DRAIN = "drain"  # the current batch is about to be drained
+        DRAINING = "draining"  # waiting for its in-flight requests (or the drain timeout)
+        RESTARTING = "restarting"  # the provider restarts it with the new configuration; waiting for it to serve
+
+    pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="rollouts")
+    revision = models.ForeignKey(PolicyRevision, on_delete=models.PROTECT, related_name="+")
+    previous = models.ForeignKey(PolicyRevision, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                 help_text="the deployment revision active before; a revert re-applies it")
+    entry = models.JSONField(help_text="the pool's entry of the revision, as rolled out")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
+    step = models.CharField(max_length=16, choices=Step.choices, default=Step.DRAIN)
+    batches = models.JSONField(default=list, help_text="node names per batch, in order")
+    batch = models.PositiveIntegerField(default=0, help_text="index of the batch in progress")
+    done_nodes = models.JSONField(default=list, blank=True)
+    step_deadline = models.DateTimeField(null=True, blank=True)
+    step_started = models.DateTimeField(null=True, blank=True)
+    provider = models.CharField(max_length=16, blank=True)
+    provider_request_id = models.CharField(max_length=200, blank=True)
+    progress = models.CharField(max_length=200, blank=True, help_text="a provider's own rollout: how far it got")
+    error = models.TextField(blank=True)
+    actor = models.CharField(max_length=150, default="controller")
+    reason = models.TextField(blank=True)
+    reverts = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reverted_by")
+    created = models.DateTimeField(default=timezone.now)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        constraints = [
+            # One rollout at a time per pool: a second would restart nodes the first is draining.
+            models.UniqueConstraint(fields=["pool"], condition=Q(state="running"), name="rollout_one_running_per_pool"),
+        ]
+
+    def __str__(self) -> str:
+        return f"rollout #{self.pk} {self.pool.name} v{self.revision.version} {self.state}"

@@ -391,14 +391,49 @@ def energy_per_token(pool: str, window_s: int = 3600, now: datetime | None = Non
         f"SELECT sum(r * extract(epoch FROM at - prev)) FROM ("
         f"SELECT s.{rate} AS r, s.{t} AS at, lag(s.{t}) OVER (PARTITION BY s.node_id ORDER BY s.{t}) AS prev "
         f"FROM {node_t.name} s {in_pool} AND s.{t} > %s AND s.{t} <= %s) x WHERE prev IS NOT NULL AND r IS NOT NULL")
+    # GPUs without an energy counter (older boards, some drivers) still report power: integrate it over the same
+    # intervals the tokens are counted over, so "energy per token" shows whenever power and tokens were reported.
+    power = "power_w" if raw else "power_w_avg"
+    power_sql = (
+        f"SELECT sum(w * extract(epoch FROM at - prev)) FROM ("
+        f"SELECT s.{power} AS w, s.{t} AS at, lag(s.{t}) OVER (PARTITION BY s.node_id, s.gpu ORDER BY s.{t}) "
+        f"AS prev FROM {gpu_t.name} s {in_pool} AND s.{t} > %s AND s.{t} <= %s AND s.{energy} IS NULL) x "
+        "WHERE prev IS NOT NULL AND w IS NOT NULL")
     with connection.cursor() as cur:
         cur.execute(energy_sql, [pool, start, now])
         joules = cur.fetchone()[0]
+        cur.execute(power_sql, [pool, start, now])
+        from_power = cur.fetchone()[0]
         cur.execute(tokens_sql, [pool, start, now])
         tokens = cur.fetchone()[0]
+    if from_power is not None:
+        joules = float(from_power) + float(joules or 0.0)
     if joules is None or tokens is None or float(tokens) <= 0:
         return None
     return float(joules) / float(tokens)
+
+
+# Windows tried in turn for the page's energy per token: the last hour from the minute rollups, else (a fleet that
+# started minutes ago, or rollups that are behind) the last 15 minutes of raw samples.
+ENERGY_WINDOWS = ((3600, "last 60 min"), (RAW_WINDOW_MAX_S, "last 15 min"))
+
+
+def energy_per_token_shown(pool: str, now: datetime) -> tuple[float | None, str | None]:
+    """(joules per token, the window it was computed over) for the first window with tokens and energy."""
+    for window_s, label in ENERGY_WINDOWS:
+        value = energy_per_token(pool, window_s, now)
+        if value is not None:
+            return value, label
+    return None, None
+
+
+def _energy_fields(pool: str, window_s: int, now: datetime) -> dict[str, Any]:
+    if window_s == 3600:
+        value, label = energy_per_token_shown(pool, now)
+    else:  # a caller that asked for its own window gets exactly that one
+        value = energy_per_token(pool, window_s, now)
+        label = f"last {window_s // 60} min" if value is not None else None
+    return {"energy_per_token_j": value, "energy_window": label}
 
 
 def power_summary(now: datetime | None = None, window_s: int = 3600) -> list[dict[str, Any]]:
@@ -438,6 +473,6 @@ def power_summary(now: datetime | None = None, window_s: int = 3600) -> list[dic
             "nodes_not_converged": sorted(n for n in members[pool]
                                           if (state.get(n) or {}).get("status") == NOT_CONVERGED),
             "mean_power_w": round(sum(draws) / len(draws), 1) if draws else None,
-            "energy_per_token_j": energy_per_token(pool, window_s, now),
+            **_energy_fields(pool, window_s, now),
         })
     return out

@@ -32,7 +32,8 @@ def tick() -> dict[str, Any] | None:
         out: dict[str, Any] = {}
         # Each part is independent: a failure in one (logged) must not keep the others from running.
         for name, module, fn in (("scaling", "loop", "tick"), ("power", "power", "reconcile"),
-                                 ("guard_open", "guard", "open_watches"), ("guard", "guard", "check")):
+                                 ("guard_open", "guard", "open_watches"), ("guard", "guard", "check"),
+                                 ("rollout", "rollout", "reconcile")):
             try:
                 out[name] = run(module, fn, now)
             except Exception as exc:

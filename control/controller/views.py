@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from control.controller import actions
+from control.controller import actions, timeline
 from control.controller.api import pools_overview
 from control.controller.models import ScalingAction
 from core.audit.context import Origin
@@ -27,6 +27,7 @@ def scaling(request: HttpRequest) -> HttpResponse:
     return render(request, "controller/scaling.html", {
         "nav": "scaling", "pools": pools, "actions": log, "power": power.power_summary(),
         "forecast_pools": [p["pool"] for p in pools if p["provider"] and p["predictive"]],
+        "timeline_ranges": list(timeline.RANGES),
     })
 
 

@@ -16,6 +16,7 @@ import orjson
 
 from control.loadgen.curves import Curve, peak_of
 from control.loadgen.mix import Mix
+from control.loadgen.workloads import Workload, plan, rate_divisor
 
 _WORDS = ("fleet gpu token batch prefill decode cache queue latency power node pool route weight scale drain cordon "
           "alert metric sample shard merge policy").split()
@@ -56,6 +57,23 @@ class LoadSpec:
     # Merged into every request body, e.g. {"ignore_eos": True} (vLLM's extension) so that each answer is exactly
     # max_tokens long and runs that are compared differ only in where the requests went.
     extra_body: dict[str, Any] = field(default_factory=dict)
+    # None: independent prompts drawn from prompt_tokens / max_tokens; else shared-prefix or multi-turn
+    # (workloads.py), whose requests come from their own seeded generator.
+    workload: Workload | None = None
+    prompt_tag: str = ""  # independent prompts start with it: the same sequence with texts no cache has seen
+
+
+def arrivals(curve: Curve, duration_s: float, rng: random.Random, divisor: float = 1.0) -> list[float]:
+    """Poisson arrival times of the curve / divisor over the duration (thinning against the peak)."""
+    peak = peak_of(curve, duration_s) / divisor
+    out: list[float] = []
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak)
+        if t >= duration_s:
+            return out
+        if rng.random() * peak <= curve(t) / divisor:
+            out.append(t)
 
 
 def prompt_of(tokens: int, rng: random.Random) -> str:
@@ -105,6 +123,24 @@ def _chunk_has_text(data: str) -> bool:
     return bool(delta.get("content") or choice.get("text"))
 
 
+def _schedule(spec: LoadSpec, rng: random.Random, peak: float) -> Any:
+    """(send time, messages or None, max_tokens) in time order. Independent prompts are drawn lazily (as before);
+    a workload's requests are planned up front from its own seeded generator."""
+    if spec.workload is not None:
+        times = arrivals(spec.curve, spec.duration_s, rng, rate_divisor(spec.workload))
+        for p in plan(spec.workload, times, spec.seed, spec.duration_s):
+            yield p.t, p.messages, p.max_tokens
+        return
+    t = 0.0
+    while True:
+        t += rng.expovariate(peak)
+        if t >= spec.duration_s:
+            return
+        if rng.random() * peak > spec.curve(t):
+            continue  # thinning: keep the candidate with probability rate(t) / peak
+        yield t, None, 0
+
+
 async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = None) -> list[Outcome]:
     """Send the load; returns every outcome (in send order). `progress(elapsed_s, sent)` is called about 4x a second."""
     rng = random.Random(spec.seed)
@@ -117,14 +153,8 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
     tasks: set[asyncio.Task[None]] = set()
     async with httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits) as client:
         t0 = time.perf_counter()
-        t = 0.0
         last_report = 0.0
-        while True:
-            t += rng.expovariate(peak)
-            if t >= spec.duration_s:
-                break
-            if rng.random() * peak > spec.curve(t):
-                continue  # thinning: keep the candidate with probability rate(t) / peak
+        for t, messages, max_tokens in _schedule(spec, rng, peak):
             delay = t0 + t - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -134,9 +164,11 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
             if len(tasks) >= spec.max_outstanding:
                 out.error = "client overloaded (--max-outstanding reached)"
                 continue
-            payload = {"model": spec.model, "messages": [{"role": "user", "content": prompt_of(
-                spec.prompt_tokens.pick(rng), rng)}], "max_tokens": spec.max_tokens.pick(rng),
-                "temperature": spec.temperature, "stream": stream, **spec.extra_body}
+            if messages is None:
+                messages = [{"role": "user", "content": spec.prompt_tag + prompt_of(spec.prompt_tokens.pick(rng), rng)}]
+                max_tokens = spec.max_tokens.pick(rng)
+            payload = {"model": spec.model, "messages": messages, "max_tokens": max_tokens,
+                       "temperature": spec.temperature, "stream": stream, **spec.extra_body}
             task = asyncio.create_task(_one(client, spec, out, orjson.dumps(payload), {**headers, "X-Priority": cls}))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

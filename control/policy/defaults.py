@@ -15,9 +15,10 @@ _PRIORITY_DEFAULTS = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait): the classic formula plus the
-    # speed-aware expected wait, weighted to dominate under load on mixed hardware (bench/routing.py, docs/gateway.md).
-    # Queue depth, KV cache and in-flight are ready, weight 0.
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait) + 2*prefix_affinity: the
+    # classic formula plus the speed-aware expected wait, weighted to dominate under load on mixed hardware
+    # (bench/routing.py), plus cache affinity (bench/prefix.py; a prompt with no match is routed as without it).
+    # Queue depth, KV cache and in-flight are ready, weight 0. See docs/gateway.md.
     "scheduler": {
         "scorers": [
             {"metric": "gpu_free", "weight": 0.6, "invert": False},
@@ -27,6 +28,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             {"metric": "kv_cache", "weight": 0.0, "invert": True},
             {"metric": "in_flight", "weight": 0.0, "invert": True},
             {"metric": "expected_wait", "weight": 5.0, "invert": True},
+            {"metric": "prefix_affinity", "weight": 2.0, "invert": False},
         ],
         "filters": {
             "require_model": True,
@@ -37,7 +39,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             "max_stale_s": 15,
             "require_inference_up": True,
         },
-        "picker": {"strategy": "highest", "tie_break": "random", "tie_epsilon": 0.01},
+        "picker": {"strategy": "highest", "tie_break": "random", "tie_epsilon": 0.01,
+                   # cache_aware only (SGLang router's documented defaults)
+                   "cache_threshold": 0.5, "balance_abs_threshold": 32, "balance_rel_threshold": 1.1},
         "latency": {"source": "rtt", "normalise": "fixed", "scale_ms": 100.0},
         # Requests sent since a node's last sample count against it whatever the weights (see docs/gateway.md).
         "load": {"node_capacity": 32, "burst_correction": 1.0},
@@ -45,6 +49,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "quarantine": {"failures": 3, "cooldown_s": 30.0},
         "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576, "shared": False},
         "shedding": {"retry_after_s": 2},
+        # The gateway's approximate prefix index (prefix_affinity scorer, cache_aware picker; docs/gateway.md).
+        "prefix": {"block_chars": 256, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128},
     },
     "scaling": {
         "default": {
@@ -70,6 +76,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "power": {"default": {"mode": "uncapped", "cap_w": None, "pct": None, "peak_start_hour": 12, "peak_end_hour": 18},
               "pools": {}},
     "alerts": DEFAULT_ALERTS,
+    # No pool is managed until an operator says what it runs (docs/deployments.md).
+    "deployment": {"pools": {}},
 }
 
 

@@ -17,6 +17,7 @@ class Kind(models.TextChoices):
     PRIORITIES = "priorities"
     POWER = "power"
     ALERTS = "alerts"
+    DEPLOYMENT = "deployment"
 
 
 assert tuple(Kind.values) == KINDS

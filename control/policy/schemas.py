@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from control.alerts.schema import Alerts
+from control.policy.deployment import Deployment
 from core.diffing import error_path
 
-KINDS = ("scheduler", "scaling", "priorities", "power", "alerts")
+KINDS = ("scheduler", "scaling", "priorities", "power", "alerts", "deployment")
 
 NAME = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 PoolName = Annotated[str, Field(pattern=NAME)]
@@ -31,17 +32,21 @@ class Strict(BaseModel):
 
 
 # --- scheduler --------------------------------------------------------------------------------------------------
-SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait")
+SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait",
+                  "prefix_affinity")
 
 
 class Scorer(Strict):
-    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait"] = Field(
+    metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait",
+                    "prefix_affinity"] = Field(
         description="gpu_free, cpu_load, latency, queue_depth, kv_cache: from the node's latest sample; in_flight: "
                     "the gateway's own requests in flight to the node / load.node_capacity; expected_wait: the time "
                     "a new request should take on the node, seconds per request slot as the gateway measured them "
                     "(Little's law, an average per node; the fleet median for a node not measured yet) x (in flight "
                     "+ 1), normalised as E / (E + scale), scale = the fleet median seconds per slot over the healthy "
-                    "nodes x load.node_capacity (invert it: a shorter wait is better)")
+                    "nodes x load.node_capacity (invert it: a shorter wait is better); prefix_affinity: the share "
+                    "of the prompt's leading blocks the gateway recently sent to the node (its approximate prefix "
+                    "cache, see the prefix section), 0 below prefix.min_match_blocks")
     weight: Weight
     invert: bool = Field(False, description="score 1 - x instead of x (x is the metric normalised to [0, 1])")
 
@@ -59,13 +64,37 @@ class Filters(Strict):
 
 
 class Picker(Strict):
-    strategy: Literal["highest", "round_robin", "least_in_flight"] = Field(
+    strategy: Literal["highest", "round_robin", "least_in_flight", "cache_aware"] = Field(
         "highest", description="highest: the best score (ties within tie_epsilon broken by tie_break); "
                                "round_robin: cycle over the nodes that pass the filters, scores ignored; "
                                "least_in_flight: the node with the fewest requests this gateway has in flight to "
-                               "it, random tie-break, scores ignored. The filters apply to all three")
+                               "it, random tie-break, scores ignored; cache_aware: SGLang's router policy (the "
+                               "longest prefix match when it covers cache_threshold of the prompt, else the node "
+                               "holding the least; the fewest in flight when the load is imbalanced), scores "
+                               "ignored. The filters apply to all four")
     tie_break: Literal["random", "first"] = "random"
     tie_epsilon: float = Field(0.01, ge=0, le=1)
+    cache_threshold: float = Field(0.5, ge=0, le=1, description="cache_aware: share of the prompt's blocks a node "
+                                                                "must hold to get it by affinity")
+    balance_abs_threshold: int = Field(32, ge=0, le=100_000, description="cache_aware: the load counts as "
+                                       "imbalanced when the most loaded node has this many more requests in flight "
+                                       "than the least")
+    balance_rel_threshold: float = Field(1.1, ge=1, le=100, description="cache_aware: ... and more than this "
+                                                                        "times as many")
+
+
+class Prefix(Strict):
+    """The gateway's approximate index of what each node has cached (control/scheduler/prefix_index.py), read by
+    the prefix_affinity scorer and the cache_aware picker."""
+
+    block_chars: int = Field(256, ge=8, le=4096, description="characters of prompt text per block (about 64 tokens "
+                                                             "at 256: four of vLLM's 16-token blocks)")
+    index_blocks: int = Field(10_000, ge=1, le=1_000_000, description="blocks remembered per node (an LRU): about "
+                                                                      "the node's KV cache in blocks")
+    min_match_blocks: int = Field(2, ge=1, le=100_000, description="prefix_affinity: a node holding fewer of the "
+                                                                   "prompt's leading blocks scores 0")
+    max_blocks: int = Field(128, ge=1, le=100_000, description="leading blocks of a prompt looked at (bounds the "
+                                                                "cost of a very long prompt)")
 
 
 class Latency(Strict):
@@ -123,6 +152,7 @@ class Scheduler(Strict):
     quarantine: Quarantine = Field(default_factory=Quarantine)
     cache: Cache = Field(default_factory=Cache)
     shedding: Shedding = Field(default_factory=Shedding)
+    prefix: Prefix = Field(default_factory=Prefix)
 
     @field_validator("scorers")
     @classmethod
@@ -281,6 +311,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "priorities": Priorities,
     "power": Power,
     "alerts": Alerts,
+    "deployment": Deployment,  # control/policy/deployment.py, with the pool-fit check
 }
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from control.policy.defaults import default_document
 from control.policy.models import GLOBAL, ActivePolicy, PolicyRevision
-from control.policy.schemas import KINDS, validate
+from control.policy.schemas import KINDS, DocumentError, validate
 from control.webhooks import events
 from core import diffing
 from core.audit.context import Origin
@@ -131,9 +131,22 @@ def revisions(kind: str, scope: str = GLOBAL) -> Any:
     return PolicyRevision.objects.filter(kind=kind, scope=scope).order_by("-version")
 
 
+def validate_for_fleet(kind: str, document: Any) -> dict[str, Any]:
+    """The schema, then the checks against the fleet as it is now (a deployment must fit its pool's GPUs). A
+    rollback skips the second: restoring what ran before must stay possible whatever changed since."""
+    normalised = validate(kind, document)
+    if kind == "deployment":
+        from control.policy.deployment import check_fit
+
+        problems = check_fit(normalised)
+        if problems:
+            raise DocumentError(problems)
+    return normalised
+
+
 def preview(kind: str, document: Any, scope: str = GLOBAL) -> dict[str, Any]:
     """Validate a document and diff it against the active revision, storing nothing."""
-    normalised = validate(check_kind(kind), document)
+    normalised = validate_for_fleet(check_kind(kind), document)
     current = active(kind, scope)
     return {"active": current, "document": normalised, "changes": diffing.changes(current.document, normalised)}
 
@@ -163,7 +176,7 @@ def create_revision(kind: str, document: Any, reason: Any, parent: Any, origin: 
     """A new revision from `document`, child of `parent` (which must be the active revision); active by default."""
     check_kind(kind)
     reason = check_reason(reason)
-    normalised = validate(kind, document)
+    normalised = validate_for_fleet(kind, document)
     with transaction.atomic():
         pointer = _pointer(kind, scope, lock=True)
         previous = pointer.revision

@@ -24,6 +24,8 @@ DESCRIPTIONS = {
     "priorities": "Request classes, their queue limits, and which are shed at saturation.",
     "power": "GPU power caps per pool.",
     "alerts": "Alert rules on fleet metrics.",
+    "deployment": "What each pool runs (engine, model, TP/PP, quantization, max model length) and how a change "
+                  "is rolled out; checked against the pool's GPUs.",
 }
 
 
@@ -46,6 +48,9 @@ def editor(request: HttpRequest, kind: str) -> HttpResponse:
     ctx: dict[str, Any] = {"nav": "policies", "kind": kind, "description": DESCRIPTIONS[kind], "active": current,
                            "text": diffing.pretty(current.document), "parent": current.pk, "reason": "",
                            "error": None, "fields": {}, "changes": None, "rows": None}
+    if request.method == "GET" and request.GET.get("document") and _can_operate(request):
+        # A suggestion (the pool page's advisor) opens here filled in; nothing is stored until it is saved.
+        ctx.update(text=request.GET["document"][:MAX_BODY_BYTES], reason=request.GET.get("reason", "")[:2000])
     if request.method == "POST":
         if not _can_operate(request):
             return render(request, "policy/editor.html", {**ctx, "error": "Editing needs the operator role."},

@@ -40,9 +40,25 @@ class Instance:
     state: str  # the provider's word for it (booting/up, Pending/InService, Creating/Succeeded, ...)
 
 
+@dataclass(frozen=True)
+class RolloutStatus:
+    """Where a provider's own rollout of a deployment stands."""
+
+    done: bool
+    failed: str = ""  # why it stopped, when it did
+    progress: str = ""  # e.g. "2/6 updated, 5 available"
+
+
 class Provider(ABC):
     kind: ClassVar[str]
     max_size: int | None = None  # what the provider allows, when it knows (some learn it on their first read)
+    # True: the provider rolls a deployment out itself (apply_deployment + deployment_status: a Kubernetes rolling
+    # update, an AWS instance refresh, an Azure rolling upgrade); False: the controller restarts instances batch by
+    # batch (restart_instances).
+    rolls_out_itself: ClassVar[bool] = False
+    # The Instance.state words of an instance that serves again after a restart, and of one that failed.
+    serving_states: ClassVar[tuple[str, ...]] = ("up",)
+    failed_states: ClassVar[tuple[str, ...]] = ("failed",)
 
     @abstractmethod
     def current_size(self) -> Size: ...
@@ -59,6 +75,21 @@ class Provider(ABC):
     def remove_instance(self, instance_id: str) -> str:
         """Remove this instance and lower the desired size by one. An instance that is already gone (or going) is
         not an error: nothing else changes and the returned id says so."""
+
+    def restart_instances(self, instance_ids: list[str], entry: dict[str, Any], revision: int | None) -> str:
+        """Restart these instances running the deployment pool entry `entry` (control/policy/deployment.py) from
+        now on; returns a request id at once, the instances show as booting until they serve. Only a provider
+        whose rollout the controller drives batch by batch implements it (local, today)."""
+        raise ProviderError(f"the {self.kind} provider cannot restart single instances with a new deployment",
+                            permanent=True)
+
+    def apply_deployment(self, entry: dict[str, Any], revision: int | None) -> str:
+        """Render the deployment pool entry into the provider's template and start its rolling update with the
+        entry's strategy; returns the request id (what deployment_status takes)."""
+        raise ProviderError(f"the {self.kind} provider cannot apply a deployment", permanent=True)
+
+    def deployment_status(self, request_id: str) -> RolloutStatus:
+        raise ProviderError(f"the {self.kind} provider cannot report a rollout", permanent=True)
 
     # -- helpers for implementations ------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import connection, transaction
 
+from control.canary import minutes as arm_minutes
 from control.routing import histogram, reqlog
-from control.routing.models import RequestMinute, StreamCursor
+from control.routing.models import RequestMinute, RequestTotal, StreamCursor
 from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,29 @@ ON CONFLICT (minute, node, pool, request_class) DO UPDATE SET
 """
 
 
+_UPSERT_TOTAL = f"""
+INSERT INTO {RequestTotal._meta.db_table} AS t (minute, requests, status_429, status_5xx, completion_tokens)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (minute) DO UPDATE SET
+  requests = t.requests + EXCLUDED.requests,
+  status_429 = t.status_429 + EXCLUDED.status_429,
+  status_5xx = t.status_5xx + EXCLUDED.status_5xx,
+  completion_tokens = t.completion_tokens + EXCLUDED.completion_tokens
+"""
+
+
+def totals(buckets: dict[tuple[int, str, str, str], Bucket]) -> list[tuple[datetime, int, int, int, int]]:
+    """The batch's buckets summed per minute (the RequestTotal rows to add), in minute order."""
+    out: dict[int, list[int]] = {}
+    for (minute, _node, _pool, _cls), b in buckets.items():
+        t = out.setdefault(minute, [0, 0, 0, 0])
+        t[0] += b.requests
+        t[1] += b.status["429"]
+        t[2] += b.status["5xx"]
+        t[3] += b.completion_tokens
+    return [(datetime.fromtimestamp(m, UTC), *t) for m, t in sorted(out.items())]  # type: ignore[misc]
+
+
 def fold(entries: list[reqlog.Entry]) -> dict[tuple[int, str, str, str], Bucket]:
     out: dict[tuple[int, str, str, str], Bucket] = {}
     for e in entries:
@@ -135,6 +159,8 @@ def _batch(result: RunResult) -> bool:
         ]
         with connection.cursor() as cur:
             cur.executemany(_UPSERT, params)
+            cur.executemany(_UPSERT_TOTAL, totals(buckets))
+        arm_minutes.fold(entries)  # a running canary's minutes, per arm, in the same transaction
         after_upsert()
         cursor.last_id = raw[-1][0].decode()
         cursor.processed += len(entries)
@@ -176,4 +202,6 @@ def _trim(last_id: str) -> None:
 
 def _retention() -> None:
     days = getattr(settings, "RETENTION_1M_DAYS", 90)
-    RequestMinute.objects.filter(minute__lt=datetime.now(UTC) - timedelta(days=days)).delete()
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    RequestMinute.objects.filter(minute__lt=cutoff).delete()
+    RequestTotal.objects.filter(minute__lt=cutoff).delete()

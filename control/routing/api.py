@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -12,6 +13,7 @@ from rest_framework.views import APIView
 
 from control.routing import summary
 from core.api import ApiError, errors, query_text
+from core.csv_export import CSVExport
 from core.roles import IsViewer
 from dashboard.metrics.query import QueryError, parse_time
 
@@ -28,7 +30,7 @@ def _window(request: Request) -> int:
     return int(raw)
 
 
-class RoutingSummary(APIView):
+class RoutingSummary(CSVExport, APIView):
     permission_classes = [IsViewer]
 
     @extend_schema(
@@ -38,7 +40,24 @@ class RoutingSummary(APIView):
     def get(self, request: Request) -> Response:
         """Live routing: share of requests per node, each node's score by scorer (every live gateway),
         latency/TTFT p50/p95/p99 per class, 429s, retries, quarantines and the cache hit rate (docs/routing.md)."""
-        return Response(summary.summary(_window(request)))
+        window = _window(request)
+        return self.respond(request, summary.summary(window), f"switchyard-routing-{window}s")
+
+    def to_csv(self, document: Any) -> str:
+        """The page's two charts as rows: per node its share, requests, score and each scorer's part."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        scorers = list(document.get("scorers") or [])
+        w.writerow(["node", "pool", "share", "requests", "score", *scorers])
+        for n in document["nodes"]:
+            parts = n.get("parts") or {}
+            w.writerow([n["node"], n.get("pool", ""), n.get("share"), n.get("requests"),
+                        "" if n.get("score") is None else n["score"],
+                        *("" if parts.get(k) is None else parts[k] for k in scorers)])
+        return buf.getvalue()
 
 
 class RoutingMinutes(APIView):

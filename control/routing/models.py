@@ -53,3 +53,17 @@ class StreamCursor(models.Model):
     processed = models.BigIntegerField(default=0, help_text="entries aggregated since the beginning")
     skipped = models.BigIntegerField(default=0, help_text="malformed entries skipped")
     updated = models.DateTimeField(auto_now=True)
+
+
+class RequestTotal(models.Model):
+    """The whole fleet's routed requests per minute: RequestMinute summed over node, pool and class.
+
+    Written in the same transaction as the RequestMinute rows (control.routing.aggregate), so the two never disagree;
+    the overview's request-rate panel reads one row per minute here instead of one per node and class.
+    """
+
+    minute = models.DateTimeField(primary_key=True, help_text="start of the minute (UTC)")
+    requests = models.BigIntegerField(default=0)
+    status_429 = models.BigIntegerField(default=0)
+    status_5xx = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)

@@ -27,6 +27,8 @@ class Entry:
     cache: str
     retries: int
     error: str
+    arm: str = ""  # while a canary runs: canary | stable
+    canary: int | None = None
 
     @property
     def minute(self) -> int:
@@ -66,7 +68,13 @@ def parse(entry_id: bytes | str, fields: dict[bytes, bytes]) -> Entry:
         prompt_tokens=int(_num(fields, "prompt_tokens") or 0),
         completion_tokens=int(_num(fields, "completion_tokens") or 0),
         cache=_s(fields, "cache"), retries=int(_num(fields, "retries") or 0), error=_s(fields, "error"),
+        arm=_s(fields, "arm")[:8], canary=_canary(fields),
     )
+
+
+def _canary(fields: dict[bytes, bytes]) -> int | None:
+    raw = _s(fields, "canary").strip()
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
 
 
 def stream_id_at(ts: float) -> str:

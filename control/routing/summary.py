@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from control.routing import histogram, reqlog
+from control.routing import histogram, prefix_hits, reqlog
 from control.routing.models import RequestMinute
 from dashboard.metrics.latest import redis_client
 
@@ -155,6 +155,9 @@ def compute(window: int, now: float) -> dict[str, Any]:
 
     routed = sum(n["requests"] for n in per_node.values())
     nodes = _merge_scores(per_node, states, routed, now)
+    node_hits, fleet_hits = prefix_hits.hit_rates(window, now, {n["node"]: n["requests"] for n in nodes})
+    for n in nodes:
+        n["prefix_cache_hit_pct"] = node_hits.get(n["node"])
     classes = [{"class": c["class"], "requests": c["requests"], "status_429": c["status_429"],
                 "retries": c["retries"], "latency_ms": histogram.percentiles(c["latency"]),
                 "ttft_ms": histogram.percentiles(c["ttft"])}
@@ -172,6 +175,7 @@ def compute(window: int, now: float) -> dict[str, Any]:
         "malformed": sum(s["malformed"] for s in slots),
         "totals": {**totals, "rps": round(totals["requests"] / span, 3) if span > 0 else 0.0, "routed": routed,
                    "cache_hit_rate": _rate(hits, hits + misses),
+                   "prefix_hit_pct": fleet_hits,
                    "quarantined_nodes": len(quarantined_now),
                    "quarantines_total": sum(int((s.get("counters") or {}).get("quarantines") or 0)
                                             for s in states)},

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
+from control.canary.models import Canary
 from control.routing import summary
 from core.roles import role_required
 
@@ -16,6 +17,7 @@ TILES = [
     ("retries", "Retries", ""),
     ("quarantined_nodes", "Quarantined now", ""),
     ("cache_hit_rate", "Cache hit rate", "%"),
+    ("prefix_hit_pct", "Prefix-cache hits", "%"),
 ]
 
 
@@ -25,4 +27,6 @@ def routing(request: HttpRequest) -> HttpResponse:
     window_s = int(window) if window.isdigit() and int(window) in summary.WINDOWS else 60
     return render(request, "routing/routing.html", {
         "nav": "routing", "tiles": TILES, "windows": summary.WINDOWS, "window": window_s,
+        # While a canary runs, part of the traffic on this page is routed by another policy: say so.
+        "canary": Canary.objects.filter(state__in=Canary.LIVE).select_related("revision").first(),
     })

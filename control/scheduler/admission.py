@@ -8,6 +8,7 @@ import time
 
 from control.scheduler.config import Priorities, default_priorities
 from control.scheduler.core import Node, Scheduler
+from control.scheduler.prefix_index import Keys
 from control.scheduler.replies import Reply
 from control.scheduler.waiting import Waiter, WaitQueue
 
@@ -18,15 +19,26 @@ class Admission:
         self.counters = counters
         self.priorities: Priorities = default_priorities()
         self.waitq = WaitQueue()
+        # A running canary's other arm (canary_arm.py): its core counts this core's sends and finishes too, and
+        # capacity freed here is offered to its waiters as well.
+        self.twin: Admission | None = None
+
+    def _sent(self, node: Node, rid: int, prefix: Keys = ()) -> None:
+        now = time.time()
+        self.sched.sent(node, rid, now, prefix)
+        twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
+        if twin is not None:
+            self.twin.sched.sent(twin, rid, now, prefix)
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
 
-    async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int) -> Node:
-        """A node reserved for request `rid` (its send already counted), or a Reply saying why there is none."""
-        pick = self.sched.pick(model, exclude)
+    async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int, prefix: Keys = ()) -> Node:
+        """A node reserved for request `rid` (its send already counted), or a Reply saying why there is none.
+        `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them)."""
+        pick = self.sched.pick(model, exclude, prefix)
         if pick.node is not None:
-            self.sched.sent(pick.node, rid, time.time())
+            self._sent(pick.node, rid, prefix)
             return pick.node
         if pick.verdict == "unknown_model":
             raise Reply(404, f"no node serves model {model!r}; GET /v1/models lists the models the fleet serves",
@@ -41,7 +53,7 @@ class Admission:
             raise Reply(429, f"the fleet is saturated and class {cls!r} is shed at saturation; retry after "
                              f"{self.sched.config.retry_after_s} s", type_="rate_limit_error", code="saturated",
                         headers=self.retry_after())
-        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid)
+        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix)
         if waiter is None:
             raise Reply(503, f"the fleet is saturated and the {cls!r} queue is full ({pc.queue_limit} waiting); "
                              "retry later", type_="server_error", code="queue_full", headers=self.retry_after())
@@ -68,14 +80,19 @@ class Admission:
             return
 
         def grant(waiter: Waiter) -> Node | None:
-            pick = self.sched.pick(waiter.model, waiter.exclude)
+            pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix)
             if pick.node is None:
                 return None
-            self.sched.sent(pick.node, waiter.rid, time.time())
+            self._sent(pick.node, waiter.rid, waiter.prefix)
             return pick.node
 
         self.waitq.dispatch([c.name for c in self.priorities.ordered()], grant)
 
     def finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool) -> None:
         self.sched.finished(node, rid, ttft_s, ok=ok)
+        twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
+        if twin is not None:
+            self.twin.sched.finished(twin, rid, ttft_s, ok=ok)
         self.dispatch()
+        if self.twin is not None:
+            self.twin.dispatch()

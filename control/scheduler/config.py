@@ -79,7 +79,15 @@ class Config:
     cache_max_entry_bytes: int
     cache_shared: bool  # False: answers are cached per user, so timing cannot reveal what someone else asked
     retry_after_s: int
-    strategy: str = "highest"  # picker: highest | round_robin | least_in_flight
+    strategy: str = "highest"  # picker: highest | round_robin | least_in_flight | cache_aware
+    # The prefix index (prefix_affinity scorer, cache_aware picker) and SGLang's cache_aware thresholds.
+    prefix_block_chars: int = 256
+    prefix_index_blocks: int = 10_000
+    prefix_min_match: int = 2
+    prefix_max_blocks: int = 128
+    cache_threshold: float = 0.5
+    balance_abs: int = 32
+    balance_rel: float = 1.1
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Config:
@@ -101,14 +109,20 @@ class Config:
             cache_enabled=bool(cache["enabled"]), cache_ttl_s=int(cache["ttl_s"]),
             cache_max_entry_bytes=int(cache["max_entry_bytes"]), cache_shared=bool(cache.get("shared", False)),
             retry_after_s=int(shed["retry_after_s"]),
-            strategy=p.get("strategy", "highest"),
+            strategy=p.get("strategy", "highest"), **_prefix_fields(doc),
         )
+
+    @property
+    def uses_prefix(self) -> bool:
+        """Whether requests need their prompt's block keys (and sends recorded in the prefix index)."""
+        return "prefix_affinity" in self.weights or self.strategy == "cache_aware"
 
     @property
     def span(self) -> float:
         """The width of the score's range (sum of |weight| of the metric scorers, not the per-request ones
         in_flight and expected_wait); 1 when every weight is 0."""
-        total = sum(abs(w) for m, (w, _) in self.weights.items() if m not in ("in_flight", "expected_wait"))
+        total = sum(abs(w) for m, (w, _) in self.weights.items()
+                    if m not in ("in_flight", "expected_wait", "prefix_affinity"))
         return total or 1.0
 
     @property
@@ -116,6 +130,16 @@ class Config:
         """What one request sent since the node's last sample takes off its score: a node whose unseen requests
         fill its capacity loses `burst_correction` times the score's whole span, whatever the weights."""
         return self.burst_correction * self.span / self.node_capacity
+
+
+def _prefix_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    pre, p = doc.get("prefix") or {}, doc["picker"]
+    return dict(
+        prefix_block_chars=int(pre.get("block_chars", 256)), prefix_index_blocks=int(pre.get("index_blocks", 10_000)),
+        prefix_min_match=int(pre.get("min_match_blocks", 2)), prefix_max_blocks=int(pre.get("max_blocks", 128)),
+        cache_threshold=float(p.get("cache_threshold", 0.5)), balance_abs=int(p.get("balance_abs_threshold", 32)),
+        balance_rel=float(p.get("balance_rel_threshold", 1.1)),
+    )
 
 
 def default_config() -> Config:

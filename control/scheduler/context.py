@@ -33,10 +33,21 @@ class RequestContext:
     retries: int = 0
     error: str = ""
     receive: Any = None  # the ASGI receive channel: tells a stream that its client went away
+    prefix: tuple[int, ...] = ()  # the prompt's block keys when the policy routes by cache affinity (prefix_index)
+    # While a canary runs: which arm routes this request (canary / stable), the canary's id, and that arm's
+    # admission (None: the gateway's own).
+    arm: str = ""
+    canary_id: int | None = None
+    admission: Any = None
+    need_tokens: int = 0  # prompt + completion, estimated (length.py); 0: not checked
+    filtered: str = ""  # nodes skipped for this request and why (too short a max_model_len)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """What every completion answer says about how the gateway handled it."""
-        return [(b"x-switchyard-cache", self.cache.encode()), (b"x-switchyard-retries", str(self.retries).encode())]
+        out = [(b"x-switchyard-cache", self.cache.encode()), (b"x-switchyard-retries", str(self.retries).encode())]
+        if self.arm:
+            out.append((b"x-switchyard-arm", self.arm.encode()))
+        return out
 
 
 def account(ctx: RequestContext, reqlog: RequestLog, prom: GatewayMetrics) -> None:
@@ -47,7 +58,8 @@ def account(ctx: RequestContext, reqlog: RequestLog, prom: GatewayMetrics) -> No
     reqlog.add(ts=ctx.ts, node=name, pool=pool, model=ctx.model, cls=ctx.cls, status=ctx.status,
                ttft_ms=None if ctx.ttft_s is None else ctx.ttft_s * 1000, latency_ms=latency * 1000,
                prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens, cache=ctx.cache,
-               retries=ctx.retries, stream=ctx.stream, error=ctx.error)
+               retries=ctx.retries, stream=ctx.stream, error=ctx.error, arm=ctx.arm, canary=ctx.canary_id,
+               filtered=ctx.filtered)
     prom.requests.labels(ctx.cls, str(ctx.status), ctx.cache).inc()
     prom.latency.labels(ctx.cls).observe(latency)
     if ctx.ttft_s is not None:

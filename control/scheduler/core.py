@@ -24,6 +24,12 @@ Why it is built this way (docs/gateway.md has the long version):
   capacity, small on an idle fleet (where the other weights decide), and it grows with load. A send or finish
   still re-pushes only that node; when the scale moves by more than SCALE_SLACK, the heaps are rebuilt (entries
   only, no re-score).
+* `prefix_affinity` (cache-aware routing): the gateway's approximate index of what it sent where (prefix_index.py)
+  gives, per request, the few nodes holding the prompt's leading blocks. Only those can score higher than the heap
+  top, so the pick compares the heap top with them (affinity = weight x matched share of the prompt's blocks, added
+  to the same score as everything else: a busy node's expected_wait and burst terms outweigh it, so a hot prefix
+  spreads instead of herding). A request without a match takes the heap top unchanged. The `cache_aware` picker
+  is SGLang's router policy as a baseline (pickers.py).
 """
 
 from __future__ import annotations
@@ -37,13 +43,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from control.scheduler import pickers
 from control.scheduler.config import Config
+from control.scheduler.prefix_index import Keys, PrefixIndex
 
 NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
 TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
-DYNAMIC = ("in_flight", "expected_wait")  # scorers computed per request, not from the sample
+DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity")  # scorers computed per request, not from the sample
+AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity term (the routing page shows it)
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
@@ -73,6 +82,7 @@ class Metrics:
     kv_cache_pct: float | None
     models: tuple[str, ...] = ()
     endpoint: str = ""
+    max_model_len: int | None = None  # advertised in the sample's `serving` block (control/scheduler/length.py)
 
 
 def _unix(value: Any) -> float | None:
@@ -106,7 +116,13 @@ def metrics_from_snapshot(snap: dict[str, Any]) -> Metrics | None:
         ttft_p50_s=_num(inf, "ttft_p50_s"), running=None if running is None else int(running),
         waiting=None if waiting is None else int(waiting), kv_cache_pct=_num(inf, "kv_cache_usage_pct"),
         models=tuple(m for m in models if isinstance(m, str)), endpoint=str(snap.get("endpoint") or ""),
+        max_model_len=_max_len(snap.get("serving")),
     )
+
+
+def _max_len(serving: Any) -> int | None:
+    value = serving.get("max_model_len") if isinstance(serving, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 class Node:
@@ -114,7 +130,7 @@ class Node:
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
-                 "slot_s", "area", "area_t", "sent_area")
+                 "slot_s", "area", "area_t", "sent_area", "affinity")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -139,6 +155,7 @@ class Node:
         self.area = 0.0  # integral of in_flight dt up to area_t
         self.area_t = 0.0
         self.sent_area: dict[int, float] = {}  # request id -> area when it was sent
+        self.affinity = 0.0  # mean prefix_affinity term of the requests sent here (EWMA), for the routing page
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -201,12 +218,18 @@ class Scheduler:
         self._fleet_latency: tuple[float, float] = (0.0, 0.0)
         self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
+        self.prefix = PrefixIndex(config.prefix_index_blocks)
+        self.last_affinity = 0.0  # the affinity term of the latest pick (0: none), recorded by sent()
         self._use_strategy(config)
 
     def _use_strategy(self, config: Config) -> None:
         """Choose the heap entry builder and the pick path once per policy, so the hot path does not branch on it."""
         self._round_robin = config.strategy == "round_robin"
-        self._make_entry = self._entry_least if config.strategy == "least_in_flight" else self._entry
+        self._cache_aware = config.strategy == "cache_aware"
+        self._affinity = config.strategy == "highest" and "prefix_affinity" in config.weights
+        self._make_entry = self._entry_least if config.strategy in ("least_in_flight", "cache_aware") else self._entry
+        if self.prefix.capacity != config.prefix_index_blocks:
+            self.prefix.resize(config.prefix_index_blocks)
 
     # --- inputs that change rarely: registry, samples, policy -------------------------------------------------
     def update(self, now: float, specs: Iterable[NodeSpec] | None = None,
@@ -225,6 +248,7 @@ class Scheduler:
                 gone = self.nodes.pop(name)
                 gone.version += 1  # its heap entries die with it
                 gone.groups = []  # and requests still in flight to it re-list it nowhere when they finish
+                self.prefix.forget(name)  # its instance, and the cache with it, are gone
                 regroup = True
             for spec in sorted(specs, key=lambda s: s.name):
                 node = self.nodes.get(spec.name)
@@ -385,7 +409,10 @@ class Scheduler:
             parts[metric] = weight * ((1.0 - x) if invert else x)
         node.parts = parts
         node.static = sum(parts.values())
+        was_healthy = node.healthy
         node.healthy, node.reason = self._health(node, now)
+        if was_healthy and not node.healthy:
+            self.prefix.forget(node.name)  # failed, stale, removed: a node that comes back starts with a cold cache
         node.room = 0
         if node.healthy and m is not None:
             free_slots = max(0, cfg.node_capacity - (m.running or 0))
@@ -436,12 +463,15 @@ class Scheduler:
             out["in_flight"] = weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             out["expected_wait"] = self._wait_part(node)
+        if "prefix_affinity" in cfg.weights:
+            out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
         return out
 
     def score(self, node: Node) -> float:
         return node.static + sum(self.dynamic(node).values())
 
-    def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
+    def base_score(self, node: Node) -> float:
+        """The node's score before prefix affinity: static part, burst correction and per-request scorers."""
         cfg = self.config
         s = node.static - cfg.burst_cost * node.unseen
         if "in_flight" in cfg.weights:
@@ -450,6 +480,11 @@ class Scheduler:
             s += weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             s += self._wait_part(node)
+        return s
+
+    def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
+        cfg = self.config
+        s = self.base_score(node)
         key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
         tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
         self._seq += 1
@@ -478,24 +513,32 @@ class Scheduler:
     def group_for(self, model: str) -> Group | None:
         return self.groups.get(ANY_MODEL if not self.config.require_model else model)
 
-    def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset()) -> Pick:
-        """The best node for `model` now (skipping `exclude`, the nodes this request already failed on)."""
+    def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset(), prefix: Keys = ()) -> Pick:
+        """The best node for `model` now (skipping `exclude`, the nodes this request already failed on); `prefix`
+        is the prompt's block keys (prefix_index.block_keys) when the policy routes by cache affinity."""
         self.counters.decisions += 1
+        self.last_affinity = 0.0
         group = self.group_for(model)
         if group is None:
             return Pick(None, "unknown_model")
         if self._round_robin:
             return self._pick_round_robin(group, exclude)
+        if self._cache_aware:
+            return pickers.cache_aware(self, group, exclude, prefix)
         heap = group.heap
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
         if heap and not exclude:
+            if prefix and self._affinity:
+                return pickers.with_affinity(self, group, heap[0][4], exclude, prefix)
             return Pick(heap[0][4], "ok")
         # Best-first walk down the heap past excluded nodes (retries only: a handful of steps).
         frontier = [(heap[0], 0)] if heap else []
         while frontier:
             entry, i = heapq.heappop(frontier)
             if entry[3] == entry[4].version and entry[4].name not in exclude:
+                if prefix and self._affinity:
+                    return pickers.with_affinity(self, group, entry[4], exclude, prefix)
                 return Pick(entry[4], "ok")
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
@@ -522,7 +565,11 @@ class Scheduler:
                 return Pick(node, "ok")
         return self._none_left(group, exclude)
 
-    def sent(self, node: Node, request_id: int, now: float) -> None:
+    def sent(self, node: Node, request_id: int, now: float, prefix: Keys = ()) -> None:
+        """A request goes to the node (after pick): count it, and remember its prompt's blocks there."""
+        if prefix and (self._affinity or self._cache_aware):
+            self.prefix.add(node.name, prefix)
+            node.affinity += AFFINITY_ALPHA * (self.last_affinity - node.affinity)
         node.advance(now)
         node.sent_area[request_id] = node.area
         node.in_flight_ts[request_id] = now
@@ -586,6 +633,9 @@ class Scheduler:
                 "score": round(node.static + sum(dyn.values()), 6) if node.healthy else None,
                 "parts": {k: round(v, 6) for k, v in {**node.parts, **dyn}.items()},
                 "in_flight": node.in_flight, "quarantined_until": node.quarantined_until,
+                "prefix_blocks": self.prefix.size(node.name),
+                # expected_wait's measured seconds per request slot (what-if previews reuse it)
+                "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
             })
         return out
 

@@ -24,10 +24,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control.scheduler import answers, sources
 from control.scheduler.admission import Admission
 from control.scheduler.auth import Authenticator, bearer
+from control.scheduler.canary_arm import CanaryArm
 from control.scheduler.config import Priorities, default_config
 from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
 from control.scheduler.intake import DEFAULT_MAX_BODY, ROUTES, header_map, parse, read_body, usage
+from control.scheduler.length import need_tokens
+from control.scheduler.prefix_index import block_keys, prompt_text
 from control.scheduler.priority import request_class
 from control.scheduler.prom import GatewayMetrics
 from control.scheduler.proxy import Proxy
@@ -62,6 +65,8 @@ class Gateway:
         self.prom = GatewayMetrics.create()
         self.reqlog = RequestLog(gateway_id)
         self.admission = Admission(self.sched, self.counters)
+        self.canary: CanaryArm | None = None  # the candidate's core while a scheduler canary runs (sync.py)
+        self._keys = 0  # splits requests that carry neither a session nor a request id
         self.db = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-reqlog")
         self.auth = Authenticator(auth_required, self.db)
@@ -208,8 +213,17 @@ class Gateway:
         cls = request_class(self.priorities, headers.get("x-priority", ""), caller)
         ctx = RequestContext(ts=ts, t0=t0, model=body["model"], cls=cls, stream=bool(body.get("stream", False)),
                              cache="off", ckey=None, path=scope["path"], raw=raw,
-                             request_id=headers.get("x-request-id", ""), receive=receive)
+                             request_id=headers.get("x-request-id", ""), receive=receive,
+                             need_tokens=need_tokens(body))
+        canary = self.canary
+        if canary is not None:
+            self._keys += 1
+            ctx.canary_id = canary.canary_id
+            ctx.arm = canary.arm_of(headers.get("x-session-id", ""), ctx.request_id, f"{self.id}:{self._keys}")
+            ctx.admission = canary.admission if ctx.arm == "canary" else self.admission
         cfg = self.sched.config
+        if cfg.uses_prefix:
+            ctx.prefix = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks)
         if cfg.cache_enabled and answers.cacheable(body):
             owner = answers.tenant(caller, cfg.cache_shared, headers.get(answers.ON_BEHALF_HEADER, ""))
             ctx.ckey = answers.key(scope["path"], body, owner)

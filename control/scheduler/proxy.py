@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from control.scheduler import answers
+from control.scheduler import answers, length
 from control.scheduler.admission import Admission
 from control.scheduler.context import RequestContext
 from control.scheduler.core import Node
@@ -73,17 +73,23 @@ class Proxy:
         self._rid = 0
 
     async def route(self, send: Any, ctx: RequestContext) -> None:
-        cfg = self.sched.config
+        admission = ctx.admission or self.admission  # a canary's arm routes with its own core
+        sched = admission.sched
+        cfg = sched.config
         exclude: set[str] = set()
+        if ctx.need_tokens:
+            exclude, ctx.filtered = length.exclude_for(self.sched, ctx.model, ctx.need_tokens,
+                                                       "messages" if ctx.path.endswith("chat/completions") else
+                                                       "prompt")
         for attempt in range(cfg.max_attempts):
             self._rid += 1
             rid = self._rid
             try:
-                node = await self.admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid)
+                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",
-                                code="upstream_failed", headers=self.admission.retry_after()) from None
+                                code="upstream_failed", headers=admission.retry_after()) from None
                 raise
             if attempt:  # sent again, to another node
                 ctx.retries += 1
@@ -93,8 +99,8 @@ class Proxy:
             try:
                 up = await self._attempt(node, ctx)
             except Retryable as exc:
-                self.admission.finish(node, rid, None, ok=False)
-                if exc.node_fault and self.sched.failed(node, time.time()):
+                admission.finish(node, rid, None, ok=False)
+                if exc.node_fault and sched.failed(node, time.time()):
                     self.counters["quarantines"] += 1
                     self.prom.quarantines.inc()
                     log.warning("gateway %s: node %s quarantined for %g s after %d failures (last: %s)",
@@ -102,14 +108,14 @@ class Proxy:
                 exclude.add(node.name)
                 ctx.error = f"node {node.name}: {exc.error}"
                 continue
-            self.sched.succeeded(node)
+            sched.succeeded(node)
             try:
                 await self._deliver(send, ctx, up)
             finally:
-                self.admission.finish(node, rid, up.ttft_s, ok=up.status < 400)
+                admission.finish(node, rid, up.ttft_s, ok=up.status < 400)
             return
         raise Reply(502, f"{ctx.error} (tried {len(exclude)} node(s))", type_="server_error",
-                    code="upstream_failed", headers=self.admission.retry_after())
+                    code="upstream_failed", headers=admission.retry_after())
 
     async def _attempt(self, node: Node, ctx: RequestContext) -> Upstream:
         """Send to `node`; return once the answer's first byte is here (the whole answer when not streamed)."""

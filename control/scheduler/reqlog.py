@@ -26,16 +26,22 @@ class RequestLog:
 
     def add(self, *, ts: float, node: str, pool: str, model: str, cls: str, status: int, ttft_ms: float | None,
             latency_ms: float, prompt_tokens: int | None, completion_tokens: int | None, cache: str, retries: int,
-            stream: bool, error: str = "") -> None:
+            stream: bool, error: str = "", arm: str = "", canary: int | None = None,
+            filtered: str = "") -> None:
         if len(self.buffer) == BUFFER_MAX:
             self.dropped += 1
-        self.buffer.append({
+        entry = {
             "ts": f"{ts:.6f}", "gateway": self.gateway_id, "node": node, "pool": pool, "model": model,
             "class": cls, "status": str(status), "ttft_ms": "" if ttft_ms is None else f"{ttft_ms:.3f}",
             "latency_ms": f"{latency_ms:.3f}", "prompt_tokens": "" if prompt_tokens is None else str(prompt_tokens),
             "completion_tokens": "" if completion_tokens is None else str(completion_tokens), "cache": cache,
             "retries": str(retries), "stream": "1" if stream else "0", "error": error[:200],
-        })
+            "filtered": filtered[:300],  # nodes skipped for the request and why (length.py)
+        }
+        if arm:  # only while a canary runs: which arm of canary `canary` routed the request
+            entry["arm"] = arm
+            entry["canary"] = str(canary)
+        self.buffer.append(entry)
 
     def flush(self, redis: Any, max_batch: int = 5000) -> int:
         """Write what is buffered with a synchronous client (call on a thread); on failure the entries go back to

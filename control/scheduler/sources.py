@@ -43,3 +43,20 @@ def close_connection() -> None:
     from django.db import connection
 
     connection.close()
+
+
+def canary_state() -> tuple[int, float, int] | None:
+    """(canary id, weight %, candidate revision id) of the live scheduler canary; None when none runs."""
+    from control.canary.models import Canary
+
+    row = Canary.objects.filter(kind="scheduler", state__in=Canary.LIVE).values_list(
+        "pk", "weight", "revision_id").first()
+    return (int(row[0]), float(row[1]), int(row[2])) if row else None
+
+
+def load_revision(kind: str, revision_id: int) -> dict[str, Any]:
+    """A revision's document normalised by today's schema (the canary's candidate)."""
+    from control.policy.models import PolicyRevision
+    from control.policy.schemas import validate
+
+    return validate(kind, PolicyRevision.objects.get(pk=revision_id).document)

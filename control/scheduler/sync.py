@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from control.scheduler import sources
+from control.scheduler import canary_arm, sources
 from control.scheduler.auth import TOKENS_CHANNEL
 from control.scheduler.config import Config, Priorities
 from control.scheduler.core import metrics_from_snapshot
@@ -34,13 +34,14 @@ class Sync:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self._raw_samples: dict[bytes, bytes] = {}
+        self._metrics: dict[str, Any] = {}  # every node's parsed latest sample (a new canary core starts from it)
         self._last_refresh_error = 0.0
 
     def tasks(self) -> list[Coroutine[Any, Any, None]]:
         return [self._refresh_loop(), self._listen(), self._state_loop(), self._reqlog_loop()]
 
     # --- registry, policies, samples -----------------------------------------------------------------------------
-    def _read_db(self) -> tuple[list[Any], dict[str, tuple[int, dict[str, Any]]]]:
+    def _read_db(self) -> tuple[list[Any], dict[str, tuple[int, dict[str, Any]]], Any]:
         from django.db import DatabaseError
 
         try:
@@ -48,7 +49,11 @@ class Sync:
             pointers = sources.policy_pointers()
             loaded = {kind: sources.load_policy(kind) for kind in sources.KINDS
                       if kind not in pointers or pointers[kind] != self.gw.policy_ids.get(kind)}
-            return specs, loaded
+            canary = sources.canary_state()
+            current = self.gw.canary
+            if canary is not None and (current is None or current.canary_id != canary[0]):
+                canary = (*canary, sources.load_revision("scheduler", canary[2]))
+            return specs, loaded, canary
         except DatabaseError:
             sources.close_connection()  # reconnect on the next try
             raise
@@ -56,7 +61,7 @@ class Sync:
     async def refresh(self) -> None:
         """Registry, policies and samples, then every node's score; wakes waiters if capacity appeared."""
         gw = self.gw
-        specs, loaded = await asyncio.get_running_loop().run_in_executor(gw.db, self._read_db)
+        specs, loaded, canary = await asyncio.get_running_loop().run_in_executor(gw.db, self._read_db)
         config = None
         if "scheduler" in loaded:
             rid, doc = loaded["scheduler"]
@@ -79,11 +84,32 @@ class Sync:
                 if m is not None:
                     samples[key.decode()] = m
         self._raw_samples = raw
+        self._metrics.update(samples)
         now = time.time()
         gw.sched.update(now, specs=specs, samples=samples, config=config)
         gw.sched.tick(now)
+        self._canary(canary, specs, samples, now)
         gw.ready = True
         gw.admission.dispatch()
+
+    def _canary(self, state: Any, specs: list[Any], samples: dict[str, Any], now: float) -> None:
+        """Start, re-weight, feed or drop the candidate core as the live canary says."""
+        gw = self.gw
+        if state is None:
+            if gw.canary is not None:
+                gw.canary = None
+                canary_arm.link(gw.admission, None)
+            return
+        if gw.canary is None or gw.canary.canary_id != state[0]:
+            gw.canary = canary_arm.build(state[0], state[2], state[1], state[3], gw.admission, specs,
+                                         dict(self._metrics), now)
+            canary_arm.link(gw.admission, gw.canary.admission)
+            return
+        gw.canary.weight = state[1]
+        gw.canary.admission.priorities = gw.admission.priorities
+        gw.canary.sched.update(now, specs=specs, samples=samples)
+        gw.canary.sched.tick(now)
+        gw.canary.admission.dispatch()
 
     async def _refresh_loop(self) -> None:
         wake = self.gw.wake

@@ -389,6 +389,7 @@ def snapshot(node: NodeInfo, batch: Batch, newest: Sample) -> dict[str, Any]:
         "received": timezone.now().isoformat(),
         "endpoint": batch.endpoint if batch.endpoint is not None else node.endpoint,
         "models": batch.models if batch.models is not None else node.models,
+        "serving": batch.serving,
         "applied": clean_applied(batch.applied),
         "host": dict(zip(_HOST, values[: len(_HOST)], strict=True)),
         "inference": dict(zip(_INFERENCE, values[len(_HOST):], strict=True)),

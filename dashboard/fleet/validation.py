@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS, Metric
+from dashboard.fleet import serving as serving_block
 
 MAX_ERRORS = 50
 MAX_GPUS = 64
 MAX_MODELS = 64
 MAX_SEQ = 2**63 - 1
-TOP_LEVEL_KEYS = frozenset({"node", "agent", "endpoint", "models", "samples", "applied"})
+TOP_LEVEL_KEYS = frozenset({"node", "agent", "endpoint", "models", "samples", "applied", "serving"})
 SAMPLE_KEYS = frozenset({"ts", "seq", "host", "gpus", "inference"})
 GPU_ID_KEYS = frozenset({"index", "uuid", "name"})
 
@@ -76,6 +77,7 @@ class Batch:
     applied: dict[str, Any] | None
     samples: list[Sample]
     ignored: set[str] = field(default_factory=set)
+    serving: dict[str, Any] | None = None  # what the inference server runs (dashboard/fleet/serving.py)
 
 
 def fmt(value: Any) -> str:
@@ -261,6 +263,7 @@ def _validate(doc: Any, now: datetime, oldest: datetime, max_samples: int, error
     if applied is not None and not isinstance(applied, dict):
         errors.add("applied", "must be an object")
         applied = None
+    serving = serving_block.check(doc.get("serving"), errors.add)
     unknown_top = [k for k in doc if k not in TOP_LEVEL_KEYS]
     if not isinstance(raw_samples, list) or not raw_samples:
         errors.add("samples", "must be a non-empty list of samples")
@@ -292,4 +295,4 @@ def _validate(doc: Any, now: datetime, oldest: datetime, max_samples: int, error
             samples.append(Sample(ts, seq, host + inference, gpus, s))
     if errors.fields or node is None:
         return None
-    return Batch(node, agent, endpoint, models, applied, samples, ignored)
+    return Batch(node, agent, endpoint, models, applied, samples, ignored, serving=serving)

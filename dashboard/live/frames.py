@@ -7,7 +7,8 @@ easy to test and lets the benchmark time them alone.
 Topics:
   kpi                 fleet KPI values
   gpu:<metric>        per-GPU heatmap of one GPU catalogue metric (rows = nodes, columns = GPU index)
-  node:default        per-node heatmap of cpu_util_pct, disk_busy_pct, requests_waiting, kv_cache_usage_pct, net_rtt_ms
+  node:default        per-node heatmap of cpu_util_pct, disk_busy_pct, requests_waiting, kv_cache_usage_pct,
+                      prefix_cache_hit_pct, net_rtt_ms
   node:<m1>,<m2>,...  per-node heatmap of the named host/inference metrics
   tail:<node name>    the node's latest raw sample
 
@@ -42,7 +43,7 @@ from dashboard.fleet.models import Node
 from dashboard.metrics.latest import LATEST_KEY, redis_client
 
 DEFAULT_NODE_METRICS: tuple[str, ...] = ("cpu_util_pct", "disk_busy_pct", "requests_waiting", "kv_cache_usage_pct",
-                                         "net_rtt_ms")
+                                         "prefix_cache_hit_pct", "net_rtt_ms")
 NODE_NAMES = HOST_NAMES | INFERENCE_NAMES
 MAX_NODE_METRICS = 12
 NODE_CACHE_S = 5.0  # new nodes show up within this; the node table is read at most this often per process

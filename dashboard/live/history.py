@@ -63,6 +63,7 @@ CHARTS: tuple[Chart, ...] = (
     Chart("host-rtt", "RTT to Switchyard", "host", ("net_rtt_ms",), "milliseconds"),
     Chart("inf-requests", "Requests running / waiting", "inference", ("requests_running", "requests_waiting"), "count"),
     Chart("inf-kv", "KV cache", "inference", ("kv_cache_usage_pct",), "percent"),
+    Chart("inf-prefix", "Prefix-cache hits", "inference", ("prefix_cache_hit_pct",), "percent"),
     Chart("inf-ttft", "Time to first token", "inference", ("ttft_p50_s", "ttft_p95_s"), "seconds"),
     Chart("inf-tokens", "Tokens/s", "inference", ("generation_tokens_s", "prompt_tokens_s"), "tokens_per_second"),
     Chart("inf-e2e", "End-to-end latency p95", "inference", ("e2e_p95_s",), "seconds"),
@@ -217,7 +218,41 @@ def events(node_id: int, start: datetime, end: datetime, step: int, now: datetim
     }
 
 
-def history(node_id: int, rng: Range, now: datetime | None = None) -> dict[str, Any]:
+# Audit actions on a node that change what it is asked to do: drawn as vertical lines on every chart.
+NODE_ACTIONS = ("node.drain", "node.cordon", "node.uncordon", "node.join", "node.remove")
+
+
+def node_actions(name: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Drains, cordons, uncordons, joins and removals of the node in [start, end), oldest first, with who and why."""
+    from core.audit.models import AuditEvent
+
+    rows = (AuditEvent.objects.filter(target=f"node:{name}", action__in=NODE_ACTIONS, time__gte=start,
+                                      time__lt=end).order_by("-time", "-id")
+            .values_list("time", "action", "actor", "reason")[:MAX_EVENTS])
+    return [{"ts": t.isoformat(), "action": action.split(".", 1)[1], "actor": actor, "reason": reason}
+            for t, action, actor, reason in reversed(list(rows))]
+
+
+def to_csv(doc: dict[str, Any]) -> str:
+    """The history as CSV, one row per point and series: time, gpu (empty for host and inference), metric, value."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["time", "gpu", "metric", "value"])
+    for g in doc["gpu_series"]:
+        for name, values in g["series"].items():
+            for t, v in zip(g["t"], values, strict=True):
+                w.writerow([t, g["index"], name, "" if v is None else v])
+    s = doc["node_series"]
+    for name, values in s["series"].items():
+        for t, v in zip(s["t"], values, strict=True):
+            w.writerow([t, "", name, "" if v is None else v])
+    return buf.getvalue()
+
+
+def history(node_id: int, rng: Range, now: datetime | None = None, name: str | None = None) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     start = now - timedelta(seconds=rng.seconds)
     end = now + timedelta(seconds=1)  # include a sample stamped this very second
@@ -234,4 +269,5 @@ def history(node_id: int, rng: Range, now: datetime | None = None) -> dict[str, 
         "gpu_series": gpu_series(gpu_table, node_id, start, end, step),
         "node_series": node_series(node_table, node_id, start, end, step),
         **events(node_id, start, end, step, now),
+        "node_actions": node_actions(name, start, end) if name is not None else [],
     }

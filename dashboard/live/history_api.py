@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework.request import Request
@@ -9,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from core.api_errors import errors
+from core.csv_export import CSVExport
 from core.roles import IsViewer
 from dashboard.fleet.liveness import status_of
 from dashboard.fleet.models import Node
@@ -16,17 +19,20 @@ from dashboard.live import history, pool_summary
 from dashboard.metrics.latest import latest
 
 
-class NodeHistory(APIView):
-    """Every series of the node page (per-GPU, host, inference), throttle intervals and GPU error events.
+class NodeHistory(CSVExport, APIView):
+    """Every series of the node page (per-GPU, host, inference), throttle intervals, GPU error events, and the
+    node's drains / cordons / uncordons (from the audit, with who and why).
 
     The range picks the table: raw up to 1 h, the 1-minute rollup up to 24 h, the 1-hour rollup beyond.
+    `format=csv` returns the series as CSV (time, gpu, metric, value).
     """
 
     permission_classes = [IsViewer]
 
     @extend_schema(
         parameters=[OpenApiParameter("range", str, enum=list(history.RANGES),
-                                     description=f"time range; default {history.DEFAULT_RANGE}")],
+                                     description=f"time range; default {history.DEFAULT_RANGE}"),
+                    OpenApiParameter("format", str, enum=["json", "csv"])],
         responses={200: OpenApiTypes.OBJECT, **errors(400, 404)},
     )
     def get(self, request: Request, name: str) -> Response:
@@ -39,8 +45,13 @@ class NodeHistory(APIView):
             return Response({"error": f"no node named {name[:63]!r}", "fields": {}}, status=404)
         snap = latest(node.name)
         # Status and last sample time ride along so a polling page keeps its header current too.
-        return Response({"node": node.name, "status": status_of(snap, node.interval_s),
-                         "last_seen": snap["ts"] if snap else None, **history.history(node.id, rng)})
+        return self.respond(request, {"node": node.name, "status": status_of(snap, node.interval_s),
+                                      "last_seen": snap["ts"] if snap else None,
+                                      **history.history(node.id, rng, name=node.name)},
+                            f"switchyard-{node.name}-{rng.name}")
+
+    def to_csv(self, document: Any) -> str:
+        return history.to_csv(document)
 
 
 class PoolsSummary(APIView):

@@ -7,6 +7,8 @@ from django.shortcuts import render
 
 from agents.catalogue import GPU_METRICS, GPU_NAMES
 from core.roles import role_required
+from dashboard.fleet.models import Node
+from dashboard.live import trends
 from dashboard.live.frames import DEFAULT_NODE_METRICS
 
 # (kpi name, label, unit shown after the value); the names are the keys of the kpi topic's values.
@@ -24,10 +26,25 @@ KPI_TILES = [
     ("alerts_active", "Active alerts", ""),
 ]
 
+# (panel id, title): the trend panels under the tiles; static/switchyard/trends.js says what each draws.
+TREND_PANELS = [
+    ("gpu", "GPU utilisation (%)"),
+    ("requests", "Gateway requests and 429s (/s)"),
+    ("latency", "p95 latency, worst node (s)"),
+    ("queue", "Queued requests"),
+    ("power", "Power draw (kW)"),
+    ("energy", "Energy per generated token (J)"),
+]
+
 
 @role_required("viewer")
 def overview(request: HttpRequest) -> HttpResponse:
-    return render(request, "live/overview.html", {"nav": "overview", "tiles": KPI_TILES})
+    return render(request, "live/overview.html", {
+        "nav": "overview", "tiles": KPI_TILES, "ranges": list(trends.RANGES), "default_range": trends.DEFAULT_RANGE,
+        "panels": TREND_PANELS,
+        # A fresh install shows how to add a node, with this server's URL as the browser reached it.
+        "fresh_install": not Node.objects.exists(), "server_url": request.build_absolute_uri("/").rstrip("/"),
+    })
 
 
 @role_required("viewer")

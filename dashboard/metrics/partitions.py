@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from django.conf import settings
 from django.db import connection
 
-from dashboard.metrics import schema
+from dashboard.metrics import fleet_rollup, schema
 
 log = logging.getLogger(__name__)
 
@@ -74,4 +74,5 @@ def apply_retention(now: datetime | None = None) -> list[str]:
                 dropped.append(name)
                 log.info("retention: dropped %s (older than %s days)", name, retention_days(table))
     _known_days.clear()
+    fleet_rollup.apply_retention(now - timedelta(days=settings.RETENTION_1M_DAYS))
     return dropped

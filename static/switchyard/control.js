@@ -51,6 +51,7 @@
         return resp.json().then(function (body) { return {ok: resp.ok, body: body}; });
       }).then(function (r) {
         if (mine !== asked) return;  // an older answer arriving late
+        area.dispatchEvent(new CustomEvent("schema-checked", {detail: {ok: r.ok, fields: r.ok ? {} : (r.body.fields || {})}}));
         if (r.ok) {
           var n = (r.body.changes || []).length;
           show("schema: valid · " + n + " change" + (n === 1 ? "" : "s") + " against the active revision", "ok");

@@ -17,7 +17,7 @@
   const SI_UNITS = new Set(["bytes", "bytes_per_second", "joules"]);
   const SHORT = {
     cpu_util_pct: "CPU", disk_busy_pct: "disk busy", requests_waiting: "queue", kv_cache_usage_pct: "KV cache",
-    net_rtt_ms: "RTT",
+    prefix_cache_hit_pct: "prefix hits", net_rtt_ms: "RTT",
   };
   // Cool when idle, hot when busy: reads at a glance from across the room.
   const COLORS = [[0, "#1a4d7a"], [0.35, "#2e9e6a"], [0.65, "#e8c547"], [0.85, "#f08a24"], [1, "#e0312b"]];
@@ -106,7 +106,8 @@
               yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: "gpu:" + state.metric,
-    }), {displaylogo: false, responsive: true});
+    }), SwitchyardCharts.config(`switchyard-${state.topic.replace(':', '-')}`,
+      () => `/api/v1/live/${encodeURIComponent(state.topic)}`));
     gpuEl.dataset.seq = String(state.seq);
     bindClick(gpuEl, "gpu");
   }
@@ -127,7 +128,8 @@
               yref: "container", y: 0.995, yanchor: "top"},
       xaxis: {type: "category", side: "top", tickfont: {size: 10}},
       uirevision: state.topic,
-    }), {displaylogo: false, responsive: true});
+    }), SwitchyardCharts.config(`switchyard-${state.topic.replace(':', '-')}`,
+      () => `/api/v1/live/${encodeURIComponent(state.topic)}`));
     nodeEl.dataset.seq = String(state.seq);
     bindClick(nodeEl, "node");
   }

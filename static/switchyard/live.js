@@ -47,6 +47,7 @@
       this.skewMs = 0;              // browser clock minus server clock
       this.status = "connecting";
       this.stopped = false;
+      this.failedOpens = 0;         // handshakes in a row that failed before opening
       this.open();
     }
 
@@ -88,9 +89,12 @@
       clearInterval(this.countdown);
       this.setStatus("connecting");
       let ws;
+      let opened = false;
       try { ws = new WebSocket(this.url); } catch (e) { this.retry(); return; }
       this.ws = ws;
       ws.onopen = () => {
+        opened = true;
+        this.failedOpens = 0;
         this.openedAt = Date.now();
         this.lastHeard = Date.now();
         this.setStatus("open");
@@ -110,6 +114,9 @@
         if (this.stopped) { this.setStatus("closed"); return; }
         if (ev.code === 4401) { this.setStatus("logged-out"); return; }   // reconnecting cannot help
         if (ev.code === 4403) { this.setStatus("forbidden"); return; }
+        if (ev.code === 4400) { this.setStatus("origin-refused"); return; }
+        // Never opened: the handshake itself failed (server down, or a proxy that does not pass websockets).
+        if (!opened) this.failedOpens += 1; else this.failedOpens = 0;
         this.retry();
       };
     }
@@ -140,6 +147,7 @@
           reconnecting: "disconnected · reconnecting in " + seconds + "s",
           "logged-out": "logged out · reload the page to log in",
           forbidden: "no access to live data",
+          "origin-refused": "live data refused for this address",
           closed: "disconnected",
         }[status];
         if (status === "open") { b.hidden = true; } else if (status === "connecting" && this.attempt === 0) {
@@ -148,6 +156,7 @@
         b.dataset.status = status;
       }
       document.documentElement.dataset.live = status;
+      explain(status, this);
       for (const fn of this.statusListeners) { try { fn(status, seconds); } catch (e) { console.error(e); } }
     }
 
@@ -188,6 +197,42 @@
         else cb(t.state, t.state);
       } catch (e) { console.error("switchyard live callback for " + topic, e); }
     }
+  }
+
+  // The banner under the top bar: why live data stopped, and what to do about it (docs/live.md, close codes).
+  function explain(status, live) {
+    const banner = document.getElementById("live-banner");
+    if (!banner) return;
+    const d = banner.dataset;
+    const here = location.pathname + location.search;
+    let html = null;
+    if (status === "logged-out") {
+      html = "<b>Live updates stopped: you are not logged in any more</b> (logged out in another tab, the session " +
+        "expired, or the account was deactivated). <a href=\"" + (d.login || "/accounts/login/") + "?next=" +
+        encodeURIComponent(here) + "\">Log in again</a> to resume.";
+    } else if (status === "forbidden") {
+      html = "<b>Live updates refused: your account's role (" + esc(d.role || "none") + ") may not watch live " +
+        "data.</b> That needs the viewer role or higher: ask an admin to grant it (Admin → Users, or " +
+        "<code>manage.py createuser NAME --role viewer</code>), then reload this page.";
+    } else if (status === "origin-refused") {
+      html = "<b>Live updates refused: the server does not accept websockets from this page's address (" +
+        esc(location.origin) + ").</b> Add <code>" + esc(location.hostname) + "</code> to " +
+        "<code>SWITCHYARD_ALLOWED_HOSTS</code> on the server; behind a proxy, pass the original Host header " +
+        "through. Then reload this page.";
+    } else if (status === "reconnecting" && live.failedOpens >= 3) {
+      html = "<b>Cannot open the live feed</b> (" + live.failedOpens + " attempts to " + esc(live.url) +
+        " failed before connecting; still retrying). If pages load but this stays, the proxy in front of " +
+        "Switchyard does not forward websocket upgrades for <code>/ws/</code> (see docs/deploy.md).";
+    }
+    banner.hidden = html === null;
+    banner.dataset.status = html === null ? "" : status;
+    if (html !== null && shownHtml !== html) banner.innerHTML = html;
+    shownHtml = html;
+  }
+  let shownHtml = null;
+
+  function esc(s) {
+    return String(s).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
   }
 
   let shared = null;

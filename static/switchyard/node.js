@@ -20,7 +20,7 @@
     load1: "load1", mem_used_bytes: "used", mem_available_bytes: "available", swap_used_bytes: "swap",
     disk_busy_pct: "busy", disk_read_bytes_s: "read", disk_write_bytes_s: "write", net_rx_bytes_s: "rx",
     net_tx_bytes_s: "tx", net_rtt_ms: "RTT", requests_running: "running", requests_waiting: "waiting",
-    kv_cache_usage_pct: "KV cache", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
+    kv_cache_usage_pct: "KV cache", prefix_cache_hit_pct: "hits", ttft_p50_s: "p50", ttft_p95_s: "p95", generation_tokens_s: "generated",
     prompt_tokens_s: "prompt", e2e_p95_s: "p95",
   };
   const AXIS = {  // per unit: y-axis suffix, tick format, hover format when it differs, fixed range
@@ -48,6 +48,8 @@
   const keys = {};     // chart id -> [{metric, gpu}] per trace, in trace order (null for the event marker trace)
   let events = [];
   let throttle = [];
+  let nodeActions = [];  // drains, cordons, uncordons, joins, removals (from the audit)
+  const ACTION_COLOR = {drain: "#f85149", cordon: "#d29922", uncordon: "#3fb950", join: "#4aa3ff", remove: "#8b93a3"};
 
   function t(x) { return Date.parse(x); }
   function el(id) { return document.getElementById(id); }
@@ -115,12 +117,33 @@
     return traces;
   }
 
+  // What happened to the GPUs and the node, on every chart's time axis: throttle intervals shaded (GPU charts),
+  // XIDs as red dotted lines, drains / cordons / uncordons as labelled lines whose label hovers who and why.
   function throttleShapes(chart) {
-    if (chart.id !== "gpu-clocks") return [];
-    // Shade the intervals a GPU was held back for a reason other than being idle.
-    return throttle.filter((i) => i.mask & ~1).slice(-200).map((i) => ({
-      type: "rect", xref: "x", yref: "paper", x0: i.from, x1: i.to, y0: 0, y1: 1, layer: "below",
-      fillcolor: "rgba(210,153,34,0.18)", line: {width: 0},
+    const shapes = [];
+    if (chart.scope === "gpu") {
+      // Shade the intervals a GPU was held back for a reason other than being idle.
+      throttle.filter((i) => i.mask & ~1).slice(-200).forEach((i) => shapes.push({
+        type: "rect", xref: "x", yref: "paper", x0: i.from, x1: i.to, y0: 0, y1: 1, layer: "below",
+        fillcolor: "rgba(210,153,34,0.18)", line: {width: 0}, name: "throttle",
+      }));
+    }
+    events.filter((e) => e.kind === "xid").slice(-100).forEach((e) => shapes.push({
+      type: "line", xref: "x", yref: "paper", x0: e.ts, x1: e.ts, y0: 0, y1: 1, name: "xid",
+      line: {color: "#f85149", width: 1, dash: "dot"},
+    }));
+    nodeActions.slice(-100).forEach((a) => shapes.push({
+      type: "line", xref: "x", yref: "paper", x0: a.ts, x1: a.ts, y0: 0, y1: 1, name: "node-" + a.action,
+      line: {color: ACTION_COLOR[a.action] || "#8b93a3", width: 1.5, dash: "dash"},
+    }));
+    return shapes;
+  }
+
+  function actionLabels() {
+    return nodeActions.slice(-100).map((a) => ({
+      x: a.ts, xref: "x", y: 1, yref: "paper", yanchor: "bottom", showarrow: false, text: a.action,
+      font: {size: 9, color: ACTION_COLOR[a.action] || "#8b93a3"},
+      hovertext: `${a.action} by ${a.actor}: ${a.reason}`, name: "node-action",
     }));
   }
 
@@ -134,8 +157,11 @@
   function drawChart(chart) {
     const gd = el(`chart-${chart.id}`);
     if (!gd) return;
-    Plotly.react(gd, tracesFor(chart), layoutFor(chart, throttleShapes(chart)),
-      {displaylogo: false, responsive: true, modeBarButtonsToRemove: ["lasso2d", "select2d"]});
+    const layout = layoutFor(chart, throttleShapes(chart));
+    layout.annotations = actionLabels();
+    if (layout.annotations.length) layout.margin = Object.assign({}, layout.margin, {t: 18});  // room for the labels
+    Plotly.react(gd, tracesFor(chart), layout, SwitchyardCharts.config(
+      `switchyard-${cfg.node}-${chart.id}-${state.range}`, () => `${cfg.history_url}?range=${encodeURIComponent(state.range)}`));
     countPoints(chart.id);
   }
 
@@ -167,6 +193,14 @@
       ebody.appendChild(tr);
     });
     if (!events.length) ebody.appendChild(row(["none in this range"]));
+    const abody = el("node-action-table").tBodies[0];
+    abody.replaceChildren();
+    nodeActions.slice().reverse().slice(0, 200).forEach((a) => {
+      const tr = row([fmtTime(a.ts), a.action, a.actor, a.reason]);
+      tr.dataset.action = a.action;
+      abody.appendChild(tr);
+    });
+    if (!nodeActions.length) abody.appendChild(row(["none in this range"]));
   }
 
   function showLastSeen(iso) {
@@ -203,6 +237,7 @@
       data = body;
       events = body.events;
       throttle = body.throttle;
+      nodeActions = body.node_actions || [];
       state.source = body.source;
       state.step = body.step;
       state.lastTs = Math.max(state.lastTs || 0, newestTs(body) || 0) || null;
@@ -357,7 +392,7 @@
       Plotly.relayout(gd, {"xaxis.range": [new Date(ts - cfg.range_seconds * 1000), new Date(ts)]});
       countPoints(chart.id);
     });
-    if (eventsChanged) cfg.charts.filter((c) => c.id === "gpu-util" || c.id === "gpu-clocks").forEach(drawChart);
+    if (eventsChanged) drawAll();  // throttle shading and XID lines are on every chart
   }
 
   function watchStale() {

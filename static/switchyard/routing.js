@@ -12,7 +12,9 @@
     margin: {l: 110, r: 16, t: 34, b: 36}, xaxis: {gridcolor: "#2a303b", zerolinecolor: "#2a303b"},
     yaxis: {automargin: true, autorange: "reversed"}, legend: {orientation: "h", y: -0.15},
   };
-  const plotOptions = {displayModeBar: false, responsive: true};
+  // PNG from the mode bar; CSV from the same summary call the charts are drawn from.
+  const plotOptions = SwitchyardCharts.config("switchyard-routing",
+    () => cfg.summary_url + "?window=" + encodeURIComponent(windowSelect.value));
 
   function ms(v) { return v == null ? "—" : (v >= 1000 ? (v / 1000).toFixed(2) + " s" : v.toFixed(1)); }
 
@@ -42,6 +44,7 @@
       rps: t.rps.toFixed(t.rps >= 100 ? 0 : 1), routed: String(t.routed), status_429: String(t.status_429),
       status_5xx: String(t.status_5xx), retries: String(t.retries), quarantined_nodes: String(t.quarantined_nodes),
       cache_hit_rate: t.cache_hit_rate == null ? "—" : (100 * t.cache_hit_rate).toFixed(1),
+      prefix_hit_pct: t.prefix_hit_pct == null ? "—" : t.prefix_hit_pct.toFixed(1),
     };
     const warn = {status_429: t.status_429 > 0, status_5xx: t.status_5xx > 0, quarantined_nodes: t.quarantined_nodes > 0};
     for (const tile of document.querySelectorAll("[data-tile]")) {
@@ -92,11 +95,13 @@
         : (n.eligible === false ? n.reason : (n.reason || ""));
       [cell(n.pool), cell((100 * n.share).toFixed(1) + " %", "num"), cell(String(n.requests), "num"),
         cell(n.score == null ? "—" : n.score.toFixed(3), "num"), cell(eligible, n.eligible === false ? "filtered" : ""),
-        cell(String(n.in_flight), "num"), cell(ms(n.latency_ms.p95), "num"), cell(note, n.quarantined ? "status-down" : "")]
+        cell(String(n.in_flight), "num"), cell(ms(n.latency_ms.p95), "num"),
+        cell(n.prefix_cache_hit_pct == null ? "—" : n.prefix_cache_hit_pct.toFixed(1) + " %", "num"),
+        cell(note, n.quarantined ? "status-down" : "")]
         .forEach((td) => tr.appendChild(td));
       return tr;
     });
-    fill(document.querySelector("#routing-nodes tbody"), rows, 9, "No node routed a request in this window and no gateway reports any.");
+    fill(document.querySelector("#routing-nodes tbody"), rows, 10, "No node routed a request in this window and no gateway reports any.");
   }
 
   function drawClasses(s) {

@@ -27,7 +27,9 @@
        line: {dash: "dot"}},
     ], {margin: {t: 10, r: 10, b: 40, l: 50}, yaxis: {title: `${doc.metric} (${unit})`, rangemode: "tozero"},
         legend: {orientation: "h"}, paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
-        font: {color: "#e6e9ef", size: 11}}, {displayModeBar: false, responsive: true});
+        font: {color: "#e6e9ef", size: 11}},
+        SwitchyardCharts.config(`switchyard-${pool}-forecast`,
+                                () => `/api/v1/scaling/pools/${encodeURIComponent(pool)}/forecast/?hours=6`));
   }
 
   select.addEventListener("change", draw);

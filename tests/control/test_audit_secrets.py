@@ -42,6 +42,8 @@ NO_SECRET_INPUT = {
     "node.remove": "the node's name and the action that removed it",
     "node.join": "the node's name and pool",
     "scaling.{}": "pool sizes and the metric values behind them",
+    "deployment.{}": "a rollout's steps: revision ids, node names, the provider's request id and error (no "
+                     "credential: extra_args refuse credential flags, control/policy/deployment.py SECRET_FLAG)",
     "scaling.failed": "the provider's error, which names no credential (providers read them from files)",
     "power.cap": "watts per pool",
     "power.converged": "node names and watts",
@@ -54,6 +56,12 @@ NO_SECRET_INPUT = {
     "pool.{}": "admin form: the pool's name and settings",
     "node.create": "the node's pool and inference endpoint (a base URL: recorded as scheme and host anyway)",
     "audit.redact": "the migration that redacted old events: counts and ids",
+    "canary.start": "revision ids, steps (weights, pauses) and analysis thresholds: numbers only",
+    "canary.step": "as canary.start, with the analysis figures",
+    "canary.pause": "as canary.start",
+    "canary.resume": "as canary.start",
+    "canary.promote": "revision ids",
+    "canary.abort": "revision ids, the weight and the failed analysis figures",
 }
 
 

@@ -17,19 +17,22 @@ def test_defaults_are_valid_and_already_normalised(kind: str) -> None:
     assert validate(kind, default_document(kind)) == DEFAULTS[kind]
 
 
-def test_the_scheduler_default_is_the_classic_weighted_score_plus_the_expected_wait() -> None:
+def test_the_scheduler_default_is_the_classic_weighted_score_plus_the_expected_wait_and_affinity() -> None:
     doc = DEFAULTS["scheduler"]
     weights = {s["metric"]: (s["weight"], s["invert"]) for s in doc["scorers"] if s["weight"]}
     assert weights == {"gpu_free": (0.6, False), "cpu_load": (0.3, True), "latency": (-0.1, False),
-                       "expected_wait": (5.0, True)}
-    classic_doc = {**doc, "scorers": [s for s in doc["scorers"] if s["metric"] != "expected_wait"]}
+                       "expected_wait": (5.0, True), "prefix_affinity": (2.0, False)}
+    classic_doc = {**doc, "scorers": [s for s in doc["scorers"]
+                                      if s["metric"] not in ("expected_wait", "prefix_affinity")]}
     rng = random.Random(7)
     for _ in range(200):
-        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait")}
+        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait",
+                                       "prefix_affinity")}
         classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
-        # The classic formula reproduced exactly from its weights, and the default adds the expected wait to it.
+        # The classic formula reproduced exactly from its weights; the default adds the expected wait and affinity.
         assert score(classic_doc, v) == pytest.approx(classic, abs=1e-12)
-        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]), abs=1e-12)
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"],
+                                              abs=1e-12)
 
 
 def test_scaling_default_rules() -> None:

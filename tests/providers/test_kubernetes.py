@@ -210,7 +210,7 @@ def test_config() -> None:
         "bearer_token": "looks like a secret: the pool's config is stored in the database and shown to operators, "
                         "so it must hold none; put the bearer token in a file and set SWITCHYARD_K8S_TOKEN_FILE "
                         "(and SWITCHYARD_K8S_CA_FILE for the API server's CA), or use KUBECONFIG",
-        "replicas": "unknown key; allowed: namespace, deployment, api_url, node_names, timeout_s",
+        "replicas": "unknown key; allowed: namespace, deployment, api_url, node_names, container, timeout_s",
     }
     with pytest.raises(registry.ConfigError) as info:
         registry.validate_config("kubernetes", {"namespace": ["gpu"], "deployment": "vllm", "timeout_s": 500})

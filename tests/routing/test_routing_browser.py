@@ -53,3 +53,36 @@ def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(p
     page.wait_for_url("**/routing/?window=900")
     assert page.js_errors == []
 
+
+
+def test_routing_page_shows_prefix_cache_hits_and_the_affinity_term(page: Any, server: Server, redis_db: Any,
+                                                                     clean_samples: None) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.conftest import make_node
+    from tests.routing.test_prefix_hits import push
+
+    now = time.time()
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokens = {n: make_node(n, "pool-a") for n in ("gpu-a-1", "gpu-a-2")}
+    with ThreadPoolExecutor(1) as pool:  # the ingest request runs its own event loop; Playwright's owns this thread
+        for name, pct in (("gpu-a-1", 90.0), ("gpu-a-2", 30.0)):
+            pool.submit(push, name, tokens[name], 1, datetime.now(UTC) - timedelta(seconds=10), pct).result()
+    for i in range(8):
+        xadd(redis_db, entry(ts=now - 2, node="gpu-a-1" if i % 4 else "gpu-a-2"))
+    nodes = [{"node": n, "pool": "pool-a", "eligible": True, "reason": "", "score": 4.0,
+              "parts": {"gpu_free": 0.4, "expected_wait": 3.0, "prefix_affinity": 1.5 if n == "gpu-a-1" else 0.0},
+              "in_flight": 1, "quarantined_until": None} for n in ("gpu-a-1", "gpu-a-2")]
+    gw_state(redis_db, "gw-1", nodes, ttl_s=120)
+    login(page, server, "vera", "viewer")
+    page.goto(f"{server.url}/routing/")
+    page.wait_for_function("() => window.switchyardRouting && window.switchyardRouting.loads >= 1", timeout=15_000)
+    page.wait_for_selector("#score-plot .barlayer .point", timeout=10_000)
+    # Fleet-wide: 6 requests at 90 % and 2 at 30 %.
+    assert page.locator('[data-tile="prefix_hit_pct"] .value').inner_text() == "75.0"
+    assert "90.0 %" in page.locator('#routing-nodes tr[data-node="gpu-a-1"]').inner_text()
+    assert "30.0 %" in page.locator('#routing-nodes tr[data-node="gpu-a-2"]').inner_text()
+    # The affinity term is one of the score's stacked bars.
+    assert "prefix_affinity" in page.locator("#score-plot").inner_text()
+    assert page.js_errors == []

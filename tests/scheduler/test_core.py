@@ -58,13 +58,15 @@ def test_the_classic_formula_from_its_weights() -> None:
                                               abs=1e-12)
 
 
-def test_the_default_is_the_classic_formula_plus_the_expected_wait() -> None:
+def test_the_default_is_the_classic_formula_plus_the_expected_wait_and_prefix_affinity() -> None:
     doc = validate("scheduler", default_document("scheduler"))
     rng = random.Random(3)
     for _ in range(200):
-        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait")}
+        v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait",
+                                       "prefix_affinity")}
         classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
-        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]), abs=1e-12)
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"],
+                                              abs=1e-12)
 
 
 def test_node_scores_equal_the_policy_score_of_their_normalised_metrics() -> None:
@@ -256,3 +258,31 @@ def test_snapshot_parsing() -> None:
     assert (m.gpu_util_pct, m.cpu_util_pct, m.net_rtt_ms, m.running, m.waiting, m.models) == \
         (80.0, 35.0, None, 3, 1, ("m",))
     assert metrics_from_snapshot({"ts": "garbage"}) is None
+
+
+def test_nodes_whose_max_model_len_is_too_short_are_skipped_with_a_reason() -> None:
+    from control.scheduler.length import exclude_for, need_tokens
+    from control.scheduler.replies import Reply
+
+    sched = Scheduler(config(), random.Random(1))
+    specs = [NodeSpec(n, "pool-a", "active", f"http://{n}", ("m",)) for n in ("short", "long", "silent")]
+    snaps = {"short": {"serving": {"max_model_len": 4096}}, "long": {"serving": {"max_model_len": 32768}},
+             "silent": {}}
+    samples = {n: metrics_from_snapshot({"ts": datetime.fromtimestamp(NOW - 1, UTC).isoformat(), "seq": 1,
+                                         "inference": {"requests_running": 0}, **snaps[n]}) for n in snaps}
+    sched.update(NOW, specs=specs, samples=samples)  # type: ignore[arg-type]
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * 20_000}], "max_tokens": 1000}
+    need = need_tokens(body)
+    assert need == 5000 + 4 + 1000  # ceil(20000 / 4) + 4 for the message + max_tokens
+    skip, note = exclude_for(sched, "m", need)
+    assert skip == {"short"} and note == "max_model_len < 6004: short (4096)"
+    # A node that advertises no length is never skipped; short prompts skip nobody.
+    assert exclude_for(sched, "m", 100) == (set(), "")
+    picks = {sched.pick("m", frozenset(skip)).node.name for _ in range(50)}  # type: ignore[union-attr]
+    assert "short" not in picks
+    assert exclude_for(sched, "m", 40_000)[0] == {"short", "long"}  # the silent node may still take it
+    sched.update(NOW, specs=specs[:2], samples=samples)  # type: ignore[arg-type]
+    with pytest.raises(Reply) as refused:
+        exclude_for(sched, "m", 40_000)
+    assert refused.value.status == 400 and refused.value.code == "context_length_exceeded"
+    assert "longest context any node serving 'm' runs is max_model_len 32768" in refused.value.message

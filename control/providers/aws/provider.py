@@ -26,7 +26,8 @@ from botocore.exceptions import (
 )
 from botocore.parsers import ResponseParserError
 
-from control.providers.base import Instance, Provider, ProviderError, Size, request_id
+from control.providers.aws import deploy
+from control.providers.base import Instance, Provider, ProviderError, RolloutStatus, Size, request_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +45,7 @@ DENIED_CODES = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"
 
 class AwsProvider(Provider):
     kind = "aws"
+    rolls_out_itself = True  # an instance refresh (deploy.py)
 
     def __init__(self, asg: str, region: str = "us-east-1", timeout_s: float = 10.0) -> None:
         self.asg = asg
@@ -178,6 +180,14 @@ class AwsProvider(Provider):
                           lambda: self._client("autoscaling").terminate_instance_in_auto_scaling_group(
                               InstanceId=instance_id, ShouldDecrementDesiredCapacity=True))
         return str(resp["ResponseMetadata"]["RequestId"])
+
+
+    def apply_deployment(self, entry: dict[str, Any], revision: int | None) -> str:
+        """A launch-template version with the engine's user data, and an instance refresh (deploy.py)."""
+        return deploy.apply(self, entry, revision)
+
+    def deployment_status(self, request_id: str) -> RolloutStatus:
+        return deploy.status(self, request_id)
 
 
 PROVIDER = AwsProvider

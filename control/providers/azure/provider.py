@@ -65,6 +65,8 @@ class TokenFileCredential:
 
 class AzureProvider(Provider):
     kind = "azure"
+    serving_states = ("Succeeded",)
+    failed_states = ("Failed",)
     poll_interval_s = 5.0  # between polls of an operation when Azure's answer carries no Retry-After
 
     def __init__(self, subscription_id: str, resource_group: str, vmss: str, timeout_s: float = 30.0) -> None:
@@ -222,6 +224,13 @@ class AzureProvider(Provider):
                                  self.resource_group, self.vmss, ids, raw_response_hook=hook), gone_ok=True)
         except Gone:  # deleted between the listing and the request
             return request_id("azure", "already-gone")
+
+
+    def restart_instances(self, instance_ids: list[str], entry: dict[str, Any], revision: int | None) -> str:
+        """Put the entry's boot script in the scale set's model and upgrade these instances to it (deploy.py)."""
+        from control.providers.azure import deploy
+
+        return deploy.restart(self, instance_ids, entry, revision)
 
 
 def _computer_name(vm: Any) -> str | None:

@@ -16,6 +16,8 @@ FIELDS = (
     Field("node_names", "how the pool's nodes are named: 'pod' (an agent in each pod) or 'node' (the DaemonSet "
           "agent: the pod's Kubernetes node)", default="pod",
           check=pattern(r"pod|node", "must be 'pod' or 'node'")),
+    Field("container", "the engine's container in the pod template (deployment rollouts set its args); unset: the "
+          "first", check=pattern(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", "must be a container name")),
     timeout_field(10.0),
 )
 SECRETS_HINT = ("put the bearer token in a file and set SWITCHYARD_K8S_TOKEN_FILE (and SWITCHYARD_K8S_CA_FILE for "

@@ -22,7 +22,16 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException, ApiValueError
 
-from control.providers.base import Instance, Provider, ProviderError, Size, read_secret_file, request_id
+from control.providers.base import (
+    Instance,
+    Provider,
+    ProviderError,
+    RolloutStatus,
+    Size,
+    read_secret_file,
+    request_id,
+)
+from control.providers.kubernetes import deploy
 
 T = TypeVar("T")
 
@@ -41,8 +50,11 @@ class Gone(Exception):
 class KubernetesProvider(Provider):
     kind = "kubernetes"
 
+    rolls_out_itself = True
+
     def __init__(self, namespace: str, deployment: str, api_url: str | None = None, timeout_s: float = 10.0,
-                 node_names: str = "pod") -> None:
+                 node_names: str = "pod", container: str | None = None) -> None:
+        self.container = container  # the engine's container in the pod template; None: the first
         self.namespace = namespace
         self.node_names = node_names
         self.deployment = deployment
@@ -186,6 +198,14 @@ class KubernetesProvider(Provider):
             return request_id("k8s", "already-gone")
         scale = self._call("read the scale", apps.read_namespaced_deployment_scale, self.deployment, self.namespace)
         return self._scale(apps, max(0, int(scale.spec.replicas or 0) - 1))
+
+
+    def apply_deployment(self, entry: dict[str, Any], revision: int | None) -> str:
+        """Patch the pod template (engine args, image) and the rolling-update strategy (deploy.py)."""
+        return deploy.apply(self, entry, revision)
+
+    def deployment_status(self, request_id: str) -> RolloutStatus:
+        return deploy.status(self)
 
 
 def _status_message(exc: ApiException) -> str:

@@ -92,6 +92,15 @@ class LocalProvider(Provider):
         # The fleet has no desired count apart from its nodes, so removing the node lowers desired by one.
         return request_id("local") if self._delete(instance_id) else request_id("local", "already-gone")
 
+    def restart_instances(self, instance_ids: list[str], entry: dict[str, Any], revision: int | None) -> str:
+        """POST /nodes/<name>/restart with the entry as the node's `serving`: the fleet stops the node's server,
+        applies the configuration and serves again after the provider's boot delay."""
+        serving = {**entry, "revision": revision}
+        for name in instance_ids:
+            self._call("POST", f"/nodes/{quote(name, safe='')}/restart", f"restart node {name}",
+                       {"serving": serving, "boot_delay_s": self.boot_delay_s})
+        return request_id("local", "restart")
+
     def _delete(self, name: str) -> bool:
         """Whether the node was there (a 404 means another caller or a crash removed it first: the goal is met)."""
         resp = self._call("DELETE", f"/nodes/{quote(name, safe='')}", f"remove node {name}", ok=(200, 404))

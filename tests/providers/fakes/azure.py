@@ -32,7 +32,7 @@ from tests.providers.fakes.server import FakeServer
 
 LOCATION = "eastus"
 VMSS_PATH = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.Compute/"
-                       r"virtualMachineScaleSets/([^/]+)(/virtualMachines|/delete)?$", re.IGNORECASE)
+                       r"virtualMachineScaleSets/([^/]+)(/virtualMachines|/delete|/manualupgrade)?$", re.IGNORECASE)
 OPERATION_PATH = re.compile(r"^/subscriptions/([^/]+)/providers/Microsoft\.Compute/locations/([^/]+)/operations/"
                             r"([^/]+)$", re.IGNORECASE)
 CODES = {400: "BadRequest", 401: "InvalidAuthenticationToken", 403: "AuthorizationFailed", 404: "ResourceNotFound",
@@ -68,10 +68,17 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
 class FakeVm:
     instance_id: int
     ready_at: float
+    model: int = 0  # the scale-set model version it runs
+    upgrading: bool = False
+    failed: bool = False
 
     @property
     def state(self) -> str:
-        return "Succeeded" if time.monotonic() >= self.ready_at else "Creating"
+        if self.failed:
+            return "Failed"
+        if time.monotonic() >= self.ready_at:
+            return "Succeeded"
+        return "Updating" if self.upgrading else "Creating"
 
 
 @dataclass
@@ -115,6 +122,12 @@ class FakeArm(FakeServer):
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self._next_id = 0
         self._lock = threading.Lock()
+        # The scale set's model (user data) and its version; `manualupgrade` moves instances to it (they show
+        # Updating for ready_after_s; with upgrade_fails they end Failed).
+        self.user_data: str | None = None
+        self.model = 0
+        self.upgrade_fails = False
+        self.upgrades: list[list[str]] = []  # instance ids of each manualupgrade call
         self._scale_to(capacity, ready_now=True)
 
     # -- test controls --------------------------------------------------------------------------------------
@@ -138,7 +151,8 @@ class FakeArm(FakeServer):
         self.capacity = capacity
         while len(self.vms) < capacity:
             now = time.monotonic()
-            self.vms[self._next_id] = FakeVm(self._next_id, now if ready_now else now + self.ready_after_s)
+            self.vms[self._next_id] = FakeVm(self._next_id, now if ready_now else now + self.ready_after_s,
+                                             model=self.model)
             self._next_id += 1
         for instance_id in sorted(self.vms, reverse=True)[:max(0, len(self.vms) - capacity)]:
             del self.vms[instance_id]
@@ -152,13 +166,14 @@ class FakeArm(FakeServer):
                 "location": LOCATION,
                 "sku": {"name": "Standard_ND96isr_H100_v5", "tier": "Standard", "capacity": self.capacity},
                 "properties": {"provisioningState": state, "singlePlacementGroup": False,
-                               "orchestrationMode": "Uniform", "upgradePolicy": {"mode": "Manual"}}}
+                               "orchestrationMode": "Uniform", "upgradePolicy": {"mode": "Manual"},
+                               "virtualMachineProfile": {"userData": self.user_data}}}
 
     def _vm_doc(self, vm: FakeVm) -> dict[str, Any]:
         return {"id": f"{self._base()}/virtualMachines/{vm.instance_id}", "instanceId": str(vm.instance_id),
                 "name": f"{self.vmss}_{vm.instance_id}", "location": LOCATION,
                 "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
-                "properties": {"provisioningState": vm.state,
+                "properties": {"provisioningState": vm.state, "latestModelApplied": vm.model == self.model,
                                "osProfile": {"computerName": f"{self.vmss}{_base36(vm.instance_id)}"}}}
 
     def _operation(self, host: str) -> dict[str, str]:
@@ -238,6 +253,10 @@ class FakeArm(FakeServer):
                         raise ArmError(400, f"The value {capacity!r} of parameter 'sku.capacity' is invalid.",
                                        "InvalidParameter")
                     self._scale_to(capacity)
+                profile = (body.get("properties") or {}).get("virtualMachineProfile") or {}
+                if "userData" in profile and profile["userData"] != self.user_data:
+                    self.user_data = profile["userData"]
+                    self.model += 1
                 headers.update(self._operation(host))
                 return 200, self._vmss_doc("Updating")
             raise ArmError(405, f"the fake does not serve {req.command} on a scale set", "MethodNotAllowed")
@@ -250,6 +269,14 @@ class FakeArm(FakeServer):
             if not str(instance_id).isdigit() or int(instance_id) not in self.vms:
                 raise ArmError(400, f"The provided instanceId {instance_id} is not an active Virtual Machine Scale "
                                     "Set VM instanceId.", "InvalidParameter")
+        if sub_resource.lower() == "/manualupgrade":
+            self.upgrades.append([str(i) for i in ids])
+            for instance_id in ids:
+                vm = self.vms[int(instance_id)]
+                vm.model, vm.upgrading, vm.failed = self.model, True, self.upgrade_fails
+                vm.ready_at = time.monotonic() + self.ready_after_s
+            headers.update(self._operation(host))
+            return 202, None
         for instance_id in ids:
             del self.vms[int(instance_id)]
         self.capacity = len(self.vms)  # deleting instances lowers the capacity with them

@@ -1,7 +1,8 @@
 """A small fake of the Kubernetes API server for tests and demos: exactly the endpoints the provider uses.
 
     GET/PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}/scale
-    GET       /apis/apps/v1/namespaces/{ns}/deployments/{name}
+    GET/PATCH /apis/apps/v1/namespaces/{ns}/deployments/{name}   (PATCH: annotations, strategy, pod template;
+                                                                   containers merged by name)
     GET       /api/v1/namespaces/{ns}/pods?labelSelector=k=v,...
     PATCH     /api/v1/namespaces/{ns}/pods/{pod}          (metadata.annotations merge)
 
@@ -45,6 +46,7 @@ class FakePod:
     ready_at: float
     annotations: dict[str, str] = field(default_factory=dict)
     node: str = "gpu-host-1"  # the Kubernetes node it is scheduled on (spec.nodeName)
+    template: int = 0  # the pod template generation it was made from
 
     @property
     def ready(self) -> bool:
@@ -92,6 +94,17 @@ class FakeKubernetes(FakeServer):
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self._serial = itertools.count(1)
         self._lock = threading.Lock()
+        # The pod template and the rolling update: a template change replaces every pod with a new one (made
+        # from the new template, ready after ready_after_s); with rollout_fails the new pods never get ready and
+        # the Deployment reports ProgressDeadlineExceeded.
+        self.generation = 1
+        self.template = 0
+        self.annotations: dict[str, str] = {}
+        self.template_annotations: dict[str, str] = {}
+        self.containers: list[dict[str, Any]] = [{"name": "vllm", "image": "vllm/vllm-openai"}]
+        self.strategy: dict[str, Any] = {"type": "RollingUpdate",
+                                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+        self.rollout_fails = False
         self._scale_to(replicas)
 
     # -- test controls --------------------------------------------------------------------------------------
@@ -118,7 +131,9 @@ class FakeKubernetes(FakeServer):
             name = f"{self.deployment}-6d8f7b9c4-{serial:05d}"
             now = time.monotonic()
             # One inference pod per GPU host, as the scheduler places them with a whole node's GPUs requested.
-            self.pods[name] = FakePod(name, dict(self.labels), now, now + self.ready_after_s, node=f"gpu-host-{serial}")
+            ready_at = float("inf") if self.template and self.rollout_fails else now + self.ready_after_s
+            self.pods[name] = FakePod(name, dict(self.labels), now, ready_at, node=f"gpu-host-{serial}",
+                                      template=self.template)
         if len(self.pods) > replicas:
             # A ReplicaSet's order: not ready before ready, lower deletion cost first, newer first.
             ranked = sorted(self.pods.values(), key=lambda p: (p.ready, p.cost(), -p.created))
@@ -138,12 +153,43 @@ class FakeKubernetes(FakeServer):
 
     def _deployment_doc(self) -> dict[str, Any]:
         ready = sum(1 for p in self.pods.values() if p.ready)
-        return {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": self._meta(self.deployment),
+        updated = sum(1 for p in self.pods.values() if p.template == self.template)
+        conditions = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                       "message": f'ReplicaSet "{self.deployment}-{self.template}" has timed out progressing.'}] \
+            if self.rollout_fails and self.template else []
+        return {"kind": "Deployment", "apiVersion": "apps/v1",
+                "metadata": {**self._meta(self.deployment), "generation": self.generation,
+                             "annotations": dict(self.annotations)},
                 "spec": {"replicas": self.replicas, "selector": {"matchLabels": dict(self.labels)},
-                         "template": {"metadata": {"labels": dict(self.labels)},
-                                      "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]}}},
+                         "strategy": self.strategy,
+                         "template": {"metadata": {"labels": dict(self.labels),
+                                                   "annotations": dict(self.template_annotations)},
+                                      "spec": {"containers": [dict(c) for c in self.containers]}}},
                 "status": {"replicas": len(self.pods), "readyReplicas": ready, "availableReplicas": ready,
-                           "updatedReplicas": len(self.pods)}}
+                           "updatedReplicas": updated, "observedGeneration": self.generation,
+                           "conditions": conditions}}
+
+    def _patch_deployment(self, body: dict[str, Any]) -> None:
+        before = (json.dumps(self.containers, sort_keys=True), json.dumps(self.template_annotations, sort_keys=True))
+        self.annotations.update((body.get("metadata") or {}).get("annotations") or {})
+        spec = body.get("spec") or {}
+        if "strategy" in spec:
+            self.strategy = spec["strategy"]
+        template = spec.get("template") or {}
+        self.template_annotations.update((template.get("metadata") or {}).get("annotations") or {})
+        for patch in (template.get("spec") or {}).get("containers") or []:
+            current = next((c for c in self.containers if c["name"] == patch.get("name")), None)
+            if current is None:
+                self.containers.append(dict(patch))
+            else:
+                current.update(patch)
+        after = (json.dumps(self.containers, sort_keys=True), json.dumps(self.template_annotations, sort_keys=True))
+        if after != before:  # a new pod template: a new ReplicaSet replaces the pods
+            self.generation += 1
+            self.template += 1
+            replicas = self.replicas
+            self.pods.clear()
+            self._scale_to(replicas)
 
     def _pod_doc(self, pod: FakePod) -> dict[str, Any]:
         ready = pod.ready
@@ -151,7 +197,7 @@ class FakeKubernetes(FakeServer):
                 "metadata": {**self._meta(pod.name), "labels": dict(pod.labels),
                              "annotations": dict(pod.annotations),
                              "creationTimestamp": "2025-01-01T00:00:00Z"},
-                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}], "nodeName": pod.node},
+                "spec": {"containers": [dict(c) for c in self.containers], "nodeName": pod.node},
                 "status": {"phase": "Running" if ready else "Pending",
                            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
 
@@ -195,8 +241,10 @@ class FakeKubernetes(FakeServer):
             if ns != self.namespace or name != self.deployment:
                 raise HttpError(404, f'deployments.apps "{name}" not found')
             if scale is None:
-                if req.command != "GET":
-                    raise HttpError(405, "only GET on the deployment itself")
+                if req.command == "PATCH":
+                    self._patch_deployment(body)
+                elif req.command != "GET":
+                    raise HttpError(405, "only GET and PATCH on the deployment itself")
                 return 200, self._deployment_doc()
             if req.command == "PATCH":
                 replicas = (body.get("spec") or {}).get("replicas")

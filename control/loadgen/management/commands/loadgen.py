@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from control.loadgen import curves, report, runner
+from control.loadgen import curves, report, runner, workloads
 from control.loadgen.mix import parse_mix
 
 
@@ -23,7 +23,8 @@ class Command(BaseCommand):
         "rate curve whatever the server does, so overload shows as 429s and latency, not as a slower client. "
         "Examples: `loadgen --rate 20 --duration 60`; `loadgen --curve daily --rate 5 --peak-rate 60 "
         "--day-seconds 300 --duration 600` (a compressed day with its 14:00 peak); `loadgen --curve step --rate 10 "
-        "--step-rate 80 --step-at 30`."
+        "--step-rate 80 --step-at 30`; `loadgen --workload shared-prefix --groups 32 --prompts-per-group 16` (prompts "
+        "sharing long system prompts); `loadgen --workload multi-turn --turns 4 --think-s 3` (growing conversations)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -58,6 +59,28 @@ class Command(BaseCommand):
         parser.add_argument("--max-outstanding", type=int, default=2000,
                             help="requests in flight at most; beyond it arrivals count as client errors")
         parser.add_argument("--seed", type=int, default=None, help="random seed for a repeatable run")
+        w = parser.add_argument_group("workload (what the prompts share; docs/gateway.md, cache-aware routing)")
+        w.add_argument("--workload", choices=workloads.WORKLOADS, default="independent",
+                       help="independent: --prompt-tokens/--max-tokens mixes, nothing shared (default); "
+                            "shared-prefix: groups of prompts sharing a system prompt; multi-turn: sessions "
+                            "resending a growing conversation")
+        sp, mt = workloads.SharedPrefix(), workloads.MultiTurn()
+        w.add_argument("--groups", type=int, default=sp.groups, help="shared-prefix: groups (default %(default)s)")
+        w.add_argument("--prompts-per-group", type=int, default=sp.prompts_per_group,
+                       help="shared-prefix: prompts per group (default %(default)s)")
+        w.add_argument("--system-tokens", type=int, default=sp.system_tokens,
+                       help="shared-prefix: system prompt tokens (default %(default)s)")
+        w.add_argument("--question-tokens", type=int, default=sp.question_tokens,
+                       help="shared-prefix: question tokens (default %(default)s)")
+        w.add_argument("--answer-tokens", type=int, default=None,
+                       help=f"shared-prefix / multi-turn: answer tokens (max_tokens; default {sp.answer_tokens})")
+        w.add_argument("--turns", type=int, default=mt.turns, help="multi-turn: turns per session (default %(default)s)")
+        w.add_argument("--context-tokens", type=int, default=mt.context_tokens,
+                       help="multi-turn: tokens of each session's opening context (default %(default)s)")
+        w.add_argument("--turn-tokens", type=int, default=mt.turn_tokens,
+                       help="multi-turn: tokens of each turn's question (default %(default)s)")
+        w.add_argument("--think-s", type=float, default=mt.think_s,
+                       help="multi-turn: mean seconds between a session's turns (default %(default)s)")
         parser.add_argument("--json", dest="json_path", default="", help="also write the summary as JSON here")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -66,13 +89,15 @@ class Command(BaseCommand):
             spec = curves.CurveSpec(kind=o["curve"], rate=o["rate"], step_rate=o["step_rate"], step_at_s=o["step_at"],
                                     peak_rate=o["peak_rate"], day_s=o["day_seconds"], peak_hour=o["peak_hour"])
             curve = curves.build(spec)
+            workload = workload_of(o)
             load = runner.LoadSpec(
                 url=o["url"].rstrip("/"), model=o["model"], curve=curve, duration_s=o["duration"],
                 prompt_tokens=parse_mix(o["prompt_tokens"], int, "--prompt-tokens", 1, 100_000),
                 max_tokens=parse_mix(o["max_tokens"], int, "--max-tokens", 1, 32_768),
                 classes=parse_mix(o["priority"], str, "--priority"),
                 stream_fraction=o["stream_fraction"], temperature=o["temperature"], token=o["token"],
-                timeout_s=o["timeout"], max_outstanding=o["max_outstanding"], seed=o["seed"])
+                timeout_s=o["timeout"], max_outstanding=o["max_outstanding"], seed=o["seed"],
+                workload=workload)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         if not 0 < o["duration"] <= 7 * 86400:
@@ -85,7 +110,8 @@ class Command(BaseCommand):
             raise CommandError(f"--url {o['url']!r} must start with http:// or https://")
         self.stdout.write(f"loadgen -> {load.url}{load.path}: {o['curve']} curve, peak "
                           f"{curves.peak_of(curve, load.duration_s):.1f} req/s for {load.duration_s:g} s; classes "
-                          f"{load.classes.describe()}; prompts {load.prompt_tokens.describe()}")
+                          f"{load.classes.describe()}; " + (f"workload {o['workload']}: {workload}" if workload
+                                                                else f"prompts {load.prompt_tokens.describe()}"))
         outcomes = asyncio.run(runner.run(load, self._progress(load.duration_s, o["no_progress"])))
         rows = report.summarize(outcomes, load.duration_s, o["slo"])
         self.stdout.write("\n" + report.table(rows))
@@ -116,3 +142,21 @@ class Command(BaseCommand):
                 bar.close()
 
         return update
+
+
+def workload_of(o: dict[str, Any]) -> workloads.Workload | None:
+    """The --workload and its parameters; ValueError naming the flag when one is out of range."""
+    answer = o["answer_tokens"]
+    if o["workload"] == "shared-prefix":
+        w: workloads.Workload = workloads.SharedPrefix(
+            groups=o["groups"], prompts_per_group=o["prompts_per_group"], system_tokens=o["system_tokens"],
+            question_tokens=o["question_tokens"],
+            answer_tokens=workloads.SharedPrefix.answer_tokens if answer is None else answer)
+    elif o["workload"] == "multi-turn":
+        w = workloads.MultiTurn(turns=o["turns"], context_tokens=o["context_tokens"], turn_tokens=o["turn_tokens"],
+                                answer_tokens=workloads.MultiTurn.answer_tokens if answer is None else answer,
+                                think_s=o["think_s"])
+    else:
+        return None
+    w.check()
+    return w

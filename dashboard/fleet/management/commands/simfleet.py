@@ -59,6 +59,9 @@ class Command(BaseCommand):
         parser.add_argument("--profile", choices=profiles.PROFILE_CHOICES, default="h100",
                             help="hardware profile of the nodes; mixed cycles h100, a100, l40s (default h100)")
         parser.add_argument("--model", default="sim-llm", help="model name the nodes serve (default sim-llm)")
+        parser.add_argument("--metrics-style", choices=["vllm", "sglang"], default="vllm",
+                            help="which server's /metrics names the nodes expose: vLLM's (default) or SGLang's "
+                                 "(sglang:cache_hit_rate for the prefix cache)")
         parser.add_argument("--time-scale", type=float, default=1.0,
                             help="model seconds per wall second: 10 runs the performance model ten times faster "
                                  "than real time (default 1)")
@@ -103,7 +106,8 @@ class Command(BaseCommand):
                              time_scale=opts["time_scale"], server_url=server,
                              register=None if server is None else register, interval_s=opts["interval"],
                              seed=opts["seed"], profile=opts["profile"], base_port=opts["base_port"],
-                             state_dir=opts["state_dir"], advertise_host=opts["advertise_host"])
+                             state_dir=opts["state_dir"], advertise_host=opts["advertise_host"],
+                             metrics_style=opts["metrics_style"])
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         try:

@@ -1,0 +1,290 @@
+"""Canary rollout of a scheduler policy on the simulated mixed fleet at a steady load (issue 16).
+
+One `manage.py simfleet --profile mixed` whose agents push to a `manage.py serve`, one `manage.py gateway --auth off`
+in front of it, the same seeded open-loop Poisson load as bench/routing.py. The controller's canary analysis
+(`control.canary.analysis.tick`, what the Celery beat task runs every 5 s) runs here every second on a thread.
+Three phases, each `--duration` seconds of load:
+
+    baseline   the stable policy alone (no canary): the client p95 the rollout is compared with
+    bad        stable = today's default; canary = the classic formula without burst correction (bench/routing.py's
+               `classic`), steps 5 % -> 25 % -> 50 %. Target: aborted before it served 10 % of the requests, and the
+               whole client p95 during the rollout within 1.2 x the baseline's
+    good       stable = the classic formula; canary = today's default. Target: promoted with no manual step
+
+Printed per phase: time to verdict, requests served by each arm (from the request log), p95 latency of each arm
+and of the whole (the client's view).
+
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 180] [--load 0.75] [--step-s 60] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.benchlib import ROOT, free_port, start_server, use_bench_database, wait_port  # noqa: E402
+from bench.routing import (  # noqa: E402
+    MODEL,
+    get_json,
+    mean_prompt_tokens,
+    node_rate,
+    policy,
+    unloaded_latency,
+    wait_for,
+)
+from control.scheduler.status import read_status  # noqa: E402
+
+POOL = "routing"  # bench/routing.py's simfleet pool name is what its helpers expect
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def activate(name: str) -> int:
+    from control.policy import service
+    from core.audit.context import Origin
+
+    current = service.active("scheduler")
+    doc = policy(name)
+    if current.document == doc:
+        return int(current.pk)
+    return int(service.create_revision("scheduler", doc, f"bench/canary.py: stable {name}", current.pk,
+                                       Origin.system("bench-canary")).revision.pk)
+
+
+def store(name: str) -> int:
+    from control.policy import service
+    from core.audit.context import Origin
+
+    current = service.active("scheduler")
+    return int(service.create_revision("scheduler", policy(name), f"bench/canary.py: candidate {name}", current.pk,
+                                       Origin.system("bench-canary"), activate=False).revision.pk)
+
+
+class Analyst(threading.Thread):
+    """The controller's canary loop, every second, until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.lines: list[tuple[float, str]] = []
+
+    def run(self) -> None:
+        from django.db import connection
+
+        from control.canary import analysis
+
+        try:
+            while not self.stop.wait(1.0):
+                for line in analysis.tick():
+                    self.lines.append((time.time(), line))
+                    log(f"    controller: {line}")
+        finally:
+            connection.close()
+
+
+def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:
+    from control.loadgen import curves, runner
+    from control.loadgen.mix import parse_mix
+
+    spec = runner.LoadSpec(
+        url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
+        duration_s=args.duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
+        max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
+        stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
+        extra_body={"ignore_eos": True})
+    marks = {"next": 20.0}
+
+    def progress(elapsed: float, sent: int) -> None:
+        if elapsed >= marks["next"]:
+            marks["next"] += 20.0
+            log(f"  {label:<9} {elapsed:>4.0f} s  {sent:>6} sent")
+
+    t0 = time.time()
+    return asyncio.run(runner.run(spec, progress)), t0
+
+
+def p95(values: list[float]) -> float | None:
+    from control.loadgen.report import quantile
+
+    return quantile(values, 0.95)
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} s"
+
+
+def idle(control: str, interval: int) -> None:
+    wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
+                                                 for n in get_json(f"{control}/nodes")["nodes"]), 180, 1.0)
+    time.sleep(interval + 1.5)
+
+
+def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: str, candidate: str | None,
+          label: str) -> dict[str, Any]:
+    from control.canary import analysis
+    from control.canary import service as canary
+    from control.canary.models import Canary
+    from core.audit.context import Origin
+
+    rev = activate(stable)
+    wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
+    idle(control, args.interval)
+    c = None
+    if candidate is not None:
+        steps = [{"weight": w, "pause_s": args.step_s} for w in (5, 25, 50)]
+        c = canary.start("scheduler", {
+            "revision": store(candidate), "steps": steps, "reason": f"bench: {candidate} on {stable}",
+            "analysis": {"interval_s": args.analysis_interval, "window_s": args.window, "min_requests":
+                         args.min_requests, "failure_limit": 1}}, Origin.system("bench-canary"))
+        log(f"  canary {c.pk}: {candidate} against {stable}, steps {[s['weight'] for s in steps]} % x "
+            f"{args.step_s} s")
+    analyst = Analyst()
+    analyst.start()
+    try:
+        outs, t0 = load(args, gw, rate, label)
+    finally:
+        analyst.stop.set()
+        analyst.join(10)
+    result: dict[str, Any] = {"label": label}
+    end = t0 + args.duration
+    if c is not None:
+        c.refresh_from_db()
+        if c.live:  # no verdict within the run: the bench ends it (a person would decide)
+            canary.abort("scheduler", "bench ended without a verdict", Origin.system("bench-canary"))
+            c.refresh_from_db()
+            result["verdict"] = "none"
+        else:
+            result["verdict"] = c.state
+            end = c.finished.timestamp()
+        result["time_to_verdict_s"] = end - t0 if result["verdict"] != "none" else None
+        arms = analysis.read_window(c.pk, t0 - 1, end, 1e9)
+        served = {name: arm.requests for name, arm in arms.items()}
+        total = sum(served.values())
+        result.update(served=served, canary_share=served["canary"] / total if total else 0.0,
+                      p95_arm={name: (p95([x / 1000 for x in arm.latency_ms])) for name, arm in arms.items()},
+                      runs=list(c.runs.values_list("verdict", "summary")))
+        assert Canary.objects.filter(state__in=Canary.LIVE).count() == 0
+    window = [o for o in outs if t0 + o.sent_at <= end]
+    ok = [o.latency_s for o in window if 200 <= o.status < 300]
+    result.update(requests=len(window), ok=len(ok), p95_whole=p95(ok),
+                  errors=sum(1 for o in window if not 200 <= o.status < 300))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=6)
+    ap.add_argument("--duration", type=float, default=180.0, help="seconds of load per phase (default 180)")
+    ap.add_argument("--load", type=float, default=0.75,
+                    help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
+                         "load on its machine)")
+    ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
+    ap.add_argument("--step-s", type=int, default=60, help="pause of each canary step, seconds (default 60)")
+    ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
+    ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
+    ap.add_argument("--min-requests", type=int, default=20, help="analysis min_requests per arm (default 20)")
+    ap.add_argument("--phases", default="baseline,bad,good")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5")
+    ap.add_argument("--max-tokens", default="64:0.5,192:0.5")
+    ap.add_argument("--stream-fraction", type=float, default=0.3)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--interval", type=int, default=5, help="agent push interval, seconds (default 5)")
+    ap.add_argument("--database", default="sy_bench_canary")
+    ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "12")))
+    args = ap.parse_args()
+    phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+
+    db_url, redis_url = use_bench_database(args.database, args.redis_db)
+    from agents.sim.profiles import MIXED, PROFILES
+    from control.canary.models import Canary
+    from control.loadgen.mix import parse_mix
+    from dashboard.metrics.latest import LATEST_KEY, redis_client
+
+    Canary.objects.filter(state__in=Canary.LIVE).update(state="aborted")  # an earlier, interrupted run's
+    prompt = mean_prompt_tokens(parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000))
+    out_mix = parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096)
+    out = sum(v * w for v, w in zip(out_mix.values, out_mix.weights, strict=True)) / sum(out_mix.weights)
+    kinds = [MIXED[i % len(MIXED)] for i in range(args.nodes)]
+    saturation = sum(node_rate(PROFILES[k], prompt, out) for k in kinds)
+    rate = args.rate or round(args.load * saturation, 1)
+    unloaded_s = max(unloaded_latency(PROFILES[k], prompt, out) for k in set(kinds))
+    log(f"fleet: {args.nodes} mixed nodes, computed saturation {saturation:.1f} req/s; offered {rate:g} req/s "
+        f"({rate / saturation:.0%}); slowest unloaded latency {unloaded_s:.2f} s; {args.duration:g} s per phase")
+    r = redis_client()
+    r.hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, args.nodes + 1)])
+    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
+    logs = Path(tempfile.mkdtemp(prefix="sy-bench-canary-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        port, gw_port, control_port = free_port(), free_port(), free_port()
+        procs.append(start_server(port, 1, db_url, redis_url))
+        fleet_log = open(logs / "simfleet.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "simfleet", "--nodes", str(args.nodes), "--profile", "mixed", "--gpus", "2",
+             "--pool", POOL, "--model", MODEL, "--server", f"http://127.0.0.1:{port}", "--interval",
+             str(args.interval), "--control-port", str(control_port), "--seed", str(args.seed)],
+            cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
+        wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
+        gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", "bench-canary"],
+            cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
+        wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
+        gw, control = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{control_port}"
+        wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == args.nodes, 60)
+        plan = {"baseline": ("switchyard", None), "bad": ("switchyard", "classic"), "good": ("classic", "switchyard")}
+        for name in phases:
+            stable, candidate = plan[name]
+            log(f"[{name}] stable {stable}" + (f", canary {candidate}" if candidate else " alone"))
+            results[name] = phase(args, gw, control, rate, stable, candidate, name)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    print()
+    print("| phase | verdict | time to verdict | requests stable / canary | canary share | p95 stable arm | "
+          "p95 canary arm | p95 whole (client) | errors |")
+    print("|" + " --- |" * 9)
+    for name, r in results.items():
+        served, arms = r.get("served", {}), r.get("p95_arm", {})
+        ttv = r.get("time_to_verdict_s")
+        print(f"| {name} | {r.get('verdict', '-')} | {'-' if ttv is None else f'{ttv:.0f} s'} | "
+              f"{served.get('stable', r['requests'])} / {served.get('canary', 0)} | {r.get('canary_share', 0):.1%} | "
+              f"{fmt(arms.get('stable'))} | {fmt(arms.get('canary'))} | {fmt(r['p95_whole'])} | {r['errors']} |")
+    print()
+    if "bad" in results:
+        bad = results["bad"]
+        ok = bad.get("verdict") == "aborted" and bad["canary_share"] < 0.10
+        print(f"bad candidate: {bad.get('verdict')} after serving {bad['canary_share']:.1%} of the requests "
+              f"(target: aborted before 10 %): {'met' if ok else 'NOT met'}")
+        if "baseline" in results and results["baseline"]["p95_whole"] and bad["p95_whole"]:
+            ratio = bad["p95_whole"] / results["baseline"]["p95_whole"]
+            print(f"client p95 during the bad rollout / stable alone = {ratio:.2f} (target <= 1.2: "
+                  f"{'met' if ratio <= 1.2 else 'NOT met'})")
+    if "good" in results:
+        good = results["good"]
+        print(f"good candidate: {good.get('verdict')} (target: promoted with no manual step): "
+              f"{'met' if good.get('verdict') == 'promoted' else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What the fleet benches share (routing.py, prefix.py, vs_gateways.py): the mixed simulated fleet behind a
+`manage.py serve` (and optionally a gateway), the fleet's computed saturation, and one seeded open-loop load run
+from an idle fleet with progress every 10 s."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.benchlib import ROOT, free_port, start_server, wait_port
+
+POOL = "routing"
+MODEL = "sim-llm"
+
+
+def get_json(url: str) -> Any:
+    import httpx
+
+    return httpx.get(url, timeout=5).json()
+
+
+def wait_for(what: str, check: Any, timeout_s: float, every_s: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except Exception:  # noqa: BLE001 - not up yet
+            value = None
+        if value:
+            return value
+        time.sleep(every_s)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def wait_idle(control: str, interval_s: float) -> None:
+    """Same start for every run: nothing running or queued on any node, then a sample taken after that."""
+    wait_for("the fleet to go idle", lambda: all(n["running"] == 0 and n["waiting"] == 0
+                                                 for n in get_json(f"{control}/nodes")["nodes"]), 180, 1.0)
+    time.sleep(interval_s + 1.5)
+
+
+def load_spec(url: str, args: Any, rate: float, duration_s: float, workload: Any = None, tag: str = "") -> Any:
+    """The seeded sequence every bench sends: constant rate, one class, answers exactly max_tokens long
+    (`ignore_eos`) so that runs differ only in where requests went. `args` carries prompt_tokens, max_tokens,
+    stream_fraction, timeout and seed; `workload` (control.loadgen.workloads) replaces the prompt mixes; `tag`
+    starts every independent prompt (a workload has its own tag)."""
+    from control.loadgen import curves, runner
+    from control.loadgen.mix import parse_mix
+
+    return runner.LoadSpec(
+        url=url, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
+        duration_s=duration_s, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
+        max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
+        stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
+        extra_body={"ignore_eos": True}, workload=workload, prompt_tag=tag)
+
+
+def send(label: str, spec: Any, log: Callable[[str], None]) -> tuple[list[Any], float]:
+    """Run the load; a progress line every 10 s. Returns (outcomes, wall seconds)."""
+    from control.loadgen import runner
+
+    marks = {"next": 10.0}
+
+    def progress(elapsed: float, sent: int) -> None:
+        if elapsed >= marks["next"]:
+            marks["next"] += 10.0
+            log(f"  {label:<16} {elapsed:>4.0f} s  {sent:>6} sent")
+
+    t0 = time.perf_counter()
+    outs = asyncio.run(runner.run(spec, progress))
+    return outs, time.perf_counter() - t0
+
+
+@dataclass
+class Fleet:
+    control: str
+    profiles: dict[str, str]  # node name -> profile
+    urls: list[str]
+    url_profile: dict[str, str]
+    gateway: str = ""
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str, logs: Path,
+              gateway_id: str = "") -> Iterator[Fleet]:
+    """`manage.py serve` + `simfleet --profile mixed` (agents pushing every `interval` s) and, with `gateway_id`,
+    a `manage.py gateway --auth off`; everything stopped on exit."""
+    from dashboard.metrics.latest import LATEST_KEY, redis_client
+
+    redis_client().hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, nodes + 1)])  # an earlier run's samples
+    env = dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        port, control_port = free_port(), free_port()
+        procs.append(start_server(port, 1, db_url, redis_url))
+        fleet_log = open(logs / "simfleet.log", "wb")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(
+            [sys.executable, "manage.py", "simfleet", "--nodes", str(nodes), "--profile", "mixed", "--gpus", "2",
+             "--pool", POOL, "--model", MODEL, "--server", f"http://127.0.0.1:{port}", "--interval",
+             str(interval), "--control-port", str(control_port), "--seed", str(seed)],
+            cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
+        wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
+        gw = ""
+        if gateway_id:
+            gw_port = free_port()
+            gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", gateway_id],
+                cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
+            wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
+            gw = f"http://127.0.0.1:{gw_port}"
+        control = f"http://127.0.0.1:{control_port}"
+        found = wait_for("the fleet", lambda: (d := get_json(f"{control}/nodes")["nodes"]) and len(d) == nodes
+                         and d, 60)
+        fleet = Fleet(control=control, profiles={n["name"]: n["profile"] for n in found},
+                      urls=[n["url"] for n in found], url_profile={n["url"]: n["profile"] for n in found},
+                      gateway=gw, procs=procs)
+        if gw:
+            from control.scheduler.status import read_status
+
+            wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == nodes, 60)
+        yield fleet
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()

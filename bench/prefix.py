@@ -1,0 +1,252 @@
+"""Cache-aware routing compared on the mixed simulated fleet (issue 14).
+
+The fleet, gateway and calibration of bench/routing.py (bench/loadrun.py), whose simulated engines keep a prefix
+cache inside their KV capacity (agents/sim/engine.py): a request whose leading 64-character blocks a node holds
+skips their prefill. For each workload, each policy gets the same seeded arrival sequence with the same structure
+(its texts tagged by the policy, so that no policy finds another's prompts cached):
+
+    shared-prefix    groups x prompts sharing a system prompt (loadgen --workload shared-prefix)
+    multi-turn       sessions resending a growing conversation (loadgen --workload multi-turn)
+    independent      today's prompt mix, nothing shared: the scorer must cost nothing here
+
+    round_robin      picker.strategy round_robin
+    least_in_flight  picker.strategy least_in_flight
+    default          the default scheduler policy without prefix affinity (today's)
+    cache_aware      SGLang's router policy as a picker: longest prefix match when it covers cache_threshold 0.5 of
+                     the prompt, else the node holding the least; the fewest in flight when imbalanced (32 / 1.1)
+    prefix_affinity  the default policy plus the prefix_affinity scorer (--weight)
+
+The rate of each workload is the highest at which least_in_flight stays stable (bench/routing.py's calibration,
+probing shares of the fleet's computed saturation with every prompt prefilled in full), unless `--rate` gives it.
+The prefix-cache hit rate is the nodes' own count (vllm:prefix_cache_hits_total / queries_total over the run, in
+tokens). Targets: shared-prefix and multi-turn TTFT p95 <= 0.5 x default and <= 0.8 x cache_aware, hit rate >=
+cache_aware's; independent p95 within 5 % of default.
+
+    .venv/bin/python bench/prefix.py [--workloads shared-prefix,multi-turn,independent] [--duration 30]
+        [--rate shared-prefix=R,...] [--weight 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import routing  # noqa: E402
+from bench.benchlib import use_bench_database  # noqa: E402
+from bench.loadrun import sim_fleet  # noqa: E402
+
+POLICIES = ("round_robin", "least_in_flight", "default", "cache_aware", "prefix_affinity")
+WORKLOADS = ("shared-prefix", "multi-turn", "independent")
+log = routing.log
+
+
+def policies(weight: float, block_chars: int) -> None:
+    """The configurations beyond bench/routing.py's own, as partial scheduler documents. `default` is the default
+    policy without prefix affinity (today's before it), whatever the default document's weight is."""
+    from control.policy.defaults import default_document
+
+    base = [s for s in default_document("scheduler")["scorers"] if s["metric"] != "prefix_affinity"]
+    prefix = {**default_document("scheduler")["prefix"], **({"block_chars": block_chars} if block_chars else {})}
+    routing.CUSTOM["default"] = {"scorers": [*base, {"metric": "prefix_affinity", "weight": 0.0, "invert": False}]}
+    routing.CUSTOM["cache_aware"] = {"scorers": routing.CUSTOM["default"]["scorers"],
+                                     "picker": {"strategy": "cache_aware"}, "prefix": prefix}
+    routing.CUSTOM["prefix_affinity"] = {
+        "scorers": [*base, {"metric": "prefix_affinity", "weight": weight, "invert": False}], "prefix": prefix}
+
+
+def workload(name: str, args: argparse.Namespace, tag: str) -> Any:
+    from control.loadgen import workloads
+
+    if name == "shared-prefix":
+        return workloads.SharedPrefix(groups=args.groups, prompts_per_group=args.prompts_per_group,
+                                      system_tokens=args.system_tokens, question_tokens=args.question_tokens,
+                                      answer_tokens=args.answer_tokens, tag=tag)
+    if name == "multi-turn":
+        return workloads.MultiTurn(turns=args.turns, context_tokens=args.context_tokens, turn_tokens=args.turn_tokens,
+                                   answer_tokens=args.answer_tokens, think_s=args.think_s, tag=tag)
+    return None
+
+
+def request_size(name: str, args: argparse.Namespace) -> tuple[float, float]:
+    """(mean prompt tokens as the simulator counts them, answer tokens) of the workload."""
+    from agents.sim.text import chat_prompt_tokens
+    from control.loadgen.mix import parse_mix
+    from control.loadgen.workloads import plan
+
+    w = workload(name, args, "")
+    if w is None:
+        out_mix = parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096)
+        out = sum(v * wt for v, wt in zip(out_mix.values, out_mix.weights, strict=True)) / sum(out_mix.weights)
+        return routing.mean_prompt_tokens(parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000)), out
+    planned = plan(w, [i * 0.01 for i in range(200)], 0, 1e9)
+    return sum(chat_prompt_tokens(p.messages) for p in planned) / len(planned), float(args.answer_tokens)
+
+
+def hits(urls: list[str]) -> tuple[float, float]:
+    """(hit tokens, queried tokens) summed over the nodes' prefix-cache counters."""
+    import httpx
+
+    from agents.collectors.inference import parse_prometheus
+
+    h = q = 0.0
+    for url in urls:
+        fams = parse_prometheus(httpx.get(f"{url}/metrics", timeout=5).text)
+        h += sum(v for _, v in fams.get("vllm:prefix_cache_hits_total", []))
+        q += sum(v for _, v in fams.get("vllm:prefix_cache_queries_total", []))
+    return h, q
+
+
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def table(rows: list[dict[str, Any]], nodes: list[str]) -> str:
+    head = ("| workload | policy | TTFT p50 / p95 / p99 s | latency p50 / p95 s | throughput | goodput | hit rate | "
+            "requests per node | largest share |")
+    lines = [head, "|" + " --- |" * 9]
+    for r in rows:
+        t, lat = r["ttft"], r["latency"]
+        per = " / ".join(str(r["per_node"].get(n, 0)) for n in nodes)
+        lines.append(f"| {r['workload']} | {r['name']} | {fmt(t['p50'])} / {fmt(t['p95'])} / {fmt(t['p99'])} | "
+                     f"{fmt(lat['p50'])} / {fmt(lat['p95'])} | {r['throughput']:.1f}/s | {r['goodput']:.1f}/s | "
+                     f"{r['hit_rate']:.0%} | {per} | {r['largest_share']:.0%} |")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for wl in WORKLOADS:
+        by = {r["name"]: r for r in rows if r["workload"] == wl}
+        pa = by.get("prefix_affinity")
+        if pa is None:
+            continue
+
+        def ratio(metric: str, base: str, pa: dict[str, Any] = pa, by: dict[str, Any] = by) -> float | None:
+            a, b = pa[metric]["p95"], by[base][metric]["p95"] if base in by else None
+            return a / b if a is not None and b else None
+
+        if wl == "independent":
+            r = ratio("latency", "default")
+            if r is not None:
+                out.append(f"independent: prefix_affinity p95 / default p95 = {r:.2f} (target <= 1.05: "
+                           f"{'met' if r <= 1.05 else 'NOT met'})")
+            continue
+        for base, target in (("default", 0.5), ("cache_aware", 0.8), ("least_in_flight", None)):
+            r = ratio("ttft", base)
+            if r is not None:
+                verdict = "" if target is None else f" (target <= {target}: {'met' if r <= target else 'NOT met'})"
+                out.append(f"{wl}: prefix_affinity TTFT p95 / {base} = {r:.2f}{verdict}")
+        if "cache_aware" in by:
+            ok = pa["hit_rate"] >= by["cache_aware"]["hit_rate"]
+            out.append(f"{wl}: hit rate prefix_affinity {pa['hit_rate']:.0%} vs cache_aware "
+                       f"{by['cache_aware']['hit_rate']:.0%} (target >=: {'met' if ok else 'NOT met'})")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=6, help="simulated nodes, h100/a100/l40s in turn (default 6)")
+    ap.add_argument("--duration", type=float, default=30.0, help="seconds of load per policy (default 30)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="which, in order (default all)")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="which, in order (default all)")
+    ap.add_argument("--weight", type=float, default=2.0, help="prefix_affinity weight (default %(default)s)")
+    ap.add_argument("--block-chars", type=int, default=0,
+                    help="prefix.block_chars of the cache-aware policies (default: the default policy's)")
+    ap.add_argument("--rate", default="", help="workload=req/s,...: skip the calibration of those workloads")
+    ap.add_argument("--probe", default="0.65,0.8,0.95", help="calibration: shares of the computed saturation "
+                                                             "probed with least_in_flight (default %(default)s)")
+    ap.add_argument("--probe-duration", type=float, default=15.0, help="seconds per probe (default 15)")
+    ap.add_argument("--stable-x", type=float, default=3.0, help="as bench/routing.py (default 3)")
+    ap.add_argument("--max-growth", type=float, default=1.3, help="as bench/routing.py (default 1.3)")
+    ap.add_argument("--seed", type=int, default=7, help="seed of the arrivals, the texts and the fleet (default 7)")
+    ap.add_argument("--groups", type=int, default=24, help="shared-prefix groups (default %(default)s)")
+    ap.add_argument("--prompts-per-group", type=int, default=16, help="(default %(default)s)")
+    ap.add_argument("--system-tokens", type=int, default=2048, help="(default %(default)s)")
+    ap.add_argument("--question-tokens", type=int, default=128, help="(default %(default)s)")
+    ap.add_argument("--answer-tokens", type=int, default=64, help="shared-prefix / multi-turn (default %(default)s)")
+    ap.add_argument("--turns", type=int, default=4, help="multi-turn turns per session (default %(default)s)")
+    ap.add_argument("--context-tokens", type=int, default=1536, help="multi-turn opening context (default %(default)s)")
+    ap.add_argument("--turn-tokens", type=int, default=128, help="(default %(default)s)")
+    ap.add_argument("--think-s", type=float, default=2.0, help="multi-turn mean think time (default %(default)s)")
+    ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5", help="independent: prompt mix (as bench/routing.py)")
+    ap.add_argument("--max-tokens", default="64:0.5,192:0.5", help="independent: answer mix (as bench/routing.py)")
+    ap.add_argument("--stream-fraction", type=float, default=0.5, help="streamed share (TTFT) (default 0.5)")
+    ap.add_argument("--timeout", type=float, default=30.0, help="client timeout per request (default 30 s)")
+    ap.add_argument("--interval", type=int, default=5, help="agent push interval (default 5)")
+    ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
+    ap.add_argument("--database", default="sy_bench_prefix", help="throw-away database (default %(default)s)")
+    ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
+                    help="Redis db (default $TEST_REDIS_DB or 11)")
+    args = ap.parse_args()
+    wls = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    pols = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if bad := [w for w in wls if w not in WORKLOADS] + [p for p in pols if p not in POLICIES]:
+        raise SystemExit(f"unknown workload(s) or policy(ies): {bad}")
+    rates = {k: float(v) for k, _, v in (item.partition("=") for item in args.rate.split(",") if item)}
+    policies(args.weight, args.block_chars)
+
+    db_url, redis_url = use_bench_database(args.database, args.redis_db)
+    from agents.sim.profiles import MIXED, PROFILES
+
+    kinds = [MIXED[i % len(MIXED)] for i in range(args.nodes)]
+    logs = Path(tempfile.mkdtemp(prefix="sy-bench-prefix-"))
+    rows: list[dict[str, Any]] = []
+    calibration: dict[str, Any] = {}
+    with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-prefix") as fleet:
+        gw, control, urls = fleet.gateway, fleet.control, fleet.urls
+        names = sorted(fleet.profiles)
+        log(f"fleet: {', '.join(f'{n} {fleet.profiles[n]}' for n in names)}; gateway {gw}; logs in {logs}")
+        for wl in wls:
+            prompt, out = request_size(wl, args)
+            saturation = sum(routing.node_rate(PROFILES[k], prompt, out) for k in kinds)
+            unloaded_s = max(routing.unloaded_latency(PROFILES[k], prompt, out) for k in set(kinds))
+            slo_s = round(1.5 * unloaded_s, 1)
+            counter = {"n": 0}
+
+            def workload_for(label: str, wl: str = wl, counter: dict[str, int] = counter) -> tuple[Any, str]:
+                counter["n"] += 1
+                tag = f"<{label} {counter['n']}> "
+                return workload(wl, args, tag), tag
+
+            args.workload_for = workload_for
+            log(f"== {wl}: mean request {prompt:.0f} prompt + {out:.0f} answer tokens; computed saturation (all "
+                f"prefilled) {saturation:.1f} req/s; SLO for goodput {slo_s:g} s")
+            rate = rates.get(wl)
+            if rate is None:
+                rate, probes = routing.calibrate(args, gw, control, fleet.profiles, urls, slo_s, saturation,
+                                                 unloaded_s)
+                calibration[wl] = probes
+            log(f"{wl}: {rate:g} req/s, {args.duration:g} s per policy")
+            args.rate = rate
+            for name in pols:
+                h0, q0 = hits(urls)
+                r = routing.run_config(name, args, gw, control, fleet.profiles, urls, slo_s, label=name)
+                h1, q1 = hits(urls)
+                ok = max(1, r["ok"])
+                r.update(workload=wl, name=name, hit_rate=(h1 - h0) / max(1.0, q1 - q0),
+                         largest_share=max(r["per_node"].values(), default=0) / ok, slo_s=slo_s)
+                log(f"  {name:<16} hit rate {r['hit_rate']:.0%}, largest node share {r['largest_share']:.0%}")
+                rows.append(r)
+    print()
+    print("requests per node in the order " + " / ".join(f"{n} ({fleet.profiles[n]})" for n in names))
+    print(table(rows, names))
+    print()
+    found = verdicts(rows)
+    for v in found:
+        print(v)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(
+            {"nodes": names, "profiles": fleet.profiles, "duration_s": args.duration, "seed": args.seed,
+             "weight": args.weight, "calibration": calibration, "results": rows, "verdicts": found}, indent=2,
+            default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Canary analysis: the controller compares the two arms over the same window of the request log, every interval.
+
+A run's verdict follows Argo Rollouts' AnalysisRun semantics: *inconclusive* while either arm has fewer than
+`min_requests` requests in the window (too little traffic to say), else *fail* when any check is past its bound,
+else *pass*. Failed runs are counted over the whole canary and more than `failure_limit` of them abort it; more
+than `inconclusive_limit` inconclusive runs in a row pause it for a person. A step is done when its pause has
+elapsed and the latest run (its window inside the step, so at the step's weight) passed; after the last step the
+candidate is promoted. Pure functions (`measure`, `judge`) hold the arithmetic; `tick` does the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from control.canary import service
+from control.canary.models import AnalysisRun, Canary
+from control.canary.split import CANARY, STABLE
+from control.routing import reqlog
+from core.audit.context import Origin
+from core.audit.record import record
+from dashboard.metrics.latest import redis_client
+
+log = logging.getLogger(__name__)
+READ_BATCH = 5000
+
+
+@dataclass
+class Arm:
+    requests: int = 0
+    errors: int = 0
+    throttled: int = 0
+    good: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+
+    def add(self, status: int, latency_ms: float | None, ttft_ms: float | None, goodput_ttft_ms: float) -> None:
+        self.requests += 1
+        cls = reqlog.status_class(status)
+        self.errors += cls == "5xx"
+        self.throttled += cls == "429"
+        if latency_ms is not None:
+            self.latency_ms.append(latency_ms)
+        if ttft_ms is not None:
+            self.ttft_ms.append(ttft_ms)
+        if cls == "2xx" and (ttft_ms if ttft_ms is not None else latency_ms or 0.0) <= goodput_ttft_ms:
+            self.good += 1
+
+    def figures(self) -> dict[str, Any]:
+        n = self.requests
+        return {"requests": n, "p95_latency_ms": p95(self.latency_ms), "p95_ttft_ms": p95(self.ttft_ms),
+                "error_rate": self.errors / n if n else None, "rate_429": self.throttled / n if n else None,
+                "goodput": self.good / n if n else None}
+
+
+def p95(values: list[float]) -> float | None:
+    """Nearest-rank 95th percentile (exact: the window's entries are all here)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)], 3)
+
+
+def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
+                arrived_after: float | None = None) -> dict[str, Arm]:
+    """Both arms of canary `canary_id`: the requests that *ended* between unix times start and end (the stream id
+    is when the gateway logged the entry, a fraction of a second after the answer) and arrived after
+    `arrived_after` (the step's start: nothing routed at an earlier weight). By end, not by arrival: a window of
+    arrivals would hold only the requests that already finished, the fast ones, and flatter the slower arm.
+    Answers served from the answer cache are left out: they say nothing about the routing policy."""
+    arms = {STABLE: Arm(), CANARY: Arm()}
+    r = redis_client()
+    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(end)
+    floor = arrived_after if arrived_after is not None else 0.0
+    wanted = str(canary_id).encode()
+    while True:
+        batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
+        for eid, fields in batch:
+            if fields.get(b"canary") != wanted or fields.get(b"cache") == b"hit":
+                continue
+            arm = arms.get(fields.get(b"arm", b"").decode())
+            if arm is None:
+                continue
+            try:
+                e = reqlog.parse(eid, fields)
+            except (ValueError, OverflowError):
+                continue
+            if e.ts < floor:
+                continue
+            arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
+        if len(batch) < READ_BATCH:
+            return arms
+        low = "(" + batch[-1][0].decode()
+
+
+def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(verdict, checks) from the two arms' figures and the analysis settings."""
+    checks: list[dict[str, Any]] = []
+    short = [name for name, arm in ((STABLE, stable), (CANARY, canary)) if arm["requests"] < a["min_requests"]]
+    if short:
+        checks.append({"metric": "min_requests", "value": min(stable["requests"], canary["requests"]),
+                       "threshold": a["min_requests"], "ok": None,
+                       "note": f"too few requests on {', '.join(short)}"})
+        return AnalysisRun.Verdict.INCONCLUSIVE, checks
+
+    def ratio(metric: str, key: str, bound: float) -> None:
+        s, c = stable[key], canary[key]
+        if s is None or c is None or s <= 0:
+            checks.append({"metric": metric, "value": None, "threshold": bound, "ok": None, "note": "no data"})
+            return
+        value = c / s
+        checks.append({"metric": metric, "value": round(value, 4), "threshold": bound, "ok": value <= bound})
+
+    def diff(metric: str, key: str, bound: float) -> None:
+        value = canary[key] - stable[key]
+        checks.append({"metric": metric, "value": round(value, 5), "threshold": bound, "ok": value <= bound})
+
+    ratio("latency_p95_ratio", "p95_latency_ms", a["max_latency_p95_ratio"])
+    ratio("ttft_p95_ratio", "p95_ttft_ms", a["max_ttft_p95_ratio"])
+    diff("error_rate_diff", "error_rate", a["max_error_rate_diff"])
+    diff("rate_429_diff", "rate_429", a["max_429_rate_diff"])
+    if stable["goodput"] > 0:
+        value = canary["goodput"] / stable["goodput"]
+        checks.append({"metric": "goodput_ratio", "value": round(value, 4), "threshold": a["min_goodput_ratio"],
+                       "ok": value >= a["min_goodput_ratio"]})
+    else:  # nothing good on stable: the canary cannot be worse by this measure
+        checks.append({"metric": "goodput_ratio", "value": None, "threshold": a["min_goodput_ratio"], "ok": None,
+                       "note": "stable goodput is 0"})
+    failed = [c for c in checks if c["ok"] is False]
+    return (AnalysisRun.Verdict.FAIL if failed else AnalysisRun.Verdict.PASS), checks
+
+
+def _summary(verdict: str, checks: list[dict[str, Any]]) -> str:
+    if verdict == AnalysisRun.Verdict.INCONCLUSIVE:
+        return checks[0].get("note", "inconclusive")
+    bad = [c for c in checks if c["ok"] is False]
+    if not bad:
+        return "every check within its bound"
+    return "; ".join(f"{c['metric']} {c['value']} past {c['threshold']}" for c in bad)
+
+
+def measure(c: Canary, now: datetime) -> AnalysisRun:
+    """One analysis run of canary `c` over the window ending `now` (stored)."""
+    a = c.analysis
+    start = max(c.step_started, now - timedelta(seconds=a["window_s"]))
+    arms = read_window(c.pk, start.timestamp(), now.timestamp(), a["goodput_ttft_ms"], c.step_started.timestamp())
+    figures = {name: arm.figures() for name, arm in arms.items()}
+    verdict, checks = judge(figures[STABLE], figures[CANARY], a)
+    return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
+                                      window_to=now, verdict=verdict, arms=figures, checks=checks,
+                                      summary=_summary(verdict, checks))
+
+
+def tick(now: datetime | None = None) -> list[str]:
+    """Every live canary whose interval has passed: one analysis run and what follows from it. Returns what
+    happened, one line per canary (for the beat task's result)."""
+    now = now or timezone.now()
+    out = []
+    for pk in Canary.objects.filter(state=Canary.State.RUNNING).values_list("pk", flat=True):
+        try:
+            with transaction.atomic():
+                c = Canary.objects.select_for_update(skip_locked=True).filter(
+                    pk=pk, state=Canary.State.RUNNING).select_related("revision").first()
+                if c is None:
+                    continue
+                if c.last_analysis and now - c.last_analysis < timedelta(seconds=c.analysis["interval_s"]):
+                    continue
+                out.append(_advance(c, now))
+        except Exception:
+            log.exception("canary %s: analysis failed", pk)
+            out.append(f"canary {pk}: error")
+    return out
+
+
+def _advance(c: Canary, now: datetime) -> str:
+    origin = Origin.system(service.ACTOR)
+    run = measure(c, now)
+    c.last_analysis = now
+    a = c.analysis
+    if run.verdict == AnalysisRun.Verdict.FAIL:
+        c.failures += 1
+        c.inconclusive = 0
+        c.save(update_fields=["last_analysis", "failures", "inconclusive"])
+        if c.failures > a["failure_limit"]:
+            service.abort_locked(c, f"analysis failed {c.failures} time(s) (failure limit {a['failure_limit']}); "
+                                    f"last: {run.summary}", origin, run)
+            return f"canary {c.pk}: aborted"
+        return f"canary {c.pk}: failed run {c.failures}"
+    if run.verdict == AnalysisRun.Verdict.INCONCLUSIVE:
+        c.inconclusive += 1
+        c.save(update_fields=["last_analysis", "inconclusive"])
+        limit = a["inconclusive_limit"]
+        if limit and c.inconclusive > limit:
+            c.state = Canary.State.PAUSED
+            c.save(update_fields=["state"])
+            record(origin, "canary.pause", f"canary:{c.kind}",
+                   f"{c.inconclusive} inconclusive analysis runs in a row ({run.summary}); waiting for a person",
+                   details={"canary": c.pk, "step": c.step, "weight": c.weight, "analysis_run": run.pk})
+            return f"canary {c.pk}: paused (inconclusive)"
+        return f"canary {c.pk}: inconclusive"
+    c.inconclusive = 0
+    c.save(update_fields=["last_analysis", "inconclusive"])
+    step = c.steps[c.step]
+    if now - c.step_started < timedelta(seconds=step["pause_s"]):
+        return f"canary {c.pk}: pass (step {c.step})"
+    if c.step + 1 >= len(c.steps):
+        service.promote_locked(c, f"all {len(c.steps)} steps passed analysis", origin)
+        return f"canary {c.pk}: promoted"
+    before = c.weight
+    c.step += 1
+    c.weight = c.steps[c.step]["weight"]
+    c.step_started = now
+    c.save(update_fields=["step", "weight", "step_started"])
+    record(origin, "canary.step", f"canary:{c.kind}", f"step {c.step - 1} passed analysis: {run.summary}",
+           before={"weight": before}, after={"weight": c.weight},
+           details={"canary": c.pk, "step": c.step, "analysis_run": run.pk})
+    service._announce(c.kind)
+    return f"canary {c.pk}: step {c.step} at {c.weight:g} %"

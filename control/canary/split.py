@@ -1,0 +1,39 @@
+"""Which arm of a canary a request takes. Pure Python, no I/O: the gateway calls it on every request.
+
+The arm is a function of the request's key and the canary's weight only, so every gateway puts the same request
+on the same arm without talking to the others, and a conversation (one X-Session-Id) stays on one arm. Raising the
+weight only moves keys from stable to canary, never back: a key's bucket is fixed, the threshold grows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+STABLE = "stable"
+CANARY = "canary"
+BUCKETS = 10_000  # weights are percent with two decimals
+
+
+def bucket(key: str) -> int:
+    """The key's fixed place in [0, BUCKETS); blake2b rather than hash(), whose value differs per process."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+def arm(key: str, weight_pct: float) -> str:
+    """CANARY for about weight_pct % of keys, STABLE for the rest."""
+    if weight_pct <= 0:
+        return STABLE
+    if weight_pct >= 100:
+        return CANARY
+    return CANARY if bucket(key) < round(weight_pct * BUCKETS / 100) else STABLE
+
+
+def request_key(session_id: str, request_id: str, fallback: str) -> str:
+    """The key a request is split by: its session (a conversation stays on one arm), else its request id, else a
+    value unique to this request (the gateway's own id and counter)."""
+    if session_id:
+        return "s:" + session_id
+    if request_id:
+        return "r:" + request_id
+    return "g:" + fallback

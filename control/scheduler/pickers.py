@@ -1,0 +1,80 @@
+"""Cache-aware picks: the prefix_affinity term on top of the weighted score, and SGLang's cache_aware policy as a
+baseline. Both read the scheduler's prefix index (prefix_index.py); neither changes the heap.
+
+`with_affinity` (the `highest` picker with a prefix_affinity scorer): the heap top is the best node without
+affinity; only nodes that hold some of the prompt's leading blocks can gain, so those few are scored in full
+(`Scheduler.base_score` + weight x matched share) and compared with the top. A node's expected_wait and burst terms
+are in its base score, so a node whose queue costs more than the affinity is worth loses the request to an idle
+one: a hot prefix spreads to a second node instead of herding onto the first.
+
+`cache_aware` (SGLang router's policy, their documented defaults): when the gateway's in-flight counts are
+imbalanced (max - min > balance_abs_threshold and max > balance_rel_threshold x min) the node with the fewest in
+flight; otherwise the node with the longest prefix match when it covers at least cache_threshold of the prompt's
+blocks, else the node whose index holds the fewest blocks (SGLang sends unmatched prompts to the smallest tree, to
+spread new prefixes). It walks the group's members: O(nodes) per request, fine for a baseline.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from control.scheduler.prefix_index import Keys
+
+if TYPE_CHECKING:
+    from control.scheduler.core import Group, Node, Pick, Scheduler
+
+
+def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset[str] | set[str],
+                  prefix: Keys) -> Pick:
+    from control.scheduler.core import Pick
+
+    cfg = sched.config
+    matches = sched.prefix.matches(prefix)
+    if not matches:
+        return Pick(best, "ok")
+    weight = cfg.weights["prefix_affinity"][0]
+    total = len(prefix)
+    least = cfg.prefix_min_match
+
+    def affinity(node: Node) -> float:
+        count = matches.get(node.name, 0)
+        return weight * count / total if count >= least else 0.0
+
+    top = affinity(best)
+    best_score = sched.base_score(best) + top
+    nodes = sched.nodes
+    for name, count in matches.items():
+        if count < least or name == best.name or name in exclude:
+            continue
+        node = nodes.get(name)
+        if node is None or not node.listed or group not in node.groups:
+            continue
+        gain = weight * count / total
+        score = sched.base_score(node) + gain
+        if score > best_score:
+            best, best_score, top = node, score, gain
+    sched.last_affinity = top
+    return Pick(best, "ok")
+
+
+def cache_aware(sched: Scheduler, group: Group, exclude: frozenset[str] | set[str], prefix: Keys) -> Pick:
+    from control.scheduler.core import Pick
+
+    cfg = sched.config
+    members = [n for n in group.members if n.listed and n.name not in exclude]
+    if not members:
+        return sched._none_left(group, exclude)
+    rng = sched.rng
+    loads = [n.in_flight for n in members]
+    lo, hi = min(loads), max(loads)
+    if hi - lo > cfg.balance_abs and hi > cfg.balance_rel * lo:
+        return Pick(min(members, key=lambda n: (n.in_flight, rng.random())), "ok")
+    if prefix:
+        matches = sched.prefix.matches(prefix, (n.name for n in members))
+        if matches:
+            name, count = max(matches.items(), key=lambda kv: (kv[1], rng.random()))
+            if count / len(prefix) >= cfg.cache_threshold:
+                sched.last_affinity = count / len(prefix)
+                return Pick(sched.nodes[name], "ok")
+    size = sched.prefix.size
+    return Pick(min(members, key=lambda n: (size(n.name), n.in_flight, rng.random())), "ok")

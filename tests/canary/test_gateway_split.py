@@ -1,0 +1,109 @@
+"""The split in real gateways: two gateways put the same key on the same arm, the canary arm routes with the
+candidate policy, the request log records the arm, and the routing aggregator keeps minute rows per arm."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+import httpx
+
+from control.canary.models import ArmMinute, Canary
+from control.canary.split import arm, request_key
+from control.policy.defaults import default_document
+from control.routing import aggregate
+from tests.canary.helpers import CANARY_URL, candidate, start
+from tests.scheduler.conftest import MODEL, Fleet
+from tests.scheduler.test_gateway import reqlog
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+
+
+def only_cool_nodes() -> dict[str, Any]:
+    """A candidate that filters out nodes above 50 % GPU: what it routes is visibly its own."""
+    doc = copy.deepcopy(default_document("scheduler"))
+    doc["filters"]["max_gpu_util_pct"] = 50.0
+    doc["cache"]["enabled"] = False
+    return doc
+
+
+def test_two_gateways_split_alike_and_the_canary_arm_uses_the_candidate(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api: Any, redis_db: Any) -> None:
+    cool, hot = upstreams(2, delay=0.0)
+    fleet.add(cool.name, cool.url, gpu=20.0)
+    fleet.add(hot.name, hot.url, gpu=90.0)
+    op = api("operator")
+    r = start(op, candidate(op, only_cool_nodes()), steps=[{"weight": 50, "pause_s": 3600}])
+    assert r.status_code == 201, r.content
+    canary_id = r.json()["id"]
+    gws = [gateway(), gateway()]
+    for gw in gws:
+        gw.wait(lambda gw=gw: gw.app.canary is not None and len(gw.eligible()) == 2, what="canary core loaded")
+
+    arms: list[list[str]] = [[], []]
+    with httpx.Client(timeout=30) as client:
+        for i in range(80):
+            for g, gw in enumerate(gws):
+                resp = client.post(f"{gw.url}/v1/chat/completions", json=CHAT,
+                                   headers={"Authorization": f"Bearer {user_token}", "X-Session-Id": f"conv-{i}",
+                                            "Cache-Control": "no-cache"})
+                assert resp.status_code == 200, resp.text
+                arms[g].append(resp.headers["X-Switchyard-Arm"])
+                if resp.headers["X-Switchyard-Arm"] == "canary":
+                    assert resp.headers["X-Switchyard-Node"] == cool.name  # the candidate's filter at work
+    assert arms[0] == arms[1]  # both gateways, the same arm for each conversation
+    assert arms[0] == [arm(request_key(f"conv-{i}", "", ""), 50) for i in range(80)]
+    assert 20 <= arms[0].count("canary") <= 60
+
+    gws[0].wait(lambda: len(reqlog(redis_db)) >= 160, what="160 request-log entries")
+    entries = reqlog(redis_db)
+    assert {e["canary"] for e in entries} == {str(canary_id)}
+    logged = Counter(e["arm"] for e in entries)
+    assert logged["canary"] == 2 * arms[0].count("canary") and logged["stable"] == 2 * arms[0].count("stable")
+    assert {e["node"] for e in entries if e["arm"] == "canary"} == {cool.name}
+
+    aggregate.run()
+    rows = Counter()
+    for m in ArmMinute.objects.filter(canary_id=canary_id):
+        rows[m.arm] += m.requests
+        assert m.status_2xx == m.requests and sum(m.latency_buckets) == m.requests
+    assert rows == logged
+    series = op.get(CANARY_URL).json()["series"]  # what the canary page charts
+    assert {arm: sum(p["requests"] for p in pts) for arm, pts in series.items()} == dict(logged)
+    assert all(p["p95_latency_ms"] > 0 and p["error_rate"] == 0 for pts in series.values() for p in pts)
+
+    # Aborted: every request goes back to the stable policy and carries no arm.
+    assert op.post(f"{CANARY_URL}abort/", {"reason": "done"}, format="json").status_code == 200
+    for gw in gws:
+        gw.refresh_now()
+        gw.wait(lambda gw=gw: gw.app.canary is None, what="canary dropped")
+    resp = httpx.post(f"{gws[0].url}/v1/chat/completions", json=CHAT,
+                      headers={"Authorization": f"Bearer {user_token}", "X-Session-Id": "conv-0"}, timeout=30)
+    assert resp.status_code == 200 and "X-Switchyard-Arm" not in resp.headers
+    assert Canary.objects.get().state == "aborted"
+
+
+def test_the_candidate_core_counts_the_stable_arms_sends(fleet: Fleet, upstreams: Any, gateway: Any,
+                                                         api: Any) -> None:
+    """Both cores see every request in flight, whichever arm sent it (no herding on a node one arm thinks idle)."""
+    (node,) = upstreams(1, delay=0.0)
+    fleet.add(node.name, node.url)
+    op = api("operator")
+    assert start(op, candidate(op), steps=[{"weight": 10, "pause_s": 3600}]).status_code == 201
+    gw = gateway()
+    gw.wait(lambda: gw.app.canary is not None and gw.app.canary.sched.nodes.get(node.name) is not None,
+            what="canary core loaded")
+    stable, cand = gw.app.admission, gw.app.canary.admission
+    n_stable, n_cand = stable.sched.nodes[node.name], cand.sched.nodes[node.name]
+
+    async def go() -> None:
+        await stable.acquire(MODEL, "standard", frozenset(), 10_001)
+        await cand.acquire(MODEL, "standard", frozenset(), 10_002)
+
+    fut = __import__("asyncio").run_coroutine_threadsafe(go(), gw.loop)
+    fut.result(10)
+    assert n_stable.in_flight == 2 and n_cand.in_flight == 2
+    gw.loop.call_soon_threadsafe(stable.finish, n_stable, 10_001, None, True)
+    gw.loop.call_soon_threadsafe(cand.finish, n_cand, 10_002, None, True)
+    gw.wait(lambda: n_stable.in_flight == 0 and n_cand.in_flight == 0, what="both finished in both cores")
