@@ -158,3 +158,20 @@ def test_csv_is_the_same_call_one_row_per_point(viewer: Client, push: Any) -> No
     assert rows[0] == ["time", *doc["series"]]
     assert [r[0] for r in rows[1:]] == doc["t"]
     assert float(rows[1][rows[0].index("power_kw")]) == 1.2
+
+
+def test_retention_drops_old_fleet_minutes_with_the_minute_rollups(push: Any) -> None:
+    from datetime import UTC, datetime
+
+    from django.conf import settings
+    from django.db import connection
+
+    from dashboard.metrics import partitions
+
+    seed(push)
+    old = datetime.now(UTC) - timedelta(days=settings.RETENTION_1M_DAYS + 1)
+    with connection.cursor() as cur:
+        cur.execute(f"INSERT INTO {fleet_rollup.TABLE} (bucket, gpus, nodes) VALUES (%s, 1, 1)", [old])
+    assert count(fleet_rollup.TABLE) == 4
+    partitions.apply_retention()
+    assert count(fleet_rollup.TABLE) == 3  # the old minute went, the last three stayed
