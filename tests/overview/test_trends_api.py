@@ -141,6 +141,20 @@ def test_policy_activations_and_scaling_are_markers_with_who_and_why(viewer: Cli
     assert m["what"] == f"policy:scheduler revision {rev.version}"
 
 
+def test_canary_starts_and_verdicts_are_markers_its_steps_are_not(viewer: Client) -> None:
+    from core.audit.context import Origin
+    from core.audit.record import record
+
+    origin = Origin(actor="controller", request_id="t-2", client=None)
+    for action, reason in (("canary.start", "try weights v7 on 10 %"), ("canary.step", "to 25 %"),
+                           ("canary.abort", "p95 TTFT +60 % on the canary arm")):
+        record(origin, action, "policy:scheduler", reason)
+    markers = [m for m in json_of(viewer.get(URL))["markers"] if m["kind"] == "canary"]
+    assert [(m["what"], m["reason"]) for m in markers] == [
+        ("policy:scheduler canary start", "try weights v7 on 10 %"),
+        ("policy:scheduler canary abort", "p95 TTFT +60 % on the canary arm")]
+
+
 def test_unrelated_audit_events_are_not_markers(viewer: Client) -> None:
     make_node("gpu-a-1")  # audits node.create and node.token.create
     assert AuditEvent.objects.filter(action="node.create").exists()
