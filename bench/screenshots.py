@@ -11,6 +11,7 @@ the pictures show two hours of trends and changes; the pages themselves are the 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,7 @@ GPUS = 4
 PASSWORD = "screenshots-only"
 
 
-def seed(now: datetime) -> None:
+def seed(now: datetime) -> dict[str, str]:
     from django.core.management import call_command
     from django.db import connection, transaction
 
@@ -37,8 +38,11 @@ def seed(now: datetime) -> None:
         cur.execute(f"TRUNCATE {', '.join(t.name for t in schema.ALL_TABLES)}, metrics_fleet_1m, metrics_rollup_state, "
                     "routing_requesttotal, routing_requestminute, controller_scalingaction, audit_auditevent, "
                     "fleet_gpu, fleet_nodetoken, fleet_node, fleet_pool CASCADE")
+    tokens = {}
     for i in range(NODES):
-        call_command("createnode", f"gpu-a-{i + 1:02d}", "--pool", POOL, stdout=open(os.devnull, "w"))
+        out = io.StringIO()
+        call_command("createnode", f"gpu-a-{i + 1:02d}", "--pool", POOL, stdout=out)
+        tokens[f"gpu-a-{i + 1:02d}"] = out.getvalue().strip().splitlines()[-1]
     start = rollups.floor_to(now - timedelta(hours=2), timedelta(minutes=1))
     change = now - timedelta(minutes=45)  # the policy change the latency answers to
     partitions.ensure_days({start.date(), now.date()})
@@ -78,6 +82,25 @@ def seed(now: datetime) -> None:
     AuditEvent.objects.create(time=change, actor="olga", action="policy.activate", target="policy:scheduler",
                               reason="raise the prefix-affinity weight for the chat tenant", request_id="screenshots",
                               details={"version": 14})
+    return tokens
+
+
+def push_live(url: str, tokens: dict[str, str]) -> None:
+    """One sample per node through the real ingest, so the tiles and heatmap are live in the picture."""
+    import random
+
+    import httpx
+
+    ts = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    for name, token in tokens.items():
+        w = 0.6 + 0.1 * random.random()
+        sample = {"ts": ts, "seq": 1_000_000, "host": {"cpu_util_pct": 35.0},
+                  "gpus": [{"index": g, "uuid": f"GPU-{name}-{g}", "name": "NVIDIA H100 80GB HBM3",
+                            "gpu_util_pct": round(100 * w, 1), "power_w": round(180 + 420 * w)} for g in range(GPUS)],
+                  "inference": {"generation_tokens_s": round(400 * w), "requests_waiting": 35, "ttft_p95_s": 0.8}}
+        r = httpx.post(f"{url}/api/v1/ingest", json={"node": name, "samples": [sample]},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r.raise_for_status()
 
 
 def main() -> None:
@@ -93,7 +116,7 @@ def main() -> None:
     from django.core.management import call_command
 
     now = datetime.now(UTC)
-    seed(now)
+    tokens = seed(now)
     call_command("createuser", "vera", "--role", "viewer", "--password", PASSWORD, stdout=open(os.devnull, "w"))
     from urllib.parse import urlparse
 
@@ -103,6 +126,7 @@ def main() -> None:
     server = start_server(port, 1, db_url, settings.REDIS_URL.rsplit("/", 1)[0] + f"/{args.redis_db}")
     url = f"http://127.0.0.1:{port}"
     try:
+        push_live(url, tokens)
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as pw:

@@ -65,9 +65,11 @@ SERIES: dict[str, tuple[str, str]] = {
     "tokens_s": ("tokens generated", "tok/s"),
 }
 
-# Audit actions drawn as markers: exact names, and prefixes ("canary." covers every canary verdict and step).
-MARKER_ACTIONS = ("policy.create", "policy.activate", "policy.rollback", "guard.rollback")
-MARKER_PREFIXES = ("canary.", "scaling.")
+# Audit actions drawn as markers: exact names, and prefixes. A canary's start and its verdict (promote or abort)
+# are changes the fleet sees; its intermediate steps and pauses would only crowd the panels.
+MARKER_ACTIONS = ("policy.create", "policy.activate", "policy.rollback", "guard.rollback", "canary.start",
+                  "canary.promote", "canary.abort")
+MARKER_PREFIXES = ("scaling.",)
 MAX_MARKERS = 300
 
 
@@ -133,6 +135,8 @@ def _what(action: str, target: str, version: Any, rule: Any, before: Any, after:
     """The change in a few words for the hover: the revision a policy event made active, a scaling step."""
     if action.startswith("scaling."):
         return f"{target} {before} → {after}" + (f" ({rule})" if rule else "")
+    if action.startswith("canary."):
+        return f"{target} canary {action.split('.', 1)[1]}"
     if version is not None:
         return f"{target} revision {version}"
     return target

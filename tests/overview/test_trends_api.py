@@ -141,6 +141,20 @@ def test_policy_activations_and_scaling_are_markers_with_who_and_why(viewer: Cli
     assert m["what"] == f"policy:scheduler revision {rev.version}"
 
 
+def test_canary_starts_and_verdicts_are_markers_its_steps_are_not(viewer: Client) -> None:
+    from core.audit.context import Origin
+    from core.audit.record import record
+
+    origin = Origin(actor="controller", request_id="t-2", client=None)
+    for action, reason in (("canary.start", "try weights v7 on 10 %"), ("canary.step", "to 25 %"),
+                           ("canary.abort", "p95 TTFT +60 % on the canary arm")):
+        record(origin, action, "policy:scheduler", reason)
+    markers = [m for m in json_of(viewer.get(URL))["markers"] if m["kind"] == "canary"]
+    assert [(m["what"], m["reason"]) for m in markers] == [
+        ("policy:scheduler canary start", "try weights v7 on 10 %"),
+        ("policy:scheduler canary abort", "p95 TTFT +60 % on the canary arm")]
+
+
 def test_unrelated_audit_events_are_not_markers(viewer: Client) -> None:
     make_node("gpu-a-1")  # audits node.create and node.token.create
     assert AuditEvent.objects.filter(action="node.create").exists()
@@ -158,3 +172,20 @@ def test_csv_is_the_same_call_one_row_per_point(viewer: Client, push: Any) -> No
     assert rows[0] == ["time", *doc["series"]]
     assert [r[0] for r in rows[1:]] == doc["t"]
     assert float(rows[1][rows[0].index("power_kw")]) == 1.2
+
+
+def test_retention_drops_old_fleet_minutes_with_the_minute_rollups(push: Any) -> None:
+    from datetime import UTC, datetime
+
+    from django.conf import settings
+    from django.db import connection
+
+    from dashboard.metrics import partitions
+
+    seed(push)
+    old = datetime.now(UTC) - timedelta(days=settings.RETENTION_1M_DAYS + 1)
+    with connection.cursor() as cur:
+        cur.execute(f"INSERT INTO {fleet_rollup.TABLE} (bucket, gpus, nodes) VALUES (%s, 1, 1)", [old])
+    assert count(fleet_rollup.TABLE) == 4
+    partitions.apply_retention()
+    assert count(fleet_rollup.TABLE) == 3  # the old minute went, the last three stayed
