@@ -14,7 +14,7 @@ Three phases, each `--duration` seconds of load:
 Printed per phase: time to verdict, requests served by each arm (from the request log), p95 latency of each arm
 and of the whole (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 180] [--load 0.75] [--step-s 60] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 150] [--load 0.75] [--step-s 40] [--seed 7]
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         c = canary.start("scheduler", {
             "revision": store(candidate), "steps": steps, "reason": f"bench: {candidate} on {stable}",
             "analysis": {"interval_s": args.analysis_interval, "window_s": args.window, "min_requests":
-                         args.min_requests, "failure_limit": 1}}, Origin.system("bench-canary"))
+                         args.min_requests, "failure_limit": 1, "initial_delay_s": args.initial_delay}},
+            Origin.system("bench-canary"))
         log(f"  canary {c.pk}: {candidate} against {stable}, steps {[s['weight'] for s in steps]} % x "
             f"{args.step_s} s")
     analyst = Analyst()
@@ -186,15 +187,16 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--duration", type=float, default=180.0, help="seconds of load per phase (default 180)")
+    ap.add_argument("--duration", type=float, default=150.0, help="seconds of load per phase (default 150)")
     ap.add_argument("--load", type=float, default=0.75,
                     help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
                          "load on its machine)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
-    ap.add_argument("--step-s", type=int, default=60, help="pause of each canary step, seconds (default 60)")
+    ap.add_argument("--step-s", type=int, default=40, help="pause of each canary step, seconds (default 40)")
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
-    ap.add_argument("--min-requests", type=int, default=20, help="analysis min_requests per arm (default 20)")
+    ap.add_argument("--min-requests", type=int, default=50, help="analysis min_requests per arm (default 50)")
+    ap.add_argument("--initial-delay", type=int, default=15, help="analysis initial_delay_s (default 15)")
     ap.add_argument("--phases", default="baseline,bad,good")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5")

@@ -171,6 +171,9 @@ def tick(now: datetime | None = None) -> list[str]:
                     continue
                 if c.last_analysis and now - c.last_analysis < timedelta(seconds=c.analysis["interval_s"]):
                     continue
+                # Early in a step only the requests that arrived and already ended are in the log: the fast ones.
+                if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
+                    continue
                 out.append(_advance(c, now))
         except Exception:
             log.exception("canary %s: analysis failed", pk)

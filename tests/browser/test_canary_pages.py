@@ -73,11 +73,21 @@ def test_the_canary_page_shows_runs_and_an_operator_aborts_with_a_reason(page: A
                          "goodput": 1}, "canary": {"requests": 40, "p95_latency_ms": 400, "p95_ttft_ms": 90,
                                                    "error_rate": 0, "rate_429": 0, "goodput": 0.9}},
         checks=[], summary="latency_p95_ratio 4.0 past 1.25")
+    from control.canary.models import ArmMinute
+    from control.routing import histogram
+
+    minute = now.replace(second=0, microsecond=0)
+    for arm, ms in (("stable", 100.0), ("canary", 400.0)):
+        ArmMinute.objects.create(minute=minute, canary=c, arm=arm, requests=10, status_2xx=10, good=10,
+                                 latency_buckets=histogram.of([ms] * 10), ttft_buckets=histogram.of([ms / 4] * 10))
     login(page, server, "olga", "operator")
     page.goto(f"{server.url}/routing/")
     assert "5.0 % of requests" in page.inner_text("#canary-banner")
     page.click("#canary-banner a")
     page.wait_for_selector("#canary-runs tbody tr.verdict-fail")
+    page.wait_for_selector("#chart-latency.js-plotly-plot")  # both arms per minute, charted
+    traces = page.evaluate("document.getElementById('chart-latency').data.map(t => [t.name, t.y.length])")
+    assert traces == [["stable", 1], ["canary", 1]]
     assert "latency_p95_ratio 4.0 past 1.25" in page.inner_text("#canary-runs")
     page.on("dialog", lambda dialog: dialog.accept())
     page.click("#canary-controls button[data-action=abort]")

@@ -82,7 +82,7 @@ def log_requests(redis: Any, canary_id: int, arm: str, n: int, latency_ms: float
 def running(api: Any, redis_db: Any) -> Canary:
     op = api("operator")
     r = start(op, candidate(op), steps=[{"weight": 5, "pause_s": 0}, {"weight": 50, "pause_s": 0}],
-              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2)
+              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2, initial_delay_s=0)
     assert r.status_code == 201, r.content
     return Canary.objects.get(pk=r.json()["id"])
 
@@ -178,3 +178,14 @@ def test_a_slow_arm_is_judged_on_the_requests_that_ended_in_the_window(running: 
     assert second == [f"canary {running.pk}: failed run 1"]
     run = AnalysisRun.objects.order_by("-pk").first()
     assert run.arms["canary"]["requests"] == 60 and run.arms["canary"]["p95_latency_ms"] == 5000.0
+
+
+def test_no_run_in_a_steps_initial_delay(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    start(op, candidate(op), interval_s=1, initial_delay_s=30)
+    c = Canary.objects.get()
+    log_requests(redis_db, c.pk, "stable", 300, 100.0)
+    log_requests(redis_db, c.pk, "canary", 300, 100.0)
+    assert analysis.tick(c.step_started + timedelta(seconds=29)) == []
+    assert AnalysisRun.objects.count() == 0
+    assert analysis.tick(c.step_started + timedelta(seconds=31)) == [f"canary {c.pk}: step 1 at 25 %"]

@@ -136,6 +136,7 @@ BAD = [
     ({"analysis": {"max_error_rate_diff": 2}}, "analysis.max_error_rate_diff"),
     ({"analysis": {"min_goodput_ratio": True}}, "analysis.min_goodput_ratio"),
     ({"analysis": {"p99": 1}}, "analysis.p99"),
+    ({"analysis": {"initial_delay_s": 3601}}, "analysis.initial_delay_s"),
     ({"reason": ""}, "reason"),
     ({"reason": "   "}, "reason"),
     ({"reason": 5}, "reason"),
