@@ -87,7 +87,8 @@ class Fleet:
 
     def sample(self, name: str, *, endpoint: str | None = None, models: tuple[str, ...] | None = None,
                ts: datetime | None = None, gpu: float = 50.0, cpu: float = 30.0, rtt: float | None = 1.0,
-               running: int | None = 0, waiting: int | None = 0, kv: float | None = 10.0) -> None:
+               running: int | None = 0, waiting: int | None = 0, kv: float | None = 10.0,
+               serving: dict[str, Any] | None = None) -> None:
         self.seq[name] += 1
         s = full_sample(self.seq[name], ts or datetime.now(UTC), gpus=2)
         for g in s["gpus"]:
@@ -100,6 +101,8 @@ class Fleet:
             body["endpoint"] = endpoint
         if models is not None:
             body["models"] = list(models)
+        if serving is not None:
+            body["serving"] = serving
         data = json.dumps(body).encode()
         resp = asgi_request("POST", "/api/v1/ingest", {"Content-Type": "application/json",
                                                        "Content-Length": str(len(data)),
