@@ -194,7 +194,16 @@ class Gateway:
             caller = await self.auth.caller(headers)
             if caller is None or not caller.has_role("viewer"):
                 raise Reply(403, f"{METRICS_NEED}; this token's user has no role", code="forbidden")
+        self.set_gauges(self.state())  # as of this scrape, not of the last state publication (up to 1 s old)
         await send_whole(send, 200, generate_latest(self.prom.registry), CONTENT_TYPE_LATEST)
+
+    def set_gauges(self, doc: dict[str, Any]) -> None:
+        """The /metrics gauges from a state document (queues, in-flight per node, eligible nodes)."""
+        for cls, n in doc["queues"].items():
+            self.prom.waiting.labels(cls).set(n)
+        for n in doc["nodes"]:
+            self.prom.in_flight.labels(n["node"]).set(n["in_flight"])
+        self.prom.eligible.set(sum(1 for n in doc["nodes"] if n["eligible"]))
 
     async def _models(self, send: Any) -> None:
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "switchyard", "nodes": n}

@@ -166,11 +166,7 @@ class Sync:
             try:
                 doc = gw.state()
                 await gw.redis.set(STATE_KEY.format(gw.id), orjson.dumps(doc), ex=STATE_TTL_S)
-                for cls, n in doc["queues"].items():
-                    gw.prom.waiting.labels(cls).set(n)
-                for n in doc["nodes"]:
-                    gw.prom.in_flight.labels(n["node"]).set(n["in_flight"])
-                gw.prom.eligible.set(sum(1 for n in doc["nodes"] if n["eligible"]))
+                gw.set_gauges(doc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: the next second tries again
