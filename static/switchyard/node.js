@@ -389,7 +389,9 @@
       });
       if (!idx.length) return;
       Plotly.extendTraces(gd, {x: xs, y: ys}, idx, {x: keep, y: keep});
-      Plotly.relayout(gd, {"xaxis.range": [new Date(ts - cfg.range_seconds * 1000), new Date(ts)]});
+      // Up to now, not to the sample: a drain or an event after the node's last sample must stay on the axis.
+      const end = Math.max(Date.now(), ts);
+      Plotly.relayout(gd, {"xaxis.range": [new Date(end - cfg.range_seconds * 1000), new Date(end)]});
       countPoints(chart.id);
     });
     if (eventsChanged) drawAll();  // throttle shading and XID lines are on every chart
