@@ -19,6 +19,8 @@ from django.db import connection
 
 from control.controller import actions, observe, predict
 from control.controller.models import ScalingAction
+from core import ranges
+from core.ranges import RangeError  # noqa: F401 - the views catch it from here
 from dashboard.fleet.models import Pool
 from dashboard.metrics import rollups
 
@@ -35,17 +37,8 @@ RANGES: dict[str, Range] = {r.name: r for r in (Range("1h", 3600), Range("6h", 6
 DEFAULT_RANGE = "6h"
 
 
-class RangeError(ValueError):
-    pass
-
-
-def parse_range(raw: str | None) -> Range:
-    if raw is None or raw == "":
-        return RANGES[DEFAULT_RANGE]
-    rng = RANGES.get(raw)
-    if rng is None:
-        raise RangeError(f"{raw[:20]!r} is not one of {', '.join(RANGES)}")
-    return rng
+def parse_range(value: str | None) -> Range:
+    return ranges.parse_range(value, RANGES, DEFAULT_RANGE)
 
 
 def metric_per_minute(pool: Pool, metric: str, start: datetime, end: datetime) -> dict[datetime, float | None]:

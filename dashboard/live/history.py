@@ -16,6 +16,8 @@ from django.conf import settings
 from django.db import connection
 
 from agents.catalogue import BY_NAME, decode_clock_reasons
+from core import ranges
+from core.ranges import RangeError  # noqa: F401 - the views catch it from here
 from dashboard.metrics import schema
 from dashboard.metrics.query import choose_source
 
@@ -73,17 +75,8 @@ NODE_SERIES: tuple[str, ...] = tuple(dict.fromkeys(m for c in CHARTS if c.scope 
 MAX_EVENTS = 2000
 
 
-class RangeError(ValueError):
-    pass
-
-
 def parse_range(value: str | None) -> Range:
-    if value is None or value == "":
-        return RANGES[DEFAULT_RANGE]
-    r = RANGES.get(value)
-    if r is None:
-        raise RangeError(f"{value[:40]!r} is not a range; use one of {', '.join(RANGES)}")
-    return r
+    return ranges.parse_range(value, RANGES, DEFAULT_RANGE)
 
 
 def _value_expr(table: schema.Table, name: str) -> str:

@@ -17,7 +17,9 @@ from django.db import connection
 from django.db.models import Q
 
 from control.routing.models import RequestTotal
+from core import ranges
 from core.audit.models import AuditEvent
+from core.ranges import RangeError  # noqa: F401 - the views catch it from here
 from dashboard.metrics import fleet_rollup
 
 
@@ -38,17 +40,8 @@ RANGES: dict[str, Range] = {r.name: r for r in (
 DEFAULT_RANGE = "1h"
 
 
-class RangeError(ValueError):
-    pass
-
-
-def parse_range(raw: str | None) -> Range:
-    if raw is None or raw == "":
-        return RANGES[DEFAULT_RANGE]
-    rng = RANGES.get(raw)
-    if rng is None:
-        raise RangeError(f"{raw[:20]!r} is not one of {', '.join(RANGES)}")
-    return rng
+def parse_range(value: str | None) -> Range:
+    return ranges.parse_range(value, RANGES, DEFAULT_RANGE)
 
 
 # Series of the response, in panel order: name -> (label, unit). The CSV has one column per series.
