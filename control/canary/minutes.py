@@ -10,22 +10,11 @@ from django.db import connection
 
 from control.canary.models import ArmMinute, Canary
 from control.routing import histogram, reqlog
+from control.routing.upsert import additive_upsert
 
-_UPSERT = f"""
-INSERT INTO {ArmMinute._meta.db_table} AS t
-  (minute, canary_id, arm, requests, status_2xx, status_4xx, status_429, status_5xx, good, latency_buckets,
-   ttft_buckets)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (minute, canary_id, arm) DO UPDATE SET
-  requests = t.requests + EXCLUDED.requests,
-  status_2xx = t.status_2xx + EXCLUDED.status_2xx,
-  status_4xx = t.status_4xx + EXCLUDED.status_4xx,
-  status_429 = t.status_429 + EXCLUDED.status_429,
-  status_5xx = t.status_5xx + EXCLUDED.status_5xx,
-  good = t.good + EXCLUDED.good,
-  latency_buckets = ARRAY(SELECT a + b FROM unnest(t.latency_buckets, EXCLUDED.latency_buckets) AS u(a, b)),
-  ttft_buckets = ARRAY(SELECT a + b FROM unnest(t.ttft_buckets, EXCLUDED.ttft_buckets) AS u(a, b))
-"""
+_UPSERT = additive_upsert(
+    ArmMinute._meta.db_table, ("minute", "canary_id", "arm"),
+    ("requests", "status_2xx", "status_4xx", "status_429", "status_5xx", "good"), ("latency_buckets", "ttft_buckets"))
 
 
 def fold(entries: list[reqlog.Entry]) -> int:

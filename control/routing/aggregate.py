@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from control.canary import minutes as arm_minutes
 from control.routing import histogram, reqlog
 from control.routing.models import RequestMinute, RequestTotal, StreamCursor
+from control.routing.upsert import additive_upsert
 from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
@@ -73,37 +74,14 @@ def after_upsert() -> None:
     """Called between the upsert and the cursor update (inside the transaction); tests make it raise (a crash)."""
 
 
-_UPSERT = f"""
-INSERT INTO {RequestMinute._meta.db_table} AS t
-  (minute, node, pool, request_class, requests, status_2xx, status_4xx, status_429, status_5xx, retries,
-   cache_hits, cache_misses, prompt_tokens, completion_tokens, latency_ms_sum, latency_buckets, ttft_buckets)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (minute, node, pool, request_class) DO UPDATE SET
-  requests = t.requests + EXCLUDED.requests,
-  status_2xx = t.status_2xx + EXCLUDED.status_2xx,
-  status_4xx = t.status_4xx + EXCLUDED.status_4xx,
-  status_429 = t.status_429 + EXCLUDED.status_429,
-  status_5xx = t.status_5xx + EXCLUDED.status_5xx,
-  retries = t.retries + EXCLUDED.retries,
-  cache_hits = t.cache_hits + EXCLUDED.cache_hits,
-  cache_misses = t.cache_misses + EXCLUDED.cache_misses,
-  prompt_tokens = t.prompt_tokens + EXCLUDED.prompt_tokens,
-  completion_tokens = t.completion_tokens + EXCLUDED.completion_tokens,
-  latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum,
-  latency_buckets = ARRAY(SELECT a + b FROM unnest(t.latency_buckets, EXCLUDED.latency_buckets) AS u(a, b)),
-  ttft_buckets = ARRAY(SELECT a + b FROM unnest(t.ttft_buckets, EXCLUDED.ttft_buckets) AS u(a, b))
-"""
+_UPSERT = additive_upsert(
+    RequestMinute._meta.db_table, ("minute", "node", "pool", "request_class"),
+    ("requests", "status_2xx", "status_4xx", "status_429", "status_5xx", "retries", "cache_hits", "cache_misses",
+     "prompt_tokens", "completion_tokens", "latency_ms_sum"), ("latency_buckets", "ttft_buckets"))
 
 
-_UPSERT_TOTAL = f"""
-INSERT INTO {RequestTotal._meta.db_table} AS t (minute, requests, status_429, status_5xx, completion_tokens)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (minute) DO UPDATE SET
-  requests = t.requests + EXCLUDED.requests,
-  status_429 = t.status_429 + EXCLUDED.status_429,
-  status_5xx = t.status_5xx + EXCLUDED.status_5xx,
-  completion_tokens = t.completion_tokens + EXCLUDED.completion_tokens
-"""
+_UPSERT_TOTAL = additive_upsert(RequestTotal._meta.db_table, ("minute",),
+                                ("requests", "status_429", "status_5xx", "completion_tokens"))
 
 
 def totals(buckets: dict[tuple[int, str, str, str], Bucket]) -> list[tuple[datetime, int, int, int, int]]:
