@@ -81,3 +81,14 @@ def percentile(values: list[float], q: float) -> float:
     """The q-quantile by rank (no interpolation: the figure is a value that was measured); NaN when empty."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes a bench started, newest first; kill any that is still up after 15 s."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in reversed(procs):
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.benchlib import ROOT, free_port, start_server, use_bench_database, wait_port  # noqa: E402
+from bench.benchlib import ROOT, free_port, start_server, stop, use_bench_database, wait_port  # noqa: E402
 from bench.routing import (  # noqa: E402
     MODEL,
     get_json,
@@ -254,13 +254,7 @@ def main() -> None:
             log(f"[{name}] stable {stable}" + (f", canary {candidate}" if candidate else " alone"))
             results[name] = phase(args, gw, control, rate, stable, candidate, name)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
     print()
     print("| phase | verdict | time to verdict | requests stable / canary | canary share | p95 stable arm | "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.benchlib import ROOT, free_port, start_server, wait_port
+from bench.benchlib import ROOT, free_port, start_server, stop, wait_port
 
 POOL = "routing"
 MODEL = "sim-llm"
@@ -130,10 +130,4 @@ def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str,
             wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == nodes, 60)
         yield fleet
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)

@@ -33,7 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.benchlib import ROOT, free_port, percentile, start_server, use_bench_database, wait_port  # noqa: E402
+from bench.benchlib import ROOT, free_port, percentile, start_server, stop, use_bench_database, wait_port  # noqa: E402
+from bench.loadrun import get_json, wait_for  # noqa: E402
 from control.scheduler.status import read_status  # noqa: E402
 
 POOL = "rollout"
@@ -42,25 +43,6 @@ MODEL = "sim-llm"
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def get_json(url: str) -> Any:
-    import httpx
-
-    return httpx.get(url, timeout=10).json()
-
-
-def wait_for(what: str, check: Any, timeout_s: float, every_s: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except Exception:  # noqa: BLE001 - a process still starting
-            value = None
-        if value:
-            return value
-        time.sleep(every_s)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def entry(max_model_len: int) -> dict[str, Any]:
@@ -255,13 +237,7 @@ def main() -> None:
             wait_for("every node eligible again", lambda: read_status(gw).eligible == args.nodes, 60)
         log(f"rollouts: {list(Rollout.objects.values_list('id', 'state'))}")
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in reversed(procs):
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop(procs)
 
     print()
     print(f"{'phase':<12} {'steady p95':>10} {'during p95':>10} {'ratio':>7} {'sent':>6} {'failed':>7} {'rollout':>9}")
