@@ -113,7 +113,7 @@ def make_view(nodes: list[NodeInfo], latest: dict[str, dict[str, Any]], now: dat
     next_transition: float | None = None
     for info in _ordered(nodes):
         snap = latest.get(info.name)
-        ts = _epoch(snap["ts"]) if snap and snap.get("ts") else None
+        ts, gpus, top = _derived(info.name, snap)
         if ts is None:
             status = "down"
         else:
@@ -123,8 +123,10 @@ def make_view(nodes: list[NodeInfo], latest: dict[str, dict[str, Any]], now: dat
             if status != "down":
                 change = ts + (window if status == "up" else window * 10)
                 next_transition = change if next_transition is None else min(next_transition, change)
-        gpus = _gpus_of(info.name, snap)
-        max_gpu = max(max_gpu, info.max_gpu, max(gpus, default=-1))
+        if info.max_gpu > max_gpu:
+            max_gpu = info.max_gpu
+        if top > max_gpu:
+            max_gpu = top
         rows.append(Row(info.name, info.pool, status, ts, snap, gpus))
     return FleetView(rows, list(range(max_gpu + 1)), now_s, next_transition=next_transition)
 
@@ -133,7 +135,9 @@ def make_view(nodes: list[NodeInfo], latest: dict[str, dict[str, Any]], now: dat
 # 76 ms p95 at 1,000 x 8). The reader hands back the same parsed dict for a node that did not push, so what is
 # derived from a sample is cached against that object and reused while it is the same (`is`, not ==).
 _order_cache: tuple[list[NodeInfo], list[NodeInfo]] | None = None
-_gpus_cache: dict[str, tuple[dict[str, Any], dict[int, dict[str, Any]]]] = {}
+_Derived = tuple[float | None, dict[int, dict[str, Any]], int]  # sample epoch, GPUs by index, highest index
+_derived_cache: dict[str, tuple[dict[str, Any], _Derived]] = {}
+_NOTHING: _Derived = (None, {}, -1)
 
 
 def _ordered(nodes: list[NodeInfo]) -> list[NodeInfo]:
@@ -145,20 +149,21 @@ def _ordered(nodes: list[NodeInfo]) -> list[NodeInfo]:
     ordered = sorted(nodes, key=lambda n: (n.pool, natural_key(n.name)))
     _order_cache = (nodes, ordered)
     names = {n.name for n in nodes}
-    for gone in [name for name in _gpus_cache if name not in names]:  # deleted nodes' samples are not kept
-        _gpus_cache.pop(gone, None)
+    for gone in [name for name in _derived_cache if name not in names]:  # deleted nodes' samples are not kept
+        _derived_cache.pop(gone, None)
     return ordered
 
 
-def _gpus_of(name: str, snap: dict[str, Any] | None) -> dict[int, dict[str, Any]]:
+def _derived(name: str, snap: dict[str, Any] | None) -> _Derived:
     if not snap:
-        return {}
-    cached = _gpus_cache.get(name)
+        return _NOTHING
+    cached = _derived_cache.get(name)
     if cached is not None and cached[0] is snap:
         return cached[1]
     gpus = {int(g["index"]): g for g in snap.get("gpus", ())}
-    _gpus_cache[name] = (snap, gpus)
-    return gpus
+    derived = (_epoch(snap["ts"]) if snap.get("ts") else None, gpus, max(gpus, default=-1))
+    _derived_cache[name] = (snap, derived)
+    return derived
 
 
 @lru_cache(maxsize=65536)
@@ -310,7 +315,7 @@ def gpu_frame(view: FleetView, metric_name: str) -> dict[str, Any]:
     z: list[list[float | int | None]] = []
     columns = view.columns
     width = len(columns)
-    # A row is rebuilt only when its node pushed since the last build of this metric (see _gpus_cache). Rows are
+    # A row is rebuilt only when its node pushed since the last build of this metric (see _derived_cache). Rows are
     # shared between frames, so they are never changed after they are made.
     before = _gpu_rows.get(metric_name, {})
     after: dict[str, tuple[dict[int, dict[str, Any]], list[float | int | None]]] = {}
