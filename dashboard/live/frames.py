@@ -149,7 +149,8 @@ def _ordered(nodes: list[NodeInfo]) -> list[NodeInfo]:
     ordered = sorted(nodes, key=lambda n: (n.pool, natural_key(n.name)))
     _order_cache = (nodes, ordered)
     names = {n.name for n in nodes}
-    for gone in [name for name in _derived_cache if name not in names]:  # deleted nodes' samples are not kept
+    # Deleted nodes' samples are not kept; list(): another build thread may add entries meanwhile.
+    for gone in [name for name in list(_derived_cache) if name not in names]:
         _derived_cache.pop(gone, None)
     return ordered
 
@@ -305,7 +306,10 @@ def _row_meta(r: Row) -> dict[str, Any]:
     return {"node": r.node, "pool": r.pool, "status": r.status, "ts": None if r.ts is None else round(r.ts, 3)}
 
 
-_gpu_rows: dict[str, dict[str, tuple[dict[int, dict[str, Any]], list[float | int | None]]]] = {}
+_RowCache = dict[str, tuple[dict[int, dict[str, Any]], list[float | int | None]]]
+_gpu_rows: dict[str, tuple[float, _RowCache]] = {}  # metric -> (monotonic time of its last build, rows by node)
+# A metric nobody built for this long loses its rows: they hold old samples (tens of MB at 1,000 nodes) alive.
+ROWS_KEEP_S = 30.0
 
 
 def gpu_frame(view: FleetView, metric_name: str) -> dict[str, Any]:
@@ -317,8 +321,8 @@ def gpu_frame(view: FleetView, metric_name: str) -> dict[str, Any]:
     width = len(columns)
     # A row is rebuilt only when its node pushed since the last build of this metric (see _derived_cache). Rows are
     # shared between frames, so they are never changed after they are made.
-    before = _gpu_rows.get(metric_name, {})
-    after: dict[str, tuple[dict[int, dict[str, Any]], list[float | int | None]]] = {}
+    before = _gpu_rows.get(metric_name, (0.0, {}))[1]
+    after: _RowCache = {}
     for r in view.rows:
         if not r.live:
             z.append([None] * width)  # stale/down: never show old numbers as if live
@@ -333,7 +337,11 @@ def gpu_frame(view: FleetView, metric_name: str) -> dict[str, Any]:
                 row.append(_num(g.get(metric_name)) if g is not None else None)
         after[r.node] = (r.gpus, row)
         z.append(row)
-    _gpu_rows[metric_name] = after
+    now = time.monotonic()
+    for other, (built, _) in list(_gpu_rows.items()):
+        if now - built > ROWS_KEEP_S:
+            _gpu_rows.pop(other, None)
+    _gpu_rows[metric_name] = (now, after)
     fixed = metric.is_pct or metric.unit in ("celsius", "bool")
     live_values = [] if fixed else [v for row in z for v in row if v is not None]
     zmin, zmax = scale_for(metric, live_values)

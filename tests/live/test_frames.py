@@ -234,3 +234,14 @@ def test_live_tick_setting_refuses_bad_values(monkeypatch: pytest.MonkeyPatch, r
     assert project_settings.env_float("LIVE_TICK_S", 0.5, 0.05, 10.0) == 0.25
     monkeypatch.delenv("SWITCHYARD_LIVE_TICK_S")
     assert project_settings.env_float("LIVE_TICK_S", 0.5, 0.05, 10.0) == 0.5
+
+
+def test_rows_of_a_metric_nobody_builds_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached rows hold old samples alive: a metric no longer built must not keep them for the process's life."""
+    latest = {"a": snap("a", "p")}
+    frames.gpu_frame(view(latest), "temp_c")
+    assert "temp_c" in frames._gpu_rows
+    clock = frames.time.monotonic() + frames.ROWS_KEEP_S + 1
+    monkeypatch.setattr(frames.time, "monotonic", lambda: clock)
+    frames.gpu_frame(view(latest), "gpu_util_pct")
+    assert "temp_c" not in frames._gpu_rows and "gpu_util_pct" in frames._gpu_rows
