@@ -38,6 +38,17 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"SWITCHYARD_{name} must be an integer, got {raw!r}") from exc
 
 
+def env_float(name: str, default: float, lo: float, hi: float) -> float:
+    raw = env(name)
+    try:
+        value = float(raw) if raw else default
+    except ValueError as exc:
+        raise ValueError(f"SWITCHYARD_{name} must be a number, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ValueError(f"SWITCHYARD_{name} must be between {lo:g} and {hi:g}, got {raw!r}")
+    return value
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
@@ -194,6 +205,11 @@ RETENTION_RAW_DAYS = env_int("RETENTION_RAW_DAYS", 7)
 RETENTION_1M_DAYS = env_int("RETENTION_1M_DAYS", 90)
 RETENTION_1H_DAYS = env_int("RETENTION_1H_DAYS", 730)
 DATA_UPLOAD_MAX_MEMORY_SIZE = INGEST_MAX_BYTES
+
+# --- Live view ---------------------------------------------------------------------------------------------
+# Seconds between two frames of one topic: a changed cell reaches browsers within one tick (plus the build), and
+# a browser gets at most 1 / LIVE_TICK_S messages a second per topic whatever the push rate.
+LIVE_TICK_S = env_float("LIVE_TICK_S", 0.5, 0.05, 10.0)
 
 # --- Redis, Channels, Celery ------------------------------------------------------------------------------------
 CHANNEL_LAYERS = {

@@ -197,3 +197,51 @@ def test_attention_is_bounded_and_never_reported_nodes_stay_off_it() -> None:
     infos = [NodeInfo(n, "p", None, -1) for n in [*latest, "new-node"]]
     items = frames.attention(view(latest, infos))
     assert len(items) == frames.ATTENTION_LIMIT and "new-node" not in {i["node"] for i in items}
+
+
+def test_only_rows_of_nodes_that_pushed_are_rebuilt() -> None:
+    """A tick's cost follows the nodes that pushed: an unchanged node's row is the one built last time, and a node
+    with a new sample shows its new value (not the cached one)."""
+    latest = {"a": snap("a", "p"), "b": snap("b", "p")}
+    infos = [NodeInfo("a", "p", None, -1), NodeInfo("b", "p", None, -1)]
+    old = frames.gpu_frame(view(latest, infos), "gpu_util_pct")
+    pushed = dict(latest, b=snap("b", "p", util=70.0))
+    new = frames.gpu_frame(view(pushed, infos), "gpu_util_pct")
+    assert new["z"][0] is old["z"][0]  # "a" did not push: reused
+    assert new["z"][1] == [70.0, 71.0]
+    assert frames.diff(old, new) == ("delta", {"cells": [[1, 0, 70.0], [1, 1, 71.0]]})
+    # The same sample turning stale blanks its row although the sample object did not change.
+    stale = frames.gpu_frame(frames.make_view(infos, pushed, NOW + timedelta(seconds=60)), "gpu_util_pct")
+    assert stale["z"] == [[None, None], [None, None]]
+    # A non-fixed scale (bytes) is still computed over every live value, cached rows included.
+    fb = frames.gpu_frame(view(pushed, infos), "fb_used_bytes")
+    assert (fb["zmin"], fb["zmax"]) == (1000.0, 2000.0)
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ("fast", "SWITCHYARD_LIVE_TICK_S must be a number, got 'fast'"),
+    ("0", "SWITCHYARD_LIVE_TICK_S must be between 0.05 and 10, got '0'"),
+    ("60", "SWITCHYARD_LIVE_TICK_S must be between 0.05 and 10, got '60'"),
+])
+def test_live_tick_setting_refuses_bad_values(monkeypatch: pytest.MonkeyPatch, raw: str, message: str) -> None:
+    from dashboard import settings as project_settings
+
+    monkeypatch.setenv("SWITCHYARD_LIVE_TICK_S", raw)
+    with pytest.raises(ValueError) as err:
+        project_settings.env_float("LIVE_TICK_S", 0.5, 0.05, 10.0)
+    assert str(err.value) == message
+    monkeypatch.setenv("SWITCHYARD_LIVE_TICK_S", "0.25")
+    assert project_settings.env_float("LIVE_TICK_S", 0.5, 0.05, 10.0) == 0.25
+    monkeypatch.delenv("SWITCHYARD_LIVE_TICK_S")
+    assert project_settings.env_float("LIVE_TICK_S", 0.5, 0.05, 10.0) == 0.5
+
+
+def test_rows_of_a_metric_nobody_builds_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cached rows hold old samples alive: a metric no longer built must not keep them for the process's life."""
+    latest = {"a": snap("a", "p")}
+    frames.gpu_frame(view(latest), "temp_c")
+    assert "temp_c" in frames._gpu_rows
+    clock = frames.time.monotonic() + frames.ROWS_KEEP_S + 1
+    monkeypatch.setattr(frames.time, "monotonic", lambda: clock)
+    frames.gpu_frame(view(latest), "gpu_util_pct")
+    assert "temp_c" not in frames._gpu_rows and "gpu_util_pct" in frames._gpu_rows
