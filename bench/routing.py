@@ -150,6 +150,7 @@ class Tracer:
 
         self.key = f"sy:gw:state:{gateway_id}"
         self.rows: list[tuple[float, dict[str, dict[str, Any]]]] = []  # (perf_counter offset, node -> entry)
+        self.queued: list[int] = []  # requests waiting in the gateway's own queue, per state document
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
         self.t0 = 0.0
@@ -178,6 +179,7 @@ class Tracer:
             last = raw
             doc = json.loads(raw)
             self.rows.append((time.perf_counter() - self.t0, {n["node"]: n for n in doc.get("nodes", [])}))
+            self.queued.append(sum((doc.get("queues") or {}).values()))
 
     def explain(self, outs: list[Any], profiles: dict[str, str]) -> dict[str, Any]:
         import bisect
@@ -194,23 +196,82 @@ class Tracer:
             if not entry or entry.get("slot_s") is None:
                 continue
             e = entry["slot_s"] * (entry["in_flight"] + 1)
-            d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": []})
+            d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": [], "ttft": []})
+            if o.ttft_s is not None:
+                d["ttft"].append(o.ttft_s)
             d["e"].append(e)
             d["lat"].append(o.latency_s)
             d["inf"].append(entry["in_flight"])
             d["slot"].append(entry["slot_s"])
         lines, summary = [], {}
+        reasons: dict[str, Counter[str]] = {}
+        for _, nodes in self.rows:
+            for name, entry in nodes.items():
+                reasons.setdefault(profiles.get(name, "?"), Counter())[entry.get("reason") or "eligible"] += 1
+        for prof, counts in sorted(reasons.items()):
+            total = sum(counts.values())
+            lines.append(f"{prof} in the gateway's state: " + ", ".join(
+                f"{why} {n / total:.0%}" for why, n in counts.most_common()))
+        parts: dict[str, dict[str, list[float]]] = {}
+        for _, nodes in self.rows:
+            for name, entry in nodes.items():
+                d = parts.setdefault(profiles.get(name, "?"), {})
+                for k, v in (entry.get("parts") or {}).items():
+                    d.setdefault(k, []).append(v)
+                d.setdefault("score", []).append(entry.get("score") or 0.0)
+        for prof, d in sorted(parts.items()):
+            lines.append(f"{prof} score parts (mean over the run, min..max): " + ", ".join(
+                f"{k} {sum(v) / len(v):+.3f} ({min(v):+.2f}..{max(v):+.2f})" for k, v in d.items() if any(v)))
+        if self.queued:
+            lines.append(f"gateway wait queue: mean {sum(self.queued) / len(self.queued):.1f}, max {max(self.queued)}")
         for prof in ("h100", "a100", "l40s"):
             d = per.get(prof)
             if not d:
                 continue
             n = len(d["e"])
+            ttfts = sorted(d.pop("ttft"))
             mean = {k: sum(v) / n for k, v in d.items()}
             summary[prof] = {"requests": n, **{f"mean_{k}": round(v, 4) for k, v in mean.items()}}
             lines.append(f"{prof}: {n} requests, in flight at send {mean['inf']:.1f}, slot {mean['slot']:.3f} s, "
                          f"expected_wait {mean['e']:.2f} s vs realised latency {mean['lat']:.2f} s "
-                         f"(x{mean['lat'] / max(1e-9, mean['e']):.2f})")
+                         f"(x{mean['lat'] / max(1e-9, mean['e']):.2f}), TTFT p95 "
+                         f"{fmt(ttfts[int(0.95 * len(ttfts))] if ttfts else None)}")
         return {"per_profile": summary, "lines": lines, "samples": len(self.rows)}
+
+
+ENGINE_FIGURES = {"e2e": "vllm:e2e_request_latency_seconds", "queue": "vllm:request_queue_time_seconds",
+                  "ttft": "vllm:time_to_first_token_seconds"}
+
+
+def engine_sums(urls: list[str]) -> dict[str, dict[str, float]]:
+    """Per node URL, the engines' own histogram sums and counts (model seconds): e2e latency, queue time, TTFT."""
+    import httpx
+
+    from agents.collectors.inference import parse_prometheus
+
+    out = {}
+    for url in urls:
+        fams = parse_prometheus(httpx.get(f"{url}/metrics", timeout=5).text)
+        row = {}
+        for key, name in ENGINE_FIGURES.items():
+            row[f"{key}_sum"] = sum(v for _, v in fams.get(f"{name}_sum", []))
+            row[f"{key}_count"] = sum(v for _, v in fams.get(f"{name}_count", []))
+        out[url] = row
+    return out
+
+
+def engine_means(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                 url_profile: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per profile, the engines' mean e2e latency, queue time and TTFT over a run (what the nodes themselves saw,
+    against what the client saw: the difference is time spent outside the engines, e.g. a starved CPU)."""
+    acc: dict[str, dict[str, float]] = {}
+    for url, row in after.items():
+        prof = url_profile.get(url, "?")
+        a = acc.setdefault(prof, {})
+        for k, v in row.items():
+            a[k] = a.get(k, 0.0) + v - before.get(url, {}).get(k, 0.0)
+    return {prof: {key: a[f"{key}_sum"] / a[f"{key}_count"] for key in ENGINE_FIGURES if a.get(f"{key}_count")}
+            for prof, a in acc.items()}
 
 
 # --- one configuration ------------------------------------------------------------------------------------------
@@ -226,6 +287,7 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
     wait_idle(control, args.interval)  # same start for every configuration
     lag0 = engine_lag(urls)
+    sums0 = engine_sums(urls)
     # bench/prefix.py: a workload per run, its texts tagged by the run so that no run finds another's prompts cached.
     make = getattr(args, "workload_for", None)
     workload, tag = make(label) if make else (None, "")
@@ -242,6 +304,7 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     ok = max(1, row.ok)
     share = {p: by_profile.get(p, 0) / ok for p in ("h100", "a100", "l40s")}
     lag = engine_lag(urls) - lag0
+    engines = engine_means(sums0, engine_sums(urls), getattr(args, "url_profile", {}))
     # Did a queue build up during the run? Median latency of the last quarter of the sends over the second quarter
     # (the first is the warm-up from idle): about 1 when the fleet keeps up, growing with the run when it does not.
     answered = sorted((o.sent_at, o.latency_s) for o in outs if 200 <= o.status < 300)
@@ -250,13 +313,22 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
         1e-9, report.quantile([x for _, x in answered[q:2 * q]], 0.5) or 0.0) if q >= 10 else None
     result = {**row.as_dict(), "rate": rate, "growth": growth, "wall_s": wall, "revision": rev, "share": share,
               "engine_lag_s": lag, "per_node": dict(Counter(o.node for o in outs if 200 <= o.status < 300)),
-              "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs)}
+              "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs),
+              "engines": engines}
     lat, ttft = row.latency, row.ttft
     log(f"  {label:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
         f"{fmt(lat[2])}, TTFT p95 {fmt(ttft[1])}, goodput {row.goodput:.1f}/s, share h100/a100/l40s "
         f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
+    client = {}
+    for o in outs:
+        if 200 <= o.status < 300:
+            client.setdefault(profiles.get(o.node, "?"), []).append(o.latency_s)
+    log("    engines (mean e2e / queue / TTFT, model s) vs client mean latency: " + "; ".join(
+        f"{prof} {e.get('e2e', 0):.2f} / {e.get('queue', 0):.2f} / {e.get('ttft', 0):.2f} vs "
+        f"{sum(client.get(prof, [0])) / max(1, len(client.get(prof, []))):.2f}"
+        for prof, e in sorted(engines.items())))
     if tracer:
         result["trace"] = tracer.explain(outs, profiles)
         for line in result["trace"]["lines"]:
@@ -471,6 +543,7 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-routing-"))
     with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-routing") as fleet:
         gw, control, profiles, urls = fleet.gateway, fleet.control, fleet.profiles, fleet.urls
+        args.url_profile = fleet.url_profile
         log(f"gateway {gw}, fleet control {control}, logs in {logs}")
         if not args.rate:
             args.rate, probes = calibrate(args, gw, control, profiles, urls, slo_s, saturation, unloaded_s)
