@@ -220,3 +220,33 @@ def test_fleet_normalised_latency_ignores_stale_nodes() -> None:
     assert sched._fleet_latency == (10.0, 20.0)
     assert sched.normalised(sched.nodes["a"])["latency"] == 0.0
     assert sched.normalised(sched.nodes["b"])["latency"] == 1.0  # b is the slowest of the nodes that count
+
+
+def test_a_fast_node_with_a_few_in_flight_still_beats_an_idle_slow_node() -> None:
+    """Issue 14, with the default policy: a fast node (1 s alone) running 3 requests of a batch of 32 still
+    answers long before an idle slow node (3 s alone). The serial model put the fast node at 1 s x 4 = 4 s and
+    sent the request to the slow one."""
+    sched = fleet(["fast", "slow"], Config.from_document(validate("scheduler", default_document("scheduler"))))
+    teach(sched, "fast", 1.0)
+    teach(sched, "slow", 3.0)
+    sched.update(NOW + 400, samples={n: metrics(age=-399, seq=2) for n in ("fast", "slow")})
+    fast = sched.nodes["fast"]
+    for rid in range(3):
+        sched.sent(fast, 500 + rid, NOW + 401)
+    assert sched.expected_wait(fast) < 1.2 < sched.expected_wait(sched.nodes["slow"])
+    assert sched.pick("m").node is fast
+
+
+def test_past_its_batch_a_fast_node_yields_to_an_idle_slow_one() -> None:
+    """A fast node whose KV cache holds 4 long requests, with 12 in flight (8 queued), against an idle slow node:
+    the queue behind the batch costs more than the slow node's lone request, so the request goes there."""
+    sched = fleet(["fast", "slow"], Config.from_document(validate("scheduler", default_document("scheduler"))))
+    sched.update(NOW, samples={"fast": metrics(running=4, waiting=6, kv=96.0, seq=2)})
+    teach(sched, "fast", 1.0)
+    teach(sched, "slow", 3.0)
+    sched.update(NOW + 400, samples={n: metrics(age=-399, seq=3) for n in ("fast", "slow")})
+    fast, slow = sched.nodes["fast"], sched.nodes["slow"]
+    for rid in range(12):
+        sched.sent(fast, 600 + rid, NOW + 401)
+    assert sched.expected_wait(fast) > sched.expected_wait(slow)
+    assert sched.pick("m").node is slow
