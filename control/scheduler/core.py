@@ -388,6 +388,9 @@ class Scheduler:
         elif running > (node.slots or self.config.node_capacity):
             node.slots = running
 
+    def slots_of(self, node: Node) -> int:
+        return node.slots or self.config.node_capacity
+
     def expected_wait(self, node: Node) -> float:
         """Seconds a new request should take on the node (batch_wait: seconds per slot, the node's batch, the
         requests in flight with this one)."""
@@ -667,6 +670,7 @@ class Scheduler:
                 "prefix_blocks": self.prefix.size(node.name),
                 # expected_wait's measured seconds per request slot (what-if previews reuse it)
                 "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
+                "slots": self.slots_of(node),  # the batch expected_wait assumes (learnt from samples)
             })
         return out
 
