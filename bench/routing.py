@@ -292,7 +292,11 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     sums0 = engine_sums(urls)
     # bench/prefix.py: a workload per run, its texts tagged by the run so that no run finds another's prompts cached.
     make = getattr(args, "workload_for", None)
-    workload, tag = make(label) if make else (None, "")
+    # Independent prompts are tagged by the run too: with one seed every configuration sends the same prompts, so
+    # a later run found the earlier runs' prompts in the engines' prefix caches and, through prefix_affinity, the
+    # default followed wherever round robin had sent each one (its affinity part reached 1.95 of 2 on "independent"
+    # prompts). The tag is shorter than one cache block, so prompts of one run share no block either.
+    workload, tag = make(label) if make else (None, f"<{label}> ")
     tracer = Tracer(getattr(args, "trace_id", "")) if getattr(args, "trace", False) and name == "switchyard" else None
     if tracer:
         tracer.start()
