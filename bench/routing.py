@@ -143,7 +143,7 @@ def engine_lag(urls: list[str]) -> float:
 class Tracer:
     """Polls the gateway's live state key (`sy:gw:state:<id>`, rewritten every second) during a run, so that each
     request can be matched with what the scheduler believed about its node when it was sent: the node's seconds per
-    slot, its batch, its in-flight count and its expected_wait (core.batch_wait), against the latency it then had."""
+    slot, its in-flight count and its expected_wait E = slot x (in flight + 1), against the latency it then had."""
 
     def __init__(self, gateway_id: str) -> None:
         import threading
@@ -184,8 +184,6 @@ class Tracer:
     def explain(self, outs: list[Any], profiles: dict[str, str]) -> dict[str, Any]:
         import bisect
 
-        from control.scheduler.core import batch_wait
-
         times = [t for t, _ in self.rows]
         per: dict[str, dict[str, list[float]]] = {}
         for o in outs:
@@ -197,7 +195,7 @@ class Tracer:
             entry = self.rows[i][1].get(o.node)
             if not entry or entry.get("slot_s") is None:
                 continue
-            e = batch_wait(entry["slot_s"], entry.get("slots") or 1, entry["in_flight"] + 1)
+            e = entry["slot_s"] * (entry["in_flight"] + 1)  # the core's expected_wait
             d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": [], "ttft": []})
             if o.ttft_s is not None:
                 d["ttft"].append(o.ttft_s)

@@ -52,7 +52,6 @@ TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT a
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
 DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity")  # scorers computed per request, not from the sample
-KV_FULL_PCT = 80.0  # expected_wait: a node whose KV cache is this full while requests wait runs all it can hold
 AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity term (the routing page shows it)
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
@@ -121,19 +120,6 @@ def metrics_from_snapshot(snap: dict[str, Any]) -> Metrics | None:
     )
 
 
-def batch_wait(slot: float, slots: int, n: float) -> float:
-    """Seconds a request takes on a node running `n` requests (itself included) with a batch of `slots`, where
-    `slot` is the node's seconds per request when its batch is full (1 / its throughput, Little's law).
-
-    Past the batch a request queues: slot x n. Up to it the requests run side by side, and a batch engine's step
-    gets slower as the batch grows (decode steps of a full batch take about twice those of a lone request on the
-    simulator's h100/a100/l40s profiles, and every admitted prefill stalls the batch), so a lone request takes about
-    half a full batch's time: slot x (n + slots) / 2, continuous at n = slots. The first version assumed slot x n
-    at every load, as if the node served one request at a time: a lightly used node's slot was its whole latency,
-    so its expected wait grew by a full latency per request in flight (docs/gateway.md, issue 14)."""
-    return slot * n if n >= slots else slot * (n + slots) * 0.5
-
-
 def _max_len(serving: Any) -> int | None:
     value = serving.get("max_model_len") if isinstance(serving, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
@@ -144,7 +130,7 @@ class Node:
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
-                 "slot_s", "area", "area_t", "sent_area", "affinity", "slots")
+                 "slot_s", "area", "area_t", "sent_area", "affinity")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -170,9 +156,6 @@ class Node:
         self.area_t = 0.0
         self.sent_area: dict[int, float] = {}  # request id -> area when it was sent
         self.affinity = 0.0  # mean prefix_affinity term of the requests sent here (EWMA), for the routing page
-        # expected_wait: how many requests the node runs at once (its batch), from its samples (learn_slots);
-        # None: not known yet, load.node_capacity stands in.
-        self.slots: int | None = None
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -285,7 +268,6 @@ class Scheduler:
                     node.metrics = m
                     # The new sample saw every request sent before it was taken: only later ones stay unseen.
                     node.unseen = sum(1 for t in node.in_flight_ts.values() if t > m.ts)
-                    self._learn_slots(node, m)
                     changed.append(node)
                     if not node.spec.models and m.models:
                         regroup = True
@@ -375,27 +357,10 @@ class Scheduler:
         both = [v for v in (rtt, ttft) if v is not None]
         return max(both) if both else None
 
-    def _learn_slots(self, node: Node, m: Metrics) -> None:
-        """A node's batch from a sample: the most requests it was seen running (at least load.node_capacity until
-        it runs more), lowered to what it runs when its KV cache is full while requests wait (long prompts: the
-        cache, not the sequence limit, bounds the batch). A queue alone does not lower it: new arrivals wait for
-        the next engine step at any load."""
-        running = m.running
-        if running is None or running <= 0:
-            return
-        if m.waiting and m.kv_cache_pct is not None and m.kv_cache_pct >= KV_FULL_PCT:
-            node.slots = running
-        elif running > (node.slots or self.config.node_capacity):
-            node.slots = running
-
-    def slots_of(self, node: Node) -> int:
-        return node.slots or self.config.node_capacity
-
     def expected_wait(self, node: Node) -> float:
-        """Seconds a new request should take on the node (batch_wait: seconds per slot, the node's batch, the
-        requests in flight with this one)."""
+        """Seconds a new request should take on the node: seconds per slot x (in flight + 1) (Little's law)."""
         slot = node.slot_s if node.slot_s is not None else self._slot_default
-        return batch_wait(slot, node.slots or self.config.node_capacity, len(node.in_flight_ts) + 1)
+        return slot * (len(node.in_flight_ts) + 1)
 
     def _wait_part(self, node: Node) -> float:
         weight, invert = self.config.weights["expected_wait"]
@@ -627,8 +592,9 @@ class Scheduler:
         if ok is None:
             ok = ttft_s is not None
         if ok and latency > 0 and area > 0:
-            # The request ran at a mean concurrency of area / latency; batch_wait solved for the slot time.
-            slot = latency / batch_wait(1.0, node.slots or self.config.node_capacity, area / latency)
+            # Little's law: the request ran at a mean concurrency of area / latency, so the node served a slot
+            # every latency / that seconds.
+            slot = latency * latency / area
             node.slot_s = slot if node.slot_s is None else (1 - SLOT_ALPHA) * node.slot_s + SLOT_ALPHA * slot
         if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
             node.unseen -= 1
@@ -670,7 +636,6 @@ class Scheduler:
                 "prefix_blocks": self.prefix.size(node.name),
                 # expected_wait's measured seconds per request slot (what-if previews reuse it)
                 "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
-                "slots": self.slots_of(node),  # the batch expected_wait assumes (learnt from samples)
             })
         return out
 

@@ -27,12 +27,8 @@ def config(expected_wait: float = 3.0, **sections: dict[str, object]) -> Config:
     return Config.from_document(validate("scheduler", doc))
 
 
-def metrics(age: float = 1.0, rtt: float = 1.0, running: int = 0, waiting: int = 0, kv: float = 10.0,
-            seq: int = 1) -> Metrics:
-    return Metrics(NOW - age, seq, 50.0, 30.0, rtt, 0.1, running, waiting, kv)
-
-
-LONE = (1 + 32) / 2  # batch_wait's factor for a lone request on a node with the default batch (load.node_capacity)
+def metrics(age: float = 1.0, rtt: float = 1.0) -> Metrics:
+    return Metrics(NOW - age, 1, 50.0, 30.0, rtt, 0.1, 0, 0, 10.0)
 
 
 def fleet(names: list[str], cfg: Config, seed: int = 1) -> Scheduler:
@@ -43,7 +39,7 @@ def fleet(names: list[str], cfg: Config, seed: int = 1) -> Scheduler:
 
 
 def teach(sched: Scheduler, name: str, latency_s: float, times: int = 30) -> None:
-    """`times` requests served alone, each taking `latency_s`: a lone request's expected wait becomes latency_s."""
+    """`times` requests served alone, each taking `latency_s`: the node's seconds per slot become latency_s."""
     node = sched.nodes[name]
     for i in range(times):
         rid = hash((name, i))
@@ -63,19 +59,16 @@ def burst(sched: Scheduler, n: int) -> Counter[str]:
     return got
 
 
-def test_past_their_batches_a_fast_node_gets_in_flight_in_proportion_to_its_speed() -> None:
+def test_a_fast_node_gets_in_flight_in_proportion_to_its_speed() -> None:
     sched = fleet(["fast", "slow"], config(load={"burst_correction": 0.0}))  # the scorer alone
-    # Both run 4 at once: samples with a full KV cache and a queue say so.
-    sched.update(NOW, samples={n: metrics(running=4, waiting=3, kv=95.0, seq=2) for n in ("fast", "slow")})
-    assert sched.nodes["fast"].slots == sched.nodes["slow"].slots == 4
     teach(sched, "fast", 0.5)
     teach(sched, "slow", 2.0)
-    assert sched.expected_wait(sched.nodes["fast"]) == pytest.approx(0.5)  # what a lone request took
-    assert sched.expected_wait(sched.nodes["slow"]) == pytest.approx(2.0)
+    assert sched.nodes["fast"].slot_s == pytest.approx(0.5)
+    assert sched.nodes["slow"].slot_s == pytest.approx(2.0)
     sched.update(NOW + 100, samples={n: metrics(age=-99) for n in ("fast", "slow")})  # the refresh: new scale
     got = burst(sched, 100)
-    # Past the batches, equal expected waits: slot_fast k_fast = slot_slow k_slow, slots 4:1 apart, so about 80/20.
-    assert 76 <= got["fast"] <= 86, got
+    # Equal expected waits: 0.5 (k_fast + 1) = 2.0 (k_slow + 1), so about 4:1 (80 / 20).
+    assert 76 <= got["fast"] <= 84, got
     fast, slow = sched.nodes["fast"], sched.nodes["slow"]
     assert sched.expected_wait(fast) == pytest.approx(sched.expected_wait(slow), rel=0.15)
 
@@ -90,47 +83,15 @@ def test_the_default_policy_sends_a_fast_node_clearly_more() -> None:
     assert got["fast"] >= 65, got  # the burst correction (equal per request) pulls towards even, not to it
 
 
-def test_slot_time_follows_littles_law_at_a_full_batch() -> None:
-    """Four requests at once that each take 2 s on a node that runs 4 at once: it serves a slot every 0.5 s."""
+def test_slot_time_follows_littles_law_under_concurrency() -> None:
+    """Four requests at once that each take 2 s: the node serves a slot every 0.5 s."""
     sched = fleet(["a"], config())
     node = sched.nodes["a"]
-    sched.update(NOW, samples={"a": metrics(running=4, waiting=1, kv=90.0, seq=2)})
-    assert node.slots == 4
     for rid in range(4):
         sched.sent(node, rid, NOW)
     for rid in range(4):
         sched.finished(node, rid, ttft_s=0.1, now=NOW + 2.0)
     assert node.slot_s == pytest.approx(2.0 / 4, rel=0.05)
-    assert sched.expected_wait(node) == pytest.approx(0.5 * (1 + 4) / 2)  # a lone request: half a full batch
-    for rid in range(10, 14):
-        sched.sent(node, rid, NOW + 3.0)
-    assert sched.expected_wait(node) == pytest.approx(0.5 * 5)  # a fifth request queues behind a full batch
-
-
-def test_below_its_batch_a_request_in_flight_costs_a_fraction_not_a_whole_latency() -> None:
-    """Issue 14: the first model (seconds per slot x (in flight + 1), as if the node served one request at a time)
-    made a lightly used node's wait grow by its whole latency per request in flight. A batch engine runs them side
-    by side: up to its batch, each one adds 1/batch of a full batch's time."""
-    sched = fleet(["a"], config())
-    node = sched.nodes["a"]
-    teach(sched, "a", 2.0)  # alone, 2 s each
-    assert sched.expected_wait(node) == pytest.approx(2.0)
-    for rid in range(3):
-        sched.sent(node, 100 + rid, NOW + 500)
-    assert sched.expected_wait(node) == pytest.approx(2.0 / LONE * (4 + 32) / 2)  # 2.18 s, not 8 s
-    assert sched.expected_wait(node) < 2.5
-
-
-def test_a_sample_with_more_running_raises_the_batch_a_queue_alone_does_not_lower_it() -> None:
-    sched = fleet(["a"], config())
-    node = sched.nodes["a"]
-    assert node.slots is None  # load.node_capacity stands in
-    sched.update(NOW, samples={"a": metrics(running=3, waiting=2, seq=2)})  # arrivals waiting for the next step
-    assert node.slots is None
-    sched.update(NOW, samples={"a": metrics(running=50, seq=3)})
-    assert node.slots == 50
-    sched.update(NOW, samples={"a": metrics(running=12, waiting=4, kv=97.0, seq=4)})  # long prompts: KV-bound
-    assert node.slots == 12
 
 
 def test_a_failed_request_teaches_nothing() -> None:
@@ -149,7 +110,7 @@ def test_success_not_ttft_decides_what_teaches() -> None:
     assert node.slot_s is None
     sched.sent(node, 2, NOW + 1)
     sched.finished(node, 2, ttft_s=None, now=NOW + 3, ok=True)  # a stream that generated no text still took 2 s
-    assert sched.expected_wait(node) == pytest.approx(2.0)
+    assert node.slot_s == pytest.approx(2.0)
 
 
 def test_a_new_node_starts_at_the_fleet_median_neither_herded_nor_starved() -> None:
@@ -180,8 +141,8 @@ def test_the_scale_is_taken_over_healthy_nodes_only() -> None:
     sched.tick(NOW + 100)
     assert not sched.nodes["old1"].healthy and not sched.nodes["old2"].healthy
     sched.recompute(NOW + 100)  # counting the stale nodes, the median would be 50
-    assert sched._slot_default == pytest.approx(1.0 / LONE)
-    assert sched._wait_scale == pytest.approx(32 / LONE)  # median seconds per slot x load.node_capacity
+    assert sched._slot_default == pytest.approx(1.0)
+    assert sched._wait_scale == pytest.approx(1.0 * 32)  # median seconds per slot x load.node_capacity
 
 
 def test_without_the_scorer_the_speed_is_ignored() -> None:
@@ -204,7 +165,7 @@ def test_the_decision_reads_no_clock_and_stays_a_heap_top() -> None:
     t = time.time()
     sched.sent(node, 1, t - 1.0)
     sched.finished(node, 1, ttft_s=0.1)
-    assert sched.expected_wait(node) == pytest.approx(1.0, abs=0.2)
+    assert node.slot_s == pytest.approx(1.0, abs=0.2)
     assert len(sched.groups["m"].heap) <= 2 * 2 + 64
 
 
@@ -220,33 +181,3 @@ def test_fleet_normalised_latency_ignores_stale_nodes() -> None:
     assert sched._fleet_latency == (10.0, 20.0)
     assert sched.normalised(sched.nodes["a"])["latency"] == 0.0
     assert sched.normalised(sched.nodes["b"])["latency"] == 1.0  # b is the slowest of the nodes that count
-
-
-def test_a_fast_node_with_a_few_in_flight_still_beats_an_idle_slow_node() -> None:
-    """Issue 14, with the default policy: a fast node (1 s alone) running 3 requests of a batch of 32 still
-    answers long before an idle slow node (3 s alone). The serial model put the fast node at 1 s x 4 = 4 s and
-    sent the request to the slow one."""
-    sched = fleet(["fast", "slow"], Config.from_document(validate("scheduler", default_document("scheduler"))))
-    teach(sched, "fast", 1.0)
-    teach(sched, "slow", 3.0)
-    sched.update(NOW + 400, samples={n: metrics(age=-399, seq=2) for n in ("fast", "slow")})
-    fast = sched.nodes["fast"]
-    for rid in range(3):
-        sched.sent(fast, 500 + rid, NOW + 401)
-    assert sched.expected_wait(fast) < 1.2 < sched.expected_wait(sched.nodes["slow"])
-    assert sched.pick("m").node is fast
-
-
-def test_past_its_batch_a_fast_node_yields_to_an_idle_slow_one() -> None:
-    """A fast node whose KV cache holds 4 long requests, with 12 in flight (8 queued), against an idle slow node:
-    the queue behind the batch costs more than the slow node's lone request, so the request goes there."""
-    sched = fleet(["fast", "slow"], Config.from_document(validate("scheduler", default_document("scheduler"))))
-    sched.update(NOW, samples={"fast": metrics(running=4, waiting=6, kv=96.0, seq=2)})
-    teach(sched, "fast", 1.0)
-    teach(sched, "slow", 3.0)
-    sched.update(NOW + 400, samples={n: metrics(age=-399, seq=3) for n in ("fast", "slow")})
-    fast, slow = sched.nodes["fast"], sched.nodes["slow"]
-    for rid in range(12):
-        sched.sent(fast, 600 + rid, NOW + 401)
-    assert sched.expected_wait(fast) > sched.expected_wait(slow)
-    assert sched.pick("m").node is slow
