@@ -22,6 +22,14 @@ requests went.
     .venv/bin/python bench/routing.py [--nodes 6] [--duration 60] [--load 0.7 | --rate R] [--seed 7] [--json out.json]
 
 Target: switchyard p95 latency <= 0.5 x round_robin and <= 0.85 x least_in_flight.
+
+`--sweep` (issue 14): after the calibration, round_robin, least_in_flight and switchyard at 50, 65, 80, 95 and 110 %
+of least_in_flight's stable rate (`--sweep-points`), the same seeded sequence for each policy at a point; prints
+p95 latency, p95 TTFT and goodput per policy and point, switchyard's ratios against least_in_flight (and round_robin
+at the light points), and a verdict: p95 latency and p95 TTFT <= 0.85 x least_in_flight and goodput >= 1.0 x at
+every point, and not worse than round_robin at light load (the points below 80 %). `--long` is the long-prompt case
+(`--prompt-tokens 4000:0.5,6000:0.5`). `--trace` records the gateway's state every 0.5 s during switchyard's runs and
+prints, per profile, the expected_wait the scheduler held at each send against the latency the request then had.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from bench.loadrun import MODEL, POOL, get_json, load_spec, send, sim_fleet, wai
 from control.scheduler.status import read_status  # noqa: E402  (the gateway runs --auth off: /metrics is open)
 
 CONFIGS = ("round_robin", "least_in_flight", "classic", "switchyard")
+SWEEP_CONFIGS = ("round_robin", "least_in_flight", "switchyard")
+LONG_PROMPTS = "4000:0.5,6000:0.5"
 
 
 def log(msg: str) -> None:
@@ -129,6 +139,141 @@ def engine_lag(urls: list[str]) -> float:
     return total
 
 
+# --- why a policy routes as it does (--trace) ----------------------------------------------------------------------
+class Tracer:
+    """Polls the gateway's live state key (`sy:gw:state:<id>`, rewritten every second) during a run, so that each
+    request can be matched with what the scheduler believed about its node when it was sent: the node's seconds per
+    slot, its in-flight count and its expected_wait E = slot x (in flight + 1), against the latency it then had."""
+
+    def __init__(self, gateway_id: str) -> None:
+        import threading
+
+        self.key = f"sy:gw:state:{gateway_id}"
+        self.rows: list[tuple[float, dict[str, dict[str, Any]]]] = []  # (perf_counter offset, node -> entry)
+        self.queued: list[int] = []  # requests waiting in the gateway's own queue, per state document
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        import time
+
+        self.t0 = time.perf_counter()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _poll(self) -> None:
+        import time
+
+        from dashboard.metrics.latest import redis_client
+
+        r = redis_client()
+        last = None
+        while not self._stop.wait(0.5):
+            raw = r.get(self.key)
+            if not raw or raw == last:
+                continue
+            last = raw
+            doc = json.loads(raw)
+            self.rows.append((time.perf_counter() - self.t0, {n["node"]: n for n in doc.get("nodes", [])}))
+            self.queued.append(sum((doc.get("queues") or {}).values()))
+
+    def explain(self, outs: list[Any], profiles: dict[str, str]) -> dict[str, Any]:
+        import bisect
+
+        times = [t for t, _ in self.rows]
+        per: dict[str, dict[str, list[float]]] = {}
+        for o in outs:
+            if not (200 <= o.status < 300) or not o.node:
+                continue
+            i = bisect.bisect_right(times, o.sent_at) - 1
+            if i < 0:
+                continue
+            entry = self.rows[i][1].get(o.node)
+            if not entry or entry.get("slot_s") is None:
+                continue
+            e = entry["slot_s"] * (entry["in_flight"] + 1)  # the core's expected_wait
+            d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": [], "ttft": []})
+            if o.ttft_s is not None:
+                d["ttft"].append(o.ttft_s)
+            d["e"].append(e)
+            d["lat"].append(o.latency_s)
+            d["inf"].append(entry["in_flight"])
+            d["slot"].append(entry["slot_s"])
+        lines, summary = [], {}
+        reasons: dict[str, Counter[str]] = {}
+        for _, nodes in self.rows:
+            for name, entry in nodes.items():
+                reasons.setdefault(profiles.get(name, "?"), Counter())[entry.get("reason") or "eligible"] += 1
+        for prof, counts in sorted(reasons.items()):
+            total = sum(counts.values())
+            lines.append(f"{prof} in the gateway's state: " + ", ".join(
+                f"{why} {n / total:.0%}" for why, n in counts.most_common()))
+        parts: dict[str, dict[str, list[float]]] = {}
+        for _, nodes in self.rows:
+            for name, entry in nodes.items():
+                d = parts.setdefault(profiles.get(name, "?"), {})
+                for k, v in (entry.get("parts") or {}).items():
+                    d.setdefault(k, []).append(v)
+                d.setdefault("score", []).append(entry.get("score") or 0.0)
+        for prof, d in sorted(parts.items()):
+            lines.append(f"{prof} score parts (mean over the run, min..max): " + ", ".join(
+                f"{k} {sum(v) / len(v):+.3f} ({min(v):+.2f}..{max(v):+.2f})" for k, v in d.items() if any(v)))
+        if self.queued:
+            lines.append(f"gateway wait queue: mean {sum(self.queued) / len(self.queued):.1f}, max {max(self.queued)}")
+        for prof in ("h100", "a100", "l40s"):
+            d = per.get(prof)
+            if not d:
+                continue
+            n = len(d["e"])
+            ttfts = sorted(d.pop("ttft"))
+            mean = {k: sum(v) / n for k, v in d.items()}
+            summary[prof] = {"requests": n, **{f"mean_{k}": round(v, 4) for k, v in mean.items()}}
+            lines.append(f"{prof}: {n} requests, in flight at send {mean['inf']:.1f}, slot {mean['slot']:.3f} s, "
+                         f"expected_wait {mean['e']:.2f} s vs realised latency {mean['lat']:.2f} s "
+                         f"(x{mean['lat'] / max(1e-9, mean['e']):.2f}), TTFT p95 "
+                         f"{fmt(ttfts[int(0.95 * len(ttfts))] if ttfts else None)}")
+        return {"per_profile": summary, "lines": lines, "samples": len(self.rows)}
+
+
+ENGINE_FIGURES = {"e2e": "vllm:e2e_request_latency_seconds", "queue": "vllm:request_queue_time_seconds",
+                  "ttft": "vllm:time_to_first_token_seconds"}
+
+
+def engine_sums(urls: list[str]) -> dict[str, dict[str, float]]:
+    """Per node URL, the engines' own histogram sums and counts (model seconds): e2e latency, queue time, TTFT."""
+    import httpx
+
+    from agents.collectors.inference import parse_prometheus
+
+    out = {}
+    for url in urls:
+        fams = parse_prometheus(httpx.get(f"{url}/metrics", timeout=5).text)
+        row = {}
+        for key, name in ENGINE_FIGURES.items():
+            row[f"{key}_sum"] = sum(v for _, v in fams.get(f"{name}_sum", []))
+            row[f"{key}_count"] = sum(v for _, v in fams.get(f"{name}_count", []))
+        out[url] = row
+    return out
+
+
+def engine_means(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]],
+                 url_profile: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Per profile, the engines' mean e2e latency, queue time and TTFT over a run (what the nodes themselves saw,
+    against what the client saw: the difference is time spent outside the engines, e.g. a starved CPU)."""
+    acc: dict[str, dict[str, float]] = {}
+    for url, row in after.items():
+        prof = url_profile.get(url, "?")
+        a = acc.setdefault(prof, {})
+        for k, v in row.items():
+            a[k] = a.get(k, 0.0) + v - before.get(url, {}).get(k, 0.0)
+    return {prof: {key: a[f"{key}_sum"] / a[f"{key}_count"] for key in ENGINE_FIGURES if a.get(f"{key}_count")}
+            for prof, a in acc.items()}
+
+
 # --- one configuration ------------------------------------------------------------------------------------------
 def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str],
                urls: list[str], slo_s: float, rate: float | None = None, duration: float | None = None,
@@ -142,15 +287,28 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
     wait_idle(control, args.interval)  # same start for every configuration
     lag0 = engine_lag(urls)
+    sums0 = engine_sums(urls)
     # bench/prefix.py: a workload per run, its texts tagged by the run so that no run finds another's prompts cached.
     make = getattr(args, "workload_for", None)
-    workload, tag = make(label) if make else (None, "")
-    outs, wall = send(label, load_spec(gw, args, rate, duration, workload, tag), log)
+    # Independent prompts are tagged by the run too: with one seed every configuration sends the same prompts, so
+    # a later run found the earlier runs' prompts in the engines' prefix caches and, through prefix_affinity, the
+    # default followed wherever round robin had sent each one (its affinity part reached 1.95 of 2 on "independent"
+    # prompts). The tag is shorter than one cache block, so prompts of one run share no block either.
+    workload, tag = make(label) if make else (None, f"<{label}> ")
+    tracer = Tracer(getattr(args, "trace_id", "")) if getattr(args, "trace", False) and name == "switchyard" else None
+    if tracer:
+        tracer.start()
+    try:
+        outs, wall = send(label, load_spec(gw, args, rate, duration, workload, tag), log)
+    finally:
+        if tracer:
+            tracer.stop()
     row = report.row(label, outs, duration, slo_s)
     by_profile = Counter(profiles.get(o.node, "?") for o in outs if 200 <= o.status < 300)
     ok = max(1, row.ok)
     share = {p: by_profile.get(p, 0) / ok for p in ("h100", "a100", "l40s")}
     lag = engine_lag(urls) - lag0
+    engines = engine_means(sums0, engine_sums(urls), getattr(args, "url_profile", {}))
     # Did a queue build up during the run? Median latency of the last quarter of the sends over the second quarter
     # (the first is the warm-up from idle): about 1 when the fleet keeps up, growing with the run when it does not.
     answered = sorted((o.sent_at, o.latency_s) for o in outs if 200 <= o.status < 300)
@@ -159,13 +317,26 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
         1e-9, report.quantile([x for _, x in answered[q:2 * q]], 0.5) or 0.0) if q >= 10 else None
     result = {**row.as_dict(), "rate": rate, "growth": growth, "wall_s": wall, "revision": rev, "share": share,
               "engine_lag_s": lag, "per_node": dict(Counter(o.node for o in outs if 200 <= o.status < 300)),
-              "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs)}
+              "timeouts": sum(1 for o in outs if o.error == "timeout"), "errors_seen": report.first_errors(outs),
+              "engines": engines}
     lat, ttft = row.latency, row.ttft
     log(f"  {label:<16} done in {wall:.0f} s: {row.ok}/{row.sent} ok, p50/p95/p99 {fmt(lat[0])}/{fmt(lat[1])}/"
         f"{fmt(lat[2])}, TTFT p95 {fmt(ttft[1])}, goodput {row.goodput:.1f}/s, share h100/a100/l40s "
         f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
+    client = {}
+    for o in outs:
+        if 200 <= o.status < 300:
+            client.setdefault(profiles.get(o.node, "?"), []).append(o.latency_s)
+    log("    engines (mean e2e / queue / TTFT, model s) vs client mean latency: " + "; ".join(
+        f"{prof} {e.get('e2e', 0):.2f} / {e.get('queue', 0):.2f} / {e.get('ttft', 0):.2f} vs "
+        f"{sum(client.get(prof, [0])) / max(1, len(client.get(prof, []))):.2f}"
+        for prof, e in sorted(engines.items())))
+    if tracer:
+        result["trace"] = tracer.explain(outs, profiles)
+        for line in result["trace"]["lines"]:
+            log(f"    trace: {line}")
     return result
 
 
@@ -209,6 +380,65 @@ def calibrate(args: argparse.Namespace, gw: str, control: str, profiles: dict[st
         chosen = round(steps[0] * saturation, 1)
         log(f"no probe was stable; running at the lowest, {chosen:g} req/s")
     return chosen, probes
+
+
+def sweep(args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str], urls: list[str],
+          slo_s: float) -> list[dict[str, Any]]:
+    """Every sweep configuration at each share of the calibrated rate (`args.rate`)."""
+    points = [float(x) for x in args.sweep_points.split(",") if x.strip()]
+    out = []
+    for share in points:
+        rate = round(share * args.rate, 1)
+        log(f"== {share:.0%} of least_in_flight's stable rate = {rate:g} req/s")
+        row = {"share": share, "rate": rate, "results": {}}
+        for name in SWEEP_CONFIGS:
+            row["results"][name] = run_config(name, args, gw, control, profiles, urls, slo_s, rate=rate,
+                                              label=f"{name} {share:.0%}")
+        out.append(row)
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def sweep_report(points: list[dict[str, Any]], light: float = 0.8) -> tuple[str, list[str], bool]:
+    """The per-point table and the verdict lines (targets of issue 14)."""
+    head = ("| load | req/s | p95 latency RR / LIF / SY | p95 TTFT RR / LIF / SY | goodput RR / LIF / SY | "
+            "SY/LIF p95 lat | SY/LIF p95 TTFT | SY/LIF goodput | SY/RR p95 lat | SY/RR p95 TTFT |")
+    lines = [head, "|" + " --- |" * 10]
+    verdicts, ok_all = [], True
+
+    def r2(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
+    for p in points:
+        rr, lif, sy = (p["results"][n] for n in SWEEP_CONFIGS)
+        lat = [r["latency"]["p95"] for r in (rr, lif, sy)]
+        ttft = [r["ttft"]["p95"] for r in (rr, lif, sy)]
+        good = [r["goodput"] for r in (rr, lif, sy)]
+        q_lat, q_ttft, q_good = ratio(lat[2], lat[1]), ratio(ttft[2], ttft[1]), ratio(good[2], good[1])
+        rr_lat, rr_ttft = ratio(lat[2], lat[0]), ratio(ttft[2], ttft[0])
+        lines.append(f"| {p['share']:.0%} | {p['rate']:g} | {' / '.join(fmt(x) for x in lat)} | "
+                     f"{' / '.join(fmt(x) for x in ttft)} | {' / '.join(f'{x:.1f}' for x in good)} | {r2(q_lat)} | "
+                     f"{r2(q_ttft)} | {r2(q_good)} | {r2(rr_lat)} | {r2(rr_ttft)} |")
+        misses = []
+        if q_lat is None or q_lat > 0.85:
+            misses.append(f"p95 latency {r2(q_lat)} x LIF > 0.85")
+        if q_ttft is None or q_ttft > 0.85:
+            misses.append(f"p95 TTFT {r2(q_ttft)} x LIF > 0.85")
+        if q_good is None or q_good < 1.0:
+            misses.append(f"goodput {r2(q_good)} x LIF < 1.0")
+        if p["share"] < light:
+            if rr_lat is None or rr_lat > 1.0:
+                misses.append(f"p95 latency {r2(rr_lat)} x RR > 1.0")
+            if rr_ttft is None or rr_ttft > 1.0:
+                misses.append(f"p95 TTFT {r2(rr_ttft)} x RR > 1.0")
+        ok_all = ok_all and not misses
+        verdicts.append(f"{p['share']:.0%}: " + ("met" if not misses else "NOT met: " + "; ".join(misses)))
+    verdicts.append("sweep verdict (p95 latency and TTFT <= 0.85 x least_in_flight, goodput >= 1.0 x, at every "
+                    f"point; not worse than round_robin below {light:.0%}): {'MET' if ok_all else 'NOT met'}")
+    return "\n".join(lines), verdicts, ok_all
 
 
 def fmt(x: float | None) -> str:
@@ -263,11 +493,23 @@ def main() -> None:
     ap.add_argument("--custom", action="append", default=[], metavar="NAME=FILE",
                     help="also run NAME with the scheduler document in FILE (JSON; its sections override the "
                          "default's); add NAME to --configs to order it, else it runs last")
+    ap.add_argument("--sweep", action="store_true",
+                    help="round_robin, least_in_flight and switchyard at each of --sweep-points x the calibrated (or "
+                         "--rate) rate, with ratios and a verdict (issue 14)")
+    ap.add_argument("--sweep-points", default="0.5,0.65,0.8,0.95,1.1",
+                    help="--sweep: shares of least_in_flight's stable rate (default %(default)s)")
+    ap.add_argument("--long", action="store_true", help=f"long prompts: --prompt-tokens {LONG_PROMPTS}")
+    ap.add_argument("--trace", action="store_true",
+                    help="during switchyard's runs, match each request with the expected_wait the gateway held for "
+                         "its node when it was sent (printed per profile)")
     ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
     ap.add_argument("--database", default="sy_bench_routing", help="throw-away database (default %(default)s)")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
                     help="Redis db (default $TEST_REDIS_DB or 11)")
     args = ap.parse_args()
+    if args.long:
+        args.prompt_tokens = LONG_PROMPTS
+    args.trace_id = "bench-routing"
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     for item in args.custom:
         name, _, path = item.partition("=")
@@ -305,15 +547,35 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-routing-"))
     with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-routing") as fleet:
         gw, control, profiles, urls = fleet.gateway, fleet.control, fleet.profiles, fleet.urls
+        args.url_profile = fleet.url_profile
         log(f"gateway {gw}, fleet control {control}, logs in {logs}")
         if not args.rate:
             args.rate, probes = calibrate(args, gw, control, profiles, urls, slo_s, saturation, unloaded_s)
         log(f"offered: {args.rate:g} req/s ({args.rate / saturation:.0%} of the computed saturation)"
             + (" = the highest stable probe" if probes else ""))
+        if args.sweep:
+            points = sweep(args, gw, control, profiles, urls, slo_s)
         results = []
-        for name in configs:
+        for name in configs if not args.sweep else ():
             log(f"[{len(results) + 1}/{len(configs)}] {name}")
             results.append(run_config(name, args, gw, control, profiles, urls, slo_s))
+
+    if args.sweep:
+        text, verdicts, _ = sweep_report(points)
+        print()
+        print(text)
+        print()
+        for v in verdicts:
+            print(v)
+        lag = sum(r["engine_lag_s"] for p in points for r in p["results"].values())
+        print(f"simulated engines fell behind their model by {lag:.1f} s in all (0 = the CPU kept up)")
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(
+                {"nodes": args.nodes, "profiles": kinds, "rate": args.rate, "saturation": saturation,
+                 "probes": probes, "duration_s": args.duration, "seed": args.seed, "slo_s": slo_s,
+                 "prompt_tokens": args.prompt_tokens, "max_tokens": args.max_tokens, "points": points,
+                 "verdicts": verdicts}, indent=2, default=str))
+        return
 
     print()
     print(table(results, slo_s))

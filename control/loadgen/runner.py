@@ -95,9 +95,11 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, out: Outcome, body: by
                 async for line in resp.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    if out.ttft_s is None:
-                        out.ttft_s = time.perf_counter() - start
                     if _chunk_has_text(line[6:]):
+                        # The first token, not the first event: a chat stream may open with a role-only chunk
+                        # before the prefill (the simulator does), which would make every TTFT look instant.
+                        if out.ttft_s is None:
+                            out.ttft_s = time.perf_counter() - start
                         out.completion_tokens += 1
         else:
             resp = await client.post(spec.path, content=body, headers=headers)

@@ -97,6 +97,38 @@ def test_counts_429s_per_class_and_measures_streams(upstream: tuple[str, Upstrea
     assert len(set(prompts)) == len(prompts)
 
 
+async def _role_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A chat stream that opens with a role-only chunk at once and sends its first token 0.3 s later."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-switchyard-node", b"n-1")]})
+    role = {"choices": [{"delta": {"role": "assistant", "content": ""}}]}
+    await send({"type": "http.response.body", "body": f"data: {json.dumps(role)}\n\n".encode(), "more_body": True})
+    await asyncio.sleep(0.3)
+    token = {"choices": [{"delta": {"content": "hi"}}]}
+    await send({"type": "http.response.body", "body": f"data: {json.dumps(token)}\n\n".encode(), "more_body": True})
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+
+def test_ttft_is_the_first_token_not_the_role_chunk() -> None:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_role_first, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port)
+    try:
+        outs = asyncio.run(runner.run(spec(f"http://127.0.0.1:{port}", curve=curves.build(curves.CurveSpec(rate=20)),
+                                           classes=parse_mix("realtime", str, "c"), stream_fraction=1.0)))
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert outs and all(o.status == 200 and o.completion_tokens == 1 for o in outs)
+    assert all(o.ttft_s is not None and o.ttft_s >= 0.3 for o in outs)  # the token came 0.3 s after the role
+
+
 def test_open_loop_does_not_wait_for_slow_answers(upstream: tuple[str, Upstream]) -> None:
     """A closed loop would send one request at a time against a server that never answers; an open loop keeps
     sending at the curve's rate and counts what it could not send."""
