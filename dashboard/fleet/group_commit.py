@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -36,7 +36,7 @@ from dashboard.metrics.latest import store_latest_many
 from dashboard.metrics.storage import copy_deduplicated_keys, copy_direct, ensure_staging
 
 if TYPE_CHECKING:
-    from dashboard.fleet.ingest import NodeInfo
+    from dashboard.fleet.ingest import Incoming, NodeInfo, Reply
     from dashboard.fleet.validation import Batch
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,21 @@ class Pending:
     done: threading.Event = field(default_factory=threading.Event)
     accepted: int = 0
     error: BaseException | None = None
+    on_done: Callable[[Pending], None] | None = None  # a push from the event loop: answer it (ingest.Incoming)
+    finished: bool = False
+
+    def prepare(self) -> Pending | None:
+        return self  # checked by its own thread already
+
+    def finish(self) -> None:
+        """Wake whoever waits for this push: its thread (submit), or the event loop (on_done)."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.on_done is not None:
+            self.on_done(self)
+        else:
+            self.done.set()
 
     def keys(self) -> Iterator[tuple[int, int, datetime]]:
         return ((r[1], r[2], r[0]) for r in self.node_rows)  # (node_id, seq, ts) of each new sample row
@@ -67,7 +82,7 @@ class Committer:
     """This process's committer thread (started on first use) and the queue in front of it."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Pending | Incoming] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         self._gate = threading.Lock()  # held by hold(): tests queue pushes and release them as one group
@@ -91,6 +106,22 @@ class Committer:
             raise p.error
         return p.accepted
 
+    def submit_nowait(self, job: Incoming) -> None:
+        """Queue a push from the event loop; its `resolve` is called (on the committer thread) once it is answered.
+        The loop hands the raw body over: decoding and checking it happens here, one hop rather than two."""
+        self._ensure_thread()
+        with self._count:
+            self.waiting += 1
+        resolve = job.resolve
+
+        def answered(result: Reply | BaseException) -> None:
+            with self._count:
+                self.waiting -= 1
+            resolve(result)
+
+        job.resolve = answered
+        self._queue.put(job)
+
     @contextmanager
     def hold(self) -> Iterator[None]:
         """Keep the committer from starting a commit until the block ends (tests: form a group on purpose)."""
@@ -109,19 +140,22 @@ class Committer:
         while True:
             first = self._queue.get()
             with self._gate:
-                group = [first]
-                while len(group) < MAX_GROUP:
+                jobs = [first]
+                while len(jobs) < MAX_GROUP:
                     try:
-                        group.append(self._queue.get_nowait())
+                        jobs.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                group = [p for p in (job.prepare() for job in jobs) if p is not None]
+                if not group:
+                    continue
                 try:
                     self._commit(group)
                 except BaseException as exc:  # noqa: BLE001 - never leave a push waiting forever
                     for p in group:
-                        if not p.done.is_set():
+                        if not p.finished:
                             p.error = exc
-                            p.done.set()
+                            p.finish()
 
     def _commit(self, group: list[Pending], retried: bool = False) -> None:
         try:
@@ -136,11 +170,11 @@ class Committer:
                     return
                 for p in group:
                     p.error = exc
-                    p.done.set()
+                    p.finish()
                 return
             if len(group) == 1:
                 group[0].error = exc
-                group[0].done.set()
+                group[0].finish()
                 return
             log.info("ingest: a group of %d pushes failed (%s); committing each alone", len(group), exc)
             for p in group:
@@ -158,7 +192,7 @@ class Committer:
             for p in group:
                 p.error = exc
         for p in group:
-            p.done.set()
+            p.finish()
 
     def _store(self, group: list[Pending]) -> None:
         from dashboard.fleet.ingest import refresh_nodes, update_nodes

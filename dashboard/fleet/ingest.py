@@ -12,6 +12,7 @@ import json
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from core.tokens import digest
 from dashboard.fleet.group_commit import Pending, committer
 from dashboard.fleet.node_tokens import cache as token_cache
-from dashboard.fleet.revocation import read_revocations
+from dashboard.fleet.revocation import read_revocations, revocation_commands
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics.latest import redis_client
 
@@ -153,17 +154,26 @@ class NodeRedis:
 def redis_round(node: NodeInfo) -> NodeRedis:
     """Count the push against the node's rate limit, read the power controller's caps for the node and the token
     revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
-    or for trusting its cached token."""
-    limit = settings.INGEST_RATE_PER_MINUTE
+    or for trusting its cached token. (The event loop makes the same round trip with ingest_redis.)"""
     now = time.time()
-    minute = int(now // 60)
-    key = f"sy:rl:ingest:{node.id}:{minute}"
     pipe = redis_client().pipeline(transaction=False)
-    pipe.incr(key)
-    pipe.expire(key, 120)
-    pipe.hget(POWER_DESIRED_KEY, node.name)
-    read_revocations(pipe)
-    count, _, desired_raw, _, revocations = pipe.execute()
+    for cmd in round_commands(node, now):
+        pipe.execute_command(*cmd)
+    return round_result(pipe.execute(), now)
+
+
+def round_commands(node: NodeInfo, now: float) -> list[tuple[Any, ...]]:
+    """The commands of a push's Redis round trip; round_result reads their replies."""
+    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
+    return [("INCR", key), ("EXPIRE", key, 120), ("HGET", POWER_DESIRED_KEY, node.name), *revocation_commands()]
+
+
+def round_result(replies: list[Any], now: float) -> NodeRedis:
+    for r in replies:
+        if isinstance(r, Exception):
+            raise r
+    count, _, desired_raw, _, revocations = replies
+    limit = settings.INGEST_RATE_PER_MINUTE
     limited = None
     if count > limit:
         retry = max(1, 60 - int(now % 60))
@@ -250,8 +260,20 @@ def authenticate(token: str | None) -> Pusher | Reply:
         token_cache.put(dig, node, tag)
     else:
         node, tag = cached
-    rround = redis_round(node)
-    if cached is not None and rround.revocations != tag:
+    return settle(dig, node, cached is not None, tag, redis_round(node))
+
+
+def cached_node(token: str) -> tuple[str, NodeInfo, bytes | None] | None:
+    """(digest, node, tag) of a token in this process's cache: no I/O, so the event loop may ask."""
+    dig = digest(token)
+    cached = token_cache.get(dig)
+    return None if cached is None else (dig, *cached)
+
+
+def settle(dig: str, node: NodeInfo, cached: bool, tag: bytes | None, rround: NodeRedis) -> Pusher | Reply:
+    """The push's standing after its Redis round trip: a cached token revoked since (401), the rate limit (429).
+    Asks the database only when some token was revoked since this one was cached (see needs_lookup)."""
+    if needs_lookup(cached, tag, rround):
         # Some token was revoked since this one was cached: ask the database (the counter just read is older
         # than this lookup, so it is the right tag). The rate limit was counted for the same node either way.
         token_cache.drop(dig)
@@ -265,8 +287,21 @@ def authenticate(token: str | None) -> Pusher | Reply:
     return Pusher(node, rround.power_limit_w)
 
 
+def needs_lookup(cached: bool, tag: bytes | None, rround: NodeRedis) -> bool:
+    return cached and rround.revocations != tag
+
+
 def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
-    """The body of an authenticated push: decode, check, store, acknowledge."""
+    """The body of an authenticated push: decode, check, store, acknowledge (on the calling thread)."""
+    prepared = prepare(pusher, raw, encoding)
+    if isinstance(prepared, Reply):
+        return prepared
+    committer.submit(prepared)
+    return answer(pusher, prepared)
+
+
+def prepare(pusher: Pusher, raw: bytes, encoding: str) -> Pending | Reply:
+    """Decode and check the body; its rows ready for the committer, or the reply that refuses it. No I/O."""
     node = pusher.node
     body = decode_body(raw, encoding)
     if isinstance(body, Reply):
@@ -282,20 +317,56 @@ def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
         return error(errors.status, errors.summary(), errors.fields)
-    accepted = store(node, batch, now)
+    return pending(node, batch, now)
+
+
+def answer(pusher: Pusher, p: Pending) -> Reply:
+    """The 200 of a committed push."""
     body_out: dict[str, Any] = {
-        "accepted": accepted,
-        "duplicates": len(batch.samples) - accepted,
-        "desired": desired_for(node, pusher.power_limit_w),
+        "accepted": p.accepted,
+        "duplicates": len(p.batch.samples) - p.accepted,
+        "desired": desired_for(p.node, pusher.power_limit_w),
     }
-    if batch.ignored:
-        body_out["ignored"] = sorted(batch.ignored)[:20]
+    if p.batch.ignored:
+        body_out["ignored"] = sorted(p.batch.ignored)[:20]
     return Reply(200, body_out)
+
+
+@dataclass
+class Incoming:
+    """A push handed to the committer straight from the event loop (ingest_asgi): the committer thread checks it,
+    stores it with its group and calls `resolve` once with its Reply, or with the exception it hit."""
+
+    pusher: Pusher
+    raw: bytes
+    encoding: str
+    resolve: Callable[[Reply | BaseException], None]
+
+    def prepare(self) -> Pending | None:
+        """Its rows for the commit, or None when it was answered already (refused, or the check failed)."""
+        try:
+            prepared = prepare(self.pusher, self.raw, self.encoding)
+        except Exception as exc:  # noqa: BLE001 - reported to this push alone, as on its own thread
+            self.resolve(exc)
+            return None
+        if isinstance(prepared, Reply):
+            self.resolve(prepared)
+            return None
+        prepared.on_done = self._committed
+        return prepared
+
+    def _committed(self, p: Pending) -> None:
+        self.resolve(p.error if p.error is not None else answer(self.pusher, p))
 
 
 def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
     """Hand the push's rows to this process's committer (dashboard/fleet/group_commit.py) and wait until they are
     committed, together with whatever other pushes arrived meanwhile. Returns the samples that were new."""
+    return committer.submit(pending(node, batch, now))
+
+
+def pending(node: NodeInfo, batch: Batch, now: datetime) -> Pending:
+    """The push's rows, ready for COPY."""
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -309,9 +380,8 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
     newest = max(batch.samples, key=lambda s: s.ts)
-    pending = Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
-                      sample_minutes(batch))
-    return committer.submit(pending)
+    return Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
+                   sample_minutes(batch))
 
 
 def sample_minutes(batch: Batch) -> set[int]:
