@@ -18,8 +18,9 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
    over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
    PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
-   With --batch 1,4 (the default) it sweeps twice: one sample per push, then 4 samples per push every 4 x
-   --interval (as an agent that batches, or is back from an outage, sends them): the same values per second.
+   With --batch 1,4,12 (the default) it sweeps three times: one sample per push, then 4 and 12 samples per push
+   every 4 and 12 x --interval (as an agent with --batch-interval, or back from an outage, sends them): the same
+   values per second.
 
 Each system's sweep stops at its first step that falls behind. Then, per system: highest fleet held, values/s,
 CPU-seconds per million values (at the highest fleet held), memory (RSS of Prometheus; of the server processes and,
@@ -645,10 +646,11 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of Switchyard's server (default 2)")
     parser.add_argument("--systems", default="prometheus,switchyard",
                         help="which systems to run, comma-separated (default both)")
-    parser.add_argument("--batch", default="1,4",
-                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4: "
-                             "one sample every --interval, and 4 samples every 4 x --interval, as an agent that "
-                             "batches or is back from an outage sends them; the same values per second)")
+    parser.add_argument("--batch", default="1,4,12",
+                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4,12: "
+                             "one sample every --interval, then k samples every k x --interval, as an agent with "
+                             "--batch-interval k x --interval, or back from an outage, sends them; the same values "
+                             "per second in fewer, larger pushes)")
     parser.add_argument("--database", default=BENCH_DB,
                         help=f"Switchyard's bench database, emptied first (default {BENCH_DB})")
     parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard (default: the configured one)")
