@@ -29,6 +29,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from django.conf import settings
 from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 
 from dashboard.metrics import partitions
@@ -36,7 +37,7 @@ from dashboard.metrics.latest import store_latest_many
 from dashboard.metrics.storage import copy_deduplicated_keys, copy_direct, ensure_staging
 
 if TYPE_CHECKING:
-    from dashboard.fleet.ingest import Incoming, NodeInfo, Reply
+    from dashboard.fleet.ingest import Incoming, NodeInfo, Pusher, Reply
     from dashboard.fleet.validation import Batch
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Pending:
     error: BaseException | None = None
     on_done: Callable[[Pending], None] | None = None  # a push from the event loop: answer it (ingest.Incoming)
     finished: bool = False
+    pusher: Pusher | None = None  # how it authenticated; its Redis round trip may be left to the group (admit)
+    refused: Reply | None = None  # refused by the group's round trip (429, or 401 for a token revoked since)
 
     def prepare(self) -> Pending | None:
         return self  # checked by its own thread already
@@ -140,22 +143,44 @@ class Committer:
         while True:
             first = self._queue.get()
             with self._gate:
-                jobs = [first]
-                while len(jobs) < MAX_GROUP:
-                    try:
-                        jobs.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                group = [p for p in (job.prepare() for job in jobs) if p is not None]
-                if not group:
-                    continue
+                self._commit_group(self._gather(first))
+
+    def _gather(self, first: Pending | Incoming) -> list[Pending]:
+        """The next group: `first` and what arrives within the group wait (checking each as it comes, so the wait
+        costs no CPU), or what is queued already when the wait is off or the group is full."""
+        deadline = time.monotonic() + settings.INGEST_GROUP_WAIT_MS / 1000
+        group: list[Pending] = []
+        job: Pending | Incoming | None = first
+        while job is not None:
+            p = job.prepare()
+            if p is not None:
+                group.append(p)
+            if len(group) >= MAX_GROUP:
+                break
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    self._commit(group)
-                except BaseException as exc:  # noqa: BLE001 - never leave a push waiting forever
-                    for p in group:
-                        if not p.finished:
-                            p.error = exc
-                            p.finish()
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+        return group
+
+    def _commit_group(self, group: list[Pending]) -> None:
+        from dashboard.fleet.ingest import admit
+
+        try:
+            group = admit(group)
+            if group:
+                self._commit(group)
+        except BaseException as exc:  # noqa: BLE001 - never leave a push waiting forever
+            for p in group:
+                if not p.finished:
+                    p.error = exc
+                    p.finish()
 
     def _commit(self, group: list[Pending], retried: bool = False) -> None:
         try:

@@ -26,7 +26,7 @@ from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
 from core.tokens import digest
 from dashboard.fleet.group_commit import Pending, committer
 from dashboard.fleet.node_tokens import cache as token_cache
-from dashboard.fleet.revocation import read_revocations, revocation_commands
+from dashboard.fleet.revocation import read_revocations
 from dashboard.fleet.validation import Batch, Sample, validate
 from dashboard.metrics.latest import redis_client
 
@@ -154,32 +154,17 @@ class NodeRedis:
 def redis_round(node: NodeInfo) -> NodeRedis:
     """Count the push against the node's rate limit, read the power controller's caps for the node and the token
     revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
-    or for trusting its cached token. (The event loop makes the same round trip with ingest_redis.)"""
-    now = time.time()
-    pipe = redis_client().pipeline(transaction=False)
-    for cmd in round_commands(node, now):
-        pipe.execute_command(*cmd)
-    return round_result(pipe.execute(), now)
-
-
-def round_commands(node: NodeInfo, now: float) -> list[tuple[Any, ...]]:
-    """The commands of a push's Redis round trip; round_result reads their replies."""
-    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
-    return [("INCR", key), ("EXPIRE", key, 120), ("HGET", POWER_DESIRED_KEY, node.name), *revocation_commands()]
-
-
-def round_result(replies: list[Any], now: float) -> NodeRedis:
-    for r in replies:
-        if isinstance(r, Exception):
-            raise r
-    count, _, desired_raw, _, revocations = replies
+    or for trusting its cached token. (A push authenticated on the event loop has it made by its group: admit.)"""
     limit = settings.INGEST_RATE_PER_MINUTE
-    limited = None
-    if count > limit:
-        retry = max(1, 60 - int(now % 60))
-        limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
-                        **{"Retry-After": str(retry)})
-    return NodeRedis(limited, watts_map(_loads(desired_raw)), revocations)
+    now = time.time()
+    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
+    pipe = redis_client().pipeline(transaction=False)
+    pipe.incr(key)
+    pipe.expire(key, 120)
+    pipe.hget(POWER_DESIRED_KEY, node.name)
+    read_revocations(pipe)
+    count, _, desired_raw, _, revocations = pipe.execute()
+    return NodeRedis(_limited(now) if count > limit else None, watts_map(_loads(desired_raw)), revocations)
 
 
 def _loads(raw: bytes | None) -> dict[str, Any] | None:
@@ -241,6 +226,81 @@ class Pusher:
 
     node: NodeInfo
     power_limit_w: dict[str, float]
+    # (digest, revocation tag) of a token taken from the cache on the event loop with no Redis round trip yet:
+    # the committer makes it for the push's whole group (admit), before anything of the group is stored.
+    unchecked: tuple[str, bytes | None] | None = None
+
+
+# The last rate-limit count Redis gave this process for each node: (minute, count). The event loop refuses a push
+# over the limit from it before reading its body; the committer's group round trip counts every push (admit).
+_rate_seen: dict[int, tuple[int, int]] = {}
+
+
+def from_cache(token: str) -> Pusher | Reply | None:
+    """A push authenticated from this process's token cache with no I/O (the event loop calls it): a Pusher whose
+    Redis round trip is left to its commit group, 429 when the last count Redis gave for its node is at the limit
+    already, or None when the token is not cached (then `authenticate` on a thread)."""
+    dig = digest(token)
+    cached = token_cache.get(dig)
+    if cached is None:
+        return None
+    node, tag = cached
+    now = time.time()
+    seen = _rate_seen.get(node.id)
+    if seen is not None and seen[0] == int(now // 60) and seen[1] >= settings.INGEST_RATE_PER_MINUTE:
+        return _limited(now)
+    if seen is None and settings.INGEST_RATE_PER_MINUTE <= 0:
+        return _limited(now)
+    return Pusher(node, {}, unchecked=(dig, tag))
+
+
+def _limited(now: float) -> Reply:
+    limit = settings.INGEST_RATE_PER_MINUTE
+    retry = max(1, 60 - int(now % 60))
+    return error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
+                 **{"Retry-After": str(retry)})
+
+
+def admit(group: list[Pending]) -> list[Pending]:
+    """The Redis round trip of the group's pushes authenticated from the cache (Pusher.unchecked), one pipeline
+    for the group instead of one per push: each push counted against its node's rate limit, the power caps of the
+    group's nodes, and the revocation counter. A push over the limit (429) or whose token was revoked since it was
+    cached (401) is answered and left out; the others go on to the commit. Runs on the committer thread."""
+    todo = [p for p in group if p.pusher is not None and p.pusher.unchecked is not None]
+    if not todo:
+        return group
+    now = time.time()
+    minute = int(now // 60)
+    pipe = redis_client().pipeline(transaction=False)
+    for p in todo:
+        key = f"sy:rl:ingest:{p.node.id}:{minute}"
+        pipe.incr(key)
+        pipe.expire(key, 120)
+    names = list(dict.fromkeys(p.node.name for p in todo))
+    pipe.hmget(POWER_DESIRED_KEY, names)
+    read_revocations(pipe)
+    replies = pipe.execute()
+    caps = dict(zip(names, replies[2 * len(todo)], strict=True))
+    revocations = replies[-1]
+    refused: set[int] = set()
+    for p, count in zip(todo, replies[0:2 * len(todo):2], strict=True):
+        pusher = p.pusher
+        assert pusher is not None and pusher.unchecked is not None
+        _rate_seen[p.node.id] = (minute, count)
+        dig, tag = pusher.unchecked
+        rround = NodeRedis(_limited(now) if count > settings.INGEST_RATE_PER_MINUTE else None,
+                           watts_map(_loads(caps[p.node.name])), revocations)
+        result = settle(dig, p.node, True, tag, rround)
+        if isinstance(result, Reply):
+            p.refused = result
+            refused.add(id(p))
+            p.finish()
+            continue
+        pusher.power_limit_w = result.power_limit_w
+        pusher.unchecked = None
+    if len(_rate_seen) > 100_000:  # a fleet's worth (as the token cache): forget, never grow without bound
+        _rate_seen.clear()
+    return [p for p in group if id(p) not in refused]
 
 
 def authenticate(token: str | None) -> Pusher | Reply:
@@ -261,13 +321,6 @@ def authenticate(token: str | None) -> Pusher | Reply:
     else:
         node, tag = cached
     return settle(dig, node, cached is not None, tag, redis_round(node))
-
-
-def cached_node(token: str) -> tuple[str, NodeInfo, bytes | None] | None:
-    """(digest, node, tag) of a token in this process's cache: no I/O, so the event loop may ask."""
-    dig = digest(token)
-    cached = token_cache.get(dig)
-    return None if cached is None else (dig, *cached)
 
 
 def settle(dig: str, node: NodeInfo, cached: bool, tag: bytes | None, rround: NodeRedis) -> Pusher | Reply:
@@ -317,7 +370,9 @@ def prepare(pusher: Pusher, raw: bytes, encoding: str) -> Pending | Reply:
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
         return error(errors.status, errors.summary(), errors.fields)
-    return pending(node, batch, now)
+    p = pending(node, batch, now)
+    p.pusher = pusher
+    return p
 
 
 def answer(pusher: Pusher, p: Pending) -> Reply:
@@ -356,7 +411,10 @@ class Incoming:
         return prepared
 
     def _committed(self, p: Pending) -> None:
-        self.resolve(p.error if p.error is not None else answer(self.pusher, p))
+        if p.refused is not None:
+            self.resolve(p.refused)
+        else:
+            self.resolve(p.error if p.error is not None else answer(self.pusher, p))
 
 
 def store(node: NodeInfo, batch: Batch, now: datetime) -> int:

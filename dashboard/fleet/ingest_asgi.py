@@ -8,16 +8,16 @@ hands it to the process's committer thread (dashboard/fleet/group_commit.py), wh
 group, and writes the reply.
 
 A push whose token is in the process's cache costs no thread hop before its body: the token is checked on the event
-loop and the Redis round trip (rate limit, power caps, revocation counter) is made from the loop too
-(ingest_redis). The database is asked on a thread only for a token not cached, or when a revocation since makes the
-cached one doubtful; Redis is asked on a thread, with redis-py, only when the loop cannot reach it.
+loop, and its Redis round trip (rate limit, power caps, revocation counter) is made by the committer once for the
+push's whole group, before the group is stored (ingest.admit). The loop refuses a node over its rate limit before
+reading the body from the last count Redis gave. Only a token not cached is looked up on a thread (the database,
+and its own Redis round trip).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +28,6 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from dashboard.fleet import ingest as service
-from dashboard.fleet import ingest_redis
 from dashboard.fleet.group_commit import committer
 
 log = logging.getLogger(__name__)
@@ -110,24 +109,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 async def authenticate(token: str) -> service.Pusher | service.Reply:
-    """service.authenticate, on the loop for a cached token: no thread unless the database must be asked."""
-    loop = asyncio.get_running_loop()
-    cached = service.cached_node(token)
-    redis = ingest_redis.client() if cached is not None else None
-    if cached is None or redis is None:
-        return await loop.run_in_executor(_executor, run_service, service.authenticate, token)
-    dig, node, tag = cached
-    now = time.time()
-    try:
-        rround = service.round_result(await redis.execute(service.round_commands(node, now)), now)
-    except (OSError, TimeoutError, ingest_redis.RedisReplyError) as exc:
-        # Redis unreachable from the loop: the thread path makes the round trip with redis-py and fails, or not,
-        # as it always did.
-        log.info("ingest: Redis round trip from the loop failed (%s); trying on a thread", exc)
-        return await loop.run_in_executor(_executor, run_service, service.authenticate, token)
-    if service.needs_lookup(True, tag, rround):
-        return await loop.run_in_executor(_executor, run_service, service.settle, dig, node, True, tag, rround)
-    return service.settle(dig, node, True, tag, rround)
+    """service.authenticate without a thread for a cached token: its Redis round trip is made by its commit group."""
+    pusher = service.from_cache(token)
+    if pusher is not None:
+        return pusher
+    return await asyncio.get_running_loop().run_in_executor(_executor, run_service, service.authenticate, token)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any) -> None:

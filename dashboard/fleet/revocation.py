@@ -31,14 +31,9 @@ REVOCATIONS_KEY = "sy:tokens:revocations"  # a counter: node-token caches made b
 def read_revocations(pipe: Any) -> Any:
     """Queue the read of the revocation counter on a Redis pipeline (its last result). A missing counter (Redis
     restarted empty) starts from the clock, never from a value an older cache entry could carry."""
-    for cmd in revocation_commands():
-        pipe.execute_command(*cmd)
+    pipe.set(REVOCATIONS_KEY, time.time_ns(), nx=True)
+    pipe.get(REVOCATIONS_KEY)
     return pipe
-
-
-def revocation_commands() -> list[tuple[Any, ...]]:
-    """read_revocations's commands, for a pipeline or ingest's own round trip (dashboard/fleet/ingest_redis.py)."""
-    return [("SET", REVOCATIONS_KEY, time.time_ns(), "NX"), ("GET", REVOCATIONS_KEY)]
 
 
 def announce_revocation(*digests: str) -> None:
