@@ -1,14 +1,11 @@
-"""Group commit for ingest: pushes that arrive within a few milliseconds share one commit.
+"""Group commit for ingest: pushes that arrive while a commit is under way share the next one.
 
-The event loop hands each push's body to this process's one committer thread (ingest_asgi; a caller on its own
-thread may hand over checked rows and wait, submit). The committer takes the first push queued and whatever arrives
-within SWITCHYARD_INGEST_GROUP_WAIT_MS (20) of it, or queued meanwhile, up to MAX_GROUP; checks each body (a bad one
-is answered at once, alone); makes the group's one Redis round trip (rate limits, power caps, the token revocation
-counter: ingest.admit); stores the group: one COPY per table, one commit; then one Redis pipeline for their latest
-snapshots. Only then is each push answered, so the 200 still goes out only after the push's rows have committed.
-A commit and its round trips cost about what checking a few pushes costs, so the wait makes each push cheaper
-under load and adds at most the wait to a push's latency; under heavy load the queue fills while the previous
-group commits and nothing waits at all.
+Each push is validated on its own ingest thread, then handed to this process's one committer thread and waits. The
+committer takes every push queued since its last commit and stores them together: one COPY per table, one
+commit, then one Redis pipeline for their latest snapshots. Only then is each push's waiting thread woken, so the
+200 still goes out only after the push's rows have committed. Nothing waits for company: a push that finds the
+committer idle is committed alone at once; under load, pushes queue while a commit runs and the next group is as
+large as the load makes it. The cost of a push becomes mostly the cost of its values.
 
 A failure is reported to exactly the pushes it hit. A replayed sample (unique violation) makes the group take the
 slow path together (staging tables, INSERT .. ON CONFLICT DO NOTHING), each push still told how many of its own
@@ -27,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -59,14 +56,13 @@ class Pending:
     days: set[date]
     snapshot: dict[str, Any]  # the node's latest state, written to Redis after the commit (node fields refreshed)
     minutes: set[int]  # the minutes of its samples, epoch seconds
-    done: threading.Event | None = None  # set when its commit ends, for a push whose thread waits (submit)
+    done: threading.Event = field(default_factory=threading.Event)
     accepted: int = 0
     error: BaseException | None = None
     on_done: Callable[[Pending], None] | None = None  # a push from the event loop: answer it (ingest.Incoming)
     finished: bool = False
     pusher: Pusher | None = None  # how it authenticated; its Redis round trip may be left to the group (admit)
     refused: Reply | None = None  # refused by the group's round trip (429, or 401 for a token revoked since)
-    queued: float = 0.0  # time.monotonic() when submitted: the group wait counts from the first push's
 
     def prepare(self) -> Pending | None:
         return self  # checked by its own thread already
@@ -78,7 +74,7 @@ class Pending:
         self.finished = True
         if self.on_done is not None:
             self.on_done(self)
-        elif self.done is not None:
+        else:
             self.done.set()
 
     def keys(self) -> Iterator[tuple[int, int, datetime]]:
@@ -104,8 +100,6 @@ class Committer:
         with self._count:
             self.waiting += 1
         try:
-            p.done = threading.Event()
-            p.queued = time.monotonic()
             self._queue.put(p)
             p.done.wait()
         finally:
@@ -129,7 +123,6 @@ class Committer:
             resolve(result)
 
         job.resolve = answered
-        job.queued = time.monotonic()
         self._queue.put(job)
 
     @contextmanager
@@ -153,19 +146,28 @@ class Committer:
                 self._commit_group(self._gather(first))
 
     def _gather(self, first: Pending | Incoming) -> list[Pending]:
-        """The next group: `first` and whatever arrives within the group wait after it was queued, then checked
-        together. The committer sleeps through the wait rather than waking for each push: a push's put() then costs
-        no thread switch. Under load the wait is already over (the queue filled while the last group committed)."""
-        pause = first.queued + settings.INGEST_GROUP_WAIT_MS / 1000 - time.monotonic()
-        if pause > 0 and self._queue.qsize() < MAX_GROUP:
-            time.sleep(pause)
-        jobs = [first]
-        while len(jobs) < MAX_GROUP:
-            try:
-                jobs.append(self._queue.get_nowait())
-            except queue.Empty:
+        """The next group: `first` and what arrives within the group wait (checking each as it comes, so the wait
+        costs no CPU), or what is queued already when the wait is off or the group is full."""
+        deadline = time.monotonic() + settings.INGEST_GROUP_WAIT_MS / 1000
+        group: list[Pending] = []
+        job: Pending | Incoming | None = first
+        while job is not None:
+            p = job.prepare()
+            if p is not None:
+                group.append(p)
+            if len(group) >= MAX_GROUP:
                 break
-        return [p for p in (job.prepare() for job in jobs) if p is not None]
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    job = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+        return group
 
     def _commit_group(self, group: list[Pending]) -> None:
         from dashboard.fleet.ingest import admit

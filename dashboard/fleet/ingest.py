@@ -396,7 +396,6 @@ class Incoming:
     raw: bytes
     encoding: str
     resolve: Callable[[Reply | BaseException], None]
-    queued: float = 0.0  # time.monotonic() when handed to the committer
 
     def prepare(self) -> Pending | None:
         """Its rows for the commit, or None when it was answered already (refused, or the check failed)."""
