@@ -1,11 +1,14 @@
-"""Group commit for ingest: pushes that arrive while a commit is under way share the next one.
+"""Group commit for ingest: pushes that arrive within a few milliseconds share one commit.
 
-Each push is validated on its own ingest thread, then handed to this process's one committer thread and waits. The
-committer takes every push queued since its last commit and stores them together: one COPY per table, one
-commit, then one Redis pipeline for their latest snapshots. Only then is each push's waiting thread woken, so the
-200 still goes out only after the push's rows have committed. Nothing waits for company: a push that finds the
-committer idle is committed alone at once; under load, pushes queue while a commit runs and the next group is as
-large as the load makes it. The cost of a push becomes mostly the cost of its values.
+The event loop hands each push's body to this process's one committer thread (ingest_asgi; a caller on its own
+thread may instead hand over checked rows and wait: submit). The committer takes the first push queued and whatever
+arrives within SWITCHYARD_INGEST_GROUP_WAIT_MS (20) after it, up to MAX_GROUP, checking each body as it comes (a bad
+one is answered at once, alone); makes the group's one Redis round trip (rate limits, power caps, the token
+revocation counter: ingest.admit); stores the group: one COPY per table, one commit; then one Redis pipeline for
+their latest snapshots. Only then is each push answered, so the 200 still goes out only after the push's rows have
+committed. A commit and its round trips cost about what checking a few pushes costs, so the wait makes each push
+cheaper under load, for at most the wait added to a push's latency. (Sleeping through the wait, rather than waking
+for each push, measured worse: the checking then all comes after it.)
 
 A failure is reported to exactly the pushes it hit. A replayed sample (unique violation) makes the group take the
 slow path together (staging tables, INSERT .. ON CONFLICT DO NOTHING), each push still told how many of its own
