@@ -234,6 +234,9 @@ class Pusher:
 # The last rate-limit count Redis gave this process for each node: (minute, count). The event loop refuses a push
 # over the limit from it before reading its body; the committer's group round trip counts every push (admit).
 _rate_seen: dict[int, tuple[int, int]] = {}
+# Nodes of pushes authenticated from the cache and refused for their body (400, 403, 413, 415) before their group's
+# round trip: still counted against the rate limit there, as every push is (committer thread only).
+_refused_unchecked: list[NodeInfo] = []
 
 
 def from_cache(token: str) -> Pusher | Reply | None:
@@ -265,21 +268,34 @@ def admit(group: list[Pending]) -> list[Pending]:
     """The Redis round trip of the group's pushes authenticated from the cache (Pusher.unchecked), one pipeline
     for the group instead of one per push: each push counted against its node's rate limit, the power caps of the
     group's nodes, and the revocation counter. A push over the limit (429) or whose token was revoked since it was
-    cached (401) is answered and left out; the others go on to the commit. Runs on the committer thread."""
+    cached (401) is answered and left out; the others go on to the commit. Pushes from the cache refused for their
+    body since the last round trip are counted in it too. Runs on the committer thread."""
     todo = [p for p in group if p.pusher is not None and p.pusher.unchecked is not None]
-    if not todo:
+    refused_nodes = _refused_unchecked[:]
+    _refused_unchecked.clear()
+    if not todo and not refused_nodes:
         return group
     now = time.time()
     minute = int(now // 60)
     pipe = redis_client().pipeline(transaction=False)
+    for node in refused_nodes:
+        key = f"sy:rl:ingest:{node.id}:{minute}"
+        pipe.incr(key)
+        pipe.expire(key, 120)
     for p in todo:
         key = f"sy:rl:ingest:{p.node.id}:{minute}"
         pipe.incr(key)
         pipe.expire(key, 120)
     names = list(dict.fromkeys(p.node.name for p in todo))
-    pipe.hmget(POWER_DESIRED_KEY, names)
-    read_revocations(pipe)
+    if todo:
+        pipe.hmget(POWER_DESIRED_KEY, names)
+        read_revocations(pipe)
     replies = pipe.execute()
+    for i, node in enumerate(refused_nodes):
+        _rate_seen[node.id] = (minute, replies[2 * i])
+    if not todo:
+        return group
+    replies = replies[2 * len(refused_nodes):]
     caps = dict(zip(names, replies[2 * len(todo)], strict=True))
     revocations = replies[-1]
     refused: set[int] = set()
@@ -405,6 +421,8 @@ class Incoming:
             self.resolve(exc)
             return None
         if isinstance(prepared, Reply):
+            if self.pusher.unchecked is not None:
+                _refused_unchecked.append(self.pusher.node)
             self.resolve(prepared)
             return None
         prepared.on_done = self._committed
