@@ -43,6 +43,7 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "inference_url": (str, None),
     "state_dir": (str, None),  # None: default_state_dir()
     "interval": (int, 5),
+    "batch_interval": (int, None),  # None: push after every sample
     "buffer_max_mb": (float, 64.0),
     "timeout": (float, 10.0),
     "sim": (bool, False),
@@ -50,6 +51,9 @@ OPTIONS: dict[str, tuple[type, Any]] = {
     "once": (bool, False),
     "verbose": (bool, False),
 }
+
+
+BATCH_INTERVAL_RANGE = (1, 3600)  # an hour of 5-s samples is 720: pushed 100 (push.MAX_BATCH) at a time
 
 
 class ConfigError(ValueError):
@@ -63,6 +67,7 @@ class Settings:
     node: str
     state_dir: Path
     interval: int
+    batch_interval: int | None
     buffer_max_mb: float
     timeout: float
     sim: bool
@@ -103,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=int, metavar="S",
                    help=f"seconds between samples, {INTERVAL_RANGE[0]}-{INTERVAL_RANGE[1]}; the server may change "
                         "it (default: 5)")
+    p.add_argument("--batch-interval", type=int, metavar="S",
+                   help=f"seconds between pushes, {BATCH_INTERVAL_RANGE[0]}-{BATCH_INTERVAL_RANGE[1]} and at least "
+                        "--interval: samples are still taken every --interval and buffered, and each push carries "
+                        "those taken since the last one (fewer, larger pushes cost the server less per value; the "
+                        "dashboard sees a node's samples up to this much later) (default: push every sample)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where the buffer, sequence number and dead letters live (default: "
                         "$XDG_STATE_HOME/switchyard-agent, else ~/.local/state/switchyard-agent)")
@@ -174,6 +184,14 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]
     lo, hi = INTERVAL_RANGE
     if not lo <= merged["interval"] <= hi:
         raise ConfigError(f"interval must be {lo}-{hi} seconds, got {merged['interval']}")
+    batch = merged["batch_interval"]
+    if batch is not None:
+        blo, bhi = BATCH_INTERVAL_RANGE
+        if not blo <= batch <= bhi:
+            raise ConfigError(f"batch_interval must be {blo}-{bhi} seconds, got {batch}")
+        if batch < merged["interval"]:
+            raise ConfigError(f"batch_interval must be at least interval ({merged['interval']} s), got {batch}: "
+                              "a push cannot carry less than one sample")
     for key in ("buffer_max_mb", "timeout"):
         if not merged[key] > 0:
             raise ConfigError(f"{key} must be above 0, got {merged[key]}")
@@ -190,6 +208,7 @@ def resolve(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]
         node=node,
         state_dir=Path(merged["state_dir"]).expanduser() if merged["state_dir"] else default_state_dir(),
         interval=merged["interval"],
+        batch_interval=merged["batch_interval"],
         buffer_max_mb=merged["buffer_max_mb"],
         timeout=merged["timeout"],
         sim=merged["sim"],
@@ -245,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     config = PushConfig(server=settings.server, token=settings.token, node=settings.node,
                         state_dir=settings.state_dir, interval_s=settings.interval, endpoint=settings.endpoint,
+                        batch_interval_s=settings.batch_interval,
                         buffer_max_mb=settings.buffer_max_mb, timeout_s=settings.timeout)
     try:
         pusher = Pusher(config, backend)
@@ -256,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         if settings.once:
             return _once(pusher, settings)
         log.info("switchyard-agent %s: node %s, pushing to %s every %d s (state in %s)", __version__,
-                 settings.node, settings.server, pusher.interval, settings.state_dir)
+                 settings.node, settings.server, max(pusher.interval, settings.batch_interval or 0),
+                 settings.state_dir)
 
         def stop(signum: int, frame: FrameType | None) -> None:
             log.info("signal %d: stopping", signum)

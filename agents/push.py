@@ -60,6 +60,9 @@ class PushConfig:
     endpoint: str | None = None
     buffer_max_mb: float = 64.0
     timeout_s: float = 10.0
+    # Seconds between pushes; None: push after every sample. Samples are still collected (and spooled) every
+    # interval: a push then carries several, which costs the server less per value than one push per sample.
+    batch_interval_s: int | None = None
 
 
 class StateDirBusy(RuntimeError):
@@ -185,6 +188,7 @@ class Pusher:
         }
         self._client = self._open_client()
         self.interval = clamp_interval(config.interval_s)
+        self.batch_interval = config.batch_interval_s
         # What this agent did of the server's wishes, sent with every push: the interval it uses; per GPU the
         # power limit it set (after the board's clamping), the limit it was asked for, and the board's default.
         self.applied: dict[str, Any] = {"interval_s": self.interval, "power_limit_w": {}, "power_asked_w": {},
@@ -572,8 +576,10 @@ class Pusher:
         return self.flush()
 
     def run(self, max_iterations: int | None = None) -> None:
-        """Collect every `interval` seconds and push between collections, until stop() (or `max_iterations`)."""
+        """Collect every `interval` seconds and push between collections (every `batch_interval` seconds when
+        set: the first sample at once, then what was spooled meanwhile), until stop() (or `max_iterations`)."""
         next_collect = self._clock()
+        next_push = next_collect
         done = 0
         while not self._stop.is_set():
             now = self._clock()
@@ -586,11 +592,18 @@ class Pusher:
                 next_collect += self.interval
                 if next_collect <= now:  # fell behind (a slow push): skip the missed ticks rather than burst
                     next_collect = now + self.interval
-            if len(self.spool) and self._clock() >= self._retry_at:
+            if len(self.spool) and self._clock() >= max(self._retry_at, next_push):
+                if self.batch_interval is not None:
+                    # The server may set an interval longer than the batch interval: never push more often
+                    # than samples are taken.
+                    period = max(self.batch_interval, self.interval)
+                    next_push += period
+                    if next_push <= self._clock():
+                        next_push = self._clock() + period
                 self.flush(deadline=next_collect)
             if max_iterations is not None and done >= max_iterations:
                 return
-            wake = min(next_collect, self._retry_at) if len(self.spool) else next_collect
+            wake = min(next_collect, max(self._retry_at, next_push)) if len(self.spool) else next_collect
             self._sleep(max(0.0, wake - self._clock()))
 
     def stop(self) -> None:

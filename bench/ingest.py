@@ -31,9 +31,10 @@ from benchlib import percentile, use_bench_database
 BENCH_DB = "switchyard_bench"
 
 
-def setup_database(nodes: int, gpus: int) -> tuple[list[tuple[str, str]], str, str]:
+def setup_database(nodes: int, gpus: int, database: str = BENCH_DB, redis_db: int | None = None
+                   ) -> tuple[list[tuple[str, str]], str, str]:
     """Migrate and empty the bench database and create the nodes. Returns (nodes and tokens, db url, redis url)."""
-    db_url, redis_url = use_bench_database(BENCH_DB)
+    db_url, redis_url = use_bench_database(database, redis_db)
     from core.tokens import display_prefix, new_token
     from dashboard.fleet.models import Node, NodeToken, Pool
     from dashboard.metrics.latest import redis_client

@@ -18,8 +18,9 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
    over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
    PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
-   With --batch 1,4 (the default) it sweeps twice: one sample per push, then 4 samples per push every 4 x
-   --interval (as an agent that batches, or is back from an outage, sends them): the same values per second.
+   With --batch 1,4,12 (the default) it sweeps three times: one sample per push, then 4 and 12 samples per push
+   every 4 and 12 x --interval (as an agent with --batch-interval, or back from an outage, sends them): the same
+   values per second.
 
 Each system's sweep stops at its first step that falls behind. Then, per system: highest fleet held, values/s,
 CPU-seconds per million values (at the highest fleet held), memory (RSS of Prometheus; of the server processes and,
@@ -462,8 +463,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     import orjson
 
     label = "switchyard" if batch == 1 else f"switchyard x{batch}"
-    log(f"{label}: preparing {max(sweep)} nodes in database {BENCH_DB} ...")
-    nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus)
+    log(f"{label}: preparing {max(sweep)} nodes in database {args.database} ...")
+    nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus, args.database, args.redis_db)
     random.seed(11)
     templates = [ingest_bench.sample_template(args.gpus) for _ in range(VARIANTS)]
     period = args.interval * batch
@@ -506,14 +507,14 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         asyncio.run(warm_up(agents[warmed:]))
         warmed = n
         before = ingest_bench.stored_samples()[0]
-        pg = pg_procs(BENCH_DB)
+        pg = pg_procs(args.database)
         c0, p0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), machine_idle()
         me0 = time.process_time()
         stats = asyncio.run(ingest_bench.run_load(agents, period, window, f"{n} nodes"))
         # run_load sleeps after each agent's last push until its next turn: the pushes span the window, not
         # the whole call, so rates are per window second (as bench/ingest.py reports them).
         took = window
-        c1, p1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(BENCH_DB)), machine_idle()
+        c1, p1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), machine_idle()
         loadgen = time.process_time() - me0
         time.sleep(1)
         stored = ingest_bench.stored_samples()[0] - before
@@ -528,7 +529,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                 "pg_cpu_cores": round(pg_cpu / took, 3),
                 "cpu_s_per_million": round((server_cpu + pg_cpu) / values * 1e6, 2) if values else None,
                 "loadgen_cpu_cores": round(loadgen / took, 3), "machine_idle_cores": round(idle_cores(i0, i1), 2),
-                "rss_bytes": rss_of(tree(server.pid)), "pg_uss_bytes": uss_of(pg_procs(BENCH_DB)),
+                "rss_bytes": rss_of(tree(server.pid)), "pg_uss_bytes": uss_of(pg_procs(args.database)),
                 "held": p95 <= 250 and lost <= 0 and not stats.errors}
         log(f"{label}: {json.dumps(step)}")
         steps.append(step)
@@ -645,10 +646,14 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of Switchyard's server (default 2)")
     parser.add_argument("--systems", default="prometheus,switchyard",
                         help="which systems to run, comma-separated (default both)")
-    parser.add_argument("--batch", default="1,4",
-                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4: "
-                             "one sample every --interval, and 4 samples every 4 x --interval, as an agent that "
-                             "batches or is back from an outage sends them; the same values per second)")
+    parser.add_argument("--batch", default="1,4,12",
+                        help="samples per Switchyard push, comma-separated: each runs its own sweep (default 1,4,12: "
+                             "one sample every --interval, then k samples every k x --interval, as an agent with "
+                             "--batch-interval k x --interval, or back from an outage, sends them; the same values "
+                             "per second in fewer, larger pushes)")
+    parser.add_argument("--database", default=BENCH_DB,
+                        help=f"Switchyard's bench database, emptied first (default {BENCH_DB})")
+    parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard (default: the configured one)")
     parser.add_argument("--query-rounds", type=int, default=5, help="times each query is timed; median (default 5)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--serve-exposition", type=int, metavar="PORT", help=argparse.SUPPRESS)

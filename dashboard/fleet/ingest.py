@@ -12,6 +12,7 @@ import json
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -153,23 +154,17 @@ class NodeRedis:
 def redis_round(node: NodeInfo) -> NodeRedis:
     """Count the push against the node's rate limit, read the power controller's caps for the node and the token
     revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
-    or for trusting its cached token."""
+    or for trusting its cached token. (A push authenticated on the event loop has it made by its group: admit.)"""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
-    minute = int(now // 60)
-    key = f"sy:rl:ingest:{node.id}:{minute}"
+    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
     pipe = redis_client().pipeline(transaction=False)
     pipe.incr(key)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
     read_revocations(pipe)
     count, _, desired_raw, _, revocations = pipe.execute()
-    limited = None
-    if count > limit:
-        retry = max(1, 60 - int(now % 60))
-        limited = error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
-                        **{"Retry-After": str(retry)})
-    return NodeRedis(limited, watts_map(_loads(desired_raw)), revocations)
+    return NodeRedis(_limited(now) if count > limit else None, watts_map(_loads(desired_raw)), revocations)
 
 
 def _loads(raw: bytes | None) -> dict[str, Any] | None:
@@ -231,6 +226,97 @@ class Pusher:
 
     node: NodeInfo
     power_limit_w: dict[str, float]
+    # (digest, revocation tag) of a token taken from the cache on the event loop with no Redis round trip yet:
+    # the committer makes it for the push's whole group (admit), before anything of the group is stored.
+    unchecked: tuple[str, bytes | None] | None = None
+
+
+# The last rate-limit count Redis gave this process for each node: (minute, count). The event loop refuses a push
+# over the limit from it before reading its body; the committer's group round trip counts every push (admit).
+_rate_seen: dict[int, tuple[int, int]] = {}
+# Nodes of pushes authenticated from the cache and refused for their body (400, 403, 413, 415) before their group's
+# round trip: still counted against the rate limit there, as every push is (committer thread only).
+_refused_unchecked: list[NodeInfo] = []
+
+
+def from_cache(token: str) -> Pusher | Reply | None:
+    """A push authenticated from this process's token cache with no I/O (the event loop calls it): a Pusher whose
+    Redis round trip is left to its commit group, 429 when the last count Redis gave for its node is at the limit
+    already, or None when the token is not cached (then `authenticate` on a thread)."""
+    dig = digest(token)
+    cached = token_cache.get(dig)
+    if cached is None:
+        return None
+    node, tag = cached
+    now = time.time()
+    seen = _rate_seen.get(node.id)
+    if seen is not None and seen[0] == int(now // 60) and seen[1] >= settings.INGEST_RATE_PER_MINUTE:
+        return _limited(now)
+    if seen is None and settings.INGEST_RATE_PER_MINUTE <= 0:
+        return _limited(now)
+    return Pusher(node, {}, unchecked=(dig, tag))
+
+
+def _limited(now: float) -> Reply:
+    limit = settings.INGEST_RATE_PER_MINUTE
+    retry = max(1, 60 - int(now % 60))
+    return error(429, f"more than {limit} pushes this minute for this node; retry in {retry} s",
+                 **{"Retry-After": str(retry)})
+
+
+def admit(group: list[Pending]) -> list[Pending]:
+    """The Redis round trip of the group's pushes authenticated from the cache (Pusher.unchecked), one pipeline
+    for the group instead of one per push: each push counted against its node's rate limit, the power caps of the
+    group's nodes, and the revocation counter. A push over the limit (429) or whose token was revoked since it was
+    cached (401) is answered and left out; the others go on to the commit. Pushes from the cache refused for their
+    body since the last round trip are counted in it too. Runs on the committer thread."""
+    todo = [p for p in group if p.pusher is not None and p.pusher.unchecked is not None]
+    refused_nodes = _refused_unchecked[:]
+    _refused_unchecked.clear()
+    if not todo and not refused_nodes:
+        return group
+    now = time.time()
+    minute = int(now // 60)
+    pipe = redis_client().pipeline(transaction=False)
+    for node in refused_nodes:
+        key = f"sy:rl:ingest:{node.id}:{minute}"
+        pipe.incr(key)
+        pipe.expire(key, 120)
+    for p in todo:
+        key = f"sy:rl:ingest:{p.node.id}:{minute}"
+        pipe.incr(key)
+        pipe.expire(key, 120)
+    names = list(dict.fromkeys(p.node.name for p in todo))
+    if todo:
+        pipe.hmget(POWER_DESIRED_KEY, names)
+        read_revocations(pipe)
+    replies = pipe.execute()
+    for i, node in enumerate(refused_nodes):
+        _rate_seen[node.id] = (minute, replies[2 * i])
+    if not todo:
+        return group
+    replies = replies[2 * len(refused_nodes):]
+    caps = dict(zip(names, replies[2 * len(todo)], strict=True))
+    revocations = replies[-1]
+    refused: set[int] = set()
+    for p, count in zip(todo, replies[0:2 * len(todo):2], strict=True):
+        pusher = p.pusher
+        assert pusher is not None and pusher.unchecked is not None
+        _rate_seen[p.node.id] = (minute, count)
+        dig, tag = pusher.unchecked
+        rround = NodeRedis(_limited(now) if count > settings.INGEST_RATE_PER_MINUTE else None,
+                           watts_map(_loads(caps[p.node.name])), revocations)
+        result = settle(dig, p.node, True, tag, rround)
+        if isinstance(result, Reply):
+            p.refused = result
+            refused.add(id(p))
+            p.finish()
+            continue
+        pusher.power_limit_w = result.power_limit_w
+        pusher.unchecked = None
+    if len(_rate_seen) > 100_000:  # a fleet's worth (as the token cache): forget, never grow without bound
+        _rate_seen.clear()
+    return [p for p in group if id(p) not in refused]
 
 
 def authenticate(token: str | None) -> Pusher | Reply:
@@ -250,8 +336,13 @@ def authenticate(token: str | None) -> Pusher | Reply:
         token_cache.put(dig, node, tag)
     else:
         node, tag = cached
-    rround = redis_round(node)
-    if cached is not None and rround.revocations != tag:
+    return settle(dig, node, cached is not None, tag, redis_round(node))
+
+
+def settle(dig: str, node: NodeInfo, cached: bool, tag: bytes | None, rround: NodeRedis) -> Pusher | Reply:
+    """The push's standing after its Redis round trip: a cached token revoked since (401), the rate limit (429).
+    Asks the database only when some token was revoked since this one was cached (see needs_lookup)."""
+    if needs_lookup(cached, tag, rround):
         # Some token was revoked since this one was cached: ask the database (the counter just read is older
         # than this lookup, so it is the right tag). The rate limit was counted for the same node either way.
         token_cache.drop(dig)
@@ -265,8 +356,21 @@ def authenticate(token: str | None) -> Pusher | Reply:
     return Pusher(node, rround.power_limit_w)
 
 
+def needs_lookup(cached: bool, tag: bytes | None, rround: NodeRedis) -> bool:
+    return cached and rround.revocations != tag
+
+
 def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
-    """The body of an authenticated push: decode, check, store, acknowledge."""
+    """The body of an authenticated push: decode, check, store, acknowledge (on the calling thread)."""
+    prepared = prepare(pusher, raw, encoding)
+    if isinstance(prepared, Reply):
+        return prepared
+    committer.submit(prepared)
+    return answer(pusher, prepared)
+
+
+def prepare(pusher: Pusher, raw: bytes, encoding: str) -> Pending | Reply:
+    """Decode and check the body; its rows ready for the committer, or the reply that refuses it. No I/O."""
     node = pusher.node
     body = decode_body(raw, encoding)
     if isinstance(body, Reply):
@@ -282,20 +386,63 @@ def handle(pusher: Pusher, raw: bytes, encoding: str) -> Reply:
     batch, errors = validate(doc, now, oldest, settings.INGEST_MAX_SAMPLES)
     if batch is None:
         return error(errors.status, errors.summary(), errors.fields)
-    accepted = store(node, batch, now)
+    p = pending(node, batch, now)
+    p.pusher = pusher
+    return p
+
+
+def answer(pusher: Pusher, p: Pending) -> Reply:
+    """The 200 of a committed push."""
     body_out: dict[str, Any] = {
-        "accepted": accepted,
-        "duplicates": len(batch.samples) - accepted,
-        "desired": desired_for(node, pusher.power_limit_w),
+        "accepted": p.accepted,
+        "duplicates": len(p.batch.samples) - p.accepted,
+        "desired": desired_for(p.node, pusher.power_limit_w),
     }
-    if batch.ignored:
-        body_out["ignored"] = sorted(batch.ignored)[:20]
+    if p.batch.ignored:
+        body_out["ignored"] = sorted(p.batch.ignored)[:20]
     return Reply(200, body_out)
+
+
+@dataclass
+class Incoming:
+    """A push handed to the committer straight from the event loop (ingest_asgi): the committer thread checks it,
+    stores it with its group and calls `resolve` once with its Reply, or with the exception it hit."""
+
+    pusher: Pusher
+    raw: bytes
+    encoding: str
+    resolve: Callable[[Reply | BaseException], None]
+
+    def prepare(self) -> Pending | None:
+        """Its rows for the commit, or None when it was answered already (refused, or the check failed)."""
+        try:
+            prepared = prepare(self.pusher, self.raw, self.encoding)
+        except Exception as exc:  # noqa: BLE001 - reported to this push alone, as on its own thread
+            self.resolve(exc)
+            return None
+        if isinstance(prepared, Reply):
+            if self.pusher.unchecked is not None:
+                _refused_unchecked.append(self.pusher.node)
+            self.resolve(prepared)
+            return None
+        prepared.on_done = self._committed
+        return prepared
+
+    def _committed(self, p: Pending) -> None:
+        if p.refused is not None:
+            self.resolve(p.refused)
+        else:
+            self.resolve(p.error if p.error is not None else answer(self.pusher, p))
 
 
 def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
     """Hand the push's rows to this process's committer (dashboard/fleet/group_commit.py) and wait until they are
     committed, together with whatever other pushes arrived meanwhile. Returns the samples that were new."""
+    return committer.submit(pending(node, batch, now))
+
+
+def pending(node: NodeInfo, batch: Batch, now: datetime) -> Pending:
+    """The push's rows, ready for COPY."""
     node_rows: list[list[Any]] = []
     gpu_rows: list[list[Any]] = []
     seen_seq: set[int] = set()
@@ -309,9 +456,8 @@ def store(node: NodeInfo, batch: Batch, now: datetime) -> int:
         for g in s.gpus:
             gpu_rows.append([s.ts, node.id, g.index, s.seq, *g.values])
     newest = max(batch.samples, key=lambda s: s.ts)
-    pending = Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
-                      sample_minutes(batch))
-    return committer.submit(pending)
+    return Pending(node, batch, now, node_rows, gpu_rows, days, snapshot(node, batch, newest),
+                   sample_minutes(batch))
 
 
 def sample_minutes(batch: Batch) -> set[int]:

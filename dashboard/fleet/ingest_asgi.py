@@ -4,8 +4,14 @@ The ingest path is the hottest in the system (a 2,000-node fleet pushes 400 time
 request cycle each push would hop into Django's single sync thread once per middleware (sessions, CSRF, auth,
 messages, WhiteNoise), serialising every push behind the others. Agents need none of that: they authenticate with
 a node token. So this app checks the token (and the node's rate limit) from the headers alone, then reads the body,
-hands it to the ingest service on a thread pool where each thread keeps its own database connection, and writes
-the reply.
+hands it to the process's committer thread (dashboard/fleet/group_commit.py), which checks and stores it with its
+group, and writes the reply.
+
+A push whose token is in the process's cache costs no thread hop before its body: the token is checked on the event
+loop, and its Redis round trip (rate limit, power caps, revocation counter) is made by the committer once for the
+push's whole group, before the group is stored (ingest.admit). The loop refuses a node over its rate limit before
+reading the body from the last count Redis gave. Only a token not cached is looked up on a thread (the database,
+and its own Redis round trip).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from dashboard.fleet import ingest as service
+from dashboard.fleet.group_commit import committer
 
 log = logging.getLogger(__name__)
 PATH = "/api/v1/ingest"
@@ -67,13 +74,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
     scheme, _, token = headers.get("authorization", "").partition(" ")
     bearer = token.strip() if scheme.lower() == "bearer" else None
-    loop = asyncio.get_running_loop()
     # Authenticate on the headers alone, before reading a byte of the body: an unknown client holds no memory
     # and no ingest thread, whatever body it announces or however slowly it sends it.
     if not bearer:
         pusher: service.Pusher | service.Reply = service.authenticate(bearer)  # no I/O without a token
     else:
-        pusher = await loop.run_in_executor(_executor, run_service, service.authenticate, bearer)
+        pusher = await authenticate(bearer)
     if isinstance(pusher, service.Reply):
         return await _send(send, pusher, unread_body=has_body)
     limit = settings.INGEST_MAX_BYTES
@@ -98,6 +104,40 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         chunks.append(chunk)
         if not message.get("more_body"):
             break
-    reply = await loop.run_in_executor(_executor, run_service, service.handle, pusher, b"".join(chunks),
-                                       headers.get("content-encoding", ""))
+    reply = await commit(pusher, b"".join(chunks), headers.get("content-encoding", ""))
     await _send(send, reply)
+
+
+async def authenticate(token: str) -> service.Pusher | service.Reply:
+    """service.authenticate without a thread for a cached token: its Redis round trip is made by its commit group."""
+    pusher = service.from_cache(token)
+    if pusher is not None:
+        return pusher
+    return await asyncio.get_running_loop().run_in_executor(_executor, run_service, service.authenticate, token)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if not fut.done():
+        fut.set_result(result)
+
+
+async def commit(pusher: service.Pusher, raw: bytes, encoding: str) -> service.Reply:
+    """Hand the body to the committer thread and wait for its answer: the 200 comes only after the commit."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[service.Reply | BaseException] = loop.create_future()
+
+    def resolve(result: service.Reply | BaseException) -> None:
+        try:
+            loop.call_soon_threadsafe(_settle, fut, result)
+        except RuntimeError:  # the loop is gone (the server is stopping): nobody waits for this answer
+            pass
+
+    committer.submit_nowait(service.Incoming(pusher, raw, encoding, resolve))
+    result = await fut
+    if isinstance(result, DatabaseError):
+        # As run_service answers it: the committer has dropped its connection and reconnects for the next group.
+        log.warning("ingest: database error: %s", result)
+        return service.error(503, "the database is unavailable; the agent will retry", **{"Retry-After": "5"})
+    if isinstance(result, BaseException):
+        raise result
+    return result
