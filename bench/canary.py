@@ -14,7 +14,7 @@ Three phases, each `--duration` seconds of load:
 Printed per phase: time to verdict, requests served by each arm (from the request log), p95 latency of each arm
 and of the whole (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 150] [--load 0.75] [--step-s 40] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 210] [--load 0.75] [--step-s 40] [--seed 7]
 """
 
 from __future__ import annotations
@@ -84,14 +84,33 @@ class Analyst(threading.Thread):
         from django.db import connection
 
         from control.canary import analysis
+        from control.canary.models import AnalysisRun
 
+        seen = AnalysisRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
         try:
             while not self.stop.wait(1.0):
                 for line in analysis.tick():
                     self.lines.append((time.time(), line))
                     log(f"    controller: {line}")
+                for run in AnalysisRun.objects.filter(pk__gt=seen).order_by("pk"):
+                    seen = run.pk
+                    log("    " + describe(run))
         finally:
             connection.close()
+
+
+def describe(run: Any) -> str:
+    """One analysis run's numbers: what each arm looked like in its window and why the verdict."""
+    def arm(f: dict[str, Any]) -> str:
+        lat, ttft, good = f["p95_latency_ms"], f["p95_ttft_ms"], f["goodput"]
+        return (f"n={f['requests']} p95={'-' if lat is None else f'{lat / 1000:.2f}s'} "
+                f"ttft95={'-' if ttft is None else f'{ttft / 1000:.2f}s'} "
+                f"good={'-' if good is None else f'{good:.2f}'}")
+
+    span = (run.window_to - run.window_from).total_seconds()
+    return (f"run step {run.step} @{run.weight:g}% window {span:.0f}s ending {(run.ts - run.window_to).total_seconds():.0f}s "
+            f"ago: stable [{arm(run.arms['stable'])}] canary [{arm(run.arms['canary'])}] -> {run.verdict}: "
+            f"{run.summary}")
 
 
 def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:
@@ -147,7 +166,8 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         c = canary.start("scheduler", {
             "revision": store(candidate), "steps": steps, "reason": f"bench: {candidate} on {stable}",
             "analysis": {"interval_s": args.analysis_interval, "window_s": args.window, "min_requests":
-                         args.min_requests, "failure_limit": 1, "initial_delay_s": args.initial_delay}},
+                         args.min_requests, "failure_limit": 1, "initial_delay_s": args.initial_delay,
+                         "settle_s": args.settle}},
             Origin.system("bench-canary"))
         log(f"  canary {c.pk}: {candidate} against {stable}, steps {[s['weight'] for s in steps]} % x "
             f"{args.step_s} s")
@@ -187,7 +207,8 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--duration", type=float, default=150.0, help="seconds of load per phase (default 150)")
+    ap.add_argument("--duration", type=float, default=210.0, help="seconds of load per phase (default 210: three "
+                    "steps, each judged only once its requests have settled)")
     ap.add_argument("--load", type=float, default=0.75,
                     help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
                          "load on its machine)")
@@ -196,7 +217,10 @@ def main() -> None:
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
     ap.add_argument("--min-requests", type=int, default=50, help="analysis min_requests per arm (default 50)")
-    ap.add_argument("--initial-delay", type=int, default=15, help="analysis initial_delay_s (default 15)")
+    ap.add_argument("--initial-delay", type=int, default=0, help="analysis initial_delay_s (default 0: the settle "
+                    "lag already keeps a step's first requests out until they have all ended)")
+    ap.add_argument("--settle", type=int, default=-1,
+                    help="analysis settle_s (default: --timeout, the longest a request can take here)")
     ap.add_argument("--phases", default="baseline,bad,good")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5")
@@ -207,6 +231,8 @@ def main() -> None:
     ap.add_argument("--database", default="sy_bench_canary")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "12")))
     args = ap.parse_args()
+    if args.settle < 0:
+        args.settle = int(args.timeout + 0.999)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
 
     db_url, redis_url = use_bench_database(args.database, args.redis_db)

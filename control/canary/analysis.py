@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -68,16 +69,18 @@ def p95(values: list[float]) -> float | None:
 
 
 def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
-                arrived_after: float | None = None) -> dict[str, Arm]:
-    """Both arms of canary `canary_id`: the requests that *ended* between unix times start and end (the stream id
-    is when the gateway logged the entry, a fraction of a second after the answer) and arrived after
-    `arrived_after` (the step's start: nothing routed at an earlier weight). By end, not by arrival: a window of
-    arrivals would hold only the requests that already finished, the fast ones, and flatter the slower arm.
-    Answers served from the answer cache are left out: they say nothing about the routing policy."""
+                read_until: float | None = None) -> dict[str, Arm]:
+    """Both arms of canary `canary_id`: the requests that *arrived* between unix times start and end, read from
+    the log up to `read_until` (default: now). By arrival, so both arms are judged on requests of the same period,
+    each with its slow requests as well as its fast ones; the caller leaves a settle lag between `end` and
+    `read_until` so that every request of the window has ended and been logged (the log holds a request from its
+    end: a window of endings compares requests that started at different times, and early in a step holds only
+    the fast ones). Answers served from the answer cache are left out: they say nothing about the routing
+    policy."""
     arms = {STABLE: Arm(), CANARY: Arm()}
     r = redis_client()
-    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(end)
-    floor = arrived_after if arrived_after is not None else 0.0
+    # An entry's stream id is when it ended, never before it arrived.
+    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(read_until if read_until is not None else time.time())
     wanted = str(canary_id).encode()
     while True:
         batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
@@ -91,12 +94,22 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
                 continue
-            if e.ts < floor:
+            if not start <= e.ts <= end:
                 continue
             arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
             return arms
         low = "(" + batch[-1][0].decode()
+
+
+def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
+    """The arrivals a run at `now` judges: the last `window_s` seconds before the settle lag, inside the current
+    step (never a request routed at an earlier weight). None while the step is younger than the lag."""
+    a = c.analysis
+    end = now - timedelta(seconds=a.get("settle_s", 0))
+    if end <= c.step_started:
+        return None
+    return max(c.step_started, end - timedelta(seconds=a["window_s"])), end
 
 
 def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
@@ -145,15 +158,15 @@ def _summary(verdict: str, checks: list[dict[str, Any]]) -> str:
     return "; ".join(f"{c['metric']} {c['value']} past {c['threshold']}" for c in bad)
 
 
-def measure(c: Canary, now: datetime) -> AnalysisRun:
-    """One analysis run of canary `c` over the window ending `now` (stored)."""
+def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> AnalysisRun:
+    """One analysis run of canary `c` at `now` over the arrivals in `span` (stored)."""
     a = c.analysis
-    start = max(c.step_started, now - timedelta(seconds=a["window_s"]))
-    arms = read_window(c.pk, start.timestamp(), now.timestamp(), a["goodput_ttft_ms"], c.step_started.timestamp())
+    start, end = span
+    arms = read_window(c.pk, start.timestamp(), end.timestamp(), a["goodput_ttft_ms"], now.timestamp())
     figures = {name: arm.figures() for name, arm in arms.items()}
     verdict, checks = judge(figures[STABLE], figures[CANARY], a)
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
-                                      window_to=now, verdict=verdict, arms=figures, checks=checks,
+                                      window_to=end, verdict=verdict, arms=figures, checks=checks,
                                       summary=_summary(verdict, checks))
 
 
@@ -171,19 +184,21 @@ def tick(now: datetime | None = None) -> list[str]:
                     continue
                 if c.last_analysis and now - c.last_analysis < timedelta(seconds=c.analysis["interval_s"]):
                     continue
-                # Early in a step only the requests that arrived and already ended are in the log: the fast ones.
                 if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
                     continue
-                out.append(_advance(c, now))
+                span = window(c, now)
+                if span is None:  # nothing of this step has settled yet
+                    continue
+                out.append(_advance(c, now, span))
         except Exception:
             log.exception("canary %s: analysis failed", pk)
             out.append(f"canary {pk}: error")
     return out
 
 
-def _advance(c: Canary, now: datetime) -> str:
+def _advance(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> str:
     origin = Origin.system(service.ACTOR)
-    run = measure(c, now)
+    run = measure(c, now, span)
     c.last_analysis = now
     a = c.analysis
     if run.verdict == AnalysisRun.Verdict.FAIL:

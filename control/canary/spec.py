@@ -13,8 +13,10 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
     "interval_s": (30, 1, 3600, True, "seconds between analysis runs"),
     "window_s": (120, 10, 900, True, "each run compares the arms over the last this many seconds of the step"),
     "initial_delay_s": (30, 0, 3600, True,
-                        "seconds into each step before its first run (Argo initialDelay): the first requests to end "
-                        "in a step are its fastest ones"),
+                        "seconds into each step before its first run (Argo initialDelay)"),
+    "settle_s": (60, 0, 900, True,
+                 "each run judges the requests that arrived in a window ending this many seconds ago, so every one "
+                 "of them has ended and is in the log (at least the longest request: the first-byte timeout)"),
     "min_requests": (100, 1, 10_000_000, True, "requests each arm needs in the window before a verdict"),
     "failure_limit": (1, 0, 1000, True, "failed runs tolerated; one more aborts (Argo failureLimit)"),
     "inconclusive_limit": (20, 0, 100_000, True,

@@ -82,7 +82,7 @@ def log_requests(redis: Any, canary_id: int, arm: str, n: int, latency_ms: float
 def running(api: Any, redis_db: Any) -> Canary:
     op = api("operator")
     r = start(op, candidate(op), steps=[{"weight": 5, "pause_s": 0}, {"weight": 50, "pause_s": 0}],
-              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2, initial_delay_s=0)
+              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2, initial_delay_s=0, settle_s=0)
     assert r.status_code == 201, r.content
     return Canary.objects.get(pk=r.json()["id"])
 
@@ -166,23 +166,30 @@ def test_the_interval_is_respected_and_other_canaries_entries_ignored(running: C
     assert AnalysisRun.objects.count() == 1
 
 
-def test_a_slow_arm_is_judged_on_the_requests_that_ended_in_the_window(running: Canary, redis_db: Any) -> None:
-    """Requests that arrived in the window but end after it are not in the log yet; the window is of *endings*, so
-    the slow canary requests count in the run after they end instead of vanishing from every run."""
-    t = running.step_started.timestamp() + 0.1
-    log_requests(redis_db, running.pk, "stable", 300, 100.0, at=t)
-    log_requests(redis_db, running.pk, "canary", 60, 5000.0, at=t)  # ends 5 s later
-    first = analysis.tick(datetime.fromtimestamp(t + 1, UTC))
-    assert first == [f"canary {running.pk}: inconclusive"]  # the canary requests have not ended yet
-    second = analysis.tick(datetime.fromtimestamp(t + 6, UTC))
-    assert second == [f"canary {running.pk}: failed run 1"]
-    run = AnalysisRun.objects.order_by("-pk").first()
+def test_each_run_judges_the_arrivals_of_a_settled_window(api: Any, redis_db: Any) -> None:
+    """The log holds a request from its end, so a window of endings would compare a slow arm's few fast requests
+    with the other arm's all. A run judges the requests that *arrived* in a window ending settle_s ago: the slow
+    canary requests count with their real latency, and the fast ones that arrived after the window wait their turn
+    instead of flattering the arm."""
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=6, window_s=30,
+                 initial_delay_s=0).status_code == 201
+    c = Canary.objects.get()
+    t = c.step_started.timestamp() + 0.1
+    log_requests(redis_db, c.pk, "stable", 300, 100.0, at=t)
+    log_requests(redis_db, c.pk, "canary", 60, 5000.0, at=t)  # ends 5 s later
+    log_requests(redis_db, c.pk, "canary", 200, 10.0, at=t + 3)  # after the judged window: not in this run
+    assert analysis.tick(datetime.fromtimestamp(t + 1, UTC)) == []  # nothing of the step has settled yet
+    assert analysis.tick(datetime.fromtimestamp(t + 8, UTC)) == [f"canary {c.pk}: failed run 1"]
+    run = AnalysisRun.objects.get()
     assert run.arms["canary"]["requests"] == 60 and run.arms["canary"]["p95_latency_ms"] == 5000.0
+    assert run.arms["stable"]["requests"] == 300
+    assert run.window_from == c.step_started and run.window_to == datetime.fromtimestamp(t + 2, UTC)
 
 
 def test_no_run_in_a_steps_initial_delay(api: Any, redis_db: Any) -> None:
     op = api("operator")
-    start(op, candidate(op), interval_s=1, initial_delay_s=30)
+    start(op, candidate(op), interval_s=1, initial_delay_s=30, settle_s=0)
     c = Canary.objects.get()
     log_requests(redis_db, c.pk, "stable", 300, 100.0)
     log_requests(redis_db, c.pk, "canary", 300, 100.0)

@@ -137,6 +137,8 @@ BAD = [
     ({"analysis": {"min_goodput_ratio": True}}, "analysis.min_goodput_ratio"),
     ({"analysis": {"p99": 1}}, "analysis.p99"),
     ({"analysis": {"initial_delay_s": 3601}}, "analysis.initial_delay_s"),
+    ({"analysis": {"settle_s": 901}}, "analysis.settle_s"),
+    ({"analysis": {"settle_s": -1}}, "analysis.settle_s"),
     ({"reason": ""}, "reason"),
     ({"reason": "   "}, "reason"),
     ({"reason": 5}, "reason"),
