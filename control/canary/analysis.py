@@ -20,7 +20,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.canary import service
+from control.canary import scaling, service
 from control.canary.models import AnalysisRun, Canary
 from control.canary.split import CANARY, STABLE
 from control.routing import reqlog
@@ -170,6 +170,14 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
                                       summary=_summary(verdict, checks))
 
 
+def measure_pool(c: Canary, now: datetime) -> AnalysisRun:
+    """One analysis run of a scaling canary: its pool now against the same pool before the canary (stored)."""
+    figures, verdict, checks, (start, end) = scaling.measure(c, now)
+    return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
+                                      window_to=end, verdict=verdict, arms=figures, checks=checks,
+                                      summary=_summary(verdict, checks))
+
+
 def tick(now: datetime | None = None) -> list[str]:
     """Every live canary whose interval has passed: one analysis run and what follows from it. Returns what
     happened, one line per canary (for the beat task's result)."""
@@ -184,21 +192,24 @@ def tick(now: datetime | None = None) -> list[str]:
                     continue
                 if c.last_analysis and now - c.last_analysis < timedelta(seconds=c.analysis["interval_s"]):
                     continue
-                if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
-                    continue
-                span = window(c, now)
-                if span is None:  # nothing of this step has settled yet
-                    continue
-                out.append(_advance(c, now, span))
+                if c.kind == "scaling":
+                    run = measure_pool(c, now)
+                else:
+                    if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
+                        continue
+                    span = window(c, now)
+                    if span is None:  # nothing of this step has settled yet
+                        continue
+                    run = measure(c, now, span)
+                out.append(_advance(c, now, run))
         except Exception:
             log.exception("canary %s: analysis failed", pk)
             out.append(f"canary {pk}: error")
     return out
 
 
-def _advance(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> str:
+def _advance(c: Canary, now: datetime, run: AnalysisRun) -> str:
     origin = Origin.system(service.ACTOR)
-    run = measure(c, now, span)
     c.last_analysis = now
     a = c.analysis
     if run.verdict == AnalysisRun.Verdict.FAIL:
