@@ -167,7 +167,7 @@ def test_a_body_that_is_not_an_object_is_refused(api: Any) -> None:
     assert r.status_code == 400 and Canary.objects.count() == 0
 
 
-def test_other_kinds_have_no_canary_yet(api: Any) -> None:
-    r = api("operator").post("/api/v1/policies/scaling/canary/", {}, format="json")
-    assert r.status_code == 404 and "scheduler" in r.json()["error"]
+def test_other_kinds_have_no_canary(api: Any) -> None:
+    r = api("operator").post("/api/v1/policies/power/canary/", {}, format="json")
+    assert r.status_code == 404 and "scheduler or scaling" in r.json()["error"]
     assert api("viewer").get("/api/v1/policies/nope/canary/").status_code == 404
