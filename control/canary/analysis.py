@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +54,19 @@ class Arm:
         if cls == "2xx" and (ttft_ms if ttft_ms is not None else latency_ms or 0.0) <= goodput_ttft_ms:
             self.good += 1
 
+    @classmethod
+    def both(cls, arms: dict[str, Arm]) -> Arm:
+        """The two arms together: the whole fleet's requests of the window."""
+        out = cls()
+        for arm in arms.values():
+            out.requests += arm.requests
+            out.errors += arm.errors
+            out.throttled += arm.throttled
+            out.good += arm.good
+            out.latency_ms += arm.latency_ms
+            out.ttft_ms += arm.ttft_ms
+        return out
+
     def figures(self) -> dict[str, Any]:
         n = self.requests
         return {"requests": n, "p95_latency_ms": p95(self.latency_ms), "p95_ttft_ms": p95(self.ttft_ms),
@@ -75,30 +89,47 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
     each with its slow requests as well as its fast ones; the caller leaves a settle lag between `end` and
     `read_until` so that every request of the window has ended and been logged (the log holds a request from its
     end: a window of endings compares requests that started at different times, and early in a step holds only
-    the fast ones). Answers served from the answer cache are left out: they say nothing about the routing
-    policy."""
+    the fast ones)."""
+    wanted = str(canary_id).encode()
     arms = {STABLE: Arm(), CANARY: Arm()}
+
+    def arm_of(fields: dict[bytes, bytes]) -> Arm | None:
+        return arms.get(fields.get(b"arm", b"").decode()) if fields.get(b"canary") == wanted else None
+
+    _read(start, end, goodput_ttft_ms, read_until, arm_of)
+    return arms
+
+
+def read_before(start: float, end: float, goodput_ttft_ms: float, read_until: float | None = None) -> Arm:
+    """The requests that arrived between start and end outside any canary: the stable policy alone."""
+    alone = Arm()
+    _read(start, end, goodput_ttft_ms, read_until, lambda fields: None if fields.get(b"arm") else alone)
+    return alone
+
+
+def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | None,
+          arm_of: Callable[[dict[bytes, bytes]], Arm | None]) -> None:
+    """Add each logged request that arrived in [start, end] to the Arm `arm_of` gives it (None: skip). Answers
+    served from the answer cache are left out: they say nothing about the routing policy."""
     r = redis_client()
     # An entry's stream id is when it ended, never before it arrived.
     low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(read_until if read_until is not None else time.time())
-    wanted = str(canary_id).encode()
     while True:
         batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
         for eid, fields in batch:
-            if fields.get(b"canary") != wanted or fields.get(b"cache") == b"hit":
+            if fields.get(b"cache") == b"hit":
                 continue
-            arm = arms.get(fields.get(b"arm", b"").decode())
+            arm = arm_of(fields)
             if arm is None:
                 continue
             try:
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
                 continue
-            if not start <= e.ts <= end:
-                continue
-            arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
+            if start <= e.ts <= end:
+                arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
-            return arms
+            return
         low = "(" + batch[-1][0].decode()
 
 
@@ -112,18 +143,27 @@ def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
     return max(c.step_started, end - timedelta(seconds=a["window_s"])), end
 
 
-def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """(verdict, checks) from the two arms' figures and the analysis settings."""
+def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], whole: dict[str, Any] | None = None,
+          before: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(verdict, checks) from the two arms' figures and the analysis settings. With latency_against=before, the
+    latency, TTFT and goodput checks compare `whole` (both arms) with `before` (the stable policy alone before the
+    canary); the 5xx and 429 checks are always arm against arm (a request's own failure is its arm's doing)."""
     checks: list[dict[str, Any]] = []
     short = [name for name, arm in ((STABLE, stable), (CANARY, canary)) if arm["requests"] < a["min_requests"]]
+    against_before = a.get("latency_against", "arms") == "before"
+    if against_before and (before is None or before["requests"] < a["min_requests"]):
+        short.append("the stable policy alone before the canary")
     if short:
         checks.append({"metric": "min_requests", "value": min(stable["requests"], canary["requests"]),
                        "threshold": a["min_requests"], "ok": None,
                        "note": f"too few requests on {', '.join(short)}"})
         return AnalysisRun.Verdict.INCONCLUSIVE, checks
 
+    base, tried = (before, whole) if against_before else (stable, canary)
+    assert base is not None and tried is not None
+
     def ratio(metric: str, key: str, bound: float) -> None:
-        s, c = stable[key], canary[key]
+        s, c = base[key], tried[key]
         if s is None or c is None or s <= 0:
             checks.append({"metric": metric, "value": None, "threshold": bound, "ok": None, "note": "no data"})
             return
@@ -138,13 +178,13 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> 
     ratio("ttft_p95_ratio", "p95_ttft_ms", a["max_ttft_p95_ratio"])
     diff("error_rate_diff", "error_rate", a["max_error_rate_diff"])
     diff("rate_429_diff", "rate_429", a["max_429_rate_diff"])
-    if stable["goodput"] > 0:
-        value = canary["goodput"] / stable["goodput"]
+    if base["goodput"] > 0:
+        value = tried["goodput"] / base["goodput"]
         checks.append({"metric": "goodput_ratio", "value": round(value, 4), "threshold": a["min_goodput_ratio"],
                        "ok": value >= a["min_goodput_ratio"]})
     else:  # nothing good on stable: the canary cannot be worse by this measure
         checks.append({"metric": "goodput_ratio", "value": None, "threshold": a["min_goodput_ratio"], "ok": None,
-                       "note": "stable goodput is 0"})
+                       "note": "the compared goodput is 0"})
     failed = [c for c in checks if c["ok"] is False]
     return (AnalysisRun.Verdict.FAIL if failed else AnalysisRun.Verdict.PASS), checks
 
@@ -164,10 +204,24 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
     start, end = span
     arms = read_window(c.pk, start.timestamp(), end.timestamp(), a["goodput_ttft_ms"], now.timestamp())
     figures = {name: arm.figures() for name, arm in arms.items()}
-    verdict, checks = judge(figures[STABLE], figures[CANARY], a)
+    figures["whole"] = Arm.both(arms).figures()
+    if a.get("latency_against") == "before":
+        if c.baseline is None:
+            c.baseline = before_figures(c, now)
+            c.save(update_fields=["baseline"])
+        figures["before"] = c.baseline
+    verdict, checks = judge(figures[STABLE], figures[CANARY], a, figures["whole"], figures.get("before"))
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
                                       window_to=end, verdict=verdict, arms=figures, checks=checks,
                                       summary=_summary(verdict, checks))
+
+
+def before_figures(c: Canary, now: datetime) -> dict[str, Any]:
+    """The stable policy alone over the baseline_s before the canary started (every request of it has settled by
+    the canary's first run, which waits settle_s). Read once and kept on the canary: the log is trimmed."""
+    a = c.analysis
+    started = c.created.timestamp()
+    return read_before(started - a["baseline_s"], started, a["goodput_ttft_ms"], now.timestamp()).figures()
 
 
 def measure_pool(c: Canary, now: datetime) -> AnalysisRun:

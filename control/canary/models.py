@@ -42,6 +42,9 @@ class Canary(models.Model):
     created = models.DateTimeField(default=timezone.now)
     finished = models.DateTimeField(null=True, blank=True)
     last_analysis = models.DateTimeField(null=True, blank=True)
+    baseline = models.JSONField(null=True, blank=True,
+                                help_text="scheduler, latency_against=before: the stable policy alone before the "
+                                          "canary (requests, p95 latency/TTFT, rates), read at the first run")
 
     class Meta:
         ordering = ["-created"]

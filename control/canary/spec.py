@@ -17,6 +17,9 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
     "settle_s": (60, 0, 900, True,
                  "each run judges the requests that arrived in a window ending this many seconds ago, so every one "
                  "of them has ended and is in the log (at least the longest request: the first-byte timeout)"),
+    "baseline_s": (120, 10, 3600, True,
+                   "latency_against=before: the stable policy alone over this many seconds before the canary started "
+                   "is what the whole fleet's latency, TTFT and goodput are compared with"),
     "min_requests": (100, 1, 10_000_000, True, "requests each arm needs in the window before a verdict"),
     "failure_limit": (1, 0, 1000, True, "failed runs tolerated; one more aborts (Argo failureLimit)"),
     "inconclusive_limit": (20, 0, 100_000, True,
@@ -29,6 +32,16 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
     "goodput_ttft_ms": (2000, 1, 600_000, False, "a 2xx answer counts as good when its TTFT is at most this"),
 }
 
+
+# Settings that are a choice, not a number: name -> (choices, default, meaning).
+CHOICES: dict[str, dict[str, tuple[tuple[str, ...], str, str]]] = {
+    "scheduler": {
+        "latency_against": (("before", "arms"), "before",
+                            "before: the whole fleet's p95 latency / TTFT and goodput during the canary against the "
+                            "stable policy alone before it (both arms share the nodes, so an arm's own latency also "
+                            "shows what the other arm left it); arms: canary arm against stable arm (Argo's)"),
+    },
+}
 
 # The scaling canary's analysis: one pool's SLO-violation minutes and GPU-hours per 1000 requests during the canary,
 # against the same pool over the baseline_s before it started (docs/canary.md says why not against other pools).
@@ -115,14 +128,21 @@ def steps(value: Any) -> list[dict[str, Any]]:
 def analysis(value: Any, fields: dict[str, tuple[float, float, float, bool, str]] | None = None) -> dict[str, Any]:
     """The analysis settings with defaults filled in; `fields`: the kind's table (ANALYSIS or SCALING_ANALYSIS)."""
     fields = ANALYSIS if fields is None else fields
+    choices = CHOICES["scheduler"] if fields is ANALYSIS else {}
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise SpecError({"analysis": "expected an object"})
     errors: dict[str, str] = {}
-    for name in sorted(set(value) - set(fields)):
-        errors[f"analysis.{name}"] = f"unknown field; the fields are {', '.join(fields)}"
+    for name in sorted(set(value) - set(fields) - set(choices)):
+        errors[f"analysis.{name}"] = f"unknown field; the fields are {', '.join([*fields, *choices])}"
     out: dict[str, Any] = {}
+    for name, (allowed, default, _) in choices.items():
+        v = value.get(name, default)
+        if v not in allowed:
+            errors[f"analysis.{name}"] = f"{v!r} is not one of {', '.join(allowed)}"
+        else:
+            out[name] = v
     for name, (default, low, high, integer, _) in fields.items():
         v = _number(value.get(name, default), f"analysis.{name}", low, high, integer, errors)
         if v is not None:
