@@ -1,4 +1,6 @@
-"""Canary analysis: the controller compares the two arms over the same window of the request log, every interval.
+"""Canary analysis, every interval. A scheduler canary: the two arms, and the whole fleet against the stable
+policy alone before the canary (latency_against), over the requests that arrived in one settled window of the
+request log. A scaling canary: its pool against the same pool before it (control.canary.scaling).
 
 A run's verdict follows Argo Rollouts' AnalysisRun semantics: *inconclusive* while either arm has fewer than
 `min_requests` requests in the window (too little traffic to say), else *fail* when any check is past its bound,
