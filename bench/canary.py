@@ -8,7 +8,7 @@ policy alone runs first at the same load (what the analysis's latency_against=be
 with):
 
     bad        stable = today's default; canary = the classic formula without burst correction (bench/routing.py's
-               `classic`), steps 5 % -> 25 % -> 50 %. Target: aborted before it served 10 % of the requests, and the
+               `classic`), steps 5 % -> 25 % -> 50 % (--steps). Target: aborted before it served 10 % of the requests, and the
                whole client p95 during the rollout within 1.2 x the stable policy alone's
     good       stable = the classic formula; canary = today's default. Target: promoted with no manual step
     baseline   (optional) the stable policy alone for the whole phase
@@ -17,7 +17,7 @@ Printed per analysis run: each arm's, the whole's and the stable-alone figures o
 phase: time to verdict (from the canary's start), requests served by each arm (from the request log), p95 latency
 of each arm, of the whole during the rollout and of the stable policy alone before it (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 390] [--lead 150] [--load 0.75] [--step-s 40] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 480] [--lead 150] [--load 0.75] [--steps 5:120,25:60,50:60] [--seed 7]
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
     idle(control, args.interval)
     begin = None
     if candidate is not None:
-        steps = [{"weight": w, "pause_s": args.step_s} for w in (5, 25, 50)]
+        steps = [{"weight": float(w), "pause_s": int(p)} for w, p in (x.split(":") for x in args.steps.split(","))]
         candidate_rev = store(candidate)
 
         def begin() -> Any:
@@ -188,8 +188,8 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
                              "initial_delay_s": args.initial_delay, "settle_s": args.settle,
                              "baseline_s": args.baseline, "latency_against": args.against}},
                 Origin.system("bench-canary"))
-            log(f"  canary {c.pk}: {candidate} against {stable}, steps {[s['weight'] for s in steps]} % x "
-                f"{args.step_s} s, latency against {args.against}")
+            plan = ", ".join(f"{s['weight']:g} % for {s['pause_s']} s" for s in steps)
+            log(f"  canary {c.pk}: {candidate} against {stable}, steps {plan}, latency against {args.against}")
             return c
 
     analyst = Analyst(begin, args.lead)
@@ -236,8 +236,8 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--duration", type=float, default=390.0,
-                    help="seconds of load per phase (default 390: the lead-in, then three steps, each judged only "
+    ap.add_argument("--duration", type=float, default=480.0,
+                    help="seconds of load per phase (default 480: the lead-in, then three steps, each judged only "
                          "once its requests have settled)")
     ap.add_argument("--lead", type=float, default=150.0,
                     help="seconds of the stable policy alone before the canary starts (default 150: 30 s of "
@@ -249,7 +249,9 @@ def main() -> None:
                     help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
                          "load on its machine)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
-    ap.add_argument("--step-s", type=int, default=40, help="pause of each canary step, seconds (default 40)")
+    ap.add_argument("--steps", default="5:120,25:60,50:60",
+                    help="canary steps, weight:pause_s,... (default 5:120,25:60,50:60: the issue's first step, 5 %% "
+                         "for 120 s, then shorter ones to keep the bench short)")
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
     ap.add_argument("--min-requests", type=int, default=50, help="analysis min_requests per arm (default 50)")
