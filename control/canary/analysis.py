@@ -137,10 +137,13 @@ def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | 
 
 def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
     """The arrivals a run at `now` judges: the last `window_s` seconds before the settle lag, inside the current
-    step (never a request routed at an earlier weight). None while the step is younger than the lag."""
+    step (never a request routed at an earlier weight). None until that much of the step (or all of it, for a step
+    shorter than the window) has settled."""
     a = c.analysis
     end = now - timedelta(seconds=a.get("settle_s", 0))
-    if end <= c.step_started:
+    # A whole window, or the whole step when it is shorter: the first seconds of a step are too few to judge it on.
+    need = timedelta(seconds=min(a["window_s"], c.steps[c.step]["pause_s"]))
+    if end <= c.step_started or end - c.step_started < need:
         return None
     return max(c.step_started, end - timedelta(seconds=a["window_s"])), end
 

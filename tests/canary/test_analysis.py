@@ -251,3 +251,15 @@ def test_no_traffic_before_the_canary_is_inconclusive(api: Any, redis_db: Any) -
     log_requests(redis_db, c.pk, "canary", 100, 100.0, at=t + 1)
     assert analysis.tick(datetime.fromtimestamp(t + 8, UTC)) == [f"canary {c.pk}: inconclusive"]
     assert "stable policy alone before the canary" in AnalysisRun.objects.get().summary
+
+
+def test_a_step_is_judged_on_a_whole_window_not_its_first_seconds(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), steps=[{"weight": 5, "pause_s": 60}], interval_s=1, min_requests=50,
+                 settle_s=0, window_s=30, initial_delay_s=0, latency_against="arms").status_code == 201
+    c = Canary.objects.get()
+    t = c.step_started.timestamp()
+    log_requests(redis_db, c.pk, "stable", 300, 100.0, at=t + 1)
+    log_requests(redis_db, c.pk, "canary", 100, 900.0, at=t + 1)  # enough requests, but 10 s of the step
+    assert analysis.tick(datetime.fromtimestamp(t + 10, UTC)) == []
+    assert analysis.tick(datetime.fromtimestamp(t + 31, UTC)) == [f"canary {c.pk}: failed run 1"]
