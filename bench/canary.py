@@ -3,18 +3,21 @@
 One `manage.py simfleet --profile mixed` whose agents push to a `manage.py serve`, one `manage.py gateway --auth off`
 in front of it, the same seeded open-loop Poisson load as bench/routing.py. The controller's canary analysis
 (`control.canary.analysis.tick`, what the Celery beat task runs every 5 s) runs here every second on a thread.
-Three phases, each `--duration` seconds of load:
+Phases, each `--duration` seconds of load; in bad and good the canary starts `--lead` seconds in, so the stable
+policy alone runs first at the same load (what the analysis's latency_against=before and the 1.2 x target compare
+with):
 
-    baseline   the stable policy alone (no canary): the client p95 the rollout is compared with
     bad        stable = today's default; canary = the classic formula without burst correction (bench/routing.py's
-               `classic`), steps 5 % -> 25 % -> 50 %. Target: aborted before it served 10 % of the requests, and the
-               whole client p95 during the rollout within 1.2 x the baseline's
+               `classic`), steps 5 % -> 25 % -> 50 % (--steps). Target: aborted before it served 10 % of the requests, and the
+               whole client p95 during the rollout within 1.2 x the stable policy alone's
     good       stable = the classic formula; canary = today's default. Target: promoted with no manual step
+    baseline   (optional) the stable policy alone for the whole phase
 
-Printed per phase: time to verdict, requests served by each arm (from the request log), p95 latency of each arm
-and of the whole (the client's view).
+Printed per analysis run: each arm's, the whole's and the stable-alone figures of its window and the verdict; per
+phase: time to verdict (from the canary's start), requests served by each arm (from the request log), p95 latency
+of each arm, of the whole during the rollout and of the stable policy alone before it (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 150] [--load 0.75] [--step-s 40] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 480] [--lead 150] [--load 0.75] [--steps 5:120,25:60,50:60] [--seed 7]
 """
 
 from __future__ import annotations
@@ -73,25 +76,56 @@ def store(name: str) -> int:
 
 
 class Analyst(threading.Thread):
-    """The controller's canary loop, every second, until stopped."""
+    """Starts the canary `lead` seconds into the load (an operator starting one during steady traffic: the stable
+    policy alone before it is what latency_against=before compares with), then the controller's canary loop every
+    second, until stopped."""
 
-    def __init__(self) -> None:
+    def __init__(self, begin: Any = None, lead: float = 0.0) -> None:
         super().__init__(daemon=True)
         self.stop = threading.Event()
         self.lines: list[tuple[float, str]] = []
+        self.begin, self.lead = begin, lead
+        self.canary: Any = None
+        self.started_at: float | None = None
 
     def run(self) -> None:
         from django.db import connection
 
         from control.canary import analysis
+        from control.canary.models import AnalysisRun
 
+        seen = AnalysisRun.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
         try:
+            if self.begin is not None:
+                if self.stop.wait(self.lead):
+                    return
+                self.started_at = time.time()
+                self.canary = self.begin()
             while not self.stop.wait(1.0):
                 for line in analysis.tick():
                     self.lines.append((time.time(), line))
                     log(f"    controller: {line}")
+                for run in AnalysisRun.objects.filter(pk__gt=seen).order_by("pk"):
+                    seen = run.pk
+                    log("    " + describe(run))
         finally:
             connection.close()
+
+
+def describe(run: Any) -> str:
+    """One analysis run's numbers: what each arm looked like in its window and why the verdict."""
+    def arm(f: dict[str, Any] | None) -> str:
+        if f is None:
+            return "-"
+        lat, ttft, good = f["p95_latency_ms"], f["p95_ttft_ms"], f["goodput"]
+        return (f"n={f['requests']} p95={'-' if lat is None else f'{lat / 1000:.2f}s'} "
+                f"ttft95={'-' if ttft is None else f'{ttft / 1000:.2f}s'} "
+                f"good={'-' if good is None else f'{good:.2f}'}")
+
+    span = (run.window_to - run.window_from).total_seconds()
+    return (f"run step {run.step} @{run.weight:g}% window {span:.0f}s ending {(run.ts - run.window_to).total_seconds():.0f}s "
+            f"ago: stable [{arm(run.arms['stable'])}] canary [{arm(run.arms['canary'])}] whole "
+            f"[{arm(run.arms.get('whole'))}] before [{arm(run.arms.get('before'))}] -> {run.verdict}: {run.summary}")
 
 
 def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:
@@ -141,17 +175,24 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
     rev = activate(stable)
     wait_for(f"the gateway to load revision {rev}", lambda: read_status(gw).policy.get("scheduler") == rev, 15)
     idle(control, args.interval)
-    c = None
+    begin = None
     if candidate is not None:
-        steps = [{"weight": w, "pause_s": args.step_s} for w in (5, 25, 50)]
-        c = canary.start("scheduler", {
-            "revision": store(candidate), "steps": steps, "reason": f"bench: {candidate} on {stable}",
-            "analysis": {"interval_s": args.analysis_interval, "window_s": args.window, "min_requests":
-                         args.min_requests, "failure_limit": 1, "initial_delay_s": args.initial_delay}},
-            Origin.system("bench-canary"))
-        log(f"  canary {c.pk}: {candidate} against {stable}, steps {[s['weight'] for s in steps]} % x "
-            f"{args.step_s} s")
-    analyst = Analyst()
+        steps = [{"weight": float(w), "pause_s": int(p)} for w, p in (x.split(":") for x in args.steps.split(","))]
+        candidate_rev = store(candidate)
+
+        def begin() -> Any:
+            c = canary.start("scheduler", {
+                "revision": candidate_rev, "steps": steps, "reason": f"bench: {candidate} on {stable}",
+                "analysis": {"interval_s": args.analysis_interval, "window_s": args.window,
+                             "min_requests": args.min_requests, "failure_limit": 1,
+                             "initial_delay_s": args.initial_delay, "settle_s": args.settle,
+                             "baseline_s": args.baseline, "latency_against": args.against}},
+                Origin.system("bench-canary"))
+            plan = ", ".join(f"{s['weight']:g} % for {s['pause_s']} s" for s in steps)
+            log(f"  canary {c.pk}: {candidate} against {stable}, steps {plan}, latency against {args.against}")
+            return c
+
+    analyst = Analyst(begin, args.lead)
     analyst.start()
     try:
         outs, t0 = load(args, gw, rate, label)
@@ -160,7 +201,10 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         analyst.join(10)
     result: dict[str, Any] = {"label": label}
     end = t0 + args.duration
+    start = t0
+    c = analyst.canary
     if c is not None:
+        start = analyst.started_at or t0
         c.refresh_from_db()
         if c.live:  # no verdict within the run: the bench ends it (a person would decide)
             canary.abort("scheduler", "bench ended without a verdict", Origin.system("bench-canary"))
@@ -169,15 +213,20 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         else:
             result["verdict"] = c.state
             end = c.finished.timestamp()
-        result["time_to_verdict_s"] = end - t0 if result["verdict"] != "none" else None
-        arms = analysis.read_window(c.pk, t0 - 1, end, 1e9)
+        result["time_to_verdict_s"] = end - start if result["verdict"] != "none" else None
+        arms = analysis.read_window(c.pk, start - 1, end, 1e9)
         served = {name: arm.requests for name, arm in arms.items()}
         total = sum(served.values())
         result.update(served=served, canary_share=served["canary"] / total if total else 0.0,
                       p95_arm={name: (p95([x / 1000 for x in arm.latency_ms])) for name, arm in arms.items()},
                       runs=list(c.runs.values_list("verdict", "summary")))
         assert Canary.objects.filter(state__in=Canary.LIVE).count() == 0
-    window = [o for o in outs if t0 + o.sent_at <= end]
+        # The stable policy alone in this phase, over the same length before the canary as the rollout lasted
+        # (or the whole lead-in, when shorter), after the first 20 s of warm-up.
+        alone = [o.latency_s for o in outs if max(t0 + 20, start - (end - start)) <= t0 + o.sent_at < start
+                 and 200 <= o.status < 300]
+        result["p95_alone"] = p95(alone)
+    window = [o for o in outs if start <= t0 + o.sent_at <= end]
     ok = [o.latency_s for o in window if 200 <= o.status < 300]
     result.update(requests=len(window), ok=len(ok), p95_whole=p95(ok),
                   errors=sum(1 for o in window if not 200 <= o.status < 300))
@@ -187,17 +236,31 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6)
-    ap.add_argument("--duration", type=float, default=150.0, help="seconds of load per phase (default 150)")
+    ap.add_argument("--duration", type=float, default=480.0,
+                    help="seconds of load per phase (default 480: the lead-in, then three steps, each judged only "
+                         "once its requests have settled)")
+    ap.add_argument("--lead", type=float, default=150.0,
+                    help="seconds of the stable policy alone before the canary starts (default 150: 30 s of "
+                         "warm-up and the analysis baseline_s)")
+    ap.add_argument("--baseline", type=int, default=120, help="analysis baseline_s (default 120)")
+    ap.add_argument("--against", default="before", choices=("before", "arms"),
+                    help="analysis latency_against (default before)")
     ap.add_argument("--load", type=float, default=0.75,
                     help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
                          "load on its machine)")
     ap.add_argument("--rate", type=float, default=0.0, help="req/s; overrides --load")
-    ap.add_argument("--step-s", type=int, default=40, help="pause of each canary step, seconds (default 40)")
+    ap.add_argument("--steps", default="5:120,25:60,50:60",
+                    help="canary steps, weight:pause_s,... (default 5:120,25:60,50:60: the issue's first step, 5 %% "
+                         "for 120 s, then shorter ones to keep the bench short)")
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
     ap.add_argument("--min-requests", type=int, default=50, help="analysis min_requests per arm (default 50)")
-    ap.add_argument("--initial-delay", type=int, default=15, help="analysis initial_delay_s (default 15)")
-    ap.add_argument("--phases", default="baseline,bad,good")
+    ap.add_argument("--initial-delay", type=int, default=0, help="analysis initial_delay_s (default 0: the settle "
+                    "lag already keeps a step's first requests out until they have all ended)")
+    ap.add_argument("--settle", type=int, default=-1,
+                    help="analysis settle_s (default: --timeout, the longest a request can take here)")
+    ap.add_argument("--phases", default="bad,good",
+                    help="bad, good (each with the stable policy alone first) and baseline (stable alone only)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5")
     ap.add_argument("--max-tokens", default="64:0.5,192:0.5")
@@ -207,6 +270,8 @@ def main() -> None:
     ap.add_argument("--database", default="sy_bench_canary")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "12")))
     args = ap.parse_args()
+    if args.settle < 0:
+        args.settle = int(args.timeout + 0.999)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
 
     db_url, redis_url = use_bench_database(args.database, args.redis_db)
@@ -258,24 +323,27 @@ def main() -> None:
 
     print()
     print("| phase | verdict | time to verdict | requests stable / canary | canary share | p95 stable arm | "
-          "p95 canary arm | p95 whole (client) | errors |")
-    print("|" + " --- |" * 9)
+          "p95 canary arm | p95 whole during rollout (client) | p95 stable alone before (client) | errors |")
+    print("|" + " --- |" * 10)
     for name, r in results.items():
         served, arms = r.get("served", {}), r.get("p95_arm", {})
         ttv = r.get("time_to_verdict_s")
         print(f"| {name} | {r.get('verdict', '-')} | {'-' if ttv is None else f'{ttv:.0f} s'} | "
               f"{served.get('stable', r['requests'])} / {served.get('canary', 0)} | {r.get('canary_share', 0):.1%} | "
-              f"{fmt(arms.get('stable'))} | {fmt(arms.get('canary'))} | {fmt(r['p95_whole'])} | {r['errors']} |")
+              f"{fmt(arms.get('stable'))} | {fmt(arms.get('canary'))} | {fmt(r['p95_whole'])} | "
+              f"{fmt(r.get('p95_alone'))} | {r['errors']} |")
     print()
     if "bad" in results:
         bad = results["bad"]
         ok = bad.get("verdict") == "aborted" and bad["canary_share"] < 0.10
         print(f"bad candidate: {bad.get('verdict')} after serving {bad['canary_share']:.1%} of the requests "
               f"(target: aborted before 10 %): {'met' if ok else 'NOT met'}")
-        if "baseline" in results and results["baseline"]["p95_whole"] and bad["p95_whole"]:
-            ratio = bad["p95_whole"] / results["baseline"]["p95_whole"]
-            print(f"client p95 during the bad rollout / stable alone = {ratio:.2f} (target <= 1.2: "
-                  f"{'met' if ratio <= 1.2 else 'NOT met'})")
+        for ref, alone in (("just before it", bad.get("p95_alone")),
+                           ("baseline phase", results.get("baseline", {}).get("p95_whole"))):
+            if alone and bad["p95_whole"]:
+                ratio = bad["p95_whole"] / alone
+                print(f"client p95 during the bad rollout / stable alone ({ref}) = {ratio:.2f} (target <= 1.2: "
+                      f"{'met' if ratio <= 1.2 else 'NOT met'})")
     if "good" in results:
         good = results["good"]
         print(f"good candidate: {good.get('verdict')} (target: promoted with no manual step): "

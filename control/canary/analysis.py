@@ -1,4 +1,6 @@
-"""Canary analysis: the controller compares the two arms over the same window of the request log, every interval.
+"""Canary analysis, every interval. A scheduler canary: the two arms, and the whole fleet against the stable
+policy alone before the canary (latency_against), over the requests that arrived in one settled window of the
+request log. A scaling canary: its pool against the same pool before it (control.canary.scaling).
 
 A run's verdict follows Argo Rollouts' AnalysisRun semantics: *inconclusive* while either arm has fewer than
 `min_requests` requests in the window (too little traffic to say), else *fail* when any check is past its bound,
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,7 +23,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.canary import service
+from control.canary import scaling, service
 from control.canary.models import AnalysisRun, Canary
 from control.canary.split import CANARY, STABLE
 from control.routing import reqlog
@@ -52,6 +56,19 @@ class Arm:
         if cls == "2xx" and (ttft_ms if ttft_ms is not None else latency_ms or 0.0) <= goodput_ttft_ms:
             self.good += 1
 
+    @classmethod
+    def both(cls, arms: dict[str, Arm]) -> Arm:
+        """The two arms together: the whole fleet's requests of the window."""
+        out = cls()
+        for arm in arms.values():
+            out.requests += arm.requests
+            out.errors += arm.errors
+            out.throttled += arm.throttled
+            out.good += arm.good
+            out.latency_ms += arm.latency_ms
+            out.ttft_ms += arm.ttft_ms
+        return out
+
     def figures(self) -> dict[str, Any]:
         n = self.requests
         return {"requests": n, "p95_latency_ms": p95(self.latency_ms), "p95_ttft_ms": p95(self.ttft_ms),
@@ -68,49 +85,90 @@ def p95(values: list[float]) -> float | None:
 
 
 def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
-                arrived_after: float | None = None) -> dict[str, Arm]:
-    """Both arms of canary `canary_id`: the requests that *ended* between unix times start and end (the stream id
-    is when the gateway logged the entry, a fraction of a second after the answer) and arrived after
-    `arrived_after` (the step's start: nothing routed at an earlier weight). By end, not by arrival: a window of
-    arrivals would hold only the requests that already finished, the fast ones, and flatter the slower arm.
-    Answers served from the answer cache are left out: they say nothing about the routing policy."""
-    arms = {STABLE: Arm(), CANARY: Arm()}
-    r = redis_client()
-    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(end)
-    floor = arrived_after if arrived_after is not None else 0.0
+                read_until: float | None = None) -> dict[str, Arm]:
+    """Both arms of canary `canary_id`: the requests that *arrived* between unix times start and end, read from
+    the log up to `read_until` (default: now). By arrival, so both arms are judged on requests of the same period,
+    each with its slow requests as well as its fast ones; the caller leaves a settle lag between `end` and
+    `read_until` so that every request of the window has ended and been logged (the log holds a request from its
+    end: a window of endings compares requests that started at different times, and early in a step holds only
+    the fast ones)."""
     wanted = str(canary_id).encode()
+    arms = {STABLE: Arm(), CANARY: Arm()}
+
+    def arm_of(fields: dict[bytes, bytes]) -> Arm | None:
+        return arms.get(fields.get(b"arm", b"").decode()) if fields.get(b"canary") == wanted else None
+
+    _read(start, end, goodput_ttft_ms, read_until, arm_of)
+    return arms
+
+
+def read_before(start: float, end: float, goodput_ttft_ms: float, read_until: float | None = None) -> Arm:
+    """The requests that arrived between start and end outside any canary: the stable policy alone."""
+    alone = Arm()
+    _read(start, end, goodput_ttft_ms, read_until, lambda fields: None if fields.get(b"arm") else alone)
+    return alone
+
+
+def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | None,
+          arm_of: Callable[[dict[bytes, bytes]], Arm | None]) -> None:
+    """Add each logged request that arrived in [start, end] to the Arm `arm_of` gives it (None: skip). Answers
+    served from the answer cache are left out: they say nothing about the routing policy."""
+    r = redis_client()
+    # An entry's stream id is when it ended, never before it arrived.
+    low, high = reqlog.stream_id_at(start), reqlog.stream_id_at(read_until if read_until is not None else time.time())
     while True:
         batch = r.xrange(reqlog.STREAM, min=low, max=high, count=READ_BATCH)
         for eid, fields in batch:
-            if fields.get(b"canary") != wanted or fields.get(b"cache") == b"hit":
+            if fields.get(b"cache") == b"hit":
                 continue
-            arm = arms.get(fields.get(b"arm", b"").decode())
+            arm = arm_of(fields)
             if arm is None:
                 continue
             try:
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
                 continue
-            if e.ts < floor:
-                continue
-            arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
+            if start <= e.ts <= end:
+                arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
-            return arms
+            return
         low = "(" + batch[-1][0].decode()
 
 
-def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """(verdict, checks) from the two arms' figures and the analysis settings."""
+def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
+    """The arrivals a run at `now` judges: the last `window_s` seconds before the settle lag, inside the current
+    step (never a request routed at an earlier weight). None until that much of the step (or all of it, for a step
+    shorter than the window) has settled."""
+    a = c.analysis
+    end = now - timedelta(seconds=a.get("settle_s", 0))
+    # A whole window, or the whole step when it is shorter: the first seconds of a step are too few to judge it on.
+    need = timedelta(seconds=min(a["window_s"], c.steps[c.step]["pause_s"]))
+    if end <= c.step_started or end - c.step_started < need:
+        return None
+    return max(c.step_started, end - timedelta(seconds=a["window_s"])), end
+
+
+def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], whole: dict[str, Any] | None = None,
+          before: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """(verdict, checks) from the two arms' figures and the analysis settings. With latency_against=before, the
+    latency, TTFT and goodput checks compare `whole` (both arms) with `before` (the stable policy alone before the
+    canary); the 5xx and 429 checks are always arm against arm (a request's own failure is its arm's doing)."""
     checks: list[dict[str, Any]] = []
     short = [name for name, arm in ((STABLE, stable), (CANARY, canary)) if arm["requests"] < a["min_requests"]]
+    against_before = a.get("latency_against", "arms") == "before"
+    if against_before and (before is None or before["requests"] < a["min_requests"]):
+        short.append("the stable policy alone before the canary")
     if short:
         checks.append({"metric": "min_requests", "value": min(stable["requests"], canary["requests"]),
                        "threshold": a["min_requests"], "ok": None,
                        "note": f"too few requests on {', '.join(short)}"})
         return AnalysisRun.Verdict.INCONCLUSIVE, checks
 
+    base, tried = (before, whole) if against_before else (stable, canary)
+    assert base is not None and tried is not None
+
     def ratio(metric: str, key: str, bound: float) -> None:
-        s, c = stable[key], canary[key]
+        s, c = base[key], tried[key]
         if s is None or c is None or s <= 0:
             checks.append({"metric": metric, "value": None, "threshold": bound, "ok": None, "note": "no data"})
             return
@@ -125,13 +183,13 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any]) -> 
     ratio("ttft_p95_ratio", "p95_ttft_ms", a["max_ttft_p95_ratio"])
     diff("error_rate_diff", "error_rate", a["max_error_rate_diff"])
     diff("rate_429_diff", "rate_429", a["max_429_rate_diff"])
-    if stable["goodput"] > 0:
-        value = canary["goodput"] / stable["goodput"]
+    if base["goodput"] > 0:
+        value = tried["goodput"] / base["goodput"]
         checks.append({"metric": "goodput_ratio", "value": round(value, 4), "threshold": a["min_goodput_ratio"],
                        "ok": value >= a["min_goodput_ratio"]})
     else:  # nothing good on stable: the canary cannot be worse by this measure
         checks.append({"metric": "goodput_ratio", "value": None, "threshold": a["min_goodput_ratio"], "ok": None,
-                       "note": "stable goodput is 0"})
+                       "note": "the compared goodput is 0"})
     failed = [c for c in checks if c["ok"] is False]
     return (AnalysisRun.Verdict.FAIL if failed else AnalysisRun.Verdict.PASS), checks
 
@@ -145,15 +203,37 @@ def _summary(verdict: str, checks: list[dict[str, Any]]) -> str:
     return "; ".join(f"{c['metric']} {c['value']} past {c['threshold']}" for c in bad)
 
 
-def measure(c: Canary, now: datetime) -> AnalysisRun:
-    """One analysis run of canary `c` over the window ending `now` (stored)."""
+def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> AnalysisRun:
+    """One analysis run of canary `c` at `now` over the arrivals in `span` (stored)."""
     a = c.analysis
-    start = max(c.step_started, now - timedelta(seconds=a["window_s"]))
-    arms = read_window(c.pk, start.timestamp(), now.timestamp(), a["goodput_ttft_ms"], c.step_started.timestamp())
+    start, end = span
+    arms = read_window(c.pk, start.timestamp(), end.timestamp(), a["goodput_ttft_ms"], now.timestamp())
     figures = {name: arm.figures() for name, arm in arms.items()}
-    verdict, checks = judge(figures[STABLE], figures[CANARY], a)
+    figures["whole"] = Arm.both(arms).figures()
+    if a.get("latency_against") == "before":
+        if c.baseline is None:
+            c.baseline = before_figures(c, now)
+            c.save(update_fields=["baseline"])
+        figures["before"] = c.baseline
+    verdict, checks = judge(figures[STABLE], figures[CANARY], a, figures["whole"], figures.get("before"))
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
-                                      window_to=now, verdict=verdict, arms=figures, checks=checks,
+                                      window_to=end, verdict=verdict, arms=figures, checks=checks,
+                                      summary=_summary(verdict, checks))
+
+
+def before_figures(c: Canary, now: datetime) -> dict[str, Any]:
+    """The stable policy alone over the baseline_s before the canary started (every request of it has settled by
+    the canary's first run, which waits settle_s). Read once and kept on the canary: the log is trimmed."""
+    a = c.analysis
+    started = c.created.timestamp()
+    return read_before(started - a["baseline_s"], started, a["goodput_ttft_ms"], now.timestamp()).figures()
+
+
+def measure_pool(c: Canary, now: datetime) -> AnalysisRun:
+    """One analysis run of a scaling canary: its pool now against the same pool before the canary (stored)."""
+    figures, verdict, checks, (start, end) = scaling.measure(c, now)
+    return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
+                                      window_to=end, verdict=verdict, arms=figures, checks=checks,
                                       summary=_summary(verdict, checks))
 
 
@@ -171,19 +251,24 @@ def tick(now: datetime | None = None) -> list[str]:
                     continue
                 if c.last_analysis and now - c.last_analysis < timedelta(seconds=c.analysis["interval_s"]):
                     continue
-                # Early in a step only the requests that arrived and already ended are in the log: the fast ones.
-                if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
-                    continue
-                out.append(_advance(c, now))
+                if c.kind == "scaling":
+                    run = measure_pool(c, now)
+                else:
+                    if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
+                        continue
+                    span = window(c, now)
+                    if span is None:  # nothing of this step has settled yet
+                        continue
+                    run = measure(c, now, span)
+                out.append(_advance(c, now, run))
         except Exception:
             log.exception("canary %s: analysis failed", pk)
             out.append(f"canary {pk}: error")
     return out
 
 
-def _advance(c: Canary, now: datetime) -> str:
+def _advance(c: Canary, now: datetime, run: AnalysisRun) -> str:
     origin = Origin.system(service.ACTOR)
-    run = measure(c, now)
     c.last_analysis = now
     a = c.analysis
     if run.verdict == AnalysisRun.Verdict.FAIL:

@@ -1,5 +1,5 @@
 """REST API: /api/v1/policies/scheduler/whatif/ (preview on the live fleet) and /api/v1/policies/<kind>/canary/
-(start, read, and the manual pause / resume / promote / abort)."""
+(scheduler or scaling: start, read, and the manual pause / resume / promote / abort)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,10 @@ class StepSerializer(serializers.Serializer):
 
 class StartRequest(serializers.Serializer):
     revision = serializers.IntegerField(help_text="the candidate revision (stored with activate=false)")
-    steps = StepSerializer(many=True)
+    steps = StepSerializer(many=True, required=False,
+                           help_text="scheduler: [{weight, pause_s}]; scaling: [{pause_s}] (or give duration_s)")
+    pool = serializers.CharField(required=False, help_text="scaling only: the pool that tries the candidate's rules")
+    duration_s = serializers.IntegerField(required=False, help_text="scaling only: one phase of this many seconds")
     analysis = serializers.DictField(required=False, help_text="thresholds; see docs/canary.md for the fields")
     reason = serializers.CharField()
 
@@ -56,7 +59,7 @@ class CanarySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Canary
-        fields = ["id", "kind", "state", "revision", "candidate_version", "stable", "stable_version", "steps",
+        fields = ["id", "kind", "pool", "state", "revision", "candidate_version", "stable", "stable_version", "steps",
                   "step", "step_started", "weight", "analysis", "failures", "inconclusive", "author", "reason",
                   "outcome", "promoted_to", "created", "finished", "last_analysis", "runs", "series"]
 

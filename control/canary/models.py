@@ -20,6 +20,8 @@ class Canary(models.Model):
     LIVE = (State.RUNNING, State.PAUSED)
 
     kind = models.CharField(max_length=16, default="scheduler")
+    pool = models.CharField(max_length=63, blank=True,
+                            help_text="scaling canaries: the one pool that runs the candidate's rules")
     revision = models.ForeignKey(PolicyRevision, on_delete=models.PROTECT, related_name="canaries",
                                  help_text="the candidate")
     stable = models.ForeignKey(PolicyRevision, on_delete=models.PROTECT, related_name="+",
@@ -40,6 +42,9 @@ class Canary(models.Model):
     created = models.DateTimeField(default=timezone.now)
     finished = models.DateTimeField(null=True, blank=True)
     last_analysis = models.DateTimeField(null=True, blank=True)
+    baseline = models.JSONField(null=True, blank=True,
+                                help_text="scheduler, latency_against=before: the stable policy alone before the "
+                                          "canary (requests, p95 latency/TTFT, rates), read at the first run")
 
     class Meta:
         ordering = ["-created"]
@@ -70,7 +75,9 @@ class AnalysisRun(models.Model):
     window_from = models.DateTimeField()
     window_to = models.DateTimeField()
     verdict = models.CharField(max_length=16, choices=Verdict.choices)
-    arms = models.JSONField(help_text="per arm: requests, p95 latency/TTFT, error, 429 and goodput rates")
+    arms = models.JSONField(help_text="scheduler: per arm, requests, p95 latency/TTFT, error, 429 and goodput rates; "
+                                      "scaling: the pool's baseline and canary windows, minutes, SLO-violation "
+                                      "minutes and GPU-hours")
     checks = models.JSONField(help_text="[{metric, value, threshold, ok}]")
     summary = models.TextField()
 

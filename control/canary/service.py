@@ -13,6 +13,8 @@ from django.utils import timezone
 from control.canary import spec
 from control.canary.models import AnalysisRun, Canary
 from control.controller import notify
+from control.controller.models import PoolProvider
+from control.policy import schemas
 from control.policy import service as policy
 from control.policy.schemas import DocumentError, validate
 from control.webhooks import events
@@ -21,9 +23,11 @@ from core.audit.record import record
 from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
-KINDS = ("scheduler",)  # the kinds a canary can try today (the gateway is what splits traffic)
+# scheduler: the gateways split traffic between two policies; scaling: one pool runs the candidate's rules.
+KINDS = ("scheduler", "scaling")
 ACTOR = "controller"
-START_FIELDS = {"revision", "steps", "analysis", "reason"}
+START_FIELDS = {"scheduler": {"revision", "steps", "analysis", "reason"},
+                "scaling": {"revision", "pool", "duration_s", "steps", "analysis", "reason"}}
 
 
 class CanaryError(policy.PolicyError):
@@ -73,18 +77,28 @@ def start(kind: str, data: Any, origin: Origin) -> Canary:
     check_kind(kind)
     if not isinstance(data, dict):
         raise CanaryError("the body must be a JSON object", {"$": "expected an object"})
-    unknown = sorted(set(data) - START_FIELDS)
+    unknown = sorted(set(data) - START_FIELDS[kind])
     if unknown:
         raise CanaryError(f"unknown field(s): {', '.join(unknown)}", {k: "unknown field" for k in unknown})
     fields: dict[str, str] = {}
     try:
-        steps = spec.steps(data.get("steps"))
+        steps = spec.scaling_steps(data) if kind == "scaling" else spec.steps(data.get("steps"))
     except spec.SpecError as exc:
         fields.update(exc.fields)
     try:
-        analysis = spec.analysis(data.get("analysis"))
+        analysis = spec.analysis(data.get("analysis"), spec.SCALING_ANALYSIS if kind == "scaling" else None)
     except spec.SpecError as exc:
         fields.update(exc.fields)
+    pool = ""
+    if kind == "scaling":
+        pool = data.get("pool")
+        if pool is None:
+            fields["pool"] = "This field is required."
+        elif not isinstance(pool, str) or not pool.strip():
+            fields["pool"] = "a pool name is required"
+        elif not PoolProvider.objects.filter(pool__name=pool, enabled=True).exists():
+            fields["pool"] = (f"no pool {pool!r} with an enabled provider: the controller scales only those, so a "
+                              "canary there would try nothing")
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         fields["reason"] = "This field is required."
@@ -107,21 +121,27 @@ def start(kind: str, data: Any, origin: Origin) -> Canary:
             raise Conflict(f"revision {rev.pk} is already the active {kind} revision; a canary tries another one",
                            {"revision": "already active"})
         try:
-            validate(kind, rev.document)
+            candidate_doc = validate(kind, rev.document)
         except DocumentError as exc:
             raise CanaryError(f"revision {rev.pk} no longer validates: {exc}", {"revision": str(exc)}) from None
+        if kind == "scaling" and (schemas.for_pool(candidate_doc, pool)
+                                  == schemas.for_pool(validate(kind, stable.document), pool)):
+            raise CanaryError(f"revision {rev.pk} has the same rules for pool {pool!r} as the active revision: a "
+                              "canary there would try nothing", {"pool": "the candidate does not change this pool"})
         if Canary.objects.select_for_update().filter(kind=kind, state__in=Canary.LIVE).exists():
             raise Conflict(f"a {kind} canary is already running; promote or abort it first",
                            {"revision": "a canary is running"})
         try:
             with transaction.atomic():
-                c = Canary.objects.create(kind=kind, revision=rev, stable=stable, steps=steps, analysis=analysis,
-                                          weight=steps[0]["weight"], author=origin.actor, reason=reason.strip())
+                c = Canary.objects.create(kind=kind, pool=pool, revision=rev, stable=stable, steps=steps,
+                                          analysis=analysis, weight=steps[0]["weight"], author=origin.actor,
+                                          reason=reason.strip())
         except IntegrityError:  # another start won the race between the check and the insert
             raise Conflict(f"a {kind} canary is already running", {"revision": "a canary is running"}) from None
         record(origin, "canary.start", _target(kind), reason, before={"revision": stable.pk},
                after={"revision": rev.pk, "steps": steps, "analysis": analysis},
-               details={"canary": c.pk, "revision": rev.pk, "version": rev.version, "stable": stable.pk})
+               details={"canary": c.pk, "revision": rev.pk, "version": rev.version, "stable": stable.pk,
+                        **({"pool": pool} if pool else {})})
         _announce(kind)
     return c
 
@@ -194,18 +214,21 @@ def abort_locked(c: Canary, reason: str, origin: Origin, run: AnalysisRun | None
     c.state, c.weight, c.finished, c.outcome = Canary.State.ABORTED, 0.0, timezone.now(), reason
     c.save(update_fields=["state", "weight", "finished", "outcome"])
     details = {"canary": c.pk, "candidate": c.revision_id, "stable": c.stable_id, "step": c.step,
-               "analysis_run": run.pk if run else None}
+               "analysis_run": run.pk if run else None, **({"pool": c.pool} if c.pool else {})}
     record(origin, "canary.abort", _target(c.kind), reason, before={"weight": c.steps[c.step]["weight"]},
            after={"weight": 0}, details=details)
     url = f"{settings.EXTERNAL_URL.rstrip('/')}/policies/{c.kind}/canary/"
+    where = f" on pool {c.pool}" if c.pool else ""
     events.emit("rollback", {
-        "kind": c.kind, "action": "canary_abort", "scope": "global", "actor": origin.actor, "canary": c.pk,
+        "kind": c.kind, "action": "canary_abort", "scope": "pool" if c.pool else "global",
+        **({"pool": c.pool} if c.pool else {}), "actor": origin.actor, "canary": c.pk,
         "revision": c.revision_id, "version": c.revision.version, "request_id": origin.request_id,
-        "severity": "warning", "summary": f"{c.kind} canary of v{c.revision.version} aborted by {origin.actor}",
+        "severity": "warning",
+        "summary": f"{c.kind} canary of v{c.revision.version}{where} aborted by {origin.actor}",
         "description": reason, "url": url,
     })
-    notify.raise_alert("canary_aborted", {"kind": c.kind, "canary": str(c.pk)},
-                       f"{c.kind} canary of v{c.revision.version} aborted", reason,
+    notify.raise_alert("canary_aborted", {"kind": c.kind, "canary": str(c.pk), **({"pool": c.pool} if c.pool else {})},
+                       f"{c.kind} canary of v{c.revision.version}{where} aborted", reason,
                        path=f"/policies/{c.kind}/canary/")
     _announce(c.kind)
     return c

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from control.canary import scaling as canary_scaling
 from control.controller import observe
 from control.controller.models import OPEN_STATES, PoolProvider, ScalingAction
 from control.controller.notify import raise_alert
@@ -69,7 +70,12 @@ def scaling_document() -> dict[str, Any]:
 
 
 def pool_policy(pool: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pool's scaling entry (its own, else the default) of `document` or of the active policy."""
+    """The scaling entry the controller applies to the pool now: the candidate's while a pool-scoped scaling canary
+    tries it on this pool (control.canary.scaling), else the pool's own entry, else the default, of `document` (the
+    active policy, when the caller already has it) or of the active policy."""
+    trying = canary_scaling.trial(pool)
+    if trying is not None:
+        return trying
     return schemas.for_pool(document or scaling_document(), pool)
 
 

@@ -18,7 +18,6 @@ from django.utils import timezone
 
 from control.controller import actions, autoscaler, observe
 from control.controller.models import PoolProvider, Recommendation, ScalingAction
-from control.policy import schemas
 from control.providers.base import ProviderError
 from core.audit.context import Origin
 from core.audit.record import record
@@ -48,7 +47,7 @@ def tick(now: datetime | None = None) -> TickResult:
     result.joined = rejoin_removed(now)
     for binding in PoolProvider.objects.select_related("pool").filter(enabled=True):
         result.pools += 1
-        policy = schemas.for_pool(doc, binding.pool.name)
+        policy = actions.pool_policy(binding.pool.name, doc)  # the candidate's, where a scaling canary runs
         try:
             _pool_tick(binding, policy, now, result)
         except ProviderError as exc:

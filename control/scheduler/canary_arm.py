@@ -42,6 +42,19 @@ def build(canary_id: int, revision_id: int, weight: float, document: dict[str, A
     return CanaryArm(canary_id, revision_id, weight, admission)
 
 
+def prefix_config(stable: Config, candidate: Config | None, arm_name: str) -> Config | None:
+    """Whose prefix settings a request's block keys are cut with, or None when neither core routes by prefix.
+
+    The arm's own core first (it picks the node by them). Otherwise the other core's, when it routes by prefix:
+    it counts this arm's sends too (Admission.twin), so its prefix index must learn where they went. Keying on the
+    stable policy alone left a candidate with prefix_affinity blind while the stable policy had none."""
+    own, other = (candidate, stable) if arm_name == CANARY and candidate is not None else (stable, candidate)
+    for cfg in (own, other):
+        if cfg is not None and cfg.uses_prefix:
+            return cfg
+    return None
+
+
 def link(stable: Admission, candidate: Admission | None) -> None:
     """Make each core count the other's sends (or stop, when the canary ended)."""
     stable.twin = candidate
@@ -49,4 +62,4 @@ def link(stable: Admission, candidate: Admission | None) -> None:
         candidate.twin = stable
 
 
-__all__ = ["CANARY", "STABLE", "CanaryArm", "build", "link"]
+__all__ = ["CANARY", "STABLE", "CanaryArm", "build", "link", "prefix_config"]

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control.scheduler import answers, sources
 from control.scheduler.admission import Admission
 from control.scheduler.auth import Authenticator, bearer
-from control.scheduler.canary_arm import CanaryArm
+from control.scheduler.canary_arm import CanaryArm, prefix_config
 from control.scheduler.config import Priorities, default_config
 from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
@@ -231,8 +231,9 @@ class Gateway:
             ctx.arm = canary.arm_of(headers.get("x-session-id", ""), ctx.request_id, f"{self.id}:{self._keys}")
             ctx.admission = canary.admission if ctx.arm == "canary" else self.admission
         cfg = self.sched.config
-        if cfg.uses_prefix:
-            ctx.prefix = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks)
+        keyed = prefix_config(cfg, canary.sched.config if canary is not None else None, ctx.arm)
+        if keyed is not None:
+            ctx.prefix = block_keys(prompt_text(body), keyed.prefix_block_chars, keyed.prefix_max_blocks)
         if cfg.cache_enabled and answers.cacheable(body):
             owner = answers.tenant(caller, cfg.cache_shared, headers.get(answers.ON_BEHALF_HEADER, ""))
             ctx.ckey = answers.key(scope["path"], body, owner)

@@ -63,25 +63,58 @@
     }).catch(function () { /* the next poll tries again */ });
   }
 
-  document.querySelectorAll("#canary-controls button[data-action]").forEach(function (button) {
-    button.addEventListener("click", function () {
-      var reason = document.getElementById("canary-reason");
-      var message = document.getElementById("canary-message");
-      if (!reason.value.trim()) { message.textContent = "a reason is required"; reason.focus(); return; }
-      var action = button.dataset.action;
-      if ((action === "abort" || action === "promote") && !window.confirm(action + " the canary?")) return;
-      fetch(api + action + "/", {
-        method: "POST", credentials: "same-origin",
-        headers: {"Content-Type": "application/json", "X-CSRFToken": csrf ? csrf.value : ""},
-        body: JSON.stringify({reason: reason.value}),
-      }).then(function (resp) {
-        return resp.json().then(function (body) { return {ok: resp.ok, body: body}; });
-      }).then(function (r) {
-        if (r.ok) { window.location.reload(); return; }
-        message.textContent = r.body.error || "refused";
+  // Each canary's controls (the scheduler's and the scaling canary's) act on the API their form names.
+  document.querySelectorAll("form.canary-controls").forEach(function (form) {
+    form.querySelectorAll("button[data-action]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var reason = form.querySelector(".canary-reason");
+        var message = form.querySelector(".canary-message");
+        if (!reason.value.trim()) { message.textContent = "a reason is required"; reason.focus(); return; }
+        var action = button.dataset.action;
+        if ((action === "abort" || action === "promote") && !window.confirm(action + " the canary?")) return;
+        fetch(form.dataset.api + action + "/", {
+          method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/json", "X-CSRFToken": csrf ? csrf.value : ""},
+          body: JSON.stringify({reason: reason.value}),
+        }).then(function (resp) {
+          return resp.json().then(function (body) { return {ok: resp.ok, body: body}; });
+        }).then(function (r) {
+          if (r.ok) { window.location.reload(); return; }
+          message.textContent = r.body.error || "refused";
+        });
       });
     });
   });
+
+  // The scaling canary: its pool's two windows per analysis run.
+  var scalingRoot = document.getElementById("scaling-canary");
+  function windowText(w) {
+    if (!w) return "—";
+    return [w.minutes, w.requests, w.violation_minutes, fmt(w.gpu_hours_per_1k, 3)].join(" · ");
+  }
+  function loadScaling() {
+    var body = document.querySelector("#scaling-canary-runs tbody");
+    if (!scalingRoot || !body) return;
+    fetch(scalingRoot.dataset.api, {credentials: "same-origin"}).then(function (resp) {
+      return resp.ok ? resp.json() : null;
+    }).then(function (c) {
+      if (!c) return;
+      var state = document.getElementById("scaling-canary-state");
+      if (state) state.textContent = c.state;
+      body.replaceChildren();
+      (c.runs || []).forEach(function (r) {
+        var tr = document.createElement("tr");
+        tr.className = "verdict-" + r.verdict;
+        [new Date(r.ts).toLocaleTimeString(), r.step + 1, r.verdict, windowText(r.arms.baseline),
+         windowText(r.arms.canary), r.summary].forEach(function (text) {
+          var td = document.createElement("td"); td.textContent = text; tr.appendChild(td);
+        });
+        body.appendChild(tr);
+      });
+    }).catch(function () { /* the next poll tries again */ });
+  }
+  loadScaling();
+  setInterval(loadScaling, 5000);
   load();
   setInterval(load, 5000);
 })();

@@ -100,3 +100,37 @@ def test_the_canary_page_shows_runs_and_an_operator_aborts_with_a_reason(page: A
     assert c.state == "aborted" and c.outcome == "p95 four times the stable arm"
     screenshot(page, "canary")
     assert page.js_errors == []
+
+
+def test_the_scaling_canary_section_shows_the_pools_runs_and_pauses_it(page: Any, server: Server) -> None:
+    import copy
+
+    from control.controller.models import PoolProvider
+    from dashboard.fleet.models import Pool
+
+    pool = Pool.objects.create(name="trial")
+    PoolProvider.objects.create(pool=pool, kind="local", config={"url": "http://127.0.0.1:9"})
+    stable = policy.active("scaling")
+    doc = copy.deepcopy(stable.document)
+    doc["pools"] = {"trial": {**copy.deepcopy(doc["default"]), "max_nodes": 7}}
+    rev = policy.create_revision("scaling", doc, "candidate", stable.pk, Origin.system("t"), activate=False).revision
+    c = canary.start("scaling", {"revision": rev.pk, "pool": "trial", "duration_s": 3600,
+                                 "reason": "one pool first"}, Origin.system("olga"))
+    now = datetime.now(UTC)
+    window = {"minutes": 30, "requests": 9000, "violation_minutes": 1, "violation_share": 1 / 30, "gpu_hours": 4.0,
+              "gpu_hours_per_1k": 0.444}
+    AnalysisRun.objects.create(
+        canary=c, step=0, weight=100, window_from=now, window_to=now, verdict="pass",
+        arms={"baseline": window, "canary": {**window, "gpu_hours_per_1k": 0.401}}, checks=[],
+        summary="every check within its bound")
+    login(page, server, "olga", "operator")
+    page.goto(f"{server.url}/policies/scaling/canary/")  # leads to the canary page's scaling section
+    page.wait_for_selector("#scaling-canary-runs tbody tr.verdict-pass")
+    assert "0.401" in page.inner_text("#scaling-canary-runs") and "trial" in page.inner_text("#scaling-canary")
+    page.fill("#scaling-canary-reason", "look at the evening first")
+    page.click("#scaling-canary-controls button[data-action=pause]")
+    page.wait_for_function("document.getElementById('scaling-canary-state').textContent === 'paused'")
+    c.refresh_from_db()
+    assert c.state == "paused"
+    screenshot(page, "canary-scaling")
+    assert page.js_errors == []

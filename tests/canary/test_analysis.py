@@ -18,7 +18,8 @@ from control.policy import service as policy
 from core.audit.models import AuditEvent
 from tests.canary.helpers import candidate, classic, start
 
-DEFAULTS = spec.analysis({})
+DEFAULTS = spec.analysis({"latency_against": "arms"})
+BEFORE = spec.analysis({})
 
 
 def figures(n: int, p95: float = 100.0, ttft: float = 50.0, err: float = 0.0, r429: float = 0.0,
@@ -45,6 +46,24 @@ def test_judge_fails_on_each_bound(canary: dict[str, Any], metric: str) -> None:
     verdict, checks = analysis.judge(figures(500), canary, DEFAULTS)
     assert verdict == "fail"
     assert [c["metric"] for c in checks if c["ok"] is False] == [metric]
+
+
+def test_against_before_the_whole_fleet_is_compared_with_the_stable_policy_alone() -> None:
+    """A greedy candidate takes the fast nodes: its own arm looks better than the stable arm it crowds out, while
+    the whole fleet got slower than the stable policy alone. Against `before`, that fails on latency; a request's
+    own failure (5xx, 429) is still judged arm against arm."""
+    stable, greedy, whole, alone = figures(500, p95=400), figures(200, p95=150), figures(700, p95=300), figures(600)
+    assert analysis.judge(stable, greedy, DEFAULTS, whole, alone)[0] == "pass"  # arm against arm: looks fine
+    verdict, checks = analysis.judge(stable, greedy, BEFORE, whole, alone)
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["latency_p95_ratio"]
+    assert next(c for c in checks if c["metric"] == "latency_p95_ratio")["value"] == 3.0
+    # A cooperative candidate whose arm looks worse beside a greedy stable arm, with the whole no worse: pass.
+    assert analysis.judge(figures(500, p95=100), figures(200, p95=300), BEFORE, figures(700, p95=110),
+                          figures(600, p95=100))[0] == "pass"
+    verdict, checks = analysis.judge(figures(500), figures(200, err=0.05), BEFORE, figures(700), figures(600))
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["error_rate_diff"]
+    verdict, checks = analysis.judge(figures(500), figures(200), BEFORE, figures(700), figures(20))
+    assert verdict == "inconclusive" and "stable policy alone before the canary" in checks[0]["note"]
 
 
 def test_too_little_traffic_is_inconclusive_whatever_the_figures() -> None:
@@ -82,7 +101,8 @@ def log_requests(redis: Any, canary_id: int, arm: str, n: int, latency_ms: float
 def running(api: Any, redis_db: Any) -> Canary:
     op = api("operator")
     r = start(op, candidate(op), steps=[{"weight": 5, "pause_s": 0}, {"weight": 50, "pause_s": 0}],
-              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2, initial_delay_s=0)
+              interval_s=1, min_requests=50, failure_limit=1, inconclusive_limit=2, initial_delay_s=0, settle_s=0,
+              latency_against="arms")
     assert r.status_code == 201, r.content
     return Canary.objects.get(pk=r.json()["id"])
 
@@ -166,26 +186,80 @@ def test_the_interval_is_respected_and_other_canaries_entries_ignored(running: C
     assert AnalysisRun.objects.count() == 1
 
 
-def test_a_slow_arm_is_judged_on_the_requests_that_ended_in_the_window(running: Canary, redis_db: Any) -> None:
-    """Requests that arrived in the window but end after it are not in the log yet; the window is of *endings*, so
-    the slow canary requests count in the run after they end instead of vanishing from every run."""
-    t = running.step_started.timestamp() + 0.1
-    log_requests(redis_db, running.pk, "stable", 300, 100.0, at=t)
-    log_requests(redis_db, running.pk, "canary", 60, 5000.0, at=t)  # ends 5 s later
-    first = analysis.tick(datetime.fromtimestamp(t + 1, UTC))
-    assert first == [f"canary {running.pk}: inconclusive"]  # the canary requests have not ended yet
-    second = analysis.tick(datetime.fromtimestamp(t + 6, UTC))
-    assert second == [f"canary {running.pk}: failed run 1"]
-    run = AnalysisRun.objects.order_by("-pk").first()
+def test_each_run_judges_the_arrivals_of_a_settled_window(api: Any, redis_db: Any) -> None:
+    """The log holds a request from its end, so a window of endings would compare a slow arm's few fast requests
+    with the other arm's all. A run judges the requests that *arrived* in a window ending settle_s ago: the slow
+    canary requests count with their real latency, and the fast ones that arrived after the window wait their turn
+    instead of flattering the arm."""
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=6, window_s=30,
+                 initial_delay_s=0, latency_against="arms").status_code == 201
+    c = Canary.objects.get()
+    t = c.step_started.timestamp() + 0.1
+    log_requests(redis_db, c.pk, "stable", 300, 100.0, at=t)
+    log_requests(redis_db, c.pk, "canary", 60, 5000.0, at=t)  # ends 5 s later
+    log_requests(redis_db, c.pk, "canary", 200, 10.0, at=t + 3)  # after the judged window: not in this run
+    assert analysis.tick(datetime.fromtimestamp(t + 1, UTC)) == []  # nothing of the step has settled yet
+    assert analysis.tick(datetime.fromtimestamp(t + 8, UTC)) == [f"canary {c.pk}: failed run 1"]
+    run = AnalysisRun.objects.get()
     assert run.arms["canary"]["requests"] == 60 and run.arms["canary"]["p95_latency_ms"] == 5000.0
+    assert run.arms["stable"]["requests"] == 300
+    assert run.window_from == c.step_started and run.window_to == datetime.fromtimestamp(t + 2, UTC)
 
 
 def test_no_run_in_a_steps_initial_delay(api: Any, redis_db: Any) -> None:
     op = api("operator")
-    start(op, candidate(op), interval_s=1, initial_delay_s=30)
+    start(op, candidate(op), interval_s=1, initial_delay_s=30, settle_s=0, latency_against="arms")
     c = Canary.objects.get()
     log_requests(redis_db, c.pk, "stable", 300, 100.0)
     log_requests(redis_db, c.pk, "canary", 300, 100.0)
     assert analysis.tick(c.step_started + timedelta(seconds=29)) == []
     assert AnalysisRun.objects.count() == 0
     assert analysis.tick(c.step_started + timedelta(seconds=31)) == [f"canary {c.pk}: step 1 at 25 %"]
+
+
+def log_plain(redis: Any, n: int, latency_ms: float, at: float) -> None:
+    """n requests routed outside any canary (no arm), arrived at `at`."""
+    log_requests(redis, 0, "", n, latency_ms, at=at)
+
+
+def test_a_run_against_before_reads_the_stable_policy_alone_once(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=5, window_s=30, baseline_s=60,
+                 initial_delay_s=0, failure_limit=0).status_code == 201
+    c = Canary.objects.get()
+    t = c.created.timestamp()
+    log_plain(redis_db, 200, 100.0, t - 30)  # the stable policy alone, in the 60 s before the canary
+    log_plain(redis_db, 200, 900.0, t - 90)  # before the baseline window: not in it
+    log_requests(redis_db, c.pk, "stable", 300, 300.0, at=t + 1)  # crowded out by the candidate's arm ...
+    log_requests(redis_db, c.pk, "canary", 100, 150.0, at=t + 1)  # ... which looks better than it
+    assert analysis.tick(datetime.fromtimestamp(t + 8, UTC)) == [f"canary {c.pk}: aborted"]
+    run = AnalysisRun.objects.get()
+    assert run.arms["before"]["requests"] == 200 and run.arms["before"]["p95_latency_ms"] == 100.0
+    assert run.arms["whole"]["requests"] == 400 and run.arms["whole"]["p95_latency_ms"] == 300.0
+    assert "latency_p95_ratio 3.0 past 1.25" in run.summary
+    c.refresh_from_db()
+    assert c.baseline == run.arms["before"]  # kept: the log is trimmed, later runs compare with the same
+
+
+def test_no_traffic_before_the_canary_is_inconclusive(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=5, initial_delay_s=0).status_code == 201
+    c = Canary.objects.get()
+    t = c.created.timestamp()
+    log_requests(redis_db, c.pk, "stable", 300, 100.0, at=t + 1)
+    log_requests(redis_db, c.pk, "canary", 100, 100.0, at=t + 1)
+    assert analysis.tick(datetime.fromtimestamp(t + 8, UTC)) == [f"canary {c.pk}: inconclusive"]
+    assert "stable policy alone before the canary" in AnalysisRun.objects.get().summary
+
+
+def test_a_step_is_judged_on_a_whole_window_not_its_first_seconds(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), steps=[{"weight": 5, "pause_s": 60}], interval_s=1, min_requests=50,
+                 settle_s=0, window_s=30, initial_delay_s=0, latency_against="arms").status_code == 201
+    c = Canary.objects.get()
+    t = c.step_started.timestamp()
+    log_requests(redis_db, c.pk, "stable", 300, 100.0, at=t + 1)
+    log_requests(redis_db, c.pk, "canary", 100, 900.0, at=t + 1)  # enough requests, but 10 s of the step
+    assert analysis.tick(datetime.fromtimestamp(t + 10, UTC)) == []
+    assert analysis.tick(datetime.fromtimestamp(t + 31, UTC)) == [f"canary {c.pk}: failed run 1"]

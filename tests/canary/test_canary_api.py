@@ -137,6 +137,11 @@ BAD = [
     ({"analysis": {"min_goodput_ratio": True}}, "analysis.min_goodput_ratio"),
     ({"analysis": {"p99": 1}}, "analysis.p99"),
     ({"analysis": {"initial_delay_s": 3601}}, "analysis.initial_delay_s"),
+    ({"analysis": {"settle_s": 901}}, "analysis.settle_s"),
+    ({"analysis": {"baseline_s": 5}}, "analysis.baseline_s"),
+    ({"analysis": {"latency_against": "after"}}, "analysis.latency_against"),
+    ({"analysis": {"latency_against": 1}}, "analysis.latency_against"),
+    ({"analysis": {"settle_s": -1}}, "analysis.settle_s"),
     ({"reason": ""}, "reason"),
     ({"reason": "   "}, "reason"),
     ({"reason": 5}, "reason"),
@@ -165,7 +170,7 @@ def test_a_body_that_is_not_an_object_is_refused(api: Any) -> None:
     assert r.status_code == 400 and Canary.objects.count() == 0
 
 
-def test_other_kinds_have_no_canary_yet(api: Any) -> None:
-    r = api("operator").post("/api/v1/policies/scaling/canary/", {}, format="json")
-    assert r.status_code == 404 and "scheduler" in r.json()["error"]
+def test_other_kinds_have_no_canary(api: Any) -> None:
+    r = api("operator").post("/api/v1/policies/power/canary/", {}, format="json")
+    assert r.status_code == 404 and "scheduler or scaling" in r.json()["error"]
     assert api("viewer").get("/api/v1/policies/nope/canary/").status_code == 404

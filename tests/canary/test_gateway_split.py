@@ -107,3 +107,46 @@ def test_the_candidate_core_counts_the_stable_arms_sends(fleet: Fleet, upstreams
     gw.loop.call_soon_threadsafe(stable.finish, n_stable, 10_001, None, True)
     gw.loop.call_soon_threadsafe(cand.finish, n_cand, 10_002, None, True)
     gw.wait(lambda: n_stable.in_flight == 0 and n_cand.in_flight == 0, what="both finished in both cores")
+
+
+def without_affinity() -> dict[str, Any]:
+    doc = copy.deepcopy(default_document("scheduler"))
+    doc["scorers"] = [s for s in doc["scorers"] if s["metric"] != "prefix_affinity"]
+    doc["cache"]["enabled"] = False
+    return doc
+
+
+def test_a_candidate_with_prefix_affinity_gets_prefix_keys_when_the_stable_policy_has_none(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api: Any) -> None:
+    """The gateway used to cut a prompt's block keys only when the *stable* policy routed by prefix: a candidate
+    with prefix_affinity (today's default) on a stable policy without it learned nothing and routed blind."""
+    (node,) = upstreams(1, delay=0.0)
+    fleet.add(node.name, node.url)
+    op = api("operator")
+    active = op.get("/api/v1/policies/scheduler/").json()
+    r = op.post("/api/v1/policies/scheduler/revisions/", {"document": without_affinity(), "reason": "no affinity",
+                                                         "parent": active["id"], "activate": True}, format="json")
+    assert r.status_code == 201, r.content
+    with_affinity = copy.deepcopy(default_document("scheduler"))
+    with_affinity["cache"]["enabled"] = False
+    assert start(op, candidate(op, with_affinity), steps=[{"weight": 100, "pause_s": 3600}]).status_code == 201
+    gw = gateway()
+    gw.wait(lambda: gw.app.canary is not None and len(gw.eligible()) == 1, what="canary core loaded")
+    assert not gw.app.sched.config.uses_prefix and gw.app.canary.sched.config.uses_prefix
+    prompt = {"model": MODEL, "messages": [{"role": "user", "content": "the same long system prompt " * 40}]}
+    resp = httpx.post(f"{gw.url}/v1/chat/completions", json=prompt, timeout=30,
+                      headers={"Authorization": f"Bearer {user_token}", "Cache-Control": "no-cache"})
+    assert resp.status_code == 200 and resp.headers["X-Switchyard-Arm"] == "canary"
+    gw.wait(lambda: gw.app.canary.sched.prefix.size(node.name) > 0, what="the candidate's prefix index learns")
+
+
+def test_prefix_keys_follow_whichever_core_routes_by_prefix() -> None:
+    from control.scheduler.canary_arm import prefix_config
+    from control.scheduler.config import Config
+
+    plain, keyed = Config.from_document(without_affinity()), Config.from_document(default_document("scheduler"))
+    assert prefix_config(plain, None, "") is None
+    assert prefix_config(plain, keyed, "canary") is keyed
+    assert prefix_config(plain, keyed, "stable") is keyed  # the candidate counts the stable arm's sends too
+    assert prefix_config(keyed, plain, "canary") is keyed
+    assert prefix_config(plain, plain, "canary") is None

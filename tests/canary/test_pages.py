@@ -26,7 +26,7 @@ def test_canary_page_by_role(api: Any) -> None:
     assert "running" in page and "5.0 % for 0 s" in page and 'id="canary-controls"' not in page
     page = login("operator").get("/policies/scheduler/canary/").content.decode()
     assert 'id="canary-controls"' in page and 'data-action="abort"' in page
-    assert login("viewer").get("/policies/scaling/canary/").status_code == 404
+    assert login("viewer").get("/policies/power/canary/").status_code == 404
 
 
 def test_routing_page_shows_a_banner_only_while_a_canary_runs(api: Any) -> None:

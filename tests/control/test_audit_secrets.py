@@ -56,7 +56,7 @@ NO_SECRET_INPUT = {
     "pool.{}": "admin form: the pool's name and settings",
     "node.create": "the node's pool and inference endpoint (a base URL: recorded as scheme and host anyway)",
     "audit.redact": "the migration that redacted old events: counts and ids",
-    "canary.start": "revision ids, steps (weights, pauses) and analysis thresholds: numbers only",
+    "canary.start": "revision ids, steps (weights, pauses), analysis thresholds and (scaling) the pool name",
     "canary.step": "as canary.start, with the analysis figures",
     "canary.pause": "as canary.start",
     "canary.resume": "as canary.start",
