@@ -20,9 +20,9 @@ Each gateway keeps its own index; with several gateways each sees only its share
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 Keys = tuple[int, ...]
@@ -73,7 +73,9 @@ class PrefixIndex:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.nodes: dict[str, OrderedDict[int, None]] = {}
-        self.holders: dict[int, set[str]] = {}
+        # key -> its holders as a dict of names (not a set): a dict of strings is not tracked by the garbage
+        # collector, so the index's tens of thousands of entries add nothing to a full collection's pause.
+        self.holders: dict[int, dict[str, None]] = {}
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
@@ -81,22 +83,31 @@ class PrefixIndex:
             self._trim(name)
 
     def add(self, node: str, keys: Keys) -> None:
-        """The prompt with these keys was sent to the node: it will hold them, most recently used."""
+        """The prompt with these keys was sent to the node: it will hold them, most recently used (the first
+        block least recently: a walk over the prompt leaves them in that order, and evicts the first first).
+
+        Runs on every request, so the blocks the node already holds (a shared prefix: most of a long prompt) are
+        moved to the end by one C-level pass that stops at the first block it lacks; only the rest (usually the
+        prompt's own tail) is walked in Python."""
         lru = self.nodes.get(node)
         if lru is None:
             lru = self.nodes[node] = OrderedDict()
-        holders = self.holders
-        for key in keys:
-            if key in lru:
-                lru.move_to_end(key)
-            else:
+        rest = iter(keys)
+        try:
+            deque(map(lru.move_to_end, rest), 0)
+        except KeyError as lacking:
+            holders = self.holders
+            for key in chain(lacking.args, rest):
+                if key in lru:  # a later block can outlive an earlier one (evicted first)
+                    lru.move_to_end(key)
+                    continue
                 lru[key] = None
                 held = holders.get(key)
                 if held is None:
-                    holders[key] = {node}
+                    holders[key] = {node: None}
                 else:
-                    held.add(node)
-        self._trim(node)
+                    held[node] = None
+            self._trim(node)
 
     def _trim(self, node: str) -> None:
         lru = self.nodes[node]
@@ -107,7 +118,7 @@ class PrefixIndex:
     def _drop(self, key: int, node: str) -> None:
         held = self.holders.get(key)
         if held is not None:
-            held.discard(node)
+            held.pop(node, None)
             if not held:
                 del self.holders[key]
 
