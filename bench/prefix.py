@@ -23,7 +23,11 @@ tokens). Targets: shared-prefix and multi-turn TTFT p95 <= 0.5 x default and <= 
 cache_aware's; independent p95 within 5 % of default.
 
     .venv/bin/python bench/prefix.py [--workloads shared-prefix,multi-turn,independent] [--duration 30]
-        [--rate shared-prefix=R,...] [--weight 2] [--json out.json]
+        [--rate shared-prefix=R,...] [--weight 2] [--gateways 2] [--json out.json]
+
+`--gateways 2`: each policy runs twice, through one gateway and spread in turn over two (as a round-robin load
+balancer would; each gateway keeps its own prefix index and sees only its half of the traffic, a multi-turn
+session's turns alternate between them), with the same seeded sequence; the verdicts then compare the two.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import routing  # noqa: E402
 from bench.benchlib import use_bench_database  # noqa: E402
 from bench.loadrun import sim_fleet  # noqa: E402
+from control.scheduler.status import read_status  # noqa: E402
 
 POLICIES = ("round_robin", "least_in_flight", "default", "cache_aware", "prefix_affinity")
 WORKLOADS = ("shared-prefix", "multi-turn", "independent")
@@ -150,6 +155,26 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def gateway_verdicts(rows: list[dict[str, Any]], k: int) -> list[str]:
+    """What k gateways (each with its own index, requests spread over them in turn) cost against one, per policy."""
+    out = []
+    for wl in WORKLOADS:
+        by = {r["name"]: r for r in rows if r["workload"] == wl}
+        for name in POLICIES:
+            one, split = by.get(name), by.get(f"{name} x{k}gw")
+            if one is None or split is None:
+                continue
+
+            def ratio(metric: str, q: str, one: dict[str, Any] = one, split: dict[str, Any] = split) -> str:
+                a, b = split[metric][q], one[metric][q]
+                return f"{a / b:.2f}" if a is not None and b else "-"
+
+            out.append(f"{wl}: {name} on {k} gateways vs 1: hit rate {split['hit_rate']:.0%} vs {one['hit_rate']:.0%}, "
+                       f"TTFT p50 x{ratio('ttft', 'p50')}, p95 x{ratio('ttft', 'p95')}, latency p95 "
+                       f"x{ratio('latency', 'p95')}, goodput {split['goodput']:.1f} vs {one['goodput']:.1f}/s")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=6, help="simulated nodes, h100/a100/l40s in turn (default 6)")
@@ -180,6 +205,9 @@ def main() -> None:
     ap.add_argument("--stream-fraction", type=float, default=0.5, help="streamed share (TTFT) (default 0.5)")
     ap.add_argument("--timeout", type=float, default=30.0, help="client timeout per request (default 30 s)")
     ap.add_argument("--interval", type=int, default=5, help="agent push interval (default 5)")
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="with 2 or more: each policy also runs with its requests spread in turn over that many "
+                         "gateways (each keeps its own prefix index), beside the same run through one (default 1)")
     ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
     ap.add_argument("--database", default="sy_bench_prefix", help="throw-away database (default %(default)s)")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
@@ -199,7 +227,10 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="sy-bench-prefix-"))
     rows: list[dict[str, Any]] = []
     calibration: dict[str, Any] = {}
-    with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-prefix") as fleet:
+    if args.gateways < 1:
+        raise SystemExit("--gateways: at least 1")
+    with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-prefix",
+                   args.gateways) as fleet:
         gw, control, urls = fleet.gateway, fleet.control, fleet.urls
         names = sorted(fleet.profiles)
         log(f"fleet: {', '.join(f'{n} {fleet.profiles[n]}' for n in names)}; gateway {gw}; logs in {logs}")
@@ -226,25 +257,36 @@ def main() -> None:
             log(f"{wl}: {rate:g} req/s, {args.duration:g} s per policy")
             args.rate = rate
             for name in pols:
-                h0, q0 = hits(urls)
-                r = routing.run_config(name, args, gw, control, fleet.profiles, urls, slo_s, label=name)
-                h1, q1 = hits(urls)
-                ok = max(1, r["ok"])
-                r.update(workload=wl, name=name, hit_rate=(h1 - h0) / max(1.0, q1 - q0),
-                         largest_share=max(r["per_node"].values(), default=0) / ok, slo_s=slo_s)
-                log(f"  {name:<16} hit rate {r['hit_rate']:.0%}, largest node share {r['largest_share']:.0%}")
-                rows.append(r)
+                for k in (1, args.gateways) if args.gateways > 1 else (1,):
+                    # The others get the policy by the same publish as the first (run_config waits for the first
+                    # to load it, then for an idle fleet: seconds); checked after the run.
+                    args.more_gateways = fleet.gateways[1:k]
+                    label = name if k == 1 else f"{name} x{k}gw"
+                    h0, q0 = hits(urls)
+                    r = routing.run_config(name, args, gw, control, fleet.profiles, urls, slo_s, label=label)
+                    h1, q1 = hits(urls)
+                    for other in args.more_gateways:
+                        if (rev := read_status(other).policy.get("scheduler")) != r["revision"]:
+                            raise SystemExit(f"gateway {other} ran revision {rev}, not {r['revision']}")
+                    ok = max(1, r["ok"])
+                    r.update(workload=wl, name=label, gateways=k, hit_rate=(h1 - h0) / max(1.0, q1 - q0),
+                             largest_share=max(r["per_node"].values(), default=0) / ok, slo_s=slo_s)
+                    log(f"  {label:<16} hit rate {r['hit_rate']:.0%}, largest node share {r['largest_share']:.0%}")
+                    rows.append(r)
+            args.more_gateways = []
     print()
     print("requests per node in the order " + " / ".join(f"{n} ({fleet.profiles[n]})" for n in names))
     print(table(rows, names))
     print()
-    found = verdicts(rows)
+    found = verdicts([r for r in rows if r["gateways"] == 1])
+    if args.gateways > 1:
+        found += gateway_verdicts(rows, args.gateways)
     for v in found:
         print(v)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(
             {"nodes": names, "profiles": fleet.profiles, "duration_s": args.duration, "seed": args.seed,
-             "weight": args.weight, "calibration": calibration, "results": rows, "verdicts": found}, indent=2,
+             "weight": args.weight, "gateways": args.gateways, "calibration": calibration, "results": rows, "verdicts": found}, indent=2,
             default=str))
 
 
