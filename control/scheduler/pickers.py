@@ -29,27 +29,44 @@ def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset
                   prefix: Keys) -> Pick:
     from control.scheduler.core import Pick
 
-    matches = sched.prefix.matches(prefix)
-    if not matches:
+    index = sched.prefix
+    deepest, deep, shallow = index.lookup(prefix)
+    if not deepest:
         return Pick(best, "ok")
     cfg = sched.config
     per_block = cfg.weights["prefix_affinity"][0] / len(prefix)
     least = cfg.prefix_min_match
     # node.base is the score the heap ranked the node by (set when its entry was made), so comparing holders costs
     # a few attribute reads each, not a re-score.
-    count = matches.get(best.name, 0)
+    if best.name in deep:
+        count = deepest
+    elif best.name in shallow:
+        count = index.depth(best.name, prefix, deepest)
+    else:
+        count = 0
     top = per_block * count if count >= least else 0.0
     best_score = best.base + top
     nodes = sched.nodes
-    for name, count in matches.items():
-        if count < least:
-            continue
-        gain = per_block * count
+    if deepest >= least:
+        gain = per_block * deepest
+        for name in deep:
+            node = nodes.get(name)
+            if node is None or node.base + gain <= best_score or node is best or name in exclude \
+                    or not node.listed or group not in node.groups:
+                continue
+            best, best_score, top = node, node.base + gain, gain
+    # A shallow holder can win only if its score beats the best so far with an affinity below the deepest match:
+    # its own depth is looked up only then.
+    bound = per_block * (deepest - 1)
+    for name in shallow:
         node = nodes.get(name)
-        if node is None or node.base + gain <= best_score or node is best or name in exclude or not node.listed \
-                or group not in node.groups:
+        if node is None or node.base + bound <= best_score or node is best or name in exclude \
+                or not node.listed or group not in node.groups:
             continue
-        best, best_score, top = node, node.base + gain, gain
+        count = index.depth(name, prefix, deepest)
+        gain = per_block * count
+        if count >= least and node.base + gain > best_score:
+            best, best_score, top = node, node.base + gain, gain
     sched.last_affinity = top
     return Pick(best, "ok")
 
