@@ -32,7 +32,7 @@ class Outcome:
     stream: bool
     status: int = 0
     latency_s: float = 0.0
-    ttft_s: float | None = None
+    ttft_s: float | None = None  # streamed: until the first event carrying generated text
     completion_tokens: int = 0
     node: str = ""
     error: str = ""
@@ -99,9 +99,11 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, out: Outcome, body: by
                 async for line in resp.aiter_lines():
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    if out.ttft_s is None:
-                        out.ttft_s = time.perf_counter() - start
+                    # TTFT is the first generated text: servers send a role-only chunk first (the simulator at
+                    # once, before the prefill), which would make TTFT the hop's latency, not the engine's.
                     if _chunk_has_text(line[6:]):
+                        if out.ttft_s is None:
+                            out.ttft_s = time.perf_counter() - start
                         out.completion_tokens += 1
         else:
             resp = await client.post(spec.path, content=body, headers=headers)
