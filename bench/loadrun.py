@@ -90,6 +90,26 @@ class Fleet:
     gateway: str = ""
     gateways: list[str] = field(default_factory=list)  # every gateway started (the first is `gateway`)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # How each gateway is started (its command line and log), so that restart_gateways() can start it again.
+    gateway_starts: list[tuple[list[str], Path]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def restart_gateways(self) -> None:
+        """Fresh gateway processes on the same ports: what a gateway learned in one run (each node's measured
+        seconds per slot and TTFT, its prefix index) must not carry into the next, or a policy's result depends on
+        the one that ran before it. Waits until each sees every node again."""
+        from control.scheduler.status import read_status
+
+        nodes = len(self.urls)
+        first = len(self.procs) - len(self.gateway_starts)  # the gateways are the processes started last
+        for i, ((cmd, log_path), url) in enumerate(zip(self.gateway_starts, self.gateways, strict=True)):
+            stop([self.procs[first + i]])
+            with open(log_path, "ab") as log_file:
+                self.procs[first + i] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log_file,
+                                                         stderr=subprocess.STDOUT)
+            wait_port(int(url.rsplit(":", 1)[1]), self.procs[first + i], f"the gateway (log: {log_path})", 60)
+            wait_for(f"every node eligible at the gateway {url}", lambda url=url: read_status(url).eligible == nodes,
+                     60)
 
 
 @contextlib.contextmanager
@@ -113,13 +133,15 @@ def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str,
             cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
         wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
         gws: list[str] = []
+        starts: list[tuple[list[str], Path]] = []
         for i in range(gateways if gateway_id else 0):
             gw_port = free_port()
             suffix = f"-{i + 1}" if i else ""
+            cmd = [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id",
+                   gateway_id + suffix]
+            starts.append((cmd, logs / f"gateway{suffix}.log"))
             gw_log = open(logs / f"gateway{suffix}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id",
-                 gateway_id + suffix], cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
             wait_port(gw_port, procs[-1], f"the gateway (log: {logs / f'gateway{suffix}.log'})", 60)
             gws.append(f"http://127.0.0.1:{gw_port}")
         gw = gws[0] if gws else ""
@@ -128,7 +150,7 @@ def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str,
                          and d, 60)
         fleet = Fleet(control=control, profiles={n["name"]: n["profile"] for n in found},
                       urls=[n["url"] for n in found], url_profile={n["url"]: n["profile"] for n in found},
-                      gateway=gw, gateways=gws, procs=procs)
+                      gateway=gw, gateways=gws, procs=procs, gateway_starts=starts, env=env)
         if gws:
             from control.scheduler.status import read_status
 

@@ -16,7 +16,8 @@ skips their prefill. For each workload, each policy gets the same seeded arrival
                      the prompt, else the node holding the least; the fewest in flight when imbalanced (32 / 1.1)
     prefix_affinity  the default policy plus the prefix_affinity scorer (--weight)
 
-The rate of each workload is the highest at which least_in_flight stays stable (bench/routing.py's calibration,
+Every run starts from freshly started gateways (nothing learned in the run before). The rate of each workload is
+the highest at which least_in_flight stays stable (bench/routing.py's calibration,
 probing shares of the fleet's computed saturation with every prompt prefilled in full), unless `--rate` gives it.
 The prefix-cache hit rate is the nodes' own count (vllm:prefix_cache_hits_total / queries_total over the run, in
 tokens). TTFT is the client's (streamed requests) and, beside it, the engines' own (their
@@ -295,6 +296,11 @@ def main() -> None:
                     # to load it, then for an idle fleet: seconds); checked after the run.
                     args.more_gateways = fleet.gateways[1:k]
                     label = name if k == 1 else f"{name} x{k}gw"
+                    # Every run starts from fresh gateways: what one learned (per-node seconds per slot for
+                    # expected_wait, TTFT, its prefix index) made a policy's result depend on the one before it
+                    # (independent prompts: prefix_affinity p95 0.91x default right after it, 3.5x after an
+                    # overloaded cache_aware run).
+                    fleet.restart_gateways()
                     h0, q0, t0 = scrape(urls)
                     r = routing.run_config(name, args, gw, control, fleet.profiles, urls, slo_s, label=label)
                     h1, q1, t1 = scrape(urls)
