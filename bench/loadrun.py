@@ -51,7 +51,8 @@ def load_spec(url: str, args: Any, rate: float, duration_s: float, workload: Any
     """The seeded sequence every bench sends: constant rate, one class, answers exactly max_tokens long
     (`ignore_eos`) so that runs differ only in where requests went. `args` carries prompt_tokens, max_tokens,
     stream_fraction, timeout and seed; `workload` (control.loadgen.workloads) replaces the prompt mixes; `tag`
-    starts every independent prompt (a workload has its own tag)."""
+    starts every independent prompt (a workload has its own tag). `args.more_gateways`, when set, are further
+    gateway URLs the requests are spread over in turn with `url` (bench/prefix.py --gateways)."""
     from control.loadgen import curves, runner
     from control.loadgen.mix import parse_mix
 
@@ -60,7 +61,8 @@ def load_spec(url: str, args: Any, rate: float, duration_s: float, workload: Any
         duration_s=duration_s, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
         max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
         stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
-        extra_body={"ignore_eos": True}, workload=workload, prompt_tag=tag)
+        extra_body={"ignore_eos": True}, workload=workload, prompt_tag=tag,
+        more_urls=tuple(getattr(args, "more_gateways", ())))
 
 
 def send(label: str, spec: Any, log: Callable[[str], None]) -> tuple[list[Any], float]:
@@ -86,14 +88,35 @@ class Fleet:
     urls: list[str]
     url_profile: dict[str, str]
     gateway: str = ""
+    gateways: list[str] = field(default_factory=list)  # every gateway started (the first is `gateway`)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # How each gateway is started (its command line and log), so that restart_gateways() can start it again.
+    gateway_starts: list[tuple[list[str], Path]] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def restart_gateways(self) -> None:
+        """Fresh gateway processes on the same ports: what a gateway learned in one run (each node's measured
+        seconds per slot and TTFT, its prefix index) must not carry into the next, or a policy's result depends on
+        the one that ran before it. Waits until each sees every node again."""
+        from control.scheduler.status import read_status
+
+        nodes = len(self.urls)
+        first = len(self.procs) - len(self.gateway_starts)  # the gateways are the processes started last
+        for i, ((cmd, log_path), url) in enumerate(zip(self.gateway_starts, self.gateways, strict=True)):
+            stop([self.procs[first + i]])
+            with open(log_path, "ab") as log_file:
+                self.procs[first + i] = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log_file,
+                                                         stderr=subprocess.STDOUT)
+            wait_port(int(url.rsplit(":", 1)[1]), self.procs[first + i], f"the gateway (log: {log_path})", 60)
+            wait_for(f"every node eligible at the gateway {url}", lambda url=url: read_status(url).eligible == nodes,
+                     60)
 
 
 @contextlib.contextmanager
 def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str, logs: Path,
-              gateway_id: str = "") -> Iterator[Fleet]:
+              gateway_id: str = "", gateways: int = 1) -> Iterator[Fleet]:
     """`manage.py serve` + `simfleet --profile mixed` (agents pushing every `interval` s) and, with `gateway_id`,
-    a `manage.py gateway --auth off`; everything stopped on exit."""
+    `gateways` x `manage.py gateway --auth off` (ids gateway_id, gateway_id-2, ...); everything stopped on exit."""
     from dashboard.metrics.latest import LATEST_KEY, redis_client
 
     redis_client().hdel(LATEST_KEY, *[f"{POOL}-{i:02d}" for i in range(1, nodes + 1)])  # an earlier run's samples
@@ -109,25 +132,31 @@ def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str,
              str(interval), "--control-port", str(control_port), "--seed", str(seed)],
             cwd=ROOT, env=env, stdout=fleet_log, stderr=subprocess.STDOUT))
         wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
-        gw = ""
-        if gateway_id:
+        gws: list[str] = []
+        starts: list[tuple[list[str], Path]] = []
+        for i in range(gateways if gateway_id else 0):
             gw_port = free_port()
-            gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", gateway_id],
-                cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
-            wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
-            gw = f"http://127.0.0.1:{gw_port}"
+            suffix = f"-{i + 1}" if i else ""
+            cmd = [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id",
+                   gateway_id + suffix]
+            starts.append((cmd, logs / f"gateway{suffix}.log"))
+            gw_log = open(logs / f"gateway{suffix}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
+            wait_port(gw_port, procs[-1], f"the gateway (log: {logs / f'gateway{suffix}.log'})", 60)
+            gws.append(f"http://127.0.0.1:{gw_port}")
+        gw = gws[0] if gws else ""
         control = f"http://127.0.0.1:{control_port}"
         found = wait_for("the fleet", lambda: (d := get_json(f"{control}/nodes")["nodes"]) and len(d) == nodes
                          and d, 60)
         fleet = Fleet(control=control, profiles={n["name"]: n["profile"] for n in found},
                       urls=[n["url"] for n in found], url_profile={n["url"]: n["profile"] for n in found},
-                      gateway=gw, procs=procs)
-        if gw:
+                      gateway=gw, gateways=gws, procs=procs, gateway_starts=starts, env=env)
+        if gws:
             from control.scheduler.status import read_status
 
-            wait_for("every node eligible at the gateway", lambda: read_status(gw).eligible == nodes, 60)
+            for url in gws:
+                wait_for(f"every node eligible at the gateway {url}", lambda url=url: read_status(url).eligible == nodes,
+                         60)
         yield fleet
     finally:
         stop(procs)

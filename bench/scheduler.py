@@ -118,6 +118,9 @@ def main() -> None:
     global CPU_CLOCK
     CPU_CLOCK = args.cpu_clock
     if args.affinity:
+        print(f"one decision, {'thread CPU' if CPU_CLOCK else 'wall'} time: with affinity = the prompt's text from the "
+              "body + its block keys (hashing) + pick + recording the send in the prefix index; without = pick + "
+              "record, same bodies, no keys")
         print(f"{'nodes':>7} {'affinity p50':>13} {'p99':>9} {'without p50':>12} {'p99':>9} {'ratio p99':>10}")
         for n in (int(x) for x in args.sizes.split(",")):
             on = [v / 1000 for v in run(n, args.decisions, args.concurrency, affinity=True)[0]]

@@ -30,15 +30,18 @@ _WORDS = ("fleet gpu token batch prefill decode cache queue latency power node p
 
 
 def text_of(tokens: int, rng: random.Random, tag: str = "") -> str:
-    """About `tokens` tokens of words (4 characters each), starting with `tag` so that texts differ at once."""
+    """About `tokens` tokens of words (4 characters each), starting with `tag` so that texts differ at once. The
+    words drawn do not depend on the tag, so that tagged runs of one seed (bench/prefix.py tags each policy's texts)
+    draw the same arrivals, group order and think times after it."""
     chars = max(1, tokens) * 4
-    parts = [tag] if tag else []
-    size = len(tag)
+    words = []
+    size = 0
     while size < chars:
         word = rng.choice(_WORDS)
-        parts.append(word)
+        words.append(word)
         size += len(word) + 1
-    return " ".join(parts)[:chars]
+    body = " ".join(words)
+    return (f"{tag} {body}" if tag else body)[:chars]
 
 
 @dataclass(frozen=True)

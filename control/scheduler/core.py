@@ -130,7 +130,7 @@ class Node:
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
-                 "slot_s", "area", "area_t", "sent_area", "affinity")
+                 "slot_s", "area", "area_t", "sent_area", "affinity", "base")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -156,6 +156,9 @@ class Node:
         self.area_t = 0.0
         self.sent_area: dict[int, float] = {}  # request id -> area when it was sent
         self.affinity = 0.0  # mean prefix_affinity term of the requests sent here (EWMA), for the routing page
+        # base_score as of the node's live heap entry (set by _entry): every change to what it depends on relists the
+        # node, so the affinity picker reads it instead of re-scoring each prefix holder per request.
+        self.base = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -484,7 +487,7 @@ class Scheduler:
 
     def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
         cfg = self.config
-        s = self.base_score(node)
+        s = node.base = self.base_score(node)
         key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
         tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
         self._seq += 1

@@ -2,8 +2,9 @@
 baseline. Both read the scheduler's prefix index (prefix_index.py); neither changes the heap.
 
 `with_affinity` (the `highest` picker with a prefix_affinity scorer): the heap top is the best node without
-affinity; only nodes that hold some of the prompt's leading blocks can gain, so those few are scored in full
-(`Scheduler.base_score` + weight x matched share) and compared with the top. A node's expected_wait and burst terms
+affinity; only nodes that hold some of the prompt's leading blocks can gain, so those few (at most
+prefix_index.MAX_MATCHES + MAX_SHALLOW) are compared with the top by the score their heap entry was made with
+(`Node.base`, i.e. `Scheduler.base_score`) + weight x matched share. A node's expected_wait and burst terms
 are in its base score, so a node whose queue costs more than the affinity is worth loses the request to an idle
 one: a hot prefix spreads to a second node instead of herding onto the first.
 
@@ -28,31 +29,44 @@ def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset
                   prefix: Keys) -> Pick:
     from control.scheduler.core import Pick
 
-    cfg = sched.config
-    matches = sched.prefix.matches(prefix)
-    if not matches:
+    index = sched.prefix
+    deepest, deep, shallow = index.lookup(prefix)
+    if not deepest:
         return Pick(best, "ok")
-    weight = cfg.weights["prefix_affinity"][0]
-    total = len(prefix)
+    cfg = sched.config
+    per_block = cfg.weights["prefix_affinity"][0] / len(prefix)
     least = cfg.prefix_min_match
-
-    def affinity(node: Node) -> float:
-        count = matches.get(node.name, 0)
-        return weight * count / total if count >= least else 0.0
-
-    top = affinity(best)
-    best_score = sched.base_score(best) + top
+    # node.base is the score the heap ranked the node by (set when its entry was made), so comparing holders costs
+    # a few attribute reads each, not a re-score.
+    if best.name in deep:
+        count = deepest
+    elif best.name in shallow:
+        count = index.depth(best.name, prefix, deepest)
+    else:
+        count = 0
+    top = per_block * count if count >= least else 0.0
+    best_score = best.base + top
     nodes = sched.nodes
-    for name, count in matches.items():
-        if count < least or name == best.name or name in exclude:
-            continue
+    if deepest >= least:
+        gain = per_block * deepest
+        for name in deep:
+            node = nodes.get(name)
+            if node is None or node.base + gain <= best_score or node is best or name in exclude \
+                    or not node.listed or group not in node.groups:
+                continue
+            best, best_score, top = node, node.base + gain, gain
+    # A shallow holder can win only if its score beats the best so far with an affinity below the deepest match:
+    # its own depth is looked up only then.
+    bound = per_block * (deepest - 1)
+    for name in shallow:
         node = nodes.get(name)
-        if node is None or not node.listed or group not in node.groups:
+        if node is None or node.base + bound <= best_score or node is best or name in exclude \
+                or not node.listed or group not in node.groups:
             continue
-        gain = weight * count / total
-        score = sched.base_score(node) + gain
-        if score > best_score:
-            best, best_score, top = node, score, gain
+        count = index.depth(name, prefix, deepest)
+        gain = per_block * count
+        if count >= least and node.base + gain > best_score:
+            best, best_score, top = node, node.base + gain, gain
     sched.last_affinity = top
     return Pick(best, "ok")
 

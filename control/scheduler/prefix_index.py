@@ -20,9 +20,9 @@ Each gateway keeps its own index; with several gateways each sees only its share
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable
-from itertools import islice
+from collections import OrderedDict, deque
+from collections.abc import Collection, Iterable
+from itertools import chain, islice
 from typing import Any
 
 Keys = tuple[int, ...]
@@ -73,7 +73,9 @@ class PrefixIndex:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.nodes: dict[str, OrderedDict[int, None]] = {}
-        self.holders: dict[int, set[str]] = {}
+        # key -> its holders as a dict of names (not a set): a dict of strings is not tracked by the garbage
+        # collector, so the index's tens of thousands of entries add nothing to a full collection's pause.
+        self.holders: dict[int, dict[str, None]] = {}
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
@@ -81,22 +83,31 @@ class PrefixIndex:
             self._trim(name)
 
     def add(self, node: str, keys: Keys) -> None:
-        """The prompt with these keys was sent to the node: it will hold them, most recently used."""
+        """The prompt with these keys was sent to the node: it will hold them, most recently used (the first
+        block least recently: a walk over the prompt leaves them in that order, and evicts the first first).
+
+        Runs on every request, so the blocks the node already holds (a shared prefix: most of a long prompt) are
+        moved to the end by one C-level pass that stops at the first block it lacks; only the rest (usually the
+        prompt's own tail) is walked in Python."""
         lru = self.nodes.get(node)
         if lru is None:
             lru = self.nodes[node] = OrderedDict()
-        holders = self.holders
-        for key in keys:
-            if key in lru:
-                lru.move_to_end(key)
-            else:
+        rest = iter(keys)
+        try:
+            deque(map(lru.move_to_end, rest), 0)
+        except KeyError as lacking:
+            holders = self.holders
+            for key in chain(lacking.args, rest):
+                if key in lru:  # a later block can outlive an earlier one (evicted first)
+                    lru.move_to_end(key)
+                    continue
                 lru[key] = None
                 held = holders.get(key)
                 if held is None:
-                    holders[key] = {node}
+                    holders[key] = {node: None}
                 else:
-                    held.add(node)
-        self._trim(node)
+                    held[node] = None
+            self._trim(node)
 
     def _trim(self, node: str) -> None:
         lru = self.nodes[node]
@@ -107,7 +118,7 @@ class PrefixIndex:
     def _drop(self, key: int, node: str) -> None:
         held = self.holders.get(key)
         if held is not None:
-            held.discard(node)
+            held.pop(node, None)
             if not held:
                 del self.holders[key]
 
@@ -118,16 +129,21 @@ class PrefixIndex:
             for key in lru:
                 self._drop(key, node)
 
-    def matches(self, keys: Keys, among: Iterable[str] | None = None) -> dict[str, int]:
-        """Node -> how many of the prompt's leading blocks it holds, for the nodes holding the most of them (and,
-        while there are few, every node holding at least the first block).
+    def lookup(self, keys: Keys) -> tuple[int, Collection[str], Collection[str]]:
+        """(deepest, deep, shallow): how many of the prompt's leading blocks the best-placed nodes hold, those nodes
+        (at most MAX_MATCHES), and, while there are few (MAX_SHALLOW), the other nodes holding at least the first
+        block, whose own depth (below `deepest`) `depth` tells. (0, (), ()) when no node holds the first block.
 
         Chained keys make holding monotone along the prompt (a node holding block i was sent blocks 0..i), so the
-        deepest block anyone holds is found by binary search over the keys, and each node's own depth by binary
-        search in its LRU: O(log blocks) lookups per node looked at, never a walk over every block."""
+        deepest block anyone holds is found by binary search over the keys: O(log blocks), never a walk over the
+        blocks or the fleet. The shallow holders' depths are left to the caller, which needs only those that could
+        still win."""
         holders = self.holders
-        if not keys or keys[0] not in holders:
-            return {}
+        if not keys:
+            return 0, (), ()
+        first = holders.get(keys[0])
+        if first is None:
+            return 0, (), ()
         lo, hi = 1, len(keys)  # blocks held by someone: at least lo, at most hi
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -136,22 +152,32 @@ class PrefixIndex:
             else:
                 hi = mid - 1
         deep = holders[keys[lo - 1]]
-        out = dict.fromkeys(deep if len(deep) <= MAX_MATCHES else islice(deep, MAX_MATCHES), lo)
-        first = holders[keys[0]]
-        if len(first) > len(out) and len(first) <= MAX_SHALLOW:
-            nodes = self.nodes
-            for name in first:
-                if name in out:
-                    continue
-                lru = nodes[name]
-                a, b = 1, lo - 1
-                while a < b:
-                    mid = (a + b + 1) // 2
-                    if keys[mid - 1] in lru:
-                        a = mid
-                    else:
-                        b = mid - 1
-                out[name] = a
+        if len(deep) > MAX_MATCHES:
+            deep = tuple(islice(deep, MAX_MATCHES))
+        if len(first) > len(deep) and len(first) <= MAX_SHALLOW:
+            return lo, deep, [name for name in first if name not in deep]
+        return lo, deep, ()
+
+    def depth(self, node: str, keys: Keys, below: int) -> int:
+        """How many of the prompt's leading blocks the node holds, knowing it holds the first and fewer than
+        `below` (binary search in its LRU)."""
+        lru = self.nodes[node]
+        a, b = 1, below - 1
+        while a < b:
+            mid = (a + b + 1) // 2
+            if keys[mid - 1] in lru:
+                a = mid
+            else:
+                b = mid - 1
+        return a
+
+    def matches(self, keys: Keys, among: Iterable[str] | None = None) -> dict[str, int]:
+        """Node -> how many of the prompt's leading blocks it holds, for the nodes holding the most of them (and,
+        while there are few, every node holding at least the first block): `lookup` with every depth filled in."""
+        lo, deep, shallow = self.lookup(keys)
+        out = dict.fromkeys(deep, lo)
+        for name in shallow:
+            out[name] = self.depth(name, keys, lo)
         if among is not None:
             wanted = set(among)
             return {n: c for n, c in out.items() if n in wanted}

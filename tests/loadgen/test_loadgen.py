@@ -17,6 +17,8 @@ from control.loadgen import curves, report, runner
 from control.loadgen.mix import parse_mix
 from tests.conftest import free_port, wait_for_port
 
+PREFILL_S = 0.2  # the test server's pause between the role chunk and the first token (slow-prefill class)
+
 
 class Upstream:
     """An OpenAI-ish server: 429 for the `batch` class, SSE for stream requests, JSON otherwise."""
@@ -45,6 +47,11 @@ class Upstream:
         node = [(b"x-switchyard-node", b"n-1"), (b"content-type", b"application/json")]
         if body.get("stream"):
             await send({"type": "http.response.start", "status": 200, "headers": node})
+            if headers.get("x-priority") == "slow-prefill":  # the role first, the first token after a prefill
+                role = {"choices": [{"delta": {"role": "assistant", "content": ""}}]}
+                await send({"type": "http.response.body", "body": f"data: {json.dumps(role)}\n\n".encode(),
+                            "more_body": True})
+                await asyncio.sleep(PREFILL_S)
             for word in ("a", "b", "c"):
                 chunk = {"choices": [{"delta": {"content": word}}]}
                 await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
@@ -97,36 +104,13 @@ def test_counts_429s_per_class_and_measures_streams(upstream: tuple[str, Upstrea
     assert len(set(prompts)) == len(prompts)
 
 
-async def _role_first(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A chat stream that opens with a role-only chunk at once and sends its first token 0.3 s later."""
-    if scope["type"] != "http":
-        return
-    while (await receive()).get("more_body"):
-        pass
-    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-switchyard-node", b"n-1")]})
-    role = {"choices": [{"delta": {"role": "assistant", "content": ""}}]}
-    await send({"type": "http.response.body", "body": f"data: {json.dumps(role)}\n\n".encode(), "more_body": True})
-    await asyncio.sleep(0.3)
-    token = {"choices": [{"delta": {"content": "hi"}}]}
-    await send({"type": "http.response.body", "body": f"data: {json.dumps(token)}\n\n".encode(), "more_body": True})
-    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
-
-
-def test_ttft_is_the_first_token_not_the_role_chunk() -> None:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_role_first, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for_port(port)
-    try:
-        outs = asyncio.run(runner.run(spec(f"http://127.0.0.1:{port}", curve=curves.build(curves.CurveSpec(rate=20)),
-                                           classes=parse_mix("realtime", str, "c"), stream_fraction=1.0)))
-    finally:
-        server.should_exit = True
-        thread.join(5)
-    assert outs and all(o.status == 200 and o.completion_tokens == 1 for o in outs)
-    assert all(o.ttft_s is not None and o.ttft_s >= 0.3 for o in outs)  # the token came 0.3 s after the role
+def test_ttft_is_the_first_generated_text_not_the_role_chunk(upstream: tuple[str, Upstream]) -> None:
+    url, _ = upstream
+    outs = asyncio.run(runner.run(spec(url, classes=parse_mix("slow-prefill", str, "c"), stream_fraction=1.0,
+                                       duration_s=0.2)))
+    assert outs and all(o.status == 200 and o.completion_tokens == 3 for o in outs)
+    # The role-only chunk comes at once; the first token only after the server's prefill.
+    assert all(o.ttft_s is not None and o.ttft_s >= PREFILL_S for o in outs)
 
 
 def test_open_loop_does_not_wait_for_slow_answers(upstream: tuple[str, Upstream]) -> None:

@@ -43,6 +43,26 @@ def test_shared_prefix_is_reproducible_by_seed() -> None:
     assert [r.key for r in shared(7)] != [r.key for r in shared(8)]
 
 
+def test_a_tag_changes_the_texts_not_the_sequence() -> None:
+    """bench/prefix.py tags each policy's texts (so no policy finds another's cached) and compares the policies on
+    one seeded sequence: tags of any length must leave the arrivals, the group order and the think times alone."""
+    def sp(tag: str) -> list[workloads.Planned]:
+        w = workloads.SharedPrefix(groups=4, prompts_per_group=3, system_tokens=200, question_tokens=20,
+                                   answer_tokens=8, tag=tag)
+        return workloads.plan(w, [i * 0.1 for i in range(30)], 7, 10.0)
+
+    def mt(tag: str) -> list[workloads.Planned]:
+        w = workloads.MultiTurn(turns=3, context_tokens=100, turn_tokens=10, answer_tokens=5, think_s=2.0, tag=tag)
+        return workloads.plan(w, [0.0, 1.0, 2.0], 3, 1000.0)
+
+    for make in (sp, mt):
+        a, b = make("<default 1> "), make("<prefix_affinity x2gw 12> ")
+        assert [(r.t, r.key) for r in a] == [(r.t, r.key) for r in b]
+        assert a[0].messages[0]["content"].startswith("<default 1>")
+        assert a[0].messages[0]["content"] != b[0].messages[0]["content"]
+        assert [len(m["content"]) for m in a[-1].messages] == [len(m["content"]) for m in b[-1].messages]
+
+
 def test_multi_turn_sessions_resend_a_growing_conversation() -> None:
     w = workloads.MultiTurn(turns=3, context_tokens=100, turn_tokens=10, answer_tokens=5, think_s=2.0)
     reqs = workloads.plan(w, [0.0, 1.0, 2.0], 3, 1000.0)

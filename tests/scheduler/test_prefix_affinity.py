@@ -153,6 +153,43 @@ def test_no_match_means_the_pick_of_the_policy_without_the_scorer() -> None:
     assert a == b
 
 
+def test_each_pick_is_the_best_full_score_among_the_prefix_holders() -> None:
+    """The picker compares holders by the score their heap entry was made with (Node.base), not by re-scoring: after
+    any mix of sends, finishes and new samples, its pick must still score (in full: base_score + affinity) at least
+    as high as every eligible holder, and as the best node without affinity."""
+    cfg = config(weight=2.0)
+    sched = fleet(cfg, n=12, seed=3)
+    rng = random.Random(11)
+    systems = [f"System prompt number {g}. " * 30 for g in range(3)]
+    in_flight: list[tuple[str, int]] = []
+    spread = 0  # picks with more than one holder to choose from
+    for rid in range(1, 400):
+        p = keys(f"question {rid % 37} " * 12, system=rng.choice(systems))  # its own last blocks
+        pick = sched.pick("m", frozenset(), p)
+        assert pick.node is not None
+        matches = sched.prefix.matches(p)
+        spread += len(matches) > 1
+
+        def full(node: Any, p: tuple[int, ...] = p, matches: dict[str, int] = matches) -> float:
+            count = matches.get(node.name, 0)
+            return sched.base_score(node) + (2.0 * count / len(p) if count >= cfg.prefix_min_match else 0.0)
+
+        listed = [n for n in sched.nodes.values() if n.listed]
+        best_holder = max((full(n) for n in listed if n.name in matches), default=float("-inf"))
+        assert full(pick.node) >= best_holder - 1e-9
+        assert full(pick.node) >= max(sched.base_score(n) for n in listed) - cfg.tie_epsilon - 1e-9
+        sched.sent(pick.node, rid, NOW + rid * 0.01, p)
+        in_flight.append((pick.node.name, rid))
+        if len(in_flight) > 150 or rng.random() < 0.2:
+            name, old = in_flight.pop(rng.randrange(len(in_flight)))
+            sched.finished(sched.nodes[name], old, rng.uniform(0.05, 0.5), now=NOW + rid * 0.01)
+        if rid % 50 == 0:  # fresh samples for a few nodes: their static scores change
+            sched.update(NOW + rid * 0.01, samples={
+                f"n{i}": Metrics(NOW + rid * 0.01, rid, rng.uniform(10, 90), 30.0, 1.0, 0.1, 0, 0, 10.0)
+                for i in rng.sample(range(12), 4)})
+    assert spread > 100  # the hot prefixes did spread: holders were compared
+
+
 def test_min_match_blocks_ignores_short_shared_beginnings() -> None:
     sched = fleet(config(weight=5.0, min_match_blocks=8))
     short = "preamble " * 12  # ~100 characters: one shared block
