@@ -41,6 +41,11 @@ def trial(pool: str) -> dict[str, Any] | None:
     return schemas.for_pool(schemas.validate("scaling", c.revision.document), pool)
 
 
+def live() -> Canary | None:
+    """The scaling canary now running or paused (at most one per kind), for pages that mark its pool."""
+    return Canary.objects.filter(kind="scaling", state__in=Canary.LIVE).first()
+
+
 def windows(c: Canary, now: datetime) -> dict[str, tuple[datetime, datetime]]:
     a = c.analysis
     started = c.created

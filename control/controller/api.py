@@ -15,6 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from control.canary import scaling as canary_scaling
 from control.controller import actions, bindings, loop, observe, predict, timeline
 from control.controller.models import PoolProvider, ScalingAction
 from control.providers.registry import ConfigError
@@ -79,6 +80,8 @@ class PoolOut(serializers.Serializer):
     error = serializers.CharField(allow_blank=True, help_text="the provider's last error")
     checked = serializers.CharField(allow_null=True, help_text="when the controller last looked at the pool")
     predictive = serializers.BooleanField(help_text="predictive scale-out on in the pool's scaling policy")
+    canary = serializers.DictField(allow_null=True, help_text="the scaling canary trying a candidate revision's rules "
+                                   "on this pool ({id, revision, state}), else null: min/max are then the candidate's")
 
 
 def pools_overview() -> list[dict[str, Any]]:
@@ -96,6 +99,7 @@ def pools_overview() -> list[dict[str, Any]]:
     for pool_id in Node.objects.exclude(state=Node.State.REMOVED).values_list("pool_id", flat=True):
         counts[pool_id] = counts.get(pool_id, 0) + 1
     document = actions.scaling_document()  # once, not once per pool
+    trying = canary_scaling.live()
     out = []
     for pool in Pool.objects.all():
         policy = actions.pool_policy(pool.name, document)
@@ -107,6 +111,8 @@ def pools_overview() -> list[dict[str, Any]]:
             "nodes": counts.get(pool.pk, 0), "min": policy["min_nodes"], "max": policy["max_nodes"],
             "open_action": open_actions.get(pool.pk), "decision": pub.get("decision"), "error": pub.get("error", ""),
             "checked": pub.get("at"), "predictive": policy["predictive"]["enabled"],
+            "canary": ({"id": trying.pk, "revision": trying.revision_id, "state": trying.state}
+                       if trying is not None and trying.pool == pool.name else None),
         })
     return out
 

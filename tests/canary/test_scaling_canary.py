@@ -309,6 +309,25 @@ def test_the_canary_page_has_a_scaling_section(api: Any, pools: tuple[Pool, Pool
     assert 'id="scaling-canary-controls"' in page and 'data-api="/api/v1/policies/scaling/canary/"' in page
 
 
+def test_the_scaling_page_and_the_pools_api_mark_the_pool_on_trial(api: Any, pools: tuple[Pool, Pool],
+                                                                   redis_db: Any) -> None:
+    """An on-call engineer on the scaling page sees which pool runs a candidate's rules, and scripts see it too."""
+    viewer = api("viewer")
+    assert {p["pool"]: p["canary"] for p in viewer.get("/api/v1/scaling/pools/").json()} == {POOL: None, OTHER: None}
+    op = api("operator")
+    revision = store(op)
+    assert op.post(URL, body(revision), format="json").status_code == 201
+    c = Canary.objects.get()
+    marks = {p["pool"]: p["canary"] for p in viewer.get("/api/v1/scaling/pools/").json()}
+    assert marks == {POOL: {"id": c.pk, "revision": revision, "state": "running"}, OTHER: None}
+    browser = Client()
+    assert browser.login(username="viewer", password=PASSWORD)
+    page = browser.get("/scaling/").content.decode()
+    assert page.count('class="canary-mark"') == 1 and f"scaling revision {revision}</a> (running)" in page
+    assert op.post(f"{URL}abort/", {"reason": "not now"}, format="json").status_code == 200
+    assert 'class="canary-mark"' not in browser.get("/scaling/").content.decode()
+
+
 def test_window_figures_are_whole_minutes_of_the_pool_only(pools: tuple[Pool, Pool]) -> None:
     from control.canary import scaling, spec
 
