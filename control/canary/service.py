@@ -150,13 +150,8 @@ def pause(kind: str, reason: Any, origin: Origin) -> Canary:
     check_kind(kind)
     reason = policy.check_reason(reason)
     with transaction.atomic():
-        c = _live_locked(kind)
-        if c.state == Canary.State.PAUSED:
-            raise Conflict("the canary is paused already", {"canary": "paused"})
-        c.state = Canary.State.PAUSED
-        c.save(update_fields=["state"])
-        record(origin, "canary.pause", _target(kind), reason, details={"canary": c.pk, "step": c.step,
-                                                                       "weight": c.weight})
+        c = _switch(kind, Canary.State.PAUSED)
+        record(origin, "canary.pause", _target(kind), reason, details=_where(c))
     return c
 
 
@@ -164,17 +159,29 @@ def resume(kind: str, reason: Any, origin: Origin) -> Canary:
     check_kind(kind)
     reason = policy.check_reason(reason)
     with transaction.atomic():
-        c = _live_locked(kind)
-        if c.state == Canary.State.RUNNING:
-            raise Conflict("the canary is running already", {"canary": "running"})
-        c.state = Canary.State.RUNNING
+        c = _switch(kind, Canary.State.RUNNING)
+        record(origin, "canary.resume", _target(kind), reason, details=_where(c))
+    return c
+
+
+def _switch(kind: str, to: str) -> Canary:
+    """Put the live canary of `kind` in state `to` (pause / resume by hand; the caller audits it)."""
+    c = _live_locked(kind)
+    if c.state == to:
+        raise Conflict(f"the canary is {to} already", {"canary": to})
+    c.state = to
+    fields = ["state"]
+    if to == Canary.State.RUNNING:
         c.inconclusive = 0
         # The pause of the current step counts again from now: time spent paused was not observed as a step.
         c.step_started = timezone.now()
-        c.save(update_fields=["state", "inconclusive", "step_started"])
-        record(origin, "canary.resume", _target(kind), reason, details={"canary": c.pk, "step": c.step,
-                                                                        "weight": c.weight})
+        fields += ["inconclusive", "step_started"]
+    c.save(update_fields=fields)
     return c
+
+
+def _where(c: Canary) -> dict[str, Any]:
+    return {"canary": c.pk, "step": c.step, "weight": c.weight}
 
 
 def promote(kind: str, reason: Any, origin: Origin) -> Canary:
