@@ -117,7 +117,7 @@ def describe(run: Any) -> str:
     def arm(f: dict[str, Any] | None) -> str:
         if f is None:
             return "-"
-        lat, ttft, good = f["p95_latency_ms"], f["p95_ttft_ms"], f["goodput"]
+        lat, ttft, good = f["p95_latency_ms"], f.get("p95_ttft_ms"), f.get("goodput")
         return (f"n={f['requests']} p95={'-' if lat is None else f'{lat / 1000:.2f}s'} "
                 f"ttft95={'-' if ttft is None else f'{ttft / 1000:.2f}s'} "
                 f"good={'-' if good is None else f'{good:.2f}'}")
@@ -125,7 +125,8 @@ def describe(run: Any) -> str:
     span = (run.window_to - run.window_from).total_seconds()
     return (f"run step {run.step} @{run.weight:g}% window {span:.0f}s ending {(run.ts - run.window_to).total_seconds():.0f}s "
             f"ago: stable [{arm(run.arms['stable'])}] canary [{arm(run.arms['canary'])}] whole "
-            f"[{arm(run.arms.get('whole'))}] before [{arm(run.arms.get('before'))}] -> {run.verdict}: {run.summary}")
+            f"[{arm(run.arms.get('whole'))}] before [{arm(run.arms.get('before'))}] off [{arm(run.arms.get('off'))}] "
+            f"-> {run.verdict}: {run.summary}")
 
 
 def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:
@@ -186,10 +187,13 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
                 "analysis": {"interval_s": args.analysis_interval, "window_s": args.window,
                              "min_requests": args.min_requests, "failure_limit": 1,
                              "initial_delay_s": args.initial_delay, "settle_s": args.settle,
-                             "baseline_s": args.baseline, "latency_against": args.against}},
+                             "baseline_s": args.baseline, "latency_against": args.against,
+                             "switchback_s": args.switchback, "early_settle_s": args.early_settle}},
                 Origin.system("bench-canary"))
             plan = ", ".join(f"{s['weight']:g} % for {s['pause_s']} s" for s in steps)
-            log(f"  canary {c.pk}: {candidate} against {stable}, steps {plan}, latency against {args.against}")
+            log(f"  canary {c.pk}: {candidate} against {stable}, steps {plan}, latency against {args.against}"
+                + (f" (every {args.switchback} s)" if args.against == "switchback" else "")
+                + (f", early window {args.early_settle} s ago" if args.early_settle else ""))
             return c
 
     analyst = Analyst(begin, args.lead)
@@ -243,8 +247,11 @@ def main() -> None:
                     help="seconds of the stable policy alone before the canary starts (default 150: 30 s of "
                          "warm-up and the analysis baseline_s)")
     ap.add_argument("--baseline", type=int, default=120, help="analysis baseline_s (default 120)")
-    ap.add_argument("--against", default="before", choices=("before", "arms"),
-                    help="analysis latency_against (default before)")
+    ap.add_argument("--against", default="switchback", choices=("before", "arms", "switchback"),
+                    help="analysis latency_against (default switchback)")
+    ap.add_argument("--switchback", type=int, default=10, help="analysis switchback_s (default 10)")
+    ap.add_argument("--early-settle", type=int, default=10,
+                    help="analysis early_settle_s (default 10; 0: no early window)")
     ap.add_argument("--load", type=float, default=0.75,
                     help="rate as a share of the computed saturation (default 0.75, bench/routing.py's calibrated "
                          "load on its machine)")

@@ -1,6 +1,7 @@
 """Canary analysis, every interval. A scheduler canary: the two arms, and the whole fleet against the stable
-policy alone before the canary (latency_against), over the requests that arrived in one settled window of the
-request log. A scaling canary: its pool against the same pool before it (control.canary.scaling).
+policy alone before the canary or, with a switchback control, in the "off" periods of the same window
+(latency_against), over the requests that arrived in one settled window of the request log (and, with
+early_settle_s, a later window whose open requests count at their age: control.canary.early). A scaling canary: its pool against the same pool before it (control.canary.scaling).
 
 A run's verdict follows Argo Rollouts' AnalysisRun semantics: *inconclusive* while either arm has fewer than
 `min_requests` requests in the window (too little traffic to say), else *fail* when any check is past its bound,
@@ -25,7 +26,7 @@ from django.utils import timezone
 
 from control.canary import scaling, service
 from control.canary.models import AnalysisRun, Canary
-from control.canary.split import CANARY, STABLE
+from control.canary.split import CANARY, STABLE, switched_on
 from control.routing import reqlog
 from core.audit.context import Origin
 from core.audit.record import record
@@ -33,6 +34,7 @@ from dashboard.metrics.latest import redis_client
 
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
+OFF = "off"  # switchback: the canary's requests that arrived in an "off" period (the stable policy alone)
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Arm:
     good: int = 0
     latency_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
+
+    open_ms: list[float] = field(default_factory=list)  # requests not ended yet: their age (a latency lower bound)
 
     def add(self, status: int, latency_ms: float | None, ttft_ms: float | None, goodput_ttft_ms: float) -> None:
         self.requests += 1
@@ -67,6 +71,7 @@ class Arm:
             out.good += arm.good
             out.latency_ms += arm.latency_ms
             out.ttft_ms += arm.ttft_ms
+            out.open_ms += arm.open_ms
         return out
 
     def figures(self) -> dict[str, Any]:
@@ -85,18 +90,24 @@ def p95(values: list[float]) -> float | None:
 
 
 def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
-                read_until: float | None = None) -> dict[str, Arm]:
+                read_until: float | None = None, anchor: float = 0.0, switchback_s: float = 0.0) -> dict[str, Arm]:
     """Both arms of canary `canary_id`: the requests that *arrived* between unix times start and end, read from
-    the log up to `read_until` (default: now). By arrival, so both arms are judged on requests of the same period,
+    the log up to `read_until` (default: now). With a switchback period (`switchback_s` from `anchor`) the arms
+    hold the "on" periods' requests and OFF those of the "off" periods (the same function the gateways split by,
+    on the arrival time the gateway logged). By arrival, so both arms are judged on requests of the same period,
     each with its slow requests as well as its fast ones; the caller leaves a settle lag between `end` and
     `read_until` so that every request of the window has ended and been logged (the log holds a request from its
     end: a window of endings compares requests that started at different times, and early in a step holds only
     the fast ones)."""
     wanted = str(canary_id).encode()
-    arms = {STABLE: Arm(), CANARY: Arm()}
+    arms = {STABLE: Arm(), CANARY: Arm(), OFF: Arm()}
 
-    def arm_of(fields: dict[bytes, bytes]) -> Arm | None:
-        return arms.get(fields.get(b"arm", b"").decode()) if fields.get(b"canary") == wanted else None
+    def arm_of(fields: dict[bytes, bytes], ts: float) -> Arm | None:
+        if fields.get(b"canary") != wanted:
+            return None
+        if not switched_on(ts, anchor, switchback_s):
+            return arms[OFF]
+        return arms.get(fields.get(b"arm", b"").decode())
 
     _read(start, end, goodput_ttft_ms, read_until, arm_of)
     return arms
@@ -105,12 +116,12 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
 def read_before(start: float, end: float, goodput_ttft_ms: float, read_until: float | None = None) -> Arm:
     """The requests that arrived between start and end outside any canary: the stable policy alone."""
     alone = Arm()
-    _read(start, end, goodput_ttft_ms, read_until, lambda fields: None if fields.get(b"arm") else alone)
+    _read(start, end, goodput_ttft_ms, read_until, lambda fields, ts: None if fields.get(b"arm") else alone)
     return alone
 
 
 def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | None,
-          arm_of: Callable[[dict[bytes, bytes]], Arm | None]) -> None:
+          arm_of: Callable[[dict[bytes, bytes], float], Arm | None]) -> None:
     """Add each logged request that arrived in [start, end] to the Arm `arm_of` gives it (None: skip). Answers
     served from the answer cache are left out: they say nothing about the routing policy."""
     r = redis_client()
@@ -121,26 +132,25 @@ def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | 
         for eid, fields in batch:
             if fields.get(b"cache") == b"hit":
                 continue
-            arm = arm_of(fields)
-            if arm is None:
-                continue
             try:
                 e = reqlog.parse(eid, fields)
             except (ValueError, OverflowError):
                 continue
             if start <= e.ts <= end:
-                arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
+                arm = arm_of(fields, e.ts)
+                if arm is not None:
+                    arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
             return
         low = "(" + batch[-1][0].decode()
 
 
-def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
-    """The arrivals a run at `now` judges: the last `window_s` seconds before the settle lag, inside the current
-    step (never a request routed at an earlier weight). None until that much of the step (or all of it, for a step
-    shorter than the window) has settled."""
+def window(c: Canary, now: datetime, settle_s: float | None = None) -> tuple[datetime, datetime] | None:
+    """The arrivals a run at `now` judges: the last `window_s` seconds before the settle lag (`settle_s`, default
+    the analysis's), inside the current step (never a request routed at an earlier weight). None until that much
+    of the step (or all of it, for a step shorter than the window) has settled."""
     a = c.analysis
-    end = now - timedelta(seconds=a.get("settle_s", 0))
+    end = now - timedelta(seconds=a.get("settle_s", 0) if settle_s is None else settle_s)
     # A whole window, or the whole step when it is shorter: the first seconds of a step are too few to judge it on.
     need = timedelta(seconds=min(a["window_s"], c.steps[c.step]["pause_s"]))
     if end <= c.step_started or end - c.step_started < need:
@@ -149,26 +159,31 @@ def window(c: Canary, now: datetime) -> tuple[datetime, datetime] | None:
 
 
 def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], whole: dict[str, Any] | None = None,
-          before: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+          before: dict[str, Any] | None = None, off: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(verdict, checks) from the two arms' figures and the analysis settings. With latency_against=before, the
     latency, TTFT and goodput checks compare `whole` (both arms) with `before` (the stable policy alone before the
-    canary); the 5xx and 429 checks are always arm against arm (a request's own failure is its arm's doing)."""
+    canary); with switchback, `whole` (both arms in the on periods) with `off` (the stable policy alone in the off
+    periods of the same window), and the canary arm's own p95 latency with `off` too (at 5 % the candidate's
+    harm to the whole is diluted twenty-fold; its own requests show it undiluted, against the same minutes). The
+    5xx and 429 checks are always arm against arm (a request's own failure is its arm's doing)."""
     checks: list[dict[str, Any]] = []
     short = [name for name, arm in ((STABLE, stable), (CANARY, canary)) if arm["requests"] < a["min_requests"]]
-    against_before = a.get("latency_against", "arms") == "before"
-    if against_before and (before is None or before["requests"] < a["min_requests"]):
+    against = a.get("latency_against", "arms")
+    if against == "before" and (before is None or before["requests"] < a["min_requests"]):
         short.append("the stable policy alone before the canary")
+    if against == "switchback" and (off is None or off["requests"] < a["min_requests"]):
+        short.append("the stable policy alone in the off periods")
     if short:
         checks.append({"metric": "min_requests", "value": min(stable["requests"], canary["requests"]),
                        "threshold": a["min_requests"], "ok": None,
                        "note": f"too few requests on {', '.join(short)}"})
         return AnalysisRun.Verdict.INCONCLUSIVE, checks
 
-    base, tried = (before, whole) if against_before else (stable, canary)
+    base, tried = {"before": (before, whole), "switchback": (off, whole)}.get(against, (stable, canary))
     assert base is not None and tried is not None
 
-    def ratio(metric: str, key: str, bound: float) -> None:
-        s, c = base[key], tried[key]
+    def ratio(metric: str, key: str, bound: float, over: dict[str, Any] | None = None) -> None:
+        s, c = base[key], (tried if over is None else over)[key]
         if s is None or c is None or s <= 0:
             checks.append({"metric": metric, "value": None, "threshold": bound, "ok": None, "note": "no data"})
             return
@@ -181,6 +196,8 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], who
 
     ratio("latency_p95_ratio", "p95_latency_ms", a["max_latency_p95_ratio"])
     ratio("ttft_p95_ratio", "p95_ttft_ms", a["max_ttft_p95_ratio"])
+    if against == "switchback":
+        ratio("canary_latency_p95_ratio", "p95_latency_ms", a["max_latency_p95_ratio"], canary)
     diff("error_rate_diff", "error_rate", a["max_error_rate_diff"])
     diff("rate_429_diff", "rate_429", a["max_429_rate_diff"])
     if base["goodput"] > 0:
@@ -207,18 +224,37 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
     """One analysis run of canary `c` at `now` over the arrivals in `span` (stored)."""
     a = c.analysis
     start, end = span
-    arms = read_window(c.pk, start.timestamp(), end.timestamp(), a["goodput_ttft_ms"], now.timestamp())
-    figures = {name: arm.figures() for name, arm in arms.items()}
-    figures["whole"] = Arm.both(arms).figures()
+    figures = window_figures(c, start.timestamp(), end.timestamp(), now.timestamp())
     if a.get("latency_against") == "before":
         if c.baseline is None:
             c.baseline = before_figures(c, now)
             c.save(update_fields=["baseline"])
         figures["before"] = c.baseline
-    verdict, checks = judge(figures[STABLE], figures[CANARY], a, figures["whole"], figures.get("before"))
+    verdict, checks = judge(figures[STABLE], figures[CANARY], a, figures["whole"], figures.get("before"),
+                            figures.get(OFF))
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
                                       window_to=end, verdict=verdict, arms=figures, checks=checks,
                                       summary=_summary(verdict, checks))
+
+
+def switchback_s(c: Canary) -> float:
+    """The canary's switchback period in seconds; 0 when it has none (split.switched_on is then always on)."""
+    a = c.analysis
+    return float(a.get("switchback_s", 0)) if a.get("latency_against") == "switchback" else 0.0
+
+
+def window_figures(c: Canary, start: float, end: float, read_until: float) -> dict[str, Any]:
+    """Each arm's figures over the arrivals in [start, end], the whole's (both arms: with a switchback, of the on
+    periods) and, with a switchback, OFF's (with the share of the window's time each side had)."""
+    period = switchback_s(c)
+    arms = read_window(c.pk, start, end, c.analysis["goodput_ttft_ms"], read_until, c.created.timestamp(), period)
+    off = arms.pop(OFF)
+    figures: dict[str, Any] = {name: arm.figures() for name, arm in arms.items()}
+    figures["whole"] = Arm.both(arms).figures()
+    if period:
+        figures[OFF] = off.figures()
+        figures["control"] = {"latency_against": "switchback", "switchback_s": period}
+    return figures
 
 
 def before_figures(c: Canary, now: datetime) -> dict[str, Any]:
@@ -256,15 +292,32 @@ def tick(now: datetime | None = None) -> list[str]:
                 else:
                     if now - c.step_started < timedelta(seconds=c.analysis.get("initial_delay_s", 0)):
                         continue
-                    span = window(c, now)
-                    if span is None:  # nothing of this step has settled yet
-                        continue
-                    run = measure(c, now, span)
+                    run = _early(c, now)
+                    if run is None:
+                        span = window(c, now)
+                        if span is None:  # nothing of this step has settled yet
+                            continue
+                        run = measure(c, now, span)
                 out.append(_advance(c, now, run))
         except Exception:
             log.exception("canary %s: analysis failed", pk)
             out.append(f"canary {pk}: error")
     return out
+
+
+def _early(c: Canary, now: datetime) -> AnalysisRun | None:
+    """The early window's run when it fails (control.canary.early), else None. Imported here: early builds on
+    this module's readers."""
+    from control.canary import early
+
+    span = early.window(c, now)
+    if span is None:
+        return None
+    run = early.measure(c, now, span)
+    if run is None and window(c, now) is None:  # checked, nothing to say yet: wait an interval as after a run
+        c.last_analysis = now
+        c.save(update_fields=["last_analysis"])
+    return run
 
 
 def _advance(c: Canary, now: datetime, run: AnalysisRun) -> str:

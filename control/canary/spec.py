@@ -20,6 +20,13 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
     "baseline_s": (120, 10, 3600, True,
                    "latency_against=before: the stable policy alone over this many seconds before the canary started "
                    "is what the whole fleet's latency, TTFT and goodput are compared with"),
+    "switchback_s": (15, 2, 300, True,
+                     "latency_against=switchback: the candidate routes for this many seconds, then the stable policy "
+                     "alone for as many, in turn (at most half of window_s: a window holds both)"),
+    "early_settle_s": (0, 0, 900, True,
+                       "0: off. Else each run also judges a window ending this many seconds ago (below settle_s), "
+                       "counting the requests still open at the gateways as at least as slow as their age, and "
+                       "fails the run when even those lower bounds put the p95 latency past its bound"),
     "min_requests": (100, 1, 10_000_000, True, "requests each arm needs in the window before a verdict"),
     "failure_limit": (1, 0, 1000, True, "failed runs tolerated; one more aborts (Argo failureLimit)"),
     "inconclusive_limit": (20, 0, 100_000, True,
@@ -36,10 +43,13 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
 # Settings that are a choice, not a number: name -> (choices, default, meaning).
 CHOICES: dict[str, dict[str, tuple[tuple[str, ...], str, str]]] = {
     "scheduler": {
-        "latency_against": (("before", "arms"), "before",
+        "latency_against": (("before", "arms", "switchback"), "before",
                             "before: the whole fleet's p95 latency / TTFT and goodput during the canary against the "
                             "stable policy alone before it (both arms share the nodes, so an arm's own latency also "
-                            "shows what the other arm left it); arms: canary arm against stable arm (Argo's)"),
+                            "shows what the other arm left it); arms: canary arm against stable arm (Argo's); "
+                            "switchback: the candidate on and off in turn every switchback_s, the whole fleet and "
+                            "the canary arm in the on periods against the stable policy alone in the off periods "
+                            "of the same window (a drift of the fleet shows in both and cancels)"),
     },
 }
 
@@ -147,9 +157,21 @@ def analysis(value: Any, fields: dict[str, tuple[float, float, float, bool, str]
         v = _number(value.get(name, default), f"analysis.{name}", low, high, integer, errors)
         if v is not None:
             out[name] = v
+    if not errors and fields is ANALYSIS:
+        _cross(out, errors)
     if errors:
         raise SpecError(errors)
     return out
+
+
+def _cross(a: dict[str, Any], errors: dict[str, str]) -> None:
+    """Checks between fields of a scheduler canary's analysis (each error names the field to change)."""
+    if a["latency_against"] == "switchback" and 2 * a["switchback_s"] > a["window_s"]:
+        errors["analysis.switchback_s"] = (f"{a['switchback_s']} is above half of window_s ({a['window_s']}): a "
+                                           "window must hold an on and an off period")
+    if a["early_settle_s"] and a["early_settle_s"] >= a["settle_s"]:
+        errors["analysis.early_settle_s"] = (f"{a['early_settle_s']} is not below settle_s ({a['settle_s']}): the "
+                                             "early window must end later than the settled one")
 
 
 def scaling_steps(data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ weight only moves keys from stable to canary, never back: a key's bucket is fixe
 from __future__ import annotations
 
 import hashlib
+import math
 
 STABLE = "stable"
 CANARY = "canary"
@@ -27,6 +28,17 @@ def arm(key: str, weight_pct: float) -> str:
     if weight_pct >= 100:
         return CANARY
     return CANARY if bucket(key) < round(weight_pct * BUCKETS / 100) else STABLE
+
+
+def switched_on(ts: float, anchor: float, period_s: float) -> bool:
+    """Switchback control: whether the candidate routes at unix time `ts` (True) or the stable policy alone (False).
+
+    Periods of `period_s` seconds counted from `anchor` (the canary's creation), on and off in turn, the first one
+    on. A function of the time alone, so every gateway (and the analysis, classifying a logged request by its
+    arrival time) agrees on it without a local timer; period_s <= 0: always on (no switchback)."""
+    if period_s <= 0:
+        return True
+    return math.floor((ts - anchor) / period_s) % 2 == 0
 
 
 def request_key(session_id: str, request_id: str, fallback: str) -> str:

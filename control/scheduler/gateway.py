@@ -228,7 +228,7 @@ class Gateway:
         if canary is not None:
             self._keys += 1
             ctx.canary_id = canary.canary_id
-            ctx.arm = canary.arm_of(headers.get("x-session-id", ""), ctx.request_id, f"{self.id}:{self._keys}")
+            ctx.arm = canary.arm_of(headers.get("x-session-id", ""), ctx.request_id, f"{self.id}:{self._keys}", ts)
             ctx.admission = canary.admission if ctx.arm == "canary" else self.admission
         cfg = self.sched.config
         keyed = prefix_config(cfg, canary.sched.config if canary is not None else None, ctx.arm)
@@ -246,6 +246,7 @@ class Gateway:
                 ctx.cache = "miss"
                 self.counters["cache_misses"] += 1
         self.counters["requests"] += 1
+        token = canary.opened(ts, ctx.arm) if canary is not None else None
         try:
             await self.proxy.route(send, ctx)
         except Reply as reply:
@@ -253,6 +254,8 @@ class Gateway:
             self.counters["errors"] += reply.status >= 500
             await send_error(send, reply, ctx.headers())
         finally:
+            if token is not None and canary is not None:
+                canary.closed(token)
             account(ctx, self.reqlog, self.prom)
 
     async def _from_cache(self, send: Any, ctx: RequestContext, entry: answers.Entry) -> None:

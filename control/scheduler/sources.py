@@ -45,13 +45,19 @@ def close_connection() -> None:
     connection.close()
 
 
-def canary_state() -> tuple[int, float, int] | None:
-    """(canary id, weight %, candidate revision id) of the live scheduler canary; None when none runs."""
+def canary_state() -> tuple[int, float, int, float, float] | None:
+    """(canary id, weight %, candidate revision id, switchback anchor (unix time the canary was created), switchback
+    period in seconds, 0 when the canary has no switchback control) of the live scheduler canary; None when none
+    runs."""
     from control.canary.models import Canary
 
     row = Canary.objects.filter(kind="scheduler", state__in=Canary.LIVE).values_list(
-        "pk", "weight", "revision_id").first()
-    return (int(row[0]), float(row[1]), int(row[2])) if row else None
+        "pk", "weight", "revision_id", "created", "analysis").first()
+    if not row:
+        return None
+    a = row[4] if isinstance(row[4], dict) else {}
+    period = float(a.get("switchback_s", 0)) if a.get("latency_against") == "switchback" else 0.0
+    return int(row[0]), float(row[1]), int(row[2]), row[3].timestamp(), period
 
 
 def load_revision(kind: str, revision_id: int) -> dict[str, Any]:

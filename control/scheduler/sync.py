@@ -101,11 +101,12 @@ class Sync:
                 canary_arm.link(gw.admission, None)
             return
         if gw.canary is None or gw.canary.canary_id != state[0]:
-            gw.canary = canary_arm.build(state[0], state[2], state[1], state[3], gw.admission, specs,
-                                         dict(self._metrics), now)
+            gw.canary = canary_arm.build(state[0], state[2], state[1], state[5], gw.admission, specs,
+                                         dict(self._metrics), now, state[3], state[4])
             canary_arm.link(gw.admission, gw.canary.admission)
             return
         gw.canary.weight = state[1]
+        gw.canary.anchor, gw.canary.switchback_s = state[3], state[4]
         gw.canary.admission.priorities = gw.admission.priorities
         gw.canary.sched.update(now, specs=specs, samples=samples)
         gw.canary.sched.tick(now)
@@ -166,6 +167,9 @@ class Sync:
             try:
                 doc = gw.state()
                 await gw.redis.set(STATE_KEY.format(gw.id), orjson.dumps(doc), ex=STATE_TTL_S)
+                if gw.canary is not None:  # the canary's requests still open here (its analysis's early window)
+                    await gw.redis.set(canary_arm.OPEN_KEY.format(gw.id), orjson.dumps(gw.canary.open_doc(time.time())),
+                                       ex=STATE_TTL_S)
                 gw.set_gauges(doc)
             except asyncio.CancelledError:
                 raise

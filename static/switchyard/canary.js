@@ -22,7 +22,8 @@
     list.forEach(function (r) {
       var tr = document.createElement("tr");
       tr.className = "verdict-" + r.verdict;
-      [new Date(r.ts).toLocaleTimeString(), r.step + 1, r.weight + " %", r.verdict, armText(r.arms.stable),
+      [new Date(r.ts).toLocaleTimeString(), r.step + 1, r.weight + " %", r.verdict, armText(r.arms.stable) +
+       (r.arms.off ? " · off periods (stable alone): " + armText(r.arms.off) : ""),
        armText(r.arms.canary), r.summary].forEach(function (text) {
         var td = document.createElement("td"); td.textContent = text; tr.appendChild(td);
       });
