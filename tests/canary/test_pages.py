@@ -44,3 +44,12 @@ def test_the_scheduler_editor_offers_the_whatif_preview_to_operators(api: Any) -
     assert b'id="whatif"' in login("operator").get("/policies/scheduler/").content
     assert b'id="whatif"' not in login("viewer").get("/policies/scheduler/").content
     assert b'id="whatif"' not in login("operator").get("/policies/scaling/").content
+
+
+def test_canary_page_shows_the_analysis_control(api: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), latency_against="switchback", switchback_s=15,
+                 early_settle_s=10).status_code == 201
+    page = login("viewer").get("/policies/scheduler/canary/").content.decode()
+    assert 'id="canary-control"' in page
+    assert "switchback control" in page and "every 15 s" in page and "early window ending 10 s ago" in page

@@ -1,0 +1,145 @@
+"""The switchback control (latency_against=switchback): every gateway switches the candidate on and off on the same
+schedule, derived from the canary's creation time; the analysis compares the on periods with the off periods of the
+same window, so a drift of the whole fleet cancels where a comparison with before the canary fails on it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from control.canary import analysis, spec
+from control.canary.models import AnalysisRun, Canary
+from control.canary.split import switched_on
+from tests.canary.helpers import candidate, start
+from tests.canary.test_analysis import figures, log_plain, log_requests
+from tests.scheduler.conftest import MODEL, Fleet
+from tests.scheduler.test_gateway import reqlog
+
+SWITCHBACK = spec.analysis({"latency_against": "switchback", "min_requests": 50})
+BEFORE = spec.analysis({"min_requests": 50})
+
+
+def test_the_schedule_is_a_function_of_the_time_alone() -> None:
+    anchor = 1_700_000_000.25
+    assert [switched_on(anchor + t, anchor, 10) for t in (0, 9.99, 10, 19.99, 20, 35)] == [
+        True, True, False, False, True, False]
+    assert all(switched_on(anchor + t, anchor, 0) for t in (0, 10, 25))  # no switchback: always on
+    # Two processes agree: nothing but the arguments decides (no local timer, no process state).
+    assert [switched_on(anchor + t / 3, anchor, 2) for t in range(60)] == [
+        int((t / 3) // 2) % 2 == 0 for t in range(60)]
+
+
+def test_judge_compares_the_on_periods_with_the_off_periods() -> None:
+    stable, canary = figures(500, p95=300), figures(100, p95=300)
+    whole, off = figures(600, p95=300), figures(600, p95=290)
+    drifted_before = figures(600, p95=100)  # the fleet was 3 x faster before the canary: a drift, not the candidate
+    assert analysis.judge(stable, canary, BEFORE, whole, drifted_before)[0] == "fail"
+    verdict, checks = analysis.judge(stable, canary, SWITCHBACK, whole, drifted_before, off)
+    assert verdict == "pass"
+    assert {c["metric"] for c in checks} >= {"latency_p95_ratio", "canary_latency_p95_ratio"}
+    # A candidate that slows the whole in its on periods fails; one whose own requests are slow fails too.
+    verdict, checks = analysis.judge(stable, canary, SWITCHBACK, figures(600, p95=400), None, off)
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["latency_p95_ratio"]
+    verdict, checks = analysis.judge(stable, figures(100, p95=500), SWITCHBACK, whole, None, off)
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["canary_latency_p95_ratio"]
+    verdict, checks = analysis.judge(stable, canary, SWITCHBACK, whole, None, figures(20))
+    assert verdict == "inconclusive" and "stable policy alone in the off periods" in checks[0]["note"]
+
+
+def periods(c: Canary, start: float, end: float, on: bool) -> list[float]:
+    """Arrival times, one every 0.25 s in [start, end), inside the canary's on (or off) periods."""
+    anchor, period = c.created.timestamp(), c.analysis["switchback_s"]
+    out, t = [], start
+    while t < end:
+        if switched_on(t, anchor, period) == on:
+            out.append(t)
+        t += 0.25
+    return out
+
+
+def log_drifting_fleet(redis: Any, c: Canary, t0: float, seconds: float, candidate_ms: float) -> None:
+    """The fleet's latency drifts from 100 to 400 ms over the window, in on and off periods alike; in the on
+    periods 20 % of the requests are the candidate's, taking `candidate_ms` on top of the drift."""
+    for on in (True, False):
+        for t in periods(c, t0, t0 + seconds, on):
+            drift = 100.0 + 300.0 * (t - t0) / seconds
+            log_requests(redis, c.pk, "stable", 4, drift, at=t)
+            log_requests(redis, c.pk, "canary" if on else "stable", 1, drift + (candidate_ms if on else 0), at=t)
+
+
+def test_a_drift_cancels_under_switchback_and_fails_a_comparison_with_before(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    for against in ("before", "switchback"):
+        Canary.objects.filter(state__in=Canary.LIVE).update(state="aborted")
+        assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=2, window_s=40, baseline_s=30,
+                     switchback_s=5, initial_delay_s=0, failure_limit=0,
+                     latency_against=against).status_code == 201
+        c = Canary.objects.get(state="running")
+        t0 = c.created.timestamp()
+        log_plain(redis_db, 300, 100.0, t0 - 10)  # the stable policy alone before the canary: 100 ms
+        log_drifting_fleet(redis_db, c, t0, 40, candidate_ms=0.0)  # a harmless candidate on a drifting fleet
+        outcome = analysis.tick(datetime.fromtimestamp(t0 + 43, UTC))
+        run = AnalysisRun.objects.filter(canary=c).get()
+        if against == "before":
+            assert outcome == [f"canary {c.pk}: aborted"] and "latency_p95_ratio" in run.summary  # a false abort
+        else:
+            assert outcome == [f"canary {c.pk}: promoted"] or outcome == [f"canary {c.pk}: step 1 at 25 %"], (
+                outcome, run.summary)
+            assert run.verdict == "pass" and run.arms["control"] == {"latency_against": "switchback",
+                                                                     "switchback_s": 5.0}
+            assert run.arms["off"]["requests"] > 300 and run.arms["whole"]["requests"] > 300
+
+
+def test_a_slow_candidate_fails_under_switchback_on_the_same_drifting_fleet(api: Any, redis_db: Any) -> None:
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=2, window_s=40, switchback_s=5,
+                 initial_delay_s=0, failure_limit=0, latency_against="switchback").status_code == 201
+    c = Canary.objects.get()
+    t0 = c.created.timestamp()
+    log_drifting_fleet(redis_db, c, t0, 40, candidate_ms=1000.0)
+    assert analysis.tick(datetime.fromtimestamp(t0 + 43, UTC)) == [f"canary {c.pk}: aborted"]
+    run = AnalysisRun.objects.get()
+    failed = {x["metric"] for x in run.checks if x["ok"] is False}
+    assert "canary_latency_p95_ratio" in failed, run.summary
+
+
+def test_two_gateways_apply_the_same_on_off_schedule(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api: Any, redis_db: Any) -> None:
+    """At weight 100 the candidate takes every request in an on period and none in an off period, on both
+    gateways, by the schedule counted from the canary's creation; the off periods' requests still carry the
+    canary's id (the analysis reads them as the stable policy alone)."""
+    (up,) = upstreams(1, delay=0.0)
+    fleet.add(up.name, up.url)
+    op = api("operator")
+    r = start(op, candidate(op), steps=[{"weight": 100, "pause_s": 3600}], latency_against="switchback",
+              switchback_s=2)
+    assert r.status_code == 201, r.content
+    c = Canary.objects.get(pk=r.json()["id"])
+    gws = [gateway(), gateway()]
+    for gw in gws:
+        gw.wait(lambda gw=gw: gw.app.canary is not None and gw.app.canary.switchback_s == 2 and len(gw.eligible()),
+                what="canary core with its switchback loaded")
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
+    sent = 0
+    deadline = time.time() + 60
+    with httpx.Client(timeout=30) as client:
+        while time.time() < deadline and sent < 120:
+            for gw in gws:
+                resp = client.post(f"{gw.url}/v1/chat/completions", json=chat,
+                                   headers={"Authorization": f"Bearer {user_token}", "Cache-Control": "no-cache"})
+                assert resp.status_code == 200, resp.text
+                sent += 1
+            time.sleep(0.05)
+    gws[0].wait(lambda: len(reqlog(redis_db)) >= sent, what="every request logged")
+    anchor = c.created.timestamp()
+    seen: dict[tuple[str, bool], int] = {}
+    for e in reqlog(redis_db):
+        ts = float(e["ts"])
+        on = switched_on(ts, anchor, 2)
+        assert e["canary"] == str(c.pk)
+        assert e["arm"] == ("canary" if on else "stable"), (e, ts - anchor)
+        seen[(e["gateway"], on)] = seen.get((e["gateway"], on), 0) + 1
+    assert len(seen) == 4, seen  # each gateway served in on and in off periods
