@@ -143,3 +143,15 @@ def test_two_gateways_apply_the_same_on_off_schedule(
         assert e["arm"] == ("canary" if on else "stable"), (e, ts - anchor)
         seen[(e["gateway"], on)] = seen.get((e["gateway"], on), 0) + 1
     assert len(seen) == 4, seen  # each gateway served in on and in off periods
+
+
+def test_the_settings_are_accepted_and_stored_with_defaults(api: Any) -> None:
+    op = api("operator")
+    r = start(op, candidate(op), latency_against="switchback", switchback_s=20, window_s=40, early_settle_s=15)
+    assert r.status_code == 201, r.content
+    a = Canary.objects.get().analysis
+    assert (a["latency_against"], a["switchback_s"], a["window_s"], a["early_settle_s"]) == ("switchback", 20, 40, 15)
+    Canary.objects.update(state="aborted")
+    assert start(op, candidate(op)).status_code == 201
+    a = Canary.objects.get(state="running").analysis
+    assert (a["switchback_s"], a["early_settle_s"]) == (15, 0)  # defaults; switchback_s unused unless chosen
