@@ -120,13 +120,32 @@ def describe(run: Any) -> str:
         lat, ttft, good = f["p95_latency_ms"], f.get("p95_ttft_ms"), f.get("goodput")
         return (f"n={f['requests']} p95={'-' if lat is None else f'{lat / 1000:.2f}s'} "
                 f"ttft95={'-' if ttft is None else f'{ttft / 1000:.2f}s'} "
-                f"good={'-' if good is None else f'{good:.2f}'}")
+                f"good={'-' if good is None else f'{good:.2f}'}"
+                + (f" open={f['open']} p95<={fmt_ms(f.get('p95_latency_ms_high'))}" if f.get("open") is not None else ""))
 
     span = (run.window_to - run.window_from).total_seconds()
     return (f"run step {run.step} @{run.weight:g}% window {span:.0f}s ending {(run.ts - run.window_to).total_seconds():.0f}s "
             f"ago: stable [{arm(run.arms['stable'])}] canary [{arm(run.arms['canary'])}] whole "
             f"[{arm(run.arms.get('whole'))}] before [{arm(run.arms.get('before'))}] off [{arm(run.arms.get('off'))}] "
-            f"-> {run.verdict}: {run.summary}")
+            f"-> {run.verdict}: {run.summary}" + periods(run.arms.get("periods")))
+
+
+def periods(p: dict[str, Any] | None) -> str:
+    """The switchback periods of a run's window: p95 latency (s) and goodput of each, on and off."""
+    if not p:
+        return ""
+
+    def one(f: dict[str, Any]) -> str:
+        lat = f.get("p95_latency_ms", f.get("p95_latency_ms_low"))
+        good = f.get("goodput")
+        return f"{'-' if lat is None else f'{lat / 1000:.1f}'}/{'-' if good is None else f'{good:.2f}'}"
+
+    return (" | periods p95 s/good: on " + " ".join(one(f) for f in p["on"]) + "; off "
+            + " ".join(one(f) for f in p["off"]))
+
+
+def fmt_ms(x: float | None) -> str:
+    return "unbounded" if x is None else f"{x / 1000:.2f}s"
 
 
 def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:

@@ -24,9 +24,9 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from control.canary import scaling, service
+from control.canary import ranktest, scaling, service
 from control.canary.models import AnalysisRun, Canary
-from control.canary.split import CANARY, STABLE, switched_on
+from control.canary.split import CANARY, STABLE, period_index, switched_on
 from control.routing import reqlog
 from core.audit.context import Origin
 from core.audit.record import record
@@ -35,6 +35,11 @@ from dashboard.metrics.latest import redis_client
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
 OFF = "off"  # switchback: the canary's requests that arrived in an "off" period (the stable policy alone)
+# Switchback: a ratio past its bound fails only when the whole periods of the window agree, the on periods ranking
+# worse than the off periods with at most this probability under "no effect" (ranktest.p_worse). With a 60-s window
+# of 10-s periods (2 on, 3 off or the reverse) that takes every on period worse than every off period.
+SWITCHBACK_ALPHA = 0.1
+Periods = dict[int, dict[str, "Arm"]]  # switchback period index -> arm name -> its requests in that period
 
 
 @dataclass
@@ -90,11 +95,13 @@ def p95(values: list[float]) -> float | None:
 
 
 def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float,
-                read_until: float | None = None, anchor: float = 0.0, switchback_s: float = 0.0) -> dict[str, Arm]:
+                read_until: float | None = None, anchor: float = 0.0, switchback_s: float = 0.0,
+                periods: Periods | None = None) -> dict[str, Arm]:
     """Both arms of canary `canary_id`: the requests that *arrived* between unix times start and end, read from
     the log up to `read_until` (default: now). With a switchback period (`switchback_s` from `anchor`) the arms
     hold the "on" periods' requests and OFF those of the "off" periods (the same function the gateways split by,
-    on the arrival time the gateway logged). By arrival, so both arms are judged on requests of the same period,
+    on the arrival time the gateway logged), and `periods` (when given) the same split by switchback period. By
+    arrival, so both arms are judged on requests of the same period,
     each with its slow requests as well as its fast ones; the caller leaves a settle lag between `end` and
     `read_until` so that every request of the window has ended and been logged (the log holds a request from its
     end: a window of endings compares requests that started at different times, and early in a step holds only
@@ -102,12 +109,15 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
     wanted = str(canary_id).encode()
     arms = {STABLE: Arm(), CANARY: Arm(), OFF: Arm()}
 
-    def arm_of(fields: dict[bytes, bytes], ts: float) -> Arm | None:
+    def arm_of(fields: dict[bytes, bytes], ts: float) -> list[Arm]:
         if fields.get(b"canary") != wanted:
-            return None
-        if not switched_on(ts, anchor, switchback_s):
-            return arms[OFF]
-        return arms.get(fields.get(b"arm", b"").decode())
+            return []
+        name = fields.get(b"arm", b"").decode() if switched_on(ts, anchor, switchback_s) else OFF
+        if name not in arms:
+            return []
+        if periods is None or switchback_s <= 0:
+            return [arms[name]]
+        return [arms[name], periods.setdefault(period_index(ts, anchor, switchback_s), {}).setdefault(name, Arm())]
 
     _read(start, end, goodput_ttft_ms, read_until, arm_of)
     return arms
@@ -116,13 +126,13 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
 def read_before(start: float, end: float, goodput_ttft_ms: float, read_until: float | None = None) -> Arm:
     """The requests that arrived between start and end outside any canary: the stable policy alone."""
     alone = Arm()
-    _read(start, end, goodput_ttft_ms, read_until, lambda fields, ts: None if fields.get(b"arm") else alone)
+    _read(start, end, goodput_ttft_ms, read_until, lambda fields, ts: [] if fields.get(b"arm") else [alone])
     return alone
 
 
 def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | None,
-          arm_of: Callable[[dict[bytes, bytes], float], Arm | None]) -> None:
-    """Add each logged request that arrived in [start, end] to the Arm `arm_of` gives it (None: skip). Answers
+          arm_of: Callable[[dict[bytes, bytes], float], list[Arm]]) -> None:
+    """Add each logged request that arrived in [start, end] to the Arms `arm_of` gives it (none: skip). Answers
     served from the answer cache are left out: they say nothing about the routing policy."""
     r = redis_client()
     # An entry's stream id is when it ended, never before it arrived.
@@ -137,8 +147,7 @@ def _read(start: float, end: float, goodput_ttft_ms: float, read_until: float | 
             except (ValueError, OverflowError):
                 continue
             if start <= e.ts <= end:
-                arm = arm_of(fields, e.ts)
-                if arm is not None:
+                for arm in arm_of(fields, e.ts):
                     arm.add(e.status, e.latency_ms, e.ttft_ms, goodput_ttft_ms)
         if len(batch) < READ_BATCH:
             return
@@ -159,13 +168,16 @@ def window(c: Canary, now: datetime, settle_s: float | None = None) -> tuple[dat
 
 
 def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], whole: dict[str, Any] | None = None,
-          before: dict[str, Any] | None = None, off: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+          before: dict[str, Any] | None = None, off: dict[str, Any] | None = None,
+          periods: dict[str, list[dict[str, Any]]] | None = None) -> tuple[str, list[dict[str, Any]]]:
     """(verdict, checks) from the two arms' figures and the analysis settings. With latency_against=before, the
     latency, TTFT and goodput checks compare `whole` (both arms) with `before` (the stable policy alone before the
     canary); with switchback, `whole` (both arms in the on periods) with `off` (the stable policy alone in the off
     periods of the same window), and the canary arm's own p95 latency with `off` too (at 5 % the candidate's
-    harm to the whole is diluted twenty-fold; its own requests show it undiluted, against the same minutes). The
-    5xx and 429 checks are always arm against arm (a request's own failure is its arm's doing)."""
+    harm to the whole is diluted twenty-fold; its own requests show it undiluted, against the same minutes); such a
+    check past its bound fails only when `periods` (the window's whole periods' figures, {"on": [...], "off":
+    [...]}) agree (period_guard). The 5xx and 429 checks are always arm against arm (a request's own failure is its
+    arm's doing)."""
     checks: list[dict[str, Any]] = []
     short = [name for name, arm in ((STABLE, stable), (CANARY, canary)) if arm["requests"] < a["min_requests"]]
     against = a.get("latency_against", "arms")
@@ -207,8 +219,42 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], who
     else:  # nothing good on stable: the canary cannot be worse by this measure
         checks.append({"metric": "goodput_ratio", "value": None, "threshold": a["min_goodput_ratio"], "ok": None,
                        "note": "the compared goodput is 0"})
+    if against == "switchback" and periods is not None:
+        period_guard(checks, periods)
     failed = [c for c in checks if c["ok"] is False]
     return (AnalysisRun.Verdict.FAIL if failed else AnalysisRun.Verdict.PASS), checks
+
+
+# check -> (the on periods' figure, the off periods' figure, True when higher is worse)
+PERIOD_FIGURES = {
+    "latency_p95_ratio": ("p95_latency_ms", "p95_latency_ms", True),
+    "ttft_p95_ratio": ("p95_ttft_ms", "p95_ttft_ms", True),
+    "goodput_ratio": ("goodput", "goodput", False),
+    "canary_latency_p95_ratio": ("canary_p95_latency_ms", "p95_latency_ms", True),
+    "early_latency_p95_ratio": ("p95_latency_ms_low", "p95_latency_ms_high", True),
+    "early_canary_latency_p95_ratio": ("canary_p95_latency_ms_low", "p95_latency_ms_high", True),
+}
+
+
+def period_guard(checks: list[dict[str, Any]], periods: dict[str, list[dict[str, Any]]]) -> None:
+    """Switchback: a check past its bound over the pooled window fails only when the window's whole periods agree
+    (the on periods rank worse than the off periods, ranktest.p_worse <= SWITCHBACK_ALPHA); otherwise it is left
+    undecided (ok None, with the rank p in its note). The pooled figure of a window of a few periods is mostly the
+    luck of which periods the fleet's queues peaked in."""
+    for check in checks:
+        if check["ok"] is not False or check["metric"] not in PERIOD_FIGURES:
+            continue
+        on_key, off_key, higher_worse = PERIOD_FIGURES[check["metric"]]
+        sign = 1.0 if higher_worse else -1.0
+        on = [sign * p[on_key] for p in periods["on"] if p.get(on_key) is not None]
+        off = [sign * (p[off_key] if p.get(off_key) is not None else math.inf) for p in periods["off"]]
+        p = ranktest.p_worse(on, off)
+        check["periods"] = {"on": len(on), "off": len(off), "p": round(p, 4)}
+        if p > SWITCHBACK_ALPHA:
+            check["ok"] = None
+            check["note"] = (f"{check['value']} is past {check['threshold']}, but the on periods are not "
+                             f"consistently worse than the off periods (rank p {p:.2f} over {len(on)} on / "
+                             f"{len(off)} off periods)")
 
 
 def _summary(verdict: str, checks: list[dict[str, Any]]) -> str:
@@ -231,7 +277,7 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
             c.save(update_fields=["baseline"])
         figures["before"] = c.baseline
     verdict, checks = judge(figures[STABLE], figures[CANARY], a, figures["whole"], figures.get("before"),
-                            figures.get(OFF))
+                            figures.get(OFF), figures.get("periods"))
     return AnalysisRun.objects.create(canary=c, ts=now, step=c.step, weight=c.weight, window_from=start,
                                       window_to=end, verdict=verdict, arms=figures, checks=checks,
                                       summary=_summary(verdict, checks))
@@ -246,15 +292,38 @@ def switchback_s(c: Canary) -> float:
 def window_figures(c: Canary, start: float, end: float, read_until: float) -> dict[str, Any]:
     """Each arm's figures over the arrivals in [start, end], the whole's (both arms: with a switchback, of the on
     periods) and, with a switchback, OFF's (with the share of the window's time each side had)."""
-    period = switchback_s(c)
-    arms = read_window(c.pk, start, end, c.analysis["goodput_ttft_ms"], read_until, c.created.timestamp(), period)
+    period, anchor = switchback_s(c), c.created.timestamp()
+    periods: Periods = {}
+    arms = read_window(c.pk, start, end, c.analysis["goodput_ttft_ms"], read_until, anchor, period, periods)
     off = arms.pop(OFF)
     figures: dict[str, Any] = {name: arm.figures() for name, arm in arms.items()}
     figures["whole"] = Arm.both(arms).figures()
     if period:
         figures[OFF] = off.figures()
         figures["control"] = {"latency_against": "switchback", "switchback_s": period}
+        figures["periods"] = period_figures(periods, start, end, anchor, period, lambda arm: arm.figures(),
+                                            lambda arm: {"canary_p95_latency_ms": p95(arm.latency_ms)})
     return figures
+
+
+def period_figures(periods: Periods, start: float, end: float, anchor: float, period_s: float,
+                   figures: Callable[[Arm], dict[str, Any]], canary: Callable[[Arm], dict[str, Any]]
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """{"on": [...], "off": [...]}: each whole switchback period inside [start, end] (a period cut by the window's
+    edge is left out: its figures would be of a few seconds), the on periods' whole (both arms) with `canary`'s
+    figures of their canary arm, the off periods' stable policy alone."""
+    out: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for k in sorted(periods):
+        begins = anchor + k * period_s
+        if begins < start or begins + period_s > end:
+            continue
+        arms = periods[k]
+        if k % 2 == 0:
+            both = Arm.both({name: arms[name] for name in (STABLE, CANARY) if name in arms})
+            out["on"].append({"period": k, **figures(both), **canary(arms.get(CANARY, Arm()))})
+        else:
+            out["off"].append({"period": k, **figures(arms.get(OFF, Arm()))})
+    return out
 
 
 def before_figures(c: Canary, now: datetime) -> dict[str, Any]:

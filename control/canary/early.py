@@ -22,7 +22,7 @@ import orjson
 
 from control.canary import analysis
 from control.canary.models import AnalysisRun, Canary
-from control.canary.split import CANARY, STABLE, switched_on
+from control.canary.split import CANARY, STABLE, period_index, switched_on
 from control.scheduler.canary_arm import OPEN_KEY
 from dashboard.metrics.latest import redis_client
 
@@ -105,18 +105,25 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
     period = analysis.switchback_s(c)
     anchor = c.created.timestamp()
     opens, read_until = open_requests(c.pk, now.timestamp())
-    arms = analysis.read_window(c.pk, start, end, a["goodput_ttft_ms"], read_until, anchor, period)
+    periods: analysis.Periods = {}
+    arms = analysis.read_window(c.pk, start, end, a["goodput_ttft_ms"], read_until, anchor, period, periods)
     for ts, arm_name, age_ms in opens:
         if start <= ts <= end:
             name = arm_name if switched_on(ts, anchor, period) else analysis.OFF
             if name in arms:
                 arms[name].open_ms.append(age_ms)
+                if period:
+                    periods.setdefault(period_index(ts, anchor, period), {}).setdefault(
+                        name, analysis.Arm()).open_ms.append(age_ms)
     off = arms.pop(analysis.OFF)
     figs: dict[str, Any] = {name: figures(arm) for name, arm in arms.items()}
     figs["whole"] = figures(analysis.Arm.both(arms))
     against = a.get("latency_against", "arms")
     if against == "switchback":
         figs[analysis.OFF] = figures(off)
+        figs["periods"] = analysis.period_figures(
+            periods, start, end, anchor, period, figures,
+            lambda arm: {"canary_p95_latency_ms_low": p95_bounds(arm.latency_ms, arm.open_ms)[0]})
         pairs = [("early_latency_p95_ratio", figs["whole"], figs[analysis.OFF]),
                  ("early_canary_latency_p95_ratio", figs[CANARY], figs[analysis.OFF])]
     elif against == "before":
@@ -129,6 +136,8 @@ def measure(c: Canary, now: datetime, span: tuple[datetime, datetime]) -> Analys
     else:
         pairs = [("early_latency_p95_ratio", figs[CANARY], figs[STABLE])]
     checks = judge(pairs, a)
+    if against == "switchback":
+        analysis.period_guard(checks, figs["periods"])
     failed = [x for x in checks if x["ok"] is False]
     if not failed:
         return None

@@ -38,7 +38,12 @@ def switched_on(ts: float, anchor: float, period_s: float) -> bool:
     arrival time) agrees on it without a local timer; period_s <= 0: always on (no switchback)."""
     if period_s <= 0:
         return True
-    return math.floor((ts - anchor) / period_s) % 2 == 0
+    return period_index(ts, anchor, period_s) % 2 == 0
+
+
+def period_index(ts: float, anchor: float, period_s: float) -> int:
+    """Which switchback period unix time `ts` falls in (0: the first, on; odd: off); period_s > 0."""
+    return math.floor((ts - anchor) / period_s)
 
 
 def request_key(session_id: str, request_id: str, fallback: str) -> str:
