@@ -155,3 +155,42 @@ def test_the_settings_are_accepted_and_stored_with_defaults(api: Any) -> None:
     assert start(op, candidate(op)).status_code == 201
     a = Canary.objects.get(state="running").analysis
     assert (a["switchback_s"], a["early_settle_s"]) == (15, 0)  # defaults; switchback_s unused unless chosen
+
+
+def test_the_rank_test_over_periods() -> None:
+    from control.canary import ranktest
+
+    assert ranktest.p_worse([3.0, 4.0, 5.0], [1.0, 2.0]) == 0.1  # every on period worse: 1 labelling in 10
+    assert ranktest.p_worse([3.0, 1.5, 5.0], [1.0, 2.0]) == 0.2
+    assert ranktest.p_worse([1.0, 1.0], [1.0, 1.0]) == 1.0  # ties: no evidence
+    assert ranktest.p_worse([], [1.0]) == 1.0
+    assert ranktest.p_worse([float(x) for x in range(100, 130)], [float(x) for x in range(30)]) < 1e-6  # normal
+    assert ranktest.p_worse([float(x) for x in range(30)], [float(x) for x in range(100, 130)]) > 0.99
+
+
+def period(p95: float, good: float = 1.0, canary_p95: float | None = None) -> dict[str, Any]:
+    return {**figures(150, p95=p95, good=good), "canary_p95_latency_ms": canary_p95 if canary_p95 else p95}
+
+
+def test_a_pooled_difference_the_periods_do_not_agree_on_does_not_fail() -> None:
+    """One off period with far better goodput than the rest makes the pooled on/off ratio look bad; the periods
+    do not agree (one of two on periods is better than two of three off periods), so the check is left undecided
+    and the run passes. The same pooled figures with every on period worse fail."""
+    stable, canary, whole = figures(500), figures(100), figures(600, good=0.6)
+    off = figures(600, good=0.8)
+    mixed = {"on": [period(100, good=0.7), period(100, good=0.5)],
+             "off": [period(100, good=0.6), period(100, good=0.65), period(100, good=1.0)]}
+    verdict, checks = analysis.judge(stable, canary, SWITCHBACK, whole, None, off, mixed)
+    assert verdict == "pass", checks
+    goodput = next(c for c in checks if c["metric"] == "goodput_ratio")
+    assert goodput["ok"] is None and "not consistently worse" in goodput["note"] and goodput["periods"]["p"] > 0.1
+    agree = {"on": [period(100, good=0.5), period(100, good=0.55)],
+             "off": [period(100, good=0.7), period(100, good=0.8), period(100, good=0.9)]}
+    verdict, checks = analysis.judge(stable, canary, SWITCHBACK, whole, None, off, agree)
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["goodput_ratio"]
+    # The candidate's own latency: every on period's canary p95 above every off period's p95.
+    slow = {"on": [period(100, canary_p95=300), period(100, canary_p95=250)],
+            "off": [period(100), period(110), period(105)]}
+    verdict, checks = analysis.judge(stable, figures(100, p95=280), SWITCHBACK, figures(600), None, figures(600),
+                                     slow)
+    assert verdict == "fail" and [c["metric"] for c in checks if c["ok"] is False] == ["canary_latency_p95_ratio"]
