@@ -116,3 +116,30 @@ def test_a_gateway_publishes_the_canarys_open_requests(
     assert arm == "canary" and sent - 1 <= ts <= time.time()
     t.join(30)
     gw.wait(lambda: published() == [], what="the ended request no longer open")
+
+
+def test_under_switchback_the_early_window_compares_on_periods_with_off_periods(api: Any, redis_db: Any) -> None:
+    from control.canary.split import switched_on
+
+    op = api("operator")
+    r = start(op, candidate(op), interval_s=1, min_requests=50, settle_s=60, early_settle_s=5, window_s=40,
+              switchback_s=5, initial_delay_s=0, failure_limit=0, latency_against="switchback")
+    assert r.status_code == 201, r.content
+    c = Canary.objects.get()
+    t0 = c.created.timestamp()
+    opened: list[tuple[float, str]] = []
+    for i in range(160):  # one arrival every 0.25 s over 40 s
+        t = t0 + i * 0.25
+        if switched_on(t, t0, 5):
+            log_requests(redis_db, c.pk, "stable", 4, 100.0, at=t)
+            opened.append((t, "canary"))  # the candidate's requests pile up: still open
+        else:
+            log_requests(redis_db, c.pk, "stable", 5, 100.0, at=t)
+    publish_open(redis_db, "gw-a", c.pk, t0 + 44, opened)
+    assert analysis.tick(datetime.fromtimestamp(t0 + 45, UTC)) == [f"canary {c.pk}: aborted"]
+    run = AnalysisRun.objects.get()
+    failed = [x for x in run.checks if x["ok"] is False]
+    assert "early_canary_latency_p95_ratio" in [x["metric"] for x in failed], run.checks
+    guard = next(x for x in failed if x["metric"] == "early_canary_latency_p95_ratio")["periods"]
+    assert guard["on"] >= 3 and guard["off"] >= 3 and guard["p"] <= 0.1
+    assert run.arms["off"]["open"] == 0 and run.arms["canary"]["open"] == len(opened)
