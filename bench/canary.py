@@ -280,7 +280,10 @@ def main() -> None:
                          "for 120 s, then shorter ones to keep the bench short)")
     ap.add_argument("--analysis-interval", type=int, default=5, help="analysis interval_s (default 5)")
     ap.add_argument("--window", type=int, default=30, help="analysis window_s (default 30)")
-    ap.add_argument("--min-requests", type=int, default=50, help="analysis min_requests per arm (default 50)")
+    ap.add_argument("--min-requests", type=int, default=-1,
+                    help="analysis min_requests per arm (default 50; 30 with --against switchback, where the "
+                         "candidate routes half the time: 5 %% of 29.7 req/s over the on half of a 60-s window is "
+                         "about 45 requests)")
     ap.add_argument("--initial-delay", type=int, default=0, help="analysis initial_delay_s (default 0: the settle "
                     "lag already keeps a step's first requests out until they have all ended)")
     ap.add_argument("--settle", type=int, default=-1,
@@ -296,6 +299,8 @@ def main() -> None:
     ap.add_argument("--database", default="sy_bench_canary")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "12")))
     args = ap.parse_args()
+    if args.min_requests < 0:
+        args.min_requests = 30 if args.against == "switchback" else 50
     if args.settle < 0:
         args.settle = int(args.timeout + 0.999)
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
