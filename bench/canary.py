@@ -17,7 +17,8 @@ Printed per analysis run: each arm's, the whole's and the stable-alone figures o
 phase: time to verdict (from the canary's start), requests served by each arm (from the request log), p95 latency
 of each arm, of the whole during the rollout and of the stable policy alone before it (the client's view).
 
-    .venv/bin/python bench/canary.py [--nodes 6] [--duration 480] [--lead 150] [--load 0.75] [--steps 5:120,25:60,50:60] [--seed 7]
+    .venv/bin/python bench/canary.py [--nodes 6] [--duration 480] [--lead 150] [--load 0.75] [--steps 5:120,25:60,50:60]
+        [--against switchback] [--switchback 10] [--early-settle 10] [--seed 7]
 """
 
 from __future__ import annotations
