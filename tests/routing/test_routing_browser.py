@@ -18,6 +18,14 @@ def _fast_passwords() -> None:
     """Keep the real password hasher: the server process logging the user in does not know the tests' MD5 one."""
 
 
+def wait_for_drawn_bar(page: Any, plot: str) -> None:
+    """Wait until the plot has drawn a bar with a width. Plotly also makes a point for a term worth 0 in a stack
+    (an empty path): waiting for the first point to be visible then depended on which term came first."""
+    page.wait_for_function(
+        "(sel) => [...document.querySelectorAll(sel + ' .barlayer .point')]"
+        ".some(p => p.getBoundingClientRect().width > 0)", arg=plot, timeout=15_000)
+
+
 def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(page: Any, server: Server,
                                                                                 redis_db: Any) -> None:
     now = time.time()
@@ -36,7 +44,7 @@ def test_routing_page_draws_shares_scores_and_classes_and_follows_new_requests(p
     page.goto(f"{server.url}/routing/")
     page.wait_for_function("() => window.switchyardRouting && window.switchyardRouting.loads >= 1", timeout=15_000)
     page.wait_for_selector("#share-plot .barlayer .point", timeout=10_000)
-    page.wait_for_selector("#score-plot .barlayer .point", timeout=10_000)
+    wait_for_drawn_bar(page, "#score-plot")
     assert page.locator('#routing-nodes tr[data-node="gpu-a-1"]').count() == 1
     assert "filtered" in page.locator('#routing-nodes tr[data-node="gpu-a-3"]').inner_text()
     assert page.locator('#routing-classes tr[data-class="standard"] td').nth(1).inner_text() == "12"
@@ -78,7 +86,7 @@ def test_routing_page_shows_prefix_cache_hits_and_the_affinity_term(page: Any, s
     login(page, server, "vera", "viewer")
     page.goto(f"{server.url}/routing/")
     page.wait_for_function("() => window.switchyardRouting && window.switchyardRouting.loads >= 1", timeout=15_000)
-    page.wait_for_selector("#score-plot .barlayer .point", timeout=10_000)
+    wait_for_drawn_bar(page, "#score-plot")
     # Fleet-wide: 6 requests at 90 % and 2 at 30 %.
     assert page.locator('[data-tile="prefix_hit_pct"] .value').inner_text() == "75.0"
     assert "90.0 %" in page.locator('#routing-nodes tr[data-node="gpu-a-1"]').inner_text()
