@@ -10,8 +10,7 @@ of the queue and recomputed later (vLLM's recompute preemption).
 The prefix cache lives in the same KV capacity, as vLLM's automatic prefix caching does: a prompt is cut into
 64-character blocks with chained hashes (a block's key covers everything before it); the blocks of running requests
 are held by them, and a finished request's blocks stay cached in the free part of the KV cache until running
-sequences need that memory, least recently used first (a request's blocks are released last block first, as vLLM
-frees them, so its tail is evicted before the prefix it shares with others). A request is looked up when it is admitted: its leading
+sequences need that memory, least recently used first. A request is looked up when it is admitted: its leading
 cached blocks are not prefilled again (at least one token always is, for the first output token).
 
 Time is model time: `time_scale` model seconds pass per wall second, so tests and benchmarks run faster than
@@ -311,12 +310,11 @@ class Engine:
             self.kv_events(events)
 
     def _release(self, req: SimRequest) -> None:
-        """A request left the running set: its blocks stay cached, evictable, most recently used last (its last
-        block least recently: vLLM frees a request's blocks in reverse so that its tail goes first)."""
+        """A request left the running set: its blocks stay cached, evictable, most recently used last."""
         if not req.held:
             return
         req.held = False
-        for key in reversed(req.blocks):
+        for key in req.blocks:
             n = self._refs.get(key, 0) - 1
             if n > 0:
                 self._refs[key] = n
