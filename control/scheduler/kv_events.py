@@ -400,7 +400,7 @@ class KVEvents:
         fed: set[str] = set()
         for sched in cores:
             fed |= sched.event_fed
-        return {"endpoints": self.subscriber.endpoints, "counts": dict(t.counts), "applied": self.applied,
+        return {"endpoints": self.subscriber.endpoints, "counts": dict(t.counts), "applied": self.applier.applied,
                 "unknown_node": self.applier.unknown_node, "last_error": t.last_error,
                 "error": self.subscriber.error, "event_fed": sorted(fed),
                 "last_seq": {n: s.last_seq for n, s in list(t.streams.items())}}
