@@ -214,6 +214,18 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def kv_events_state(gateway_id: str) -> dict[str, Any]:
+    """The gateway's kv_events section of its published state (what the events did): a precise run whose events
+    did not arrive would otherwise look like an approximate one."""
+    import orjson
+
+    from control.scheduler.sync import STATE_KEY
+    from dashboard.metrics.latest import redis_client
+
+    raw = redis_client().get(STATE_KEY.format(gateway_id))
+    return (orjson.loads(raw).get("kv_events") or {}) if raw else {}
+
+
 def precise_verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """Precise (the nodes' KV events) against approximate (what the gateway sent), same-run ratios."""
     out = []
@@ -361,6 +373,11 @@ def main() -> None:
                     r.update(workload=wl, name=label, gateways=k, hit_rate=(h1 - h0) / max(1.0, q1 - q0),
                              largest_share=max(r["per_node"].values(), default=0) / ok, slo_s=slo_s)
                     log(f"  {label:<16} hit rate {r['hit_rate']:.0%}, largest node share {r['largest_share']:.0%}")
+                    if name == "precise":
+                        kv = r["kv_events"] = kv_events_state("bench-prefix")
+                        log(f"  precise: events {kv.get('counts')}, event-fed nodes {len(kv.get('event_fed', []))}")
+                        if not kv.get("counts", {}).get("stored"):
+                            raise SystemExit("precise: the gateway applied no KV event (see its log)")
                     rows.append(r)
             args.more_gateways = []
     print()
