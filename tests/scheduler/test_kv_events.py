@@ -158,7 +158,7 @@ def set_source(api_client: Any, gw: Any, source: str) -> None:  # noqa: F811
     r = api_client.post("/api/v1/policies/scheduler/revisions/", {
         "document": document, "reason": f"prefix source {source}", "parent": doc["id"]}, format="json")
     assert r.status_code == 201, r.content
-    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], what="policy loaded")
+    gw.wait(lambda: gw.app.policy_ids.get("scheduler") == r.json()["id"], timeout=30, what="policy loaded")
 
 
 def start(fleet: Fleet, sim: BackgroundFleet, gateway: Any, endpoint: str, api_client: Any,  # noqa: F811
@@ -167,12 +167,12 @@ def start(fleet: Fleet, sim: BackgroundFleet, gateway: Any, endpoint: str, api_c
     for node in nodes:
         fleet.add(node.name, node.url, models=(SIM_MODEL,))
     gw = gateway(kv_events=endpoint)
-    gw.wait(lambda: gw.eligible() == {x.name for x in nodes}, what=f"{n} sim nodes eligible")
+    gw.wait(lambda: gw.eligible() == {x.name for x in nodes}, timeout=30, what=f"{n} sim nodes eligible")
     set_source(api_client, gw, "kv_events")
     # ZMQ drops what a node publishes before its connection is up (as with vLLM): reset each node's cache until the
     # gateway has heard from it.
     for node in nodes:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while node.name not in on_loop(gw, lambda: set(gw.app.sched.event_fed)):
             assert time.monotonic() < deadline, f"no event from {node.name}"
             httpx.post(f"{node.url}/reset_prefix_cache", timeout=10)
@@ -222,7 +222,7 @@ def evict(sim: BackgroundFleet, node: Any) -> None:
 
 
 def wait(gw: Any, condition: Callable[[], bool], what: str) -> None:
-    gw.wait(condition, timeout=15, what=what)
+    gw.wait(condition, timeout=30, what=what)
 
 
 def text_of(tag: str, blocks: int = 12) -> str:
