@@ -155,6 +155,9 @@ def set_source(api_client: Any, gw: Any, source: str) -> None:  # noqa: F811
     doc = api_client.get("/api/v1/policies/scheduler/").json()
     document = copy.deepcopy(doc["document"])
     document["prefix"] = {**document["prefix"], "block_chars": BLOCK, "source": source}
+    # The nodes' samples are sent once by the test: a node whose sample went stale on a busy machine would be
+    # filtered and its index forgotten mid-test.
+    document["filters"]["max_stale_s"] = 3600
     r = api_client.post("/api/v1/policies/scheduler/revisions/", {
         "document": document, "reason": f"prefix source {source}", "parent": doc["id"]}, format="json")
     assert r.status_code == 201, r.content
