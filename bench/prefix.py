@@ -14,7 +14,11 @@ skips their prefill. For each workload, each policy gets the same seeded arrival
     default          the default scheduler policy without prefix affinity (today's)
     cache_aware      SGLang's router policy as a picker: longest prefix match when it covers cache_threshold 0.5 of
                      the prompt, else the node holding the least; the fewest in flight when imbalanced (32 / 1.1)
-    prefix_affinity  the default policy plus the prefix_affinity scorer (--weight)
+    prefix_affinity  the default policy plus the prefix_affinity scorer (--weight): the index holds what the
+                     gateway sent to each node (approximate)
+    precise          the same scorer with prefix.source kv_events: the nodes publish vLLM's KV-cache events
+                     (simfleet --kv-events-config) and the index holds what each engine really caches; block_chars is
+                     the simulator's block (64 characters). Not with --gateways 2 (one events address per fleet)
 
 Every run starts from freshly started gateways (nothing learned in the run before). The rate of each workload is
 the highest at which least_in_flight stays stable (bench/routing.py's calibration,
@@ -28,6 +32,12 @@ and <= 0.8 x cache_aware, hit rate >= cache_aware's; independent p95 within 5 % 
 
     .venv/bin/python bench/prefix.py [--workloads shared-prefix,multi-turn,independent] [--duration 30]
         [--rate shared-prefix=R,...] [--weight 2] [--gateways 2] [--json out.json]
+
+Approximate against precise where it matters, KV capacity pressure (more groups' system prompts than the nodes'
+caches hold, so the nodes evict prefixes the approximate index still believes in):
+
+    .venv/bin/python bench/prefix.py --workloads shared-prefix --policies prefix_affinity,precise --block-chars 64 \
+        --groups 96 --system-tokens 4096
 
 `--gateways 2`: each policy runs twice, through one gateway and spread in turn over two (as a round-robin load
 balancer would; each gateway keeps its own prefix index and sees only its half of the traffic, a multi-turn
@@ -51,7 +61,8 @@ from bench.benchlib import use_bench_database  # noqa: E402
 from bench.loadrun import sim_fleet  # noqa: E402
 from control.scheduler.status import read_status  # noqa: E402
 
-POLICIES = ("round_robin", "least_in_flight", "default", "cache_aware", "prefix_affinity")
+POLICIES = ("round_robin", "least_in_flight", "default", "cache_aware", "prefix_affinity", "precise")
+SIM_BLOCK_CHARS = 64  # agents/sim/engine.py PREFIX_BLOCK_CHARS: precise mode keys the engines' own blocks
 WORKLOADS = ("shared-prefix", "multi-turn", "independent")
 log = routing.log
 
@@ -68,6 +79,20 @@ def policies(weight: float, block_chars: int) -> None:
                                      "picker": {"strategy": "cache_aware"}, "prefix": prefix}
     routing.CUSTOM["prefix_affinity"] = {
         "scorers": [*base, {"metric": "prefix_affinity", "weight": weight, "invert": False}], "prefix": prefix}
+    routing.CUSTOM["precise"] = {
+        "scorers": routing.CUSTOM["prefix_affinity"]["scorers"],
+        "prefix": {**prefix, "block_chars": SIM_BLOCK_CHARS, "source": "kv_events"}}
+
+
+def kv_events_env() -> None:
+    """The simulated nodes publish their KV-cache events to the gateway, which binds a free local port (both read
+    it from the environment the fleet and the gateways are started with)."""
+    from bench.benchlib import free_port
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    os.environ["SWITCHYARD_GATEWAY_KV_EVENTS"] = endpoint
+    os.environ["SWITCHYARD_SIM_KV_EVENTS_CONFIG"] = json.dumps(
+        {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint})
 
 
 def workload(name: str, args: argparse.Namespace, tag: str) -> Any:
@@ -189,6 +214,38 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def kv_events_state(gateway_id: str) -> dict[str, Any]:
+    """The gateway's kv_events section of its published state (what the events did): a precise run whose events
+    did not arrive would otherwise look like an approximate one."""
+    import orjson
+
+    from control.scheduler.sync import STATE_KEY
+    from dashboard.metrics.latest import redis_client
+
+    raw = redis_client().get(STATE_KEY.format(gateway_id))
+    return (orjson.loads(raw).get("kv_events") or {}) if raw else {}
+
+
+def precise_verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """Precise (the nodes' KV events) against approximate (what the gateway sent), same-run ratios."""
+    out = []
+    for wl in WORKLOADS:
+        by = {r["name"]: r for r in rows if r["workload"] == wl}
+        pr, ap = by.get("precise"), by.get("prefix_affinity")
+        if pr is None or ap is None:
+            continue
+
+        def ratio(metric: str, q: str, pr: dict[str, Any] = pr, ap: dict[str, Any] = ap) -> str:
+            a, b = pr[metric][q], ap[metric][q]
+            return f"{a / b:.2f}" if a is not None and b else "-"
+
+        out.append(f"{wl}: precise vs approximate (prefix_affinity): hit rate {pr['hit_rate']:.0%} vs "
+                   f"{ap['hit_rate']:.0%}, TTFT p50 x{ratio('ttft', 'p50')}, p95 x{ratio('ttft', 'p95')}, engine TTFT "
+                   f"p50 x{ratio('engine_ttft', 'p50')}, p95 x{ratio('engine_ttft', 'p95')}, latency p95 "
+                   f"x{ratio('latency', 'p95')}, goodput {pr['goodput']:.1f} vs {ap['goodput']:.1f}/s")
+    return out
+
+
 def gateway_verdicts(rows: list[dict[str, Any]], k: int) -> list[str]:
     """What k gateways (each with its own index, requests spread over them in turn) cost against one, per policy."""
     out = []
@@ -263,6 +320,10 @@ def main() -> None:
     calibration: dict[str, Any] = {}
     if args.gateways < 1:
         raise SystemExit("--gateways: at least 1")
+    if "precise" in pols:
+        if args.gateways > 1:
+            raise SystemExit("--policies precise: not with --gateways 2 (the nodes publish to one gateway's address)")
+        kv_events_env()
     with sim_fleet(args.nodes, args.seed, args.interval, db_url, redis_url, logs, "bench-prefix",
                    args.gateways) as fleet:
         gw, control, urls = fleet.gateway, fleet.control, fleet.urls
@@ -312,13 +373,18 @@ def main() -> None:
                     r.update(workload=wl, name=label, gateways=k, hit_rate=(h1 - h0) / max(1.0, q1 - q0),
                              largest_share=max(r["per_node"].values(), default=0) / ok, slo_s=slo_s)
                     log(f"  {label:<16} hit rate {r['hit_rate']:.0%}, largest node share {r['largest_share']:.0%}")
+                    if name == "precise":
+                        kv = r["kv_events"] = kv_events_state("bench-prefix")
+                        log(f"  precise: events {kv.get('counts')}, event-fed nodes {len(kv.get('event_fed', []))}")
+                        if not kv.get("counts", {}).get("stored"):
+                            raise SystemExit("precise: the gateway applied no KV event (see its log)")
                     rows.append(r)
             args.more_gateways = []
     print()
     print("requests per node in the order " + " / ".join(f"{n} ({fleet.profiles[n]})" for n in names))
     print(table(rows, names))
     print()
-    found = verdicts([r for r in rows if r["gateways"] == 1])
+    found = verdicts([r for r in rows if r["gateways"] == 1]) + precise_verdicts(rows)
     if args.gateways > 1:
         found += gateway_verdicts(rows, args.gateways)
     for v in found:

@@ -281,6 +281,9 @@ LOGGING = {
 # Where Celery jobs send their work (the gateway routes it like any other request) and the URL alerts link back to.
 GATEWAY_URL = env("GATEWAY_URL", "http://127.0.0.1:8400")
 GATEWAY_METRICS_PUBLIC = env_bool("GATEWAY_METRICS_PUBLIC", False)  # the gateway's /metrics without a viewer token
+# Precise prefix routing (prefix.source kv_events): ZMQ addresses the gateway binds to take the engines' KV-cache
+# events (they connect), comma-separated; connect:tcp://host:port connects to an engine that binds instead.
+GATEWAY_KV_EVENTS = env("GATEWAY_KV_EVENTS", "")
 EXTERNAL_URL = env("EXTERNAL_URL", "http://127.0.0.1:8000")
 # Total seconds one job shard may wait on the gateway's Retry-After before the job fails.
 JOBS_MAX_WAIT_S = env_int("JOBS_MAX_WAIT_S", 3600)

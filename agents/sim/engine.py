@@ -16,6 +16,9 @@ cached blocks are not prefilled again (at least one token always is, for the fir
 Time is model time: `time_scale` model seconds pass per wall second, so tests and benchmarks run faster than
 real time while latencies (TTFT, inter-token, end-to-end, queue) are measured in model seconds, exactly as the
 model computed them. Counters and histograms are kept in vLLM's terms for the node's `/metrics`.
+
+With a KV-events sink (`kv_events`, set by the node when started with `--kv-events-config`: agents/sim/kv_events.py)
+the cache's changes of each step are handed to it as vLLM's events, in the order they happened.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from agents.sim import kv_events as kve
 from agents.sim.profiles import Profile
 
 # vLLM's histogram bounds (vllm/v1/metrics/loggers.py), so that percentiles read from the sim look like vLLM's.
@@ -150,6 +155,9 @@ class Engine:
         # least-recently-used order, which are what gets evicted when running sequences need the memory.
         self._refs: dict[bytes, int] = {}
         self._lru: OrderedDict[bytes, None] = OrderedDict()
+        # Where the cache's changes go as vLLM's KV events (None: nowhere), and those of the step so far.
+        self.kv_events: Callable[[list[list[Any]]], None] | None = None
+        self._events: list[list[Any]] = []
         self._model = 0.0  # model time at wall time self._wall
         self._wall = clock()
         self._step: tuple[float, float, float] | None = None  # (model start, wall start, model duration)
@@ -261,10 +269,45 @@ class Engine:
         self.recent_prefix.append((req.prompt_tokens, hit))
         req.prefill_tokens = max(1, req.prompt_tokens + req.generated - hit)
         # Every block of the prompt is in the cache once this prefill runs; the request holds them while it runs.
-        for key in req.blocks:
-            self._lru.pop(key, None)
+        new: list[int] = []  # indexes of the blocks this prefill stores (not cached before)
+        for i, key in enumerate(req.blocks):
+            if key in self._lru:
+                del self._lru[key]
+            elif key not in self._refs:
+                new.append(i)
             self._refs[key] = self._refs.get(key, 0) + 1
         req.held = True
+        if new and self.kv_events is not None:
+            self._stored(req, new)
+
+    def _stored(self, req: SimRequest, new: list[int]) -> None:
+        """BlockStored events for the blocks at these indexes of the prompt: one per run of consecutive blocks, its
+        parent the block before the run (None at the prompt's start), as vLLM reports a request's new full blocks."""
+        text, size = req.prefix_text, PREFIX_BLOCK_CHARS
+        start = prev = new[0]
+        for i in [*new[1:], -1]:
+            if i != prev + 1:
+                parent = req.blocks[start - 1] if start else None
+                self._events.append(kve.block_stored(req.blocks[start:prev + 1], parent,
+                                                     text[start * size:(prev + 1) * size], size))
+                start = i
+            prev = i
+
+    def reset_prefix_cache(self) -> None:
+        """Empty the prefix cache (the server restarted, or its cache was reset): AllBlocksCleared. Blocks of
+        requests still running stay referenced by them but are no longer shared."""
+        self._lru.clear()
+        self._refs.clear()
+        for req in self.running:
+            req.held = False
+        if self.kv_events is not None:
+            self._events.append(kve.all_blocks_cleared())
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._events and self.kv_events is not None:
+            events, self._events = self._events, []
+            self.kv_events(events)
 
     def _release(self, req: SimRequest) -> None:
         """A request left the running set: its blocks stay cached, evictable, most recently used last."""
@@ -282,8 +325,13 @@ class Engine:
     def _evict(self) -> None:
         """Keep the unreferenced cached blocks within the KV memory that running sequences leave free."""
         room = max(0, self.profile.kv_tokens - self.kv_used) // PREFIX_BLOCK_TOKENS
+        if len(self._lru) <= room:
+            return
+        removed = []
         while len(self._lru) > room:
-            self._lru.popitem(last=False)
+            removed.append(self._lru.popitem(last=False)[0])
+        if self.kv_events is not None:
+            self._events.append(kve.block_removed(removed))
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -311,6 +359,7 @@ class Engine:
             admitted.append(req)
         if admitted:
             self._evict()
+        self._flush()
         return admitted
 
     async def _step_once(self) -> None:
@@ -389,6 +438,7 @@ class Engine:
         self.running = still
         self._preempt()
         self._evict()
+        self._flush()
 
     def _preempt(self) -> None:
         while len(self.running) > 1 and self.kv_used > self.profile.kv_tokens:

@@ -27,6 +27,7 @@ import httpx
 
 from agents.sim import profiles
 from agents.sim.agent import NodeAgent
+from agents.sim.kv_events import KVEventsConfig
 from agents.sim.metrics import STYLES
 from agents.sim.node import FAIL_MODES, SimNode
 from agents.sim.serving import Serving
@@ -53,7 +54,7 @@ class SimFleet:
                  time_scale: float = 1.0, server_url: str | None = None, register: Register | None = None,
                  interval_s: float = 5.0, seed: int | None = None, profile: str = "h100", base_port: int = 0,
                  state_dir: str | Path | None = None, advertise_host: str | None = None,
-                 metrics_style: str = "vllm") -> None:
+                 metrics_style: str = "vllm", kv_events: KVEventsConfig | None = None) -> None:
         if not NAME_RE.match(pool):
             raise ValueError(f"pool name {pool!r} is not valid: use 1-63 lowercase letters, digits, '.', '_' or '-'")
         if not 1 <= gpus <= 64:
@@ -71,6 +72,7 @@ class SimFleet:
         self.interval_s, self.seed, self.profile = interval_s, seed, profile
         self.base_port, self.advertise_host = base_port, advertise_host
         self.metrics_style = metrics_style  # which server's /metrics names the nodes expose (vllm or sglang)
+        self.kv_events = kv_events  # each node publishes vLLM's KV-cache events with this config (kv_events.py)
         self._state_dir = Path(state_dir) if state_dir is not None else None
         self._own_state_dir = False
         self._nodes: dict[str, SimNode] = {}
@@ -171,7 +173,7 @@ class SimFleet:
                 try:
                     node = SimNode(name, prof, model=self.model, gpus=self.gpus, host=self.host, port=port,
                                    time_scale=self.time_scale, seed=seed, advertise_host=self.advertise_host,
-                                   serving=serving or self.serving)
+                                   serving=serving or self.serving, kv_events=self.kv_events)
                     break
                 except OSError as exc:  # taken by another process: the next one
                     error = exc

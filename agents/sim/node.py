@@ -19,6 +19,7 @@ from typing import Any
 from agents.sim import openai, text
 from agents.sim.engine import Engine, SimRequest
 from agents.sim.http import HttpServer, Request, Response, json_response
+from agents.sim.kv_events import KVEventsConfig, Publisher
 from agents.sim.metrics import render
 from agents.sim.profiles import Profile
 from agents.sim.serving import Serving, shape
@@ -39,7 +40,8 @@ def _sse(doc: dict[str, Any]) -> bytes:
 class SimNode:
     def __init__(self, name: str, profile: Profile, model: str = "sim-llm", gpus: int = 8, host: str = "127.0.0.1",
                  port: int = 0, time_scale: float = 1.0, seed: int | None = None,
-                 advertise_host: str | None = None, serving: Serving | None = None) -> None:
+                 advertise_host: str | None = None, serving: Serving | None = None,
+                 kv_events: KVEventsConfig | None = None) -> None:
         self.name = name
         self.hardware = profile  # the profile before a deployment reshapes it
         self.serving_config: Serving | None = None
@@ -65,6 +67,12 @@ class SimNode:
         self._released = asyncio.Event()  # set to let hung connections go (they are then dropped)
         if serving is not None:
             self._apply(serving)
+        # vLLM's KV-cache events of this node's prefix cache (--kv-events-config), on a PUB socket of its own.
+        self.kv_publisher: Publisher | None = None
+        if kv_events is not None and kv_events.enabled:
+            self.kv_publisher = Publisher(kv_events, name, self.model)
+            self.engine.kv_events = self.kv_publisher.publish
+            self.engine.reset_prefix_cache()  # a fresh server announces an empty cache, as after a restart
 
     def _apply(self, serving: Serving) -> None:
         """Run `serving` from now on (ServingError, changing nothing, when it cannot run on this node)."""
@@ -90,6 +98,7 @@ class SimNode:
         self.booted = False
         self.server.stop_now()
         await self.engine.close()
+        self.engine.reset_prefix_cache()  # the new process starts with an empty cache (AllBlocksCleared)
         if serving is not None:
             self._apply(serving)
         self.restarts += 1
@@ -144,6 +153,8 @@ class SimNode:
         self._released.set()
         await self.server.close()
         await self.engine.close()
+        if self.kv_publisher is not None:
+            self.kv_publisher.close()
 
     def slow_down(self, factor: float) -> None:
         if not (factor > 0 and factor < float("inf")):
@@ -192,6 +203,9 @@ class SimNode:
             if req.method != "POST":
                 return self._error(405, f"{path} takes POST, not {req.method}", "method_not_allowed")
             return await self._complete(req, "chat" if path == "/v1/chat/completions" else "completion")
+        if path == "/reset_prefix_cache" and req.method == "POST":  # vLLM's route of the same name
+            self.engine.reset_prefix_cache()
+            return Response(200, content_type="text/plain")
         if req.method not in ("GET", "HEAD"):
             return self._error(405, f"{path} takes GET, not {req.method}", "method_not_allowed")
         if path == "/metrics":

@@ -50,7 +50,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "cache": {"enabled": True, "ttl_s": 300, "max_entry_bytes": 1048576, "shared": False},
         "shedding": {"retry_after_s": 2},
         # The gateway's approximate prefix index (prefix_affinity scorer, cache_aware picker; docs/gateway.md).
-        "prefix": {"block_chars": 256, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128},
+        "prefix": {"block_chars": 256, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128,
+                   "source": "sent"},
     },
     "scaling": {
         "default": {

@@ -95,6 +95,13 @@ class Prefix(Strict):
                                                                    "prompt's leading blocks scores 0")
     max_blocks: int = Field(128, ge=1, le=100_000, description="leading blocks of a prompt looked at (bounds the "
                                                                 "cost of a very long prompt)")
+    source: Literal["sent", "kv_events"] = Field(
+        "sent", description="what fills the index: sent = the prompts the gateway sent to each node (approximate); "
+                            "kv_events = the nodes' own KV-cache events (vLLM's BlockStored/BlockRemoved/"
+                            "AllBlocksCleared over ZMQ, received on the gateway's SWITCHYARD_GATEWAY_KV_EVENTS "
+                            "endpoint): what each node really caches. block_chars must then equal the engines' "
+                            "block size. A node whose events have not arrived yet, or whose event sequence had a "
+                            "gap in the last 10 s, is indexed by what was sent (docs/gateway.md)")
 
 
 class Latency(Strict):

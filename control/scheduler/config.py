@@ -85,6 +85,7 @@ class Config:
     prefix_index_blocks: int = 10_000
     prefix_min_match: int = 2
     prefix_max_blocks: int = 128
+    prefix_source: str = "sent"  # what fills the index: the gateway's sends, or the nodes' KV events (kv_events.py)
     cache_threshold: float = 0.5
     balance_abs: int = 32
     balance_rel: float = 1.1
@@ -137,6 +138,7 @@ def _prefix_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return dict(
         prefix_block_chars=int(pre.get("block_chars", 256)), prefix_index_blocks=int(pre.get("index_blocks", 10_000)),
         prefix_min_match=int(pre.get("min_match_blocks", 2)), prefix_max_blocks=int(pre.get("max_blocks", 128)),
+        prefix_source=str(pre.get("source", "sent")),
         cache_threshold=float(p.get("cache_threshold", 0.5)), balance_abs=int(p.get("balance_abs_threshold", 32)),
         balance_rel=float(p.get("balance_rel_threshold", 1.1)),
     )

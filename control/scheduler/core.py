@@ -222,6 +222,8 @@ class Scheduler:
         self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
         self.prefix = PrefixIndex(config.prefix_index_blocks)
+        # Precise mode: the nodes whose index their own KV events keep (kv_events.py); the others' by what was sent.
+        self.event_fed: set[str] = set()
         self.last_affinity = 0.0  # the affinity term of the latest pick (0: none), recorded by sent()
         self._use_strategy(config)
 
@@ -230,6 +232,7 @@ class Scheduler:
         self._round_robin = config.strategy == "round_robin"
         self._cache_aware = config.strategy == "cache_aware"
         self._affinity = config.strategy == "highest" and "prefix_affinity" in config.weights
+        self._kv_events = config.prefix_source == "kv_events"
         self._make_entry = self._entry_least if config.strategy in ("least_in_flight", "cache_aware") else self._entry
         if self.prefix.capacity != config.prefix_index_blocks:
             self.prefix.resize(config.prefix_index_blocks)
@@ -571,7 +574,8 @@ class Scheduler:
     def sent(self, node: Node, request_id: int, now: float, prefix: Keys = ()) -> None:
         """A request goes to the node (after pick): count it, and remember its prompt's blocks there."""
         if prefix and (self._affinity or self._cache_aware):
-            self.prefix.add(node.name, prefix)
+            if not (self._kv_events and node.name in self.event_fed):
+                self.prefix.add(node.name, prefix)
             node.affinity += AFFINITY_ALPHA * (self.last_affinity - node.affinity)
         node.advance(now)
         node.sent_area[request_id] = node.area

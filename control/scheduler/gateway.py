@@ -29,6 +29,7 @@ from control.scheduler.config import Priorities, default_config
 from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
 from control.scheduler.intake import DEFAULT_MAX_BODY, ROUTES, header_map, parse, read_body, usage
+from control.scheduler.kv_events import KVEvents, parse_endpoints
 from control.scheduler.length import need_tokens
 from control.scheduler.prefix_index import block_keys, prompt_text
 from control.scheduler.priority import request_class
@@ -48,7 +49,8 @@ METRICS_NEED = ("the gateway's /metrics names nodes and policies: it needs an AP
 
 class Gateway:
     def __init__(self, gateway_id: str, *, auth_required: bool = True, max_body_bytes: int = DEFAULT_MAX_BODY,
-                 redis_url: str | None = None, refresh_s: float = 1.0, metrics_public: bool | None = None) -> None:
+                 redis_url: str | None = None, refresh_s: float = 1.0, metrics_public: bool | None = None,
+                 kv_events: str | None = None) -> None:
         from django.conf import settings
 
         self.id = gateway_id
@@ -79,6 +81,11 @@ class Gateway:
         self.cache: answers.AnswerCache | None = None
         self.proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # Precise prefix routing: where the nodes' KV-cache events arrive (kv_events.py); checked here, so that a
+        # bad address stops the gateway before it serves.
+        self.kv_endpoints = parse_endpoints(getattr(settings, "GATEWAY_KV_EVENTS", "")
+                                            if kv_events is None else kv_events)
+        self.kv: KVEvents | None = None
 
     @property
     def priorities(self) -> Priorities:
@@ -112,8 +119,19 @@ class Gateway:
         # The refresh thread (ORM) would otherwise hold the GIL for up to 5 ms slices while requests wait.
         sys.setswitchinterval(0.0005)
         self._tasks = [asyncio.create_task(coro) for coro in self.sync.tasks()]
+        if self.kv_endpoints:
+            self.kv = KVEvents(self.kv_endpoints, asyncio.get_running_loop(), self.cores,
+                               lambda: self.sched.config.prefix_block_chars)
+            self.kv.start()
+
+    def cores(self) -> list[Scheduler]:
+        """The scheduler cores routing requests here: the stable policy's and, during a canary, the candidate's."""
+        canary = self.canary
+        return [self.sched] if canary is None else [self.sched, canary.sched]
 
     async def shutdown(self) -> None:
+        if self.kv is not None:
+            self.kv.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -135,7 +153,7 @@ class Gateway:
         now = time.time()
         nodes = self.sched.describe(now)
         waiting = self.waitq.counts()
-        return {
+        doc = {
             "id": self.id, "ts": now,
             "policy": {"scheduler": self.policy_ids.get("scheduler"), "priorities": self.policy_ids.get("priorities")},
             "nodes": nodes,
@@ -143,6 +161,9 @@ class Gateway:
             "saturated": bool(nodes) and not any(n["eligible"] for n in nodes),
             "counters": dict(self.counters),
         }
+        if self.kv is not None:  # precise prefix routing: what the events did, per node whether they feed its index
+            doc["kv_events"] = self.kv.state(self.cores())
+        return doc
 
     # --- ASGI -------------------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

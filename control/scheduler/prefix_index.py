@@ -14,6 +14,9 @@ llm-d's prefix-cache scorer and SGLang's router do:
   Beside it, key -> the nodes holding it, so a lookup costs the holders of the prompt's leading blocks, not the
   fleet's size.
 * A node that is removed, restarts or fails is forgotten (its cache is gone).
+* Precise mode (`prefix.source: kv_events`, control/scheduler/kv_events.py): the nodes' own KV-cache events add
+  (`add`) and remove (`remove`) blocks instead of the gateway's sends; the keys are the same chained hashes, made
+  from the blocks' text the events carry, so a prompt is looked up the same way in either mode.
 
 Each gateway keeps its own index; with several gateways each sees only its share of the traffic (docs/gateway.md).
 """
@@ -121,6 +124,15 @@ class PrefixIndex:
             held.pop(node, None)
             if not held:
                 del self.holders[key]
+
+    def remove(self, node: str, keys: Iterable[int]) -> None:
+        """The node no longer holds these blocks (its engine evicted them: a BlockRemoved event)."""
+        lru = self.nodes.get(node)
+        if not lru:
+            return
+        for key in keys:
+            if lru.pop(key, 0) is None:  # the values are None: 0 means it was not there
+                self._drop(key, node)
 
     def forget(self, node: str) -> None:
         """The node's cache is gone (removed, restarted, failed): nothing of it is assumed any more."""

@@ -24,6 +24,10 @@ class Command(BaseCommand):
                                  "request; off: no authentication (trusted networks and benchmarks only)")
         parser.add_argument("--max-body-mb", type=float, default=8.0,
                             help="largest request body accepted, in MiB (default 8); larger ones get 413")
+        parser.add_argument("--kv-events", default=None, metavar="ZMQ",
+                            help="where the engines' KV-cache events arrive, for precise prefix routing "
+                                 "(prefix.source kv_events): comma-separated ZMQ addresses, e.g. tcp://*:5557 "
+                                 "(bound; the engines connect) (default: $SWITCHYARD_GATEWAY_KV_EVENTS, else none)")
         parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                             help="log level (default warning; access logs at info)")
 
@@ -37,8 +41,11 @@ class Command(BaseCommand):
         if opts["max_body_mb"] <= 0:
             raise CommandError("--max-body-mb must be positive")
         gateway_id = opts["gateway_id"] or f"{socket.gethostname()}:{opts['port']}"
-        app = Gateway(gateway_id, auth_required=opts["auth"] == "required",
-                      max_body_bytes=int(opts["max_body_mb"] * 1024 * 1024))
+        try:
+            app = Gateway(gateway_id, auth_required=opts["auth"] == "required",
+                          max_body_bytes=int(opts["max_body_mb"] * 1024 * 1024), kv_events=opts["kv_events"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(f"Switchyard gateway {gateway_id} on http://{opts['host']}:{opts['port']}/ "
                           f"(auth {opts['auth']})")
         self.stdout.flush()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from io import StringIO
@@ -18,6 +19,7 @@ from django.db import close_old_connections
 from agents.sim import profiles
 from agents.sim.control import DEFAULT_PORT
 from agents.sim.fleet import SimFleet
+from agents.sim.kv_events import KVEventsConfig
 from dashboard.fleet.models import Node
 
 MAX_NODES = 500
@@ -82,6 +84,12 @@ class Command(BaseCommand):
                                  "exit)")
         parser.add_argument("--duration", type=float, default=0,
                             help="stop by itself after this many seconds (default: run until Ctrl-C)")
+        parser.add_argument("--kv-events-config", metavar="JSON",
+                            default=os.environ.get("SWITCHYARD_SIM_KV_EVENTS_CONFIG", ""),
+                            help="publish vLLM's KV-cache events (BlockStored/BlockRemoved/AllBlocksCleared over "
+                                 "ZMQ), vLLM's option: e.g. '{\"enable_kv_cache_events\": true, \"publisher\": "
+                                 "\"zmq\", \"endpoint\": \"tcp://127.0.0.1:5557\"}'; topic kv@<node>@<model> "
+                                 "unless set (default: $SWITCHYARD_SIM_KV_EVENTS_CONFIG, else off)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         if not 0 <= opts["nodes"] <= MAX_NODES:
@@ -99,6 +107,12 @@ class Command(BaseCommand):
         server = None if opts["no_agents"] else (opts["server"] or settings.EXTERNAL_URL).rstrip("/")
         if server is not None and not server.startswith(("http://", "https://")):
             raise CommandError(f"--server must be an http:// or https:// URL, got {server!r}")
+        kv_events = None
+        if opts["kv_events_config"]:
+            try:
+                kv_events = KVEventsConfig.parse(opts["kv_events_config"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)
         try:
@@ -107,7 +121,7 @@ class Command(BaseCommand):
                              register=None if server is None else register, interval_s=opts["interval"],
                              seed=opts["seed"], profile=opts["profile"], base_port=opts["base_port"],
                              state_dir=opts["state_dir"], advertise_host=opts["advertise_host"],
-                             metrics_style=opts["metrics_style"])
+                             metrics_style=opts["metrics_style"], kv_events=kv_events)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         try:
