@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -93,6 +94,10 @@ def lookup_digest(dig: str) -> NodeInfo | None:
     return None if row is None else _node_info(row)
 
 
+_REFRESH_SQL = (f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
+                "WHERE n.id = ANY(%s::bigint[])")
+
+
 def refresh_nodes(nodes: list[NodeInfo]) -> None:
     """Re-read the nodes' current rows (one query for a commit's group) into their NodeInfo, which the token cache
     shares: an operator's change of state, interval or pool reaches the next push's reply. A node deleted meanwhile
@@ -100,14 +105,20 @@ def refresh_nodes(nodes: list[NodeInfo]) -> None:
     by_id: dict[int, list[NodeInfo]] = {}
     for n in nodes:
         by_id.setdefault(n.id, []).append(n)
-    with connection.cursor() as cur:
-        cur.execute(f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
-                    "WHERE n.id = ANY(%s)", [list(by_id)])
-        rows = cur.fetchall()
-    for row in rows:
+    for row in fetch_prepared(_REFRESH_SQL, [list(by_id)]):
         fresh = _node_info(row)
         for n in by_id[fresh.id]:
             n.__dict__.update(fresh.__dict__)
+
+
+def fetch_prepared(sql: str, params: list[Any], rows: bool = True) -> list[tuple[Any, ...]]:
+    """One query of every commit group, on a server-side-bound cursor with a prepared statement: Django's cursor
+    binds parameters in Python and PostgreSQL parses and plans the text again each time, which cost more than the
+    query itself at a few pushes a group. Errors are Django's, as for any other query."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(sql, params, prepare=True)
+        return cur.fetchall() if rows else []
 
 
 def decode_body(raw: bytes, encoding: str) -> bytes | Reply:
@@ -488,9 +499,8 @@ def update_nodes(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
         elif node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
             seen[node.id] = now
     if seen:
-        with connection.cursor() as cur:
-            cur.execute("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
-                        "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())])
+        fetch_prepared("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
+                       "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())], rows=False)
     upsert_gpus(pushes)
 
 
