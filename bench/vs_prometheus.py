@@ -454,7 +454,7 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
 
 
 def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1,
-                   http: str = "ingest") -> dict[str, Any]:
+                   http: str = "ingest", group_wait_ms: str = "") -> dict[str, Any]:
     """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
     --interval seconds, the same values per second in fewer, larger pushes."""
     import gzip
@@ -462,7 +462,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     import ingest as ingest_bench
     import orjson
 
-    label = switchyard_label(batch, http)
+    label = switchyard_label(batch, http, group_wait_ms)
     log(f"{label}: preparing {max(sweep)} nodes in database {args.database} ...")
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus, args.database, args.redis_db)
     random.seed(11)
@@ -490,7 +490,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     server = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(args.workers), "--http", http],
         cwd=benchlib.ROOT, env=dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
-                                    SWITCHYARD_INGEST_RATE_PER_MINUTE="100000"))
+                                    SWITCHYARD_INGEST_RATE_PER_MINUTE="100000",
+                                    **({"SWITCHYARD_INGEST_GROUP_WAIT_MS": group_wait_ms} if group_wait_ms else {})))
     started.append(server)
     benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
     steps = []
@@ -541,8 +542,9 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
             "disk_bytes_per_value": disk / stored_values if stored_values else None, "stored_values": stored_values}
 
 
-def switchyard_label(batch: int, http: str) -> str:
-    return ("switchyard" if batch == 1 else f"switchyard x{batch}") + ("" if http == "ingest" else f" ({http})")
+def switchyard_label(batch: int, http: str, group_wait_ms: str = "") -> str:
+    return (("switchyard" if batch == 1 else f"switchyard x{batch}") + ("" if http == "ingest" else f" ({http})")
+            + (f" (wait {group_wait_ms} ms)" if group_wait_ms else ""))
 
 
 async def warm_up(agents: list[Any]) -> None:
@@ -659,6 +661,9 @@ def main() -> int:
                         help="Switchyard's HTTP protocol (manage.py serve --http), comma-separated: each runs its own "
                              "sweep (default ingest: pushes answered from the HTTP parser; httptools: every request "
                              "through ASGI, as before the ingest protocol)")
+    parser.add_argument("--group-wait-ms", default="",
+                        help="the server's SWITCHYARD_INGEST_GROUP_WAIT_MS, comma-separated: each runs its own sweep "
+                             "(default: the server's setting)")
     parser.add_argument("--database", default=BENCH_DB,
                         help=f"Switchyard's bench database, emptied first (default {BENCH_DB})")
     parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard (default: the configured one)")
@@ -695,12 +700,15 @@ def main() -> int:
                 stop(p)
             started.clear()
         if "switchyard" in systems:
+            waits = [w.strip() for w in args.group_wait_ms.split(",")] if args.group_wait_ms else [""]
             for http in [h.strip() for h in args.http.split(",") if h.strip()]:
-                for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
-                    results[switchyard_label(batch, http)] = run_switchyard(sweep, args, started, batch, http)
-                    for p in reversed(started):
-                        stop(p)
-                    started.clear()
+                for wait in waits:
+                    for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
+                        results[switchyard_label(batch, http, wait)] = run_switchyard(
+                            sweep, args, started, batch, http, wait)
+                        for p in reversed(started):
+                            stop(p)
+                        started.clear()
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
         return 130
