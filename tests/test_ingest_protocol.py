@@ -8,6 +8,7 @@ replies must match byte for byte but for the date and the request id.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 import socket
@@ -259,3 +260,20 @@ def _wait(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def test_serve_runs_the_ingest_protocol_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from django.core.management import call_command
+
+    from dashboard.fleet.management.commands import serve
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    out = io.StringIO()
+    call_command("serve", "--port", "8123", stdout=out)
+    call_command("serve", "--http", "httptools", stdout=out)
+    assert calls[0]["http"] == serve.HTTP_PROTOCOLS["ingest"]
+    module, _, cls = calls[0]["http"].partition(":")
+    assert getattr(__import__(module, fromlist=[cls]), cls) is ingest_protocol.IngestProtocol
+    assert calls[1]["http"] == "httptools"
