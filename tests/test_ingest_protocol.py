@@ -206,6 +206,7 @@ def test_rate_limit_refusals_match_the_asgi_path(servers: dict[str, int], settin
     import time
 
     settings.INGEST_RATE_PER_MINUTE = 3
+    before = ingest_protocol.direct_replies
     for attempt in range(3):  # the limit counts per clock minute: a conversation across a minute's end is redone
         minute = int(time.time() // 60)
         seen = {kind: _rate_conversation(port, f"rate-{attempt}-{kind[:4]}") for kind, port in servers.items()}
@@ -214,6 +215,7 @@ def test_rate_limit_refusals_match_the_asgi_path(servers: dict[str, int], settin
     assert seen["direct"] == seen["asgi"]
     assert [r[0] for r in seen["direct"][:-1]] == [200, 200, 200, 429]
     assert ("connection", "close") in seen["direct"][3][1] and seen["direct"][-1] is True
+    assert ingest_protocol.direct_replies - before >= 3  # pushes 2 and 3 and the refusal took the direct path
 
 
 def test_a_direct_push_is_answered_only_after_its_commit(servers: dict[str, int]) -> None:
@@ -241,6 +243,7 @@ def test_pipelined_requests_behind_a_direct_push_are_answered_in_order(servers: 
     c = Conn(servers["direct"])
     c.send(*post(token, doc("piped", 1)))
     assert c.read()[0] == 200
+    before = ingest_protocol.direct_replies
     head1, body1 = post(token, doc("piped", 2))
     head2, body2 = post(token, doc("piped", 3))
     # Three requests in one write: a direct push, a push and a health check queued behind it on the ASGI path.
@@ -250,6 +253,7 @@ def test_pipelined_requests_behind_a_direct_push_are_answered_in_order(servers: 
     assert [a[0] for a in answers if a] == [200, 200, 200]
     assert json.loads(answers[2][2]) == {"status": "ok"}
     assert count("node_sample") == 3
+    assert ingest_protocol.direct_replies == before + 1  # the first; the two behind it took the ASGI path
     c.close()
 
 
