@@ -162,15 +162,21 @@ class NodeRedis:
     revocations: bytes | None  # the revocation counter (dashboard/fleet/revocation.py), for the token cache
 
 
+def rate_key(minute: int) -> str:
+    """The rate-limit counts of one clock minute: a hash of node id to pushes, so that a commit group counts each of
+    its pushes with one command and sets the expiry once."""
+    return f"sy:rl:ingest:{minute}"
+
+
 def redis_round(node: NodeInfo) -> NodeRedis:
     """Count the push against the node's rate limit, read the power controller's caps for the node and the token
     revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
     or for trusting its cached token. (A push authenticated on the event loop has it made by its group: admit.)"""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
-    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
+    key = rate_key(int(now // 60))
     pipe = redis_client().pipeline(transaction=False)
-    pipe.incr(key)
+    pipe.hincrby(key, str(node.id), 1)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
     read_revocations(pipe)
@@ -288,29 +294,27 @@ def admit(group: list[Pending]) -> list[Pending]:
         return group
     now = time.time()
     minute = int(now // 60)
+    key = rate_key(minute)
     pipe = redis_client().pipeline(transaction=False)
     for node in refused_nodes:
-        key = f"sy:rl:ingest:{node.id}:{minute}"
-        pipe.incr(key)
-        pipe.expire(key, 120)
+        pipe.hincrby(key, str(node.id), 1)
     for p in todo:
-        key = f"sy:rl:ingest:{p.node.id}:{minute}"
-        pipe.incr(key)
-        pipe.expire(key, 120)
+        pipe.hincrby(key, str(p.node.id), 1)
+    pipe.expire(key, 120)
     names = list(dict.fromkeys(p.node.name for p in todo))
     if todo:
         pipe.hmget(POWER_DESIRED_KEY, names)
         read_revocations(pipe)
     replies = pipe.execute()
     for i, node in enumerate(refused_nodes):
-        _rate_seen[node.id] = (minute, replies[2 * i])
+        _rate_seen[node.id] = (minute, replies[i])
     if not todo:
         return group
-    replies = replies[2 * len(refused_nodes):]
-    caps = dict(zip(names, replies[2 * len(todo)], strict=True))
+    replies = replies[len(refused_nodes):]
+    caps = dict(zip(names, replies[len(todo) + 1], strict=True))
     revocations = replies[-1]
     refused: set[int] = set()
-    for p, count in zip(todo, replies[0:2 * len(todo):2], strict=True):
+    for p, count in zip(todo, replies[:len(todo)], strict=True):
         pusher = p.pusher
         assert pusher is not None and pusher.unchecked is not None
         _rate_seen[p.node.id] = (minute, count)
