@@ -12,6 +12,10 @@ loop, and its Redis round trip (rate limit, power caps, revocation counter) is m
 push's whole group, before the group is stored (ingest.admit). The loop refuses a node over its rate limit before
 reading the body from the last count Redis gave. Only a token not cached is looked up on a thread (the database,
 and its own Redis round trip).
+
+Under `manage.py serve` the common push (a cached token, a Content-Length) does not reach this app: the ingest
+protocol (ingest_protocol.py) answers it from uvicorn's HTTP parser callbacks, with this module's wording of the
+reply (reply_head, committed_reply). This app answers the rest, and every push under another ASGI server.
 """
 
 from __future__ import annotations
