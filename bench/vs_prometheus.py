@@ -453,16 +453,18 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
             "fleet_avg_raw_ms": timed(lambda: sql(raw_sql)), "rollup_s": rollup_s}
 
 
-def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1
-                   ) -> dict[str, Any]:
+def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1,
+                   http: str = "ingest", group_wait_ms: str = "", root: Path | None = None) -> dict[str, Any]:
     """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
-    --interval seconds, the same values per second in fewer, larger pushes."""
+    --interval seconds, the same values per second in fewer, larger pushes. `root`: serve another checkout's code
+    (--also-root), started without --http."""
     import gzip
 
     import ingest as ingest_bench
     import orjson
 
-    label = "switchyard" if batch == 1 else f"switchyard x{batch}"
+    label = switchyard_label(batch, http, group_wait_ms) if root is None else (
+        switchyard_label(batch, "ingest", group_wait_ms) + f" ({root.name})")
     log(f"{label}: preparing {max(sweep)} nodes in database {args.database} ...")
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus, args.database, args.redis_db)
     random.seed(11)
@@ -488,9 +490,13 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     port = free_port()
     # As benchlib.start_server, but the process is on the list before the wait: Ctrl-C during it stops it too.
     server = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(args.workers)],
-        cwd=benchlib.ROOT, env=dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
-                                    SWITCHYARD_INGEST_RATE_PER_MINUTE="100000"))
+        [sys.executable, "manage.py", "serve", "--port", str(port), "--workers", str(args.workers)]
+        + (["--http", http] if root is None else []),
+        cwd=root or benchlib.ROOT,
+        env=dict(os.environ, SWITCHYARD_DATABASE_URL=db_url, SWITCHYARD_REDIS_URL=redis_url,
+                 SWITCHYARD_INGEST_RATE_PER_MINUTE="100000",
+                 **({"SWITCHYARD_INGEST_GROUP_WAIT_MS": group_wait_ms} if group_wait_ms else {}),
+                 **({"PYTHONPATH": str(root)} if root else {})))
     started.append(server)
     benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
     steps = []
@@ -539,6 +545,11 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     queries = switchyard_queries(args.query_rounds)
     return {"steps": steps, "queries": queries, "disk_bytes": disk,
             "disk_bytes_per_value": disk / stored_values if stored_values else None, "stored_values": stored_values}
+
+
+def switchyard_label(batch: int, http: str, group_wait_ms: str = "") -> str:
+    return (("switchyard" if batch == 1 else f"switchyard x{batch}") + ("" if http == "ingest" else f" ({http})")
+            + (f" (wait {group_wait_ms} ms)" if group_wait_ms else ""))
 
 
 async def warm_up(agents: list[Any]) -> None:
@@ -651,6 +662,16 @@ def main() -> int:
                              "one sample every --interval, then k samples every k x --interval, as an agent with "
                              "--batch-interval k x --interval, or back from an outage, sends them; the same values "
                              "per second in fewer, larger pushes)")
+    parser.add_argument("--http", default="ingest",
+                        help="Switchyard's HTTP protocol (manage.py serve --http), comma-separated: each runs its own "
+                             "sweep (default ingest: pushes answered from the HTTP parser; httptools: every request "
+                             "through ASGI, as before the ingest protocol)")
+    parser.add_argument("--group-wait-ms", default="",
+                        help="the server's SWITCHYARD_INGEST_GROUP_WAIT_MS, comma-separated: each runs its own sweep "
+                             "(default: the server's setting)")
+    parser.add_argument("--also-root", action="append", default=[], metavar="DIR",
+                        help="also sweep Switchyard served from another checkout DIR (e.g. the code before a change, "
+                             "from git archive), labelled with DIR's name, in the same run; repeatable")
     parser.add_argument("--database", default=BENCH_DB,
                         help=f"Switchyard's bench database, emptied first (default {BENCH_DB})")
     parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard (default: the configured one)")
@@ -687,12 +708,22 @@ def main() -> int:
                 stop(p)
             started.clear()
         if "switchyard" in systems:
-            for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
-                results["switchyard" if batch == 1 else f"switchyard x{batch}"] = run_switchyard(
-                    sweep, args, started, batch)
-                for p in reversed(started):
-                    stop(p)
-                started.clear()
+            waits = [w.strip() for w in args.group_wait_ms.split(",")] if args.group_wait_ms else [""]
+            for http in [h.strip() for h in args.http.split(",") if h.strip()]:
+                for wait in waits:
+                    for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
+                        results[switchyard_label(batch, http, wait)] = run_switchyard(
+                            sweep, args, started, batch, http, wait)
+                        for p in reversed(started):
+                            stop(p)
+                        started.clear()
+            for root in [Path(r) for r in args.also_root]:
+                for batch in sorted({int(b) for b in args.batch.split(",") if b.strip()}):
+                    results[f"{switchyard_label(batch, 'ingest')} ({root.name})"] = run_switchyard(
+                        sweep, args, started, batch, root=root.resolve())
+                    for p in reversed(started):
+                        stop(p)
+                    started.clear()
     except KeyboardInterrupt:
         log("interrupted: stopping what was started")
         return 130

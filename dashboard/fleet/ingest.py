@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
@@ -93,6 +94,10 @@ def lookup_digest(dig: str) -> NodeInfo | None:
     return None if row is None else _node_info(row)
 
 
+_REFRESH_SQL = (f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
+                "WHERE n.id = ANY(%s::bigint[])")
+
+
 def refresh_nodes(nodes: list[NodeInfo]) -> None:
     """Re-read the nodes' current rows (one query for a commit's group) into their NodeInfo, which the token cache
     shares: an operator's change of state, interval or pool reaches the next push's reply. A node deleted meanwhile
@@ -100,14 +105,20 @@ def refresh_nodes(nodes: list[NodeInfo]) -> None:
     by_id: dict[int, list[NodeInfo]] = {}
     for n in nodes:
         by_id.setdefault(n.id, []).append(n)
-    with connection.cursor() as cur:
-        cur.execute(f"SELECT {_NODE_COLUMNS} FROM fleet_node n JOIN fleet_pool p ON p.id = n.pool_id "
-                    "WHERE n.id = ANY(%s)", [list(by_id)])
-        rows = cur.fetchall()
-    for row in rows:
+    for row in fetch_prepared(_REFRESH_SQL, [list(by_id)]):
         fresh = _node_info(row)
         for n in by_id[fresh.id]:
             n.__dict__.update(fresh.__dict__)
+
+
+def fetch_prepared(sql: str, params: list[Any], rows: bool = True) -> list[tuple[Any, ...]]:
+    """One query of every commit group, on a server-side-bound cursor with a prepared statement: Django's cursor
+    binds parameters in Python and PostgreSQL parses and plans the text again each time, which cost more than the
+    query itself at a few pushes a group. Errors are Django's, as for any other query."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+        cur.execute(sql, params, prepare=True)
+        return cur.fetchall() if rows else []
 
 
 def decode_body(raw: bytes, encoding: str) -> bytes | Reply:
@@ -151,15 +162,21 @@ class NodeRedis:
     revocations: bytes | None  # the revocation counter (dashboard/fleet/revocation.py), for the token cache
 
 
+def rate_key(minute: int) -> str:
+    """The rate-limit counts of one clock minute: a hash of node id to pushes, so that a commit group counts each of
+    its pushes with one command and sets the expiry once."""
+    return f"sy:rl:ingest:{minute}"
+
+
 def redis_round(node: NodeInfo) -> NodeRedis:
     """Count the push against the node's rate limit, read the power controller's caps for the node and the token
     revocation counter, in one pipeline: the hottest path in the system gets no extra round trip for power capping
     or for trusting its cached token. (A push authenticated on the event loop has it made by its group: admit.)"""
     limit = settings.INGEST_RATE_PER_MINUTE
     now = time.time()
-    key = f"sy:rl:ingest:{node.id}:{int(now // 60)}"
+    key = rate_key(int(now // 60))
     pipe = redis_client().pipeline(transaction=False)
-    pipe.incr(key)
+    pipe.hincrby(key, str(node.id), 1)
     pipe.expire(key, 120)
     pipe.hget(POWER_DESIRED_KEY, node.name)
     read_revocations(pipe)
@@ -277,29 +294,27 @@ def admit(group: list[Pending]) -> list[Pending]:
         return group
     now = time.time()
     minute = int(now // 60)
+    key = rate_key(minute)
     pipe = redis_client().pipeline(transaction=False)
     for node in refused_nodes:
-        key = f"sy:rl:ingest:{node.id}:{minute}"
-        pipe.incr(key)
-        pipe.expire(key, 120)
+        pipe.hincrby(key, str(node.id), 1)
     for p in todo:
-        key = f"sy:rl:ingest:{p.node.id}:{minute}"
-        pipe.incr(key)
-        pipe.expire(key, 120)
+        pipe.hincrby(key, str(p.node.id), 1)
+    pipe.expire(key, 120)
     names = list(dict.fromkeys(p.node.name for p in todo))
     if todo:
         pipe.hmget(POWER_DESIRED_KEY, names)
         read_revocations(pipe)
     replies = pipe.execute()
     for i, node in enumerate(refused_nodes):
-        _rate_seen[node.id] = (minute, replies[2 * i])
+        _rate_seen[node.id] = (minute, replies[i])
     if not todo:
         return group
-    replies = replies[2 * len(refused_nodes):]
-    caps = dict(zip(names, replies[2 * len(todo)], strict=True))
+    replies = replies[len(refused_nodes):]
+    caps = dict(zip(names, replies[len(todo) + 1], strict=True))
     revocations = replies[-1]
     refused: set[int] = set()
-    for p, count in zip(todo, replies[0:2 * len(todo):2], strict=True):
+    for p, count in zip(todo, replies[:len(todo)], strict=True):
         pusher = p.pusher
         assert pusher is not None and pusher.unchecked is not None
         _rate_seen[p.node.id] = (minute, count)
@@ -488,9 +503,8 @@ def update_nodes(pushes: list[tuple[NodeInfo, Batch, datetime]]) -> None:
         elif node.last_seen is None or now - node.last_seen > LAST_SEEN_RESOLUTION:
             seen[node.id] = now
     if seen:
-        with connection.cursor() as cur:
-            cur.execute("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
-                        "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())])
+        fetch_prepared("UPDATE fleet_node n SET last_seen = u.ts FROM unnest(%s::bigint[], %s::timestamptz[]) "
+                       "AS u(id, ts) WHERE n.id = u.id", [list(seen), list(seen.values())], rows=False)
     upsert_gpus(pushes)
 
 

@@ -12,13 +12,17 @@ loop, and its Redis round trip (rate limit, power caps, revocation counter) is m
 push's whole group, before the group is stored (ingest.admit). The loop refuses a node over its rate limit before
 reading the body from the last count Redis gave. Only a token not cached is looked up on a thread (the database,
 and its own Redis round trip).
+
+Under `manage.py serve` the common push (a cached token, a Content-Length) does not reach this app: the ingest
+protocol (ingest_protocol.py) answers it from uvicorn's HTTP parser callbacks, with this module's wording of the
+reply (reply_head, committed_reply). This app answers the rest, and every push under another ASGI server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -50,11 +54,13 @@ def run_service(step: Callable[..., Any], *args: Any) -> Any:
         raise
 
 
-async def _send(send: Any, reply: service.Reply, unread_body: bool = False) -> None:
+def reply_head(reply: service.Reply, unread_body: bool = False) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The encoded body and the headers of a reply: the one place that words them, for the ASGI path (_send) and
+    the ingest protocol's direct path (ingest_protocol), so that both answer alike."""
     body = orjson.dumps(reply.body)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
                # Django's middleware does not run on this path; the id lets an agent's log line meet the server's.
-               (b"x-request-id", uuid.uuid4().hex.encode())]
+               (b"x-request-id", os.urandom(16).hex().encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in reply.headers.items()]
     if reply.status == 401:
         headers.append((b"www-authenticate", b'Bearer realm="switchyard-ingest"'))
@@ -62,6 +68,11 @@ async def _send(send: Any, reply: service.Reply, unread_body: bool = False) -> N
         # Answered before the body was read: close rather than make the server read and discard what the client
         # may still send on this connection.
         headers.append((b"connection", b"close"))
+    return body, headers
+
+
+async def _send(send: Any, reply: service.Reply, unread_body: bool = False) -> None:
+    body, headers = reply_head(reply, unread_body)
     await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -133,7 +144,11 @@ async def commit(pusher: service.Pusher, raw: bytes, encoding: str) -> service.R
             pass
 
     committer.submit_nowait(service.Incoming(pusher, raw, encoding, resolve))
-    result = await fut
+    return committed_reply(await fut)
+
+
+def committed_reply(result: service.Reply | BaseException) -> service.Reply:
+    """What the committer answered, as the reply to send; an unexpected exception is raised (a 500)."""
     if isinstance(result, DatabaseError):
         # As run_service answers it: the committer has dropped its connection and reconnects for the next group.
         log.warning("ingest: database error: %s", result)

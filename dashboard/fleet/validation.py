@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import le
 from typing import Any
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS, Metric
@@ -130,9 +131,19 @@ def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, i
     if not isinstance(obj, dict):
         errors.add(path, "must be an object of metric name to number or null")
         return [None] * len(metrics)
+    get = obj.get
+    names, types, los, his = _FAST[id(metrics)]
+    values = list(map(get, names))
+    # The common object, all in C loops: every metric present with the type it is stored as (int for an integer
+    # metric, float otherwise) and within range. NaN and +-inf fail a comparison; anything else (a null, an int for
+    # a float metric, a bool, a string) takes the loop below, which words the errors.
+    if tuple(map(type, values)) == types and all(map(le, los, values)) and all(map(le, values, his)):
+        # Every metric is present: any other key than them and the GPU's ids is unknown.
+        if len(obj) != len(names) + ("index" in obj) + ("uuid" in obj) + ("name" in obj):
+            _note_unknown(metrics, obj, ignored)
+        return values
     out: list[Any] = []
     append = out.append
-    get = obj.get
     for name, lo, hi, integer, m in _SPECS[id(metrics)]:
         value = get(name)
         kind = type(value)
@@ -152,14 +163,22 @@ def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, i
             append(None)
             continue
         append(check_metric(m, value, f"{path}.{name}", errors))
+    _note_unknown(metrics, obj, ignored)
+    return out
+
+
+def _note_unknown(metrics: tuple[Metric, ...], obj: dict[Any, Any], ignored: set[str]) -> None:
     # Unknown names are reported back, not refused: a newer agent must not lose its samples to an older server.
     extra = obj.keys() - _NAMES[id(metrics)] - GPU_ID_KEYS
     if extra and len(ignored) < 20:
         ignored.update(str(k)[:64] for k in list(extra)[:20])
-    return out
 
 
 _NAMES = {id(ms): frozenset(m.name for m in ms) for ms in (GPU_METRICS, HOST_METRICS, INFERENCE_METRICS)}
+# (names, the type each is stored as, lows, highs) per catalogue group, for the all-valid check of _metrics.
+_FAST = {id(ms): (tuple(m.name for m in ms), tuple(int if m.integer else float for m in ms),
+                  tuple(m.lo for m in ms), tuple(m.hi for m in ms))
+         for ms in (GPU_METRICS, HOST_METRICS, INFERENCE_METRICS)}
 
 
 def _string(obj: dict[str, Any], key: str, path: str, errors: Errors, max_len: int, required: bool = False

@@ -6,6 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+HTTP_PROTOCOLS = {"ingest": "dashboard.fleet.ingest_protocol:IngestProtocol", "httptools": "httptools"}
+
 
 class Command(BaseCommand):
     help = ("Run the Switchyard web app (dashboard, REST API, agent ingest, websockets) under uvicorn. "
@@ -17,6 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
         parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                             help="uvicorn log level (default warning; access logs at info)")
+        parser.add_argument("--http", default="ingest", choices=["ingest", "httptools"],
+                            help="HTTP protocol: 'ingest' (default) answers agent pushes straight from the HTTP "
+                                 "parser (dashboard/fleet/ingest_protocol.py); 'httptools' is uvicorn's own, every "
+                                 "request through ASGI (for comparison)")
 
     def handle(self, *args: Any, **opts: Any) -> None:
         import uvicorn
@@ -34,4 +40,5 @@ class Command(BaseCommand):
             # the next push is sent, and that push fails with a reset. nginx's 75 s is the usual choice.
             timeout_keep_alive=75,
             backlog=4096,
+            http=HTTP_PROTOCOLS[opts["http"]],
         )
