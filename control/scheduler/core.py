@@ -7,7 +7,8 @@ Why it is built this way (docs/gateway.md has the long version):
 * Between two samples every request would see the same "best" node and a burst would herd onto it. So the core
   counts what it sent: `unseen` = requests sent to the node after its current sample was taken and not finished
   yet. Each unseen request costs `Config.burst_cost` (burst_correction x the score's span / node capacity), so the
-  correction works whatever the weights are, the classic ones (which have no load term) included. The optional
+  correction works whatever the weights are, the classic ones (which have no load term) included; it stops at
+  node capacity unseen requests (the whole span), since a sample can show no more than a full node. The optional
   `in_flight` scorer adds the gateway's own in-flight count relative to capacity with the operator's weight.
 * The best node is the top of a heap per model, keyed by the score rounded down to `tie_epsilon` buckets plus a
   random draw (random tie-break inside the best bucket). A send or finish re-pushes that one node (O(log n));
@@ -459,7 +460,7 @@ class Scheduler:
     def dynamic(self, node: Node) -> dict[str, float]:
         """The request-driven part of the score: in_flight scorer and burst correction."""
         cfg = self.config
-        out = {"burst": -cfg.burst_cost * node.unseen}
+        out = {"burst": self.burst(node)}
         if "in_flight" in cfg.weights:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
@@ -470,13 +471,23 @@ class Scheduler:
             out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
         return out
 
+    def burst(self, node: Node) -> float:
+        """The burst correction: what the requests sent since the node's sample take off its score, at most the
+        score's whole span (`burst_correction` x span, reached at `node_capacity` unseen requests). It stands in
+        for what the sample cannot show yet, and a sample can show no more than a full node: past that, every
+        further unseen request on a fast node (one that gets many between two samples) would only push traffic
+        to slower ones (uncapped it reached -1.6 to -3.7 on an h100 at 110 % load, more than expected_wait's
+        whole difference between an h100 and an l40s)."""
+        cfg = self.config
+        return -cfg.burst_cost * min(node.unseen, cfg.node_capacity)
+
     def score(self, node: Node) -> float:
         return node.static + sum(self.dynamic(node).values())
 
     def base_score(self, node: Node) -> float:
         """The node's score before prefix affinity: static part, burst correction and per-request scorers."""
         cfg = self.config
-        s = node.static - cfg.burst_cost * node.unseen
+        s = node.static + self.burst(node)
         if "in_flight" in cfg.weights:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
