@@ -207,7 +207,7 @@ class Tracer:
             entry = self.rows[i][1].get(o.node)
             if not entry or entry.get("slot_s") is None:
                 continue
-            e = entry["slot_s"] * (entry["in_flight"] + 1)  # the core's expected_wait
+            e = max(entry["slot_s"] * (entry["in_flight"] + 1), entry.get("latency_s") or 0.0)  # the core's E
             d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": [], "ttft": []})
             if o.ttft_s is not None:
                 d["ttft"].append(o.ttft_s)
