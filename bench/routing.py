@@ -30,6 +30,10 @@ at the light points), and a verdict: p95 latency and p95 TTFT <= 0.85 x least_in
 every point, and not worse than round_robin at light load (the points below 80 %). `--long` is the long-prompt case
 (`--prompt-tokens 4000:0.5,6000:0.5`). `--trace` records the gateway's state every 0.5 s during switchyard's runs and
 prints, per profile, the expected_wait the scheduler held at each send against the latency the request then had.
+Each sweep run starts a fresh gateway; round_robin runs only below 80 % (`--sweep-all`: at every point). Every run
+prints the CPU each process used (the simulated fleet, the gateway, the server, this process = the load generator),
+what other processes used meanwhile, the machine's idle share and load average, and where the client's time went
+(streamed requests' time to the response headers and their streaming, the gateway's own time through it).
 """
 
 from __future__ import annotations
