@@ -162,3 +162,77 @@ def sim_fleet(nodes: int, seed: int, interval: int, db_url: str, redis_url: str,
         yield fleet
     finally:
         stop(procs)
+
+
+# --- where the machine's CPU went during a run -------------------------------------------------------------------
+def _cpu_s(proc: Any) -> float:
+    """CPU seconds (user + system) of a process and of every child it has now (`manage.py serve` forks workers)."""
+    import psutil
+
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+class CpuMeter:
+    """CPU seconds each of the bench's processes used over a run, and the machine's idle share.
+
+    The bench's own process is the load generator (it also polls a little between runs); `simfleet` is every
+    simulated node and its agent in one asyncio process, so it can use at most one core however many nodes it holds:
+    near 100 % of a core, its event loop is late with every answer and token, whichever node they come from."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        import psutil
+
+        self.psutil = psutil
+        self.fleet = fleet
+        self.before: dict[str, float] = {}
+        self.machine0: Any = None
+        self.t0 = 0.0
+
+    def _processes(self) -> dict[str, Any]:
+        ps = self.psutil
+        first_gw = len(self.fleet.procs) - len(self.fleet.gateway_starts)
+        out = {"loadgen": ps.Process(os.getpid())}
+        for i, p in enumerate(self.fleet.procs):
+            name = "server" if i == 0 else "simfleet" if i == 1 else f"gateway{i - first_gw or ''}"
+            with contextlib.suppress(ps.Error):
+                out[name] = ps.Process(p.pid)
+        return out
+
+    def _snapshot(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self._processes().items():
+            with contextlib.suppress(self.psutil.Error):
+                # the bench's own process: not its children, which are the fleet (counted on their own)
+                out[name] = (_cpu_s(proc) if name != "loadgen" else sum(proc.cpu_times()[:2]))
+        return out
+
+    def start(self) -> None:
+        self.before = self._snapshot()
+        self.machine0 = self.psutil.cpu_times()
+        self.t0 = time.perf_counter()
+
+    def stop(self) -> dict[str, Any]:
+        wall = max(1e-9, time.perf_counter() - self.t0)
+        after = self._snapshot()
+        m0, m1 = self.machine0, self.psutil.cpu_times()
+        busy = sum(m1) - sum(m0)
+        idle = (m1.idle - m0.idle) + (getattr(m1, "iowait", 0.0) - getattr(m0, "iowait", 0.0))
+        used = {k: round(after[k] - self.before.get(k, 0.0), 2) for k in after}
+        ours = sum(used.values())
+        cores = self.psutil.cpu_count() or 1
+        return {"wall_s": round(wall, 2), "cpu_s": used, "core_share": {k: round(v / wall, 3) for k, v in used.items()},
+                "machine_idle_pct": round(100.0 * idle / max(1e-9, busy), 1),
+                "others_cpu_s": round(max(0.0, (busy - idle) - ours), 2), "cores": cores,
+                "load_avg": os.getloadavg()}
+
+
+def cpu_line(cpu: dict[str, Any]) -> str:
+    parts = ", ".join(f"{k} {v:.1f} s ({cpu['core_share'][k]:.0%} of a core)" for k, v in sorted(cpu["cpu_s"].items()))
+    la = " ".join(f"{x:.2f}" for x in cpu["load_avg"])
+    return (f"CPU over {cpu['wall_s']:.0f} s: {parts}; other processes {cpu['others_cpu_s']:.1f} s; machine idle "
+            f"{cpu['machine_idle_pct']:.0f} % of {cpu['cores']} cores; load average {la}")

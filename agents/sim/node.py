@@ -274,16 +274,25 @@ class SimNode:
             head, tail = template.split(dumps(marker), 1)
             head = b"data: " + head
             tail = tail + b"\n\n"
-            sent = 0
-            while (n := await sim.stream.get()) is not None:
-                # One SSE event per token; the tokens of one engine step go out in one write.
+            sent, ended, queue = 0, False, sim.stream
+            while not ended and (n := await queue.get()) is not None:
+                # One SSE event per token; the tokens of one engine step go out in one write, and so do those of
+                # every step that ended while the previous write waited (a busy process, a slow client: a real
+                # server coalesces the same way). The events and their order are unchanged; only the writes are
+                # fewer when the process is behind.
+                while not queue.empty():
+                    more = queue.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    n += more
                 yield b"".join(head + dumps(w) + tail for w in tokens[sent:sent + n])
                 sent += n
             if sim.outcome == "abort":
                 raise ConnectionResetError("request aborted")
-            yield _sse(openai.chunk(c, rid, created, None if c.kind == "chat" else "", sim.finish_reason, fp))
+            end = [_sse(openai.chunk(c, rid, created, None if c.kind == "chat" else "", sim.finish_reason, fp))]
             if c.include_usage:
-                yield _sse(openai.usage_chunk(c, rid, created, sent, fp))
-            yield b"data: [DONE]\n\n"
+                end.append(_sse(openai.usage_chunk(c, rid, created, sent, fp)))
+            yield b"".join([*end, b"data: [DONE]\n\n"])  # the same events, in one write
         finally:
             self.engine.abort(sim)

@@ -35,6 +35,9 @@ class Outcome:
     completion_tokens: int = 0
     node: str = ""
     error: str = ""
+    # Seconds to the answer's status line and headers: for a streamed answer the rest is streaming; a non-streamed
+    # one has its headers only once the whole answer is ready (the benches split the client's time with it).
+    headers_s: float | None = None
 
 
 @dataclass
@@ -87,6 +90,7 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, out: Outcome, body: by
     try:
         if out.stream:
             async with client.stream("POST", spec.path, content=body, headers=headers) as resp:
+                out.headers_s = time.perf_counter() - start
                 out.status, out.node = resp.status_code, resp.headers.get("x-switchyard-node", "")
                 if resp.status_code != 200:
                     out.error = (await resp.aread()).decode(errors="replace")[:200]
@@ -103,6 +107,7 @@ async def _one(client: httpx.AsyncClient, spec: LoadSpec, out: Outcome, body: by
                         out.completion_tokens += 1
         else:
             resp = await client.post(spec.path, content=body, headers=headers)
+            out.headers_s = time.perf_counter() - start
             out.status, out.node = resp.status_code, resp.headers.get("x-switchyard-node", "")
             if resp.status_code == 200:
                 usage = orjson.loads(resp.content).get("usage") or {}

@@ -7,7 +7,8 @@ Why it is built this way (docs/gateway.md has the long version):
 * Between two samples every request would see the same "best" node and a burst would herd onto it. So the core
   counts what it sent: `unseen` = requests sent to the node after its current sample was taken and not finished
   yet. Each unseen request costs `Config.burst_cost` (burst_correction x the score's span / node capacity), so the
-  correction works whatever the weights are, the classic ones (which have no load term) included. The optional
+  correction works whatever the weights are, the classic ones (which have no load term) included; it stops at
+  node capacity unseen requests (the whole span), since a sample can show no more than a full node. The optional
   `in_flight` scorer adds the gateway's own in-flight count relative to capacity with the operator's weight.
 * The best node is the top of a heap per model, keyed by the score rounded down to `tie_epsilon` buckets plus a
   random draw (random tie-break inside the best bucket). A send or finish re-pushes that one node (O(log n));
@@ -18,7 +19,9 @@ Why it is built this way (docs/gateway.md has the long version):
   builder is chosen once per policy, not tested per request).
 * `expected_wait` (speed-aware): each node's seconds per request slot, measured by the gateway itself with Little's
   law (latency / mean in-flight over the request's life, an EWMA per node, updated when a request succeeds), times
-  (in-flight + 1): the time a new request should take there. Nodes without observations use the fleet median. It is
+  (in-flight + 1): the time a new request should take there, never less than the latency the node's recent
+  requests had (a batching engine's request takes about as long alone as among a few others; the serial part alone
+  called an idle slow node fast). Nodes without observations use the fleet median. It is
   normalised as E / (E + scale), scale = the fleet median seconds per slot (over the healthy nodes, taken at the
   last refresh) x load.node_capacity: x is 0.5 when the node's expected wait is that of a typical node full to
   capacity, small on an idle fleet (where the other weights decide), and it grows with load. A send or finish
@@ -130,7 +133,7 @@ class Node:
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
-                 "slot_s", "area", "area_t", "sent_area", "affinity", "base")
+                 "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -152,6 +155,8 @@ class Node:
         # expected_wait: seconds per request slot (EWMA), and the integral of in-flight over time that gives each
         # finished request the mean concurrency it ran at (Little's law).
         self.slot_s: float | None = None
+        # expected_wait's floor: the latency the node's recent successful requests had (EWMA, seconds).
+        self.latency_s: float | None = None
         self.area = 0.0  # integral of in_flight dt up to area_t
         self.area_t = 0.0
         self.sent_area: dict[int, float] = {}  # request id -> area when it was sent
@@ -364,9 +369,17 @@ class Scheduler:
         return max(both) if both else None
 
     def expected_wait(self, node: Node) -> float:
-        """Seconds a new request should take on the node: seconds per slot x (in flight + 1) (Little's law)."""
+        """Seconds a new request should take on the node: seconds per slot x (in flight + 1) (Little's law), and
+        never less than the latency its recent requests had. The serial part alone says a node with fewer requests
+        in flight than its requests ran at is that much faster than they were, which a batching engine is not
+        (below its batch limit a request takes about as long with 2 others as with 10): it sent idle slow nodes
+        requests that then took their whole unloaded latency (l40s: expected 4.0 s, realised 4.9 s at half
+        load), and those made the fleet's p95 latency and TTFT. Past the concurrency the node was measured at,
+        the serial part is the larger and decides, as before."""
         slot = node.slot_s if node.slot_s is not None else self._slot_default
-        return slot * (len(node.in_flight_ts) + 1)
+        serial = slot * (len(node.in_flight_ts) + 1)
+        floor = node.latency_s
+        return serial if floor is None or floor < serial else floor
 
     def _wait_part(self, node: Node) -> float:
         weight, invert = self.config.weights["expected_wait"]
@@ -462,7 +475,7 @@ class Scheduler:
     def dynamic(self, node: Node) -> dict[str, float]:
         """The request-driven part of the score: in_flight scorer and burst correction."""
         cfg = self.config
-        out = {"burst": -cfg.burst_cost * node.unseen}
+        out = {"burst": self.burst(node)}
         if "in_flight" in cfg.weights:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
@@ -473,13 +486,23 @@ class Scheduler:
             out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
         return out
 
+    def burst(self, node: Node) -> float:
+        """The burst correction: what the requests sent since the node's sample take off its score, at most the
+        score's whole span (`burst_correction` x span, reached at `node_capacity` unseen requests). It stands in
+        for what the sample cannot show yet, and a sample can show no more than a full node: past that, every
+        further unseen request on a fast node (one that gets many between two samples) would only push traffic
+        to slower ones (uncapped it reached -1.6 to -3.7 on an h100 at 110 % load, more than expected_wait's
+        whole difference between an h100 and an l40s)."""
+        cfg = self.config
+        return -cfg.burst_cost * min(node.unseen, cfg.node_capacity)
+
     def score(self, node: Node) -> float:
         return node.static + sum(self.dynamic(node).values())
 
     def base_score(self, node: Node) -> float:
         """The node's score before prefix affinity: static part, burst correction and per-request scorers."""
         cfg = self.config
-        s = node.static - cfg.burst_cost * node.unseen
+        s = node.static + self.burst(node)
         if "in_flight" in cfg.weights:
             weight, invert = cfg.weights["in_flight"]
             x = min(1.0, node.in_flight / cfg.node_capacity)
@@ -603,6 +626,8 @@ class Scheduler:
             # every latency / that seconds.
             slot = latency * latency / area
             node.slot_s = slot if node.slot_s is None else (1 - SLOT_ALPHA) * node.slot_s + SLOT_ALPHA * slot
+            node.latency_s = latency if node.latency_s is None else (
+                (1 - SLOT_ALPHA) * node.latency_s + SLOT_ALPHA * latency)
         if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
             node.unseen -= 1
         if ttft_s is not None:
@@ -643,6 +668,8 @@ class Scheduler:
                 "prefix_blocks": self.prefix.size(node.name),
                 # expected_wait's measured seconds per request slot (what-if previews reuse it)
                 "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
+                # and its floor: the latency its recent requests had (expected_wait is never below it)
+                "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
             })
         return out
 

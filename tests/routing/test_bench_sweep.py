@@ -50,3 +50,29 @@ def test_engine_means_are_per_profile_over_the_run_only() -> None:
     # u1 served 10 requests in the run (30 s), u2 3 (9 s): 39 s / 13 requests.
     assert means["h100"]["e2e"] == 39.0 / 13
     assert means["h100"]["queue"] == 2.0 / 13
+
+
+def test_round_robin_is_left_out_past_light_load_and_the_verdict_still_reads() -> None:
+    # The sweep runs round robin only below 80 % (a target there only): its columns read '-' and the verdict
+    # judges against least_in_flight alone.
+    heavy = point(0.95, (30, 20, 3), (20, 10, 4), (15, 8, 4))
+    del heavy["results"]["round_robin"]
+    text, verdicts, ok = sweep_report([point(0.5, (8, 2, 5), (6, 1, 6), (4, 0.5, 7)), heavy])
+    assert ok and verdicts[1] == "95%: met"
+    assert "| 95% | 9.5 | - / 20.00 s / 15.00 s | - / 10.00 s / 8.00 s | - / 4.0 / 4.0 |" in text
+
+
+def test_the_client_time_split_separates_headers_streaming_and_the_gateway() -> None:
+    from bench.routing import time_split
+    from control.loadgen.runner import Outcome
+
+    outs = [Outcome(0.0, "standard", True, 200, latency_s=3.0, headers_s=0.5),
+            Outcome(0.1, "standard", True, 200, latency_s=5.0, headers_s=1.5),
+            Outcome(0.2, "standard", False, 200, latency_s=4.0, headers_s=4.0),
+            Outcome(0.3, "standard", False, 503, latency_s=0.1, headers_s=0.1)]  # not answered: left out
+    gw0 = {"gw_total_sum": 10.0, "gw_total_count": 5, "gw_first_sum": 1.0, "gw_first_count": 5}
+    gw1 = {"gw_total_sum": 21.6, "gw_total_count": 8, "gw_first_sum": 4.0, "gw_first_count": 8}
+    split = time_split(outs, gw0, gw1)
+    assert split["client"] == 4.0 and split["plain"] == 4.0
+    assert split["stream_headers"] == 1.0 and split["stream_body"] == 3.0
+    assert split["gateway_total"] == (21.6 - 10.0) / 3 and split["gateway_first"] == 1.0

@@ -1,0 +1,60 @@
+"""expected_wait is never below the latency a node's recent requests had (issue 14): an idle slow node is not
+expected to serve a request in a fraction of the time its requests took. No I/O: the core on its own."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from control.policy.defaults import default_document
+from control.policy.schemas import validate
+from control.scheduler.config import Config
+from control.scheduler.core import Metrics, NodeSpec, Scheduler
+
+NOW = 1_800_000_000.0
+
+
+def default_fleet(names: list[str]) -> Scheduler:
+    sched = Scheduler(Config.from_document(validate("scheduler", default_document("scheduler"))), random.Random(1))
+    specs = [NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in names]
+    sched.update(NOW, specs=specs, samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in names})
+    return sched
+
+
+def serve_together(sched: Scheduler, name: str, k: int, latency_s: float, rounds: int = 30) -> None:
+    """Rounds of k requests sent at once that each take latency_s (a batching engine running them side by side)."""
+    node = sched.nodes[name]
+    for r in range(rounds):
+        t = NOW - 500 + r * (latency_s + 1)
+        ids = [hash((name, r, i)) for i in range(k)]
+        for rid in ids:
+            sched.sent(node, rid, t)
+        for rid in ids:
+            sched.finished(node, rid, ttft_s=0.05, now=t + latency_s)
+
+
+def test_an_idle_node_is_expected_to_take_as_long_as_its_requests_took() -> None:
+    sched = default_fleet(["slow"])
+    serve_together(sched, "slow", 5, 4.8)  # five at a time, 4.8 s each: a slot every 0.96 s
+    node = sched.nodes["slow"]
+    assert node.slot_s == pytest.approx(0.96, rel=0.01)
+    assert sched.expected_wait(node) == pytest.approx(4.8, rel=0.01)  # not 0.96: one request alone is no faster
+    for rid in range(9):
+        sched.sent(node, 100 + rid, NOW + 1)
+    assert sched.expected_wait(node) == pytest.approx(0.96 * 10, rel=0.01)  # past what it was measured at: serial
+
+
+def test_a_fast_node_with_requests_in_flight_beats_an_idle_slow_one_that_is_slower_still() -> None:
+    # h100-like: 13 at a time, 2.0 s each (slot 0.154 s). l40s-like: 5 at a time, 4.8 s each (slot 0.96 s).
+    # With 13 in flight the fast node expects 2.2 s; the idle slow node's requests take 4.8 s, not 0.96 s.
+    sched = default_fleet(["fast", "slow"])
+    serve_together(sched, "fast", 13, 2.0)
+    serve_together(sched, "slow", 5, 4.8)
+    sched.recompute(NOW)
+    for rid in range(13):
+        sched.sent(sched.nodes["fast"], 1000 + rid, NOW - 2)  # before the sample was taken: no burst correction
+    fast, slow = sched.nodes["fast"], sched.nodes["slow"]
+    assert sched.expected_wait(fast) < sched.expected_wait(slow)
+    picked = sched.pick("m").node
+    assert picked is fast, {n.name: (sched.expected_wait(n), sched.score(n)) for n in (fast, slow)}
