@@ -56,15 +56,13 @@ def load_spec(url: str, args: Any, rate: float, duration_s: float, workload: Any
     from control.loadgen import curves, runner
     from control.loadgen.mix import parse_mix
 
-    # More gateways only when asked for: the runner's LoadSpec has no `more_urls` field at the moment (it was
-    # taken out of control/loadgen/runner.py), and passing it empty broke every bench that starts a load.
     more = tuple(getattr(args, "more_gateways", ()))
     return runner.LoadSpec(
         url=url, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
         duration_s=duration_s, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
         max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
         stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
-        extra_body={"ignore_eos": True}, workload=workload, prompt_tag=tag, **({"more_urls": more} if more else {}))
+        extra_body={"ignore_eos": True}, workload=workload, prompt_tag=tag, more_urls=more)
 
 
 def send(label: str, spec: Any, log: Callable[[str], None]) -> tuple[list[Any], float]:

@@ -5,6 +5,7 @@ drawn by thinning against the curve's peak rate."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -64,6 +65,9 @@ class LoadSpec:
     # (workloads.py), whose requests come from their own seeded generator.
     workload: Workload | None = None
     prompt_tag: str = ""  # independent prompts start with it: the same sequence with texts no cache has seen
+    # Further base URLs: requests go to url and these in turn, as a round-robin load balancer in front of several
+    # gateways would send them (bench/prefix.py --gateways).
+    more_urls: tuple[str, ...] = ()
 
 
 def arrivals(curve: Curve, duration_s: float, rng: random.Random, divisor: float = 1.0) -> list[float]:
@@ -158,7 +162,10 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
     limits = httpx.Limits(max_connections=spec.max_outstanding, max_keepalive_connections=min(512, spec.max_outstanding))
     outcomes: list[Outcome] = []
     tasks: set[asyncio.Task[None]] = set()
-    async with httpx.AsyncClient(base_url=spec.url, timeout=spec.timeout_s, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=spec.timeout_s,
+                                                                     limits=limits))
+                   for url in (spec.url, *spec.more_urls)]
         t0 = time.perf_counter()
         last_report = 0.0
         for t, messages, max_tokens in _schedule(spec, rng, peak):
@@ -176,6 +183,7 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
                 max_tokens = spec.max_tokens.pick(rng)
             payload = {"model": spec.model, "messages": messages, "max_tokens": max_tokens,
                        "temperature": spec.temperature, "stream": stream, **spec.extra_body}
+            client = clients[(len(outcomes) - 1) % len(clients)]
             task = asyncio.create_task(_one(client, spec, out, orjson.dumps(payload), {**headers, "X-Priority": cls}))
             tasks.add(task)
             task.add_done_callback(tasks.discard)

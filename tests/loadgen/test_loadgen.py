@@ -104,6 +104,25 @@ def test_counts_429s_per_class_and_measures_streams(upstream: tuple[str, Upstrea
     assert len(set(prompts)) == len(prompts)
 
 
+def test_more_urls_spread_the_requests_over_every_gateway_in_turn() -> None:
+    """bench/prefix.py --gateways: one sequence spread over several gateways, as a round-robin balancer would."""
+    apps, servers, urls = [], [], []
+    for _ in range(2):
+        app, port = Upstream(), free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        threading.Thread(target=server.run, daemon=True).start()
+        wait_for_port(port)
+        apps.append(app), servers.append(server), urls.append(f"http://127.0.0.1:{port}")
+    try:
+        outs = asyncio.run(runner.run(spec(urls[0], more_urls=(urls[1],), classes=parse_mix("realtime", str, "c"))))
+    finally:
+        for server in servers:
+            server.should_exit = True
+    counts = [len(app.bodies) for app in apps]
+    assert sum(counts) == len(outs) > 30 and abs(counts[0] - counts[1]) <= 1, counts
+    assert not any(o.error for o in outs), {o.error for o in outs}
+
+
 def test_ttft_is_the_first_generated_text_not_the_role_chunk(upstream: tuple[str, Upstream]) -> None:
     url, _ = upstream
     outs = asyncio.run(runner.run(spec(url, classes=parse_mix("slow-prefill", str, "c"), stream_fraction=1.0,
