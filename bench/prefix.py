@@ -226,6 +226,12 @@ def kv_events_state(gateway_id: str) -> dict[str, Any]:
     return (orjson.loads(raw).get("kv_events") or {}) if raw else {}
 
 
+def _ratio(a_row: dict[str, Any], b_row: dict[str, Any], metric: str, q: str) -> str:
+    """a's quantile over b's, as printed in the verdict lines ('-' when either is missing)."""
+    a, b = a_row[metric][q], b_row[metric][q]
+    return f"{a / b:.2f}" if a is not None and b else "-"
+
+
 def precise_verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """Precise (the nodes' KV events) against approximate (what the gateway sent), same-run ratios."""
     out = []
@@ -234,15 +240,10 @@ def precise_verdicts(rows: list[dict[str, Any]]) -> list[str]:
         pr, ap = by.get("precise"), by.get("prefix_affinity")
         if pr is None or ap is None:
             continue
-
-        def ratio(metric: str, q: str, pr: dict[str, Any] = pr, ap: dict[str, Any] = ap) -> str:
-            a, b = pr[metric][q], ap[metric][q]
-            return f"{a / b:.2f}" if a is not None and b else "-"
-
         out.append(f"{wl}: precise vs approximate (prefix_affinity): hit rate {pr['hit_rate']:.0%} vs "
-                   f"{ap['hit_rate']:.0%}, TTFT p50 x{ratio('ttft', 'p50')}, p95 x{ratio('ttft', 'p95')}, engine TTFT "
-                   f"p50 x{ratio('engine_ttft', 'p50')}, p95 x{ratio('engine_ttft', 'p95')}, latency p95 "
-                   f"x{ratio('latency', 'p95')}, goodput {pr['goodput']:.1f} vs {ap['goodput']:.1f}/s")
+                   f"{ap['hit_rate']:.0%}, TTFT p50 x{_ratio(pr, ap, 'ttft', 'p50')}, p95 x{_ratio(pr, ap, 'ttft', 'p95')}, "
+                   f"engine TTFT p50 x{_ratio(pr, ap, 'engine_ttft', 'p50')}, p95 x{_ratio(pr, ap, 'engine_ttft', 'p95')}, "
+                   f"latency p95 x{_ratio(pr, ap, 'latency', 'p95')}, goodput {pr['goodput']:.1f} vs {ap['goodput']:.1f}/s")
     return out
 
 
@@ -255,14 +256,10 @@ def gateway_verdicts(rows: list[dict[str, Any]], k: int) -> list[str]:
             one, split = by.get(name), by.get(f"{name} x{k}gw")
             if one is None or split is None:
                 continue
-
-            def ratio(metric: str, q: str, one: dict[str, Any] = one, split: dict[str, Any] = split) -> str:
-                a, b = split[metric][q], one[metric][q]
-                return f"{a / b:.2f}" if a is not None and b else "-"
-
             out.append(f"{wl}: {name} on {k} gateways vs 1: hit rate {split['hit_rate']:.0%} vs {one['hit_rate']:.0%}, "
-                       f"TTFT p50 x{ratio('ttft', 'p50')}, p95 x{ratio('ttft', 'p95')}, latency p95 "
-                       f"x{ratio('latency', 'p95')}, goodput {split['goodput']:.1f} vs {one['goodput']:.1f}/s")
+                       f"TTFT p50 x{_ratio(split, one, 'ttft', 'p50')}, p95 x{_ratio(split, one, 'ttft', 'p95')}, "
+                       f"latency p95 x{_ratio(split, one, 'latency', 'p95')}, goodput {split['goodput']:.1f} vs "
+                       f"{one['goodput']:.1f}/s")
     return out
 
 

@@ -3,23 +3,10 @@ its samples must not lose to a much slower node whose expected wait is far longe
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
-from control.policy.defaults import default_document
-from control.policy.schemas import validate
-from control.scheduler.config import Config
-from control.scheduler.core import Metrics, NodeSpec, Scheduler
-
-NOW = 1_800_000_000.0
-
-
-def default_fleet(names: list[str]) -> Scheduler:
-    sched = Scheduler(Config.from_document(validate("scheduler", default_document("scheduler"))), random.Random(1))
-    specs = [NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in names]
-    sched.update(NOW, specs=specs, samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in names})
-    return sched
+from control.scheduler.core import Scheduler
+from tests.scheduler.core_fleet import NOW, default_fleet
 
 
 def teach(sched: Scheduler, name: str, latency_s: float, times: int = 30) -> None:
