@@ -49,6 +49,7 @@ from bench.routing import (  # noqa: E402
 from control.scheduler.status import read_status  # noqa: E402
 
 POOL = "routing"  # bench/routing.py's simfleet pool name is what its helpers expect
+GATEWAY_ID = "bench-canary"
 
 
 def log(msg: str) -> None:
@@ -111,6 +112,80 @@ class Analyst(threading.Thread):
                     log("    " + describe(run))
         finally:
             connection.close()
+
+
+class Probe(threading.Thread):
+    """--trace: the gateway's responsiveness (a GET /healthz every 0.25 s, its round trip) and its waiting-queue
+    and in-flight counts (its state key, every second), to tell a stalled event loop or a queue held across
+    switchback periods from the fleet's own dynamics."""
+
+    def __init__(self, gw: str, gw_id: str) -> None:
+        super().__init__(daemon=True)
+        self.gw, self.gw_id = gw, gw_id
+        self.stop = threading.Event()
+        self.rtt: list[tuple[float, float]] = []  # (unix time sent, seconds to the answer; -1: no answer)
+        self.state: list[tuple[float, dict[str, int], int]] = []  # (unix time, waiting per class, in flight)
+
+    def run(self) -> None:
+        import httpx
+        import orjson
+
+        from control.scheduler.sync import STATE_KEY
+        from dashboard.metrics.latest import redis_client
+
+        r = redis_client()
+        last_state = 0.0
+        with httpx.Client(base_url=self.gw, timeout=10.0) as client:
+            while not self.stop.wait(0.25):
+                t = time.time()
+                try:
+                    client.get("/healthz")
+                    self.rtt.append((t, time.time() - t))
+                except httpx.HTTPError:
+                    self.rtt.append((t, -1.0))
+                if t - last_state >= 1.0:
+                    last_state = t
+                    raw = r.get(STATE_KEY.format(self.gw_id))
+                    if raw:
+                        doc = orjson.loads(raw)
+                        self.state.append((float(doc["ts"]), doc.get("queues", {}),
+                                           sum(n.get("in_flight", 0) for n in doc.get("nodes", []))))
+
+
+def write_trace(path: Path, c: Any, t0: float, outs: list[Any], probe: Probe) -> None:
+    """--trace: every request as the client saw it (absolute send time) and as the gateway logged it (arrival
+    stamp, arm, latency, and when the entry reached the log), with the probe's series and the canary's schedule."""
+    import orjson
+
+    from control.routing import reqlog
+    from dashboard.metrics.latest import redis_client
+
+    gateway: list[list[Any]] = []
+    if c is not None:
+        wanted = str(c.pk).encode()
+        low = "-"
+        r = redis_client()
+        while True:
+            batch = r.xrange(reqlog.STREAM, min=low, max="+", count=5000)
+            for eid, fields in batch:
+                if fields.get(b"canary") != wanted:
+                    continue
+                e = reqlog.parse(eid, fields)
+                gateway.append([e.ts, e.arm, e.latency_ms, e.status, int(eid.split(b"-")[0]) / 1000, e.ttft_ms])
+            if len(batch) < 5000:
+                break
+            low = "(" + batch[-1][0].decode()
+    doc = {
+        "canary": None if c is None else {"id": c.pk, "anchor": c.created.timestamp(), "analysis": c.analysis,
+                                          "state": c.state, "steps": c.steps,
+                                          "finished": c.finished.timestamp() if c.finished else None},
+        "client": [[t0 + o.sent_at, o.latency_s, o.status, o.headers_s, o.stream, o.error[:40]] for o in outs],
+        "gateway": gateway, "rtt": probe.rtt, "state": probe.state,
+        "runs": [] if c is None else [[r.ts.timestamp(), r.step, r.weight, r.verdict, r.summary]
+                                      for r in c.runs.order_by("pk")],
+    }
+    path.write_bytes(orjson.dumps(doc))
+    log(f"  trace: {path}")
 
 
 def describe(run: Any) -> str:
@@ -205,7 +280,7 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
             c = canary.start("scheduler", {
                 "revision": candidate_rev, "steps": steps, "reason": f"bench: {candidate} on {stable}",
                 "analysis": {"interval_s": args.analysis_interval, "window_s": args.window,
-                             "min_requests": args.min_requests, "failure_limit": 1,
+                             "min_requests": args.min_requests, "failure_limit": args.failure_limit,
                              "initial_delay_s": args.initial_delay, "settle_s": args.settle,
                              "baseline_s": args.baseline, "latency_against": args.against,
                              "switchback_s": args.switchback, "early_settle_s": args.early_settle}},
@@ -218,11 +293,15 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
 
     analyst = Analyst(begin, args.lead)
     analyst.start()
+    probe = Probe(gw, GATEWAY_ID)
+    if args.trace:
+        probe.start()
     try:
         outs, t0 = load(args, gw, rate, label)
     finally:
         analyst.stop.set()
         analyst.join(10)
+        probe.stop.set()
     result: dict[str, Any] = {"label": label}
     end = t0 + args.duration
     start = t0
@@ -250,6 +329,9 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         alone = [o.latency_s for o in outs if max(t0 + 20, start - (end - start)) <= t0 + o.sent_at < start
                  and 200 <= o.status < 300]
         result["p95_alone"] = p95(alone)
+    if args.trace:
+        probe.join(10)
+        write_trace(Path(args.trace) / f"{label}.json", c, t0, outs, probe)
     window = [o for o in outs if start <= t0 + o.sent_at <= end]
     ok = [o.latency_s for o in window if 200 <= o.status < 300]
     result.update(requests=len(window), ok=len(ok), p95_whole=p95(ok),
@@ -291,6 +373,9 @@ def main() -> None:
                     help="analysis settle_s (default: --timeout, the longest a request can take here)")
     ap.add_argument("--phases", default="bad,good",
                     help="bad, good (each with the stable policy alone first) and baseline (stable alone only)")
+    ap.add_argument("--failure-limit", type=int, default=1, help="analysis failure_limit (default 1)")
+    ap.add_argument("--trace", default="", help="a folder: write <phase>.json there (every request as the client "
+                    "and the gateway saw it, the gateway's /healthz round trips and queue counts, the runs)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--prompt-tokens", default="32:0.5,256:0.5")
     ap.add_argument("--max-tokens", default="64:0.5,192:0.5")
@@ -340,7 +425,7 @@ def main() -> None:
         wait_port(control_port, procs[-1], f"simfleet (log: {logs / 'simfleet.log'})", 60)
         gw_log = open(logs / "gateway.log", "wb")  # noqa: SIM115
         procs.append(subprocess.Popen(
-            [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", "bench-canary"],
+            [sys.executable, "manage.py", "gateway", "--port", str(gw_port), "--auth", "off", "--id", GATEWAY_ID],
             cwd=ROOT, env=env, stdout=gw_log, stderr=subprocess.STDOUT))
         wait_port(gw_port, procs[-1], f"the gateway (log: {logs / 'gateway.log'})", 60)
         gw, control = f"http://127.0.0.1:{gw_port}", f"http://127.0.0.1:{control_port}"

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from control.canary import ranktest, scaling, service
 from control.canary.models import AnalysisRun, Canary
-from control.canary.split import CANARY, STABLE, period_index, switched_on
+from control.canary.split import CANARY, STABLE, period_index, period_on, switched_on
 from control.routing import reqlog
 from core.audit.context import Origin
 from core.audit.record import record
@@ -35,10 +35,12 @@ from dashboard.metrics.latest import redis_client
 log = logging.getLogger(__name__)
 READ_BATCH = 5000
 OFF = "off"  # switchback: the canary's requests that arrived in an "off" period (the stable policy alone)
-# Switchback: a ratio past its bound fails only when the whole periods of the window agree, the on periods ranking
-# worse than the off periods with at most this probability under "no effect" (ranktest.p_worse). With a 60-s window
-# of 10-s periods (2 on, 3 off or the reverse) that takes every on period worse than every off period.
-SWITCHBACK_ALPHA = 0.1
+# Switchback: a ratio past its bound fails only when the whole periods of the span agree, the on periods ranking
+# worse than the off periods with at most this probability under "no effect" (ranktest.p_worse). The periods are
+# switched on and off at random (split.period_on), so that probability is a true randomization test. With the
+# default 4 on and 4 off periods it allows one off period to rank above one on period, no more (p 2/70).
+SWITCHBACK_ALPHA = 0.05
+EPS = 1e-6  # of a period: datetime keeps microseconds, so a period's edge read back from one may be off by that
 Periods = dict[int, dict[str, "Arm"]]  # switchback period index -> arm name -> its requests in that period
 
 
@@ -112,7 +114,7 @@ def read_window(canary_id: int, start: float, end: float, goodput_ttft_ms: float
     def arm_of(fields: dict[bytes, bytes], ts: float) -> list[Arm]:
         if fields.get(b"canary") != wanted:
             return []
-        name = fields.get(b"arm", b"").decode() if switched_on(ts, anchor, switchback_s) else OFF
+        name = fields.get(b"arm", b"").decode() if switched_on(ts, anchor, switchback_s, canary_id) else OFF
         if name not in arms:
             return []
         if periods is None or switchback_s <= 0:
@@ -164,7 +166,31 @@ def window(c: Canary, now: datetime, settle_s: float | None = None) -> tuple[dat
     need = timedelta(seconds=min(a["window_s"], c.steps[c.step]["pause_s"]))
     if end <= c.step_started or end - c.step_started < need:
         return None
-    return max(c.step_started, end - timedelta(seconds=a["window_s"])), end
+    start = max(c.step_started, end - timedelta(seconds=a["window_s"]))
+    period = switchback_s(c)
+    if period:
+        begins = switchback_start(c.pk, c.created.timestamp(), period, a.get("switchback_periods", 4),
+                                  c.step_started.timestamp(), end.timestamp())
+        start = min(start, datetime.fromtimestamp(begins, tz=start.tzinfo))
+    return start, end
+
+
+def switchback_start(canary_id: int, anchor: float, period_s: float, need: int, floor: float, end: float) -> float:
+    """Switchback: where the compared span must begin so that [begin, end] holds `need` whole on periods and
+    `need` whole off periods, but never before `floor` (the step's start: never at an earlier weight). The periods
+    are the units that were switched and one window of a few periods cannot tell a candidate from the fleet's own
+    swings; a span that does not reach `need` of each is judged inconclusive (judge)."""
+    k = math.floor((end - anchor) / period_s + EPS) - 1  # the last period that has ended by `end`
+    on = off = 0
+    while anchor + k * period_s >= floor - EPS * period_s:
+        if period_on(canary_id, k):
+            on += 1
+        else:
+            off += 1
+        if on >= need and off >= need:
+            return anchor + k * period_s
+        k -= 1
+    return floor
 
 
 def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], whole: dict[str, Any] | None = None,
@@ -189,6 +215,10 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], who
         checks.append({"metric": "min_requests", "value": min(stable["requests"], canary["requests"]),
                        "threshold": a["min_requests"], "ok": None,
                        "note": f"too few requests on {', '.join(short)}"})
+    few = few_periods(periods, a) if against == "switchback" and periods is not None else None
+    if few is not None:
+        checks.append(few)
+    if checks:
         return AnalysisRun.Verdict.INCONCLUSIVE, checks
 
     base, tried = {"before": (before, whole), "switchback": (off, whole)}.get(against, (stable, canary))
@@ -225,6 +255,18 @@ def judge(stable: dict[str, Any], canary: dict[str, Any], a: dict[str, Any], who
     return (AnalysisRun.Verdict.FAIL if failed else AnalysisRun.Verdict.PASS), checks
 
 
+def few_periods(periods: dict[str, list[dict[str, Any]]], a: dict[str, Any]) -> dict[str, Any] | None:
+    """Switchback: the inconclusive check when the span holds fewer than switchback_periods whole on or off periods
+    (None when it holds enough). A verdict from a few periods is the luck of which ones the fleet's queues peaked in."""
+    need = a.get("switchback_periods", 4)
+    on, off = len(periods["on"]), len(periods["off"])
+    if on >= need and off >= need:
+        return None
+    return {"metric": "switchback_periods", "value": min(on, off), "threshold": need, "ok": None,
+            "note": f"too few switchback periods: {on} on and {off} off whole periods in the step so far, "
+                    f"{need} of each needed"}
+
+
 # check -> (the on periods' figure, the off periods' figure, True when higher is worse)
 PERIOD_FIGURES = {
     "latency_p95_ratio": ("p95_latency_ms", "p95_latency_ms", True),
@@ -247,7 +289,8 @@ def period_guard(checks: list[dict[str, Any]], periods: dict[str, list[dict[str,
         on_key, off_key, higher_worse = PERIOD_FIGURES[check["metric"]]
         sign = 1.0 if higher_worse else -1.0
         on = [sign * p[on_key] for p in periods["on"] if p.get(on_key) is not None]
-        off = [sign * (p[off_key] if p.get(off_key) is not None else math.inf) for p in periods["off"]]
+        # An off period without the figure ranks as the worst: it can only keep the check from failing.
+        off = [sign * p[off_key] if p.get(off_key) is not None else math.inf for p in periods["off"]]
         p = ranktest.p_worse(on, off)
         check["periods"] = {"on": len(on), "off": len(off), "p": round(p, 4)}
         if p > SWITCHBACK_ALPHA:
@@ -301,24 +344,24 @@ def window_figures(c: Canary, start: float, end: float, read_until: float) -> di
     if period:
         figures[OFF] = off.figures()
         figures["control"] = {"latency_against": "switchback", "switchback_s": period}
-        figures["periods"] = period_figures(periods, start, end, anchor, period, lambda arm: arm.figures(),
+        figures["periods"] = period_figures(periods, start, end, anchor, period, c.pk, lambda arm: arm.figures(),
                                             lambda arm: {"canary_p95_latency_ms": p95(arm.latency_ms)})
     return figures
 
 
-def period_figures(periods: Periods, start: float, end: float, anchor: float, period_s: float,
+def period_figures(periods: Periods, start: float, end: float, anchor: float, period_s: float, canary_id: int,
                    figures: Callable[[Arm], dict[str, Any]], canary: Callable[[Arm], dict[str, Any]]
                    ) -> dict[str, list[dict[str, Any]]]:
     """{"on": [...], "off": [...]}: each whole switchback period inside [start, end] (a period cut by the window's
     edge is left out: its figures would be of a few seconds), the on periods' whole (both arms) with `canary`'s
     figures of their canary arm, the off periods' stable policy alone."""
     out: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
-    for k in sorted(periods):
-        begins = anchor + k * period_s
-        if begins < start or begins + period_s > end:
-            continue
-        arms = periods[k]
-        if k % 2 == 0:
+    # (the epsilon: a span that starts at a period's beginning, through datetime's microseconds, still holds it)
+    first = math.ceil((start - anchor) / period_s - EPS)
+    last = math.floor((end - anchor) / period_s + EPS) - 1
+    for k in range(first, last + 1):  # every whole period, also one without a request (it counts as switched)
+        arms = periods.get(k, {})
+        if period_on(canary_id, k):
             both = Arm.both({name: arms[name] for name in (STABLE, CANARY) if name in arms})
             out["on"].append({"period": k, **figures(both), **canary(arms.get(CANARY, Arm()))})
         else:

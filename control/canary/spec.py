@@ -21,8 +21,12 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
                    "latency_against=before: the stable policy alone over this many seconds before the canary started "
                    "is what the whole fleet's latency, TTFT and goodput are compared with"),
     "switchback_s": (15, 2, 300, True,
-                     "latency_against=switchback: the candidate routes for this many seconds, then the stable policy "
-                     "alone for as many, in turn (at most half of window_s: a window holds both)"),
+                     "latency_against=switchback: the length of each period, on (the candidate routes) or off (the "
+                     "stable policy alone) by a coin per period (at most half of window_s)"),
+    "switchback_periods": (4, 2, 100, True,
+                           "latency_against=switchback: whole on periods and whole off periods (each) a verdict "
+                           "needs; the compared span reaches back within the step as far as it takes, else the run "
+                           "is inconclusive"),
     "early_settle_s": (0, 0, 900, True,
                        "0: off. Else each run also judges a window ending this many seconds ago (below settle_s), "
                        "counting the requests still open at the gateways as at least as slow as their age, and "
@@ -47,7 +51,7 @@ CHOICES: dict[str, dict[str, tuple[tuple[str, ...], str, str]]] = {
                             "before: the whole fleet's p95 latency / TTFT and goodput during the canary against the "
                             "stable policy alone before it (both arms share the nodes, so an arm's own latency also "
                             "shows what the other arm left it); arms: canary arm against stable arm (Argo's); "
-                            "switchback: the candidate on and off in turn every switchback_s, the whole fleet and "
+                            "switchback: the candidate on or off by a coin every switchback_s, the whole fleet and "
                             "the canary arm in the on periods against the stable policy alone in the off periods "
                             "of the same window (a drift of the fleet shows in both and cancels)"),
     },

@@ -30,19 +30,32 @@ def arm(key: str, weight_pct: float) -> str:
     return CANARY if bucket(key) < round(weight_pct * BUCKETS / 100) else STABLE
 
 
-def switched_on(ts: float, anchor: float, period_s: float) -> bool:
+def switched_on(ts: float, anchor: float, period_s: float, canary_id: int) -> bool:
     """Switchback control: whether the candidate routes at unix time `ts` (True) or the stable policy alone (False).
 
-    Periods of `period_s` seconds counted from `anchor` (the canary's creation), on and off in turn, the first one
-    on. A function of the time alone, so every gateway (and the analysis, classifying a logged request by its
-    arrival time) agrees on it without a local timer; period_s <= 0: always on (no switchback)."""
+    Periods of `period_s` seconds counted from `anchor` (the canary's creation), each on or off by a fair coin
+    drawn from a hash of (canary id, period index): period_on. A function of its arguments alone, so every gateway
+    (and the analysis, classifying a logged request by its arrival time) agrees on it without a local timer;
+    period_s <= 0: always on (no switchback)."""
     if period_s <= 0:
         return True
-    return period_index(ts, anchor, period_s) % 2 == 0
+    return period_on(canary_id, period_index(ts, anchor, period_s))
+
+
+def period_on(canary_id: int, index: int) -> bool:
+    """Randomized switchback: whether period `index` of canary `canary_id` is on, a fair coin per period.
+
+    Strictly alternating periods are a fixed cycle of two periods; a fleet that oscillates near that cycle (the
+    classic formula herds in cycles of a few sample intervals) lines its peaks up with the on periods for minutes
+    at a time, and the on periods then look consistently worse with no candidate effect at all. A coin per period
+    is independent of any fleet dynamics, so under "no effect" every labelling of the periods is equally likely:
+    what makes the analysis's rank test over periods (ranktest.p_worse) a valid randomization test."""
+    digest = hashlib.blake2b(f"switchback:{canary_id}:{index}".encode(), digest_size=8).digest()
+    return digest[-1] & 1 == 0
 
 
 def period_index(ts: float, anchor: float, period_s: float) -> int:
-    """Which switchback period unix time `ts` falls in (0: the first, on; odd: off); period_s > 0."""
+    """Which switchback period unix time `ts` falls in (0: the first); period_s > 0."""
     return math.floor((ts - anchor) / period_s)
 
 

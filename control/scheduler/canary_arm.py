@@ -5,8 +5,9 @@ Both cores count every request either arm sends (Admission.twin), so the candida
 scorers see the whole load on each node, not only its own share of it (a 5 % arm that saw only its own sends would
 herd onto the node that looks idle to it and be judged for a fault the split made).
 
-With a switchback control the candidate routes only in the "on" periods (split.switched_on, from the canary's
-creation time: every gateway agrees without a timer). The requests of the canary still open here are published
+With a switchback control the candidate routes only in the "on" periods (split.switched_on: periods from the
+canary's creation time, each on or off by a hash of the canary id and the period's index: every gateway agrees
+without a timer). The requests of the canary still open here are published
 every second (OPEN_KEY), so the analysis can count a request that has not ended as at least as slow as its age.
 """
 
@@ -43,7 +44,7 @@ class CanaryArm:
 
     def arm_of(self, session_id: str, request_id: str, fallback: str, ts: float) -> str:
         """The arm of a request that arrived at unix time `ts`: stable in a switchback "off" period."""
-        if not switched_on(ts, self.anchor, self.switchback_s):
+        if not switched_on(ts, self.anchor, self.switchback_s, self.canary_id):
             return STABLE
         return arm(request_key(session_id, request_id, fallback), self.weight)
 
