@@ -68,6 +68,9 @@ class Gateway:
         self.reqlog = RequestLog(gateway_id)
         self.admission = Admission(self.sched, self.counters)
         self.canary: CanaryArm | None = None  # the candidate's core while a scheduler canary runs (sync.py)
+        # An ended canary's arm while requests still wait in its admission's queue: still linked and dispatched,
+        # so that they are served rather than left to time out (sync.py); no new request takes it.
+        self.retiring: CanaryArm | None = None
         self._keys = 0  # splits requests that carry neither a session nor a request id
         self.db = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-db")
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-reqlog")

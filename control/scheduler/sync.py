@@ -97,10 +97,11 @@ class Sync:
         gw = self.gw
         if state is None:
             if gw.canary is not None:
-                gw.canary = None
-                canary_arm.link(gw.admission, None)
+                gw.retiring, gw.canary = gw.canary, None
+            self._retire(specs, samples, now)
             return
         if gw.canary is None or gw.canary.canary_id != state[0]:
+            gw.retiring = None  # replaced within a second: its waiters (if any) time out, as they always did
             gw.canary = canary_arm.build(state[0], state[2], state[1], state[5], gw.admission, specs,
                                          dict(self._metrics), now, state[3], state[4])
             canary_arm.link(gw.admission, gw.canary.admission)
@@ -111,6 +112,23 @@ class Sync:
         gw.canary.sched.update(now, specs=specs, samples=samples)
         gw.canary.sched.tick(now)
         gw.canary.admission.dispatch()
+
+    def _retire(self, specs: list[Any], samples: dict[str, Any], now: float) -> None:
+        """An ended canary's arm stays linked (both cores count every send and finish) and keeps being fed and
+        dispatched while its admission has requests waiting: they were admitted under the candidate and only its
+        dispatch can serve them. Dropped at once it left them to a 503 at their queue timeout (30 s for the
+        standard class), however soon capacity freed."""
+        gw = self.gw
+        old = gw.retiring
+        if old is None:
+            return
+        if len(old.admission.waitq):
+            old.sched.update(now, specs=specs, samples=samples)
+            old.sched.tick(now)
+            old.admission.dispatch()
+        if not len(old.admission.waitq):
+            gw.retiring = None
+            canary_arm.link(gw.admission, None)
 
     async def _refresh_loop(self) -> None:
         wake = self.gw.wake

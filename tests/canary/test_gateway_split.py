@@ -150,3 +150,38 @@ def test_prefix_keys_follow_whichever_core_routes_by_prefix() -> None:
     assert prefix_config(plain, keyed, "stable") is keyed  # the candidate counts the stable arm's sends too
     assert prefix_config(keyed, plain, "canary") is keyed
     assert prefix_config(plain, plain, "canary") is None
+
+
+def test_the_candidates_waiting_requests_are_served_after_the_canary_ends(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str, api: Any) -> None:
+    """A request the candidate queued (no node passes its filter) was left in a dropped admission's queue when the
+    canary ended, never offered capacity again, and answered 503 at its queue timeout. The ended canary's arm now
+    stays linked while requests wait in it, so capacity freeing serves them."""
+    import threading
+
+    (hot,) = upstreams(1, delay=0.0)
+    fleet.add(hot.name, hot.url, gpu=90.0)  # above the candidate's 50 % filter: it queues every request
+    op = api("operator")
+    assert start(op, candidate(op, only_cool_nodes()), steps=[{"weight": 100, "pause_s": 3600}]).status_code == 201
+    gw = gateway()
+    gw.wait(lambda: gw.app.canary is not None and len(gw.eligible()) == 1, what="canary core loaded")
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=120,
+                       headers={"Authorization": f"Bearer {user_token}", "Cache-Control": "no-cache"})
+        answer.update(status=r.status_code, node=r.headers.get("X-Switchyard-Node"), body=r.text)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    arm = gw.app.canary
+    gw.wait(lambda: len(arm.admission.waitq) == 1, what="the candidate's request waiting")
+    assert op.post(f"{CANARY_URL}abort/", {"reason": "done"}, format="json").status_code == 200
+    gw.refresh_now()
+    gw.wait(lambda: gw.app.canary is None, what="canary dropped")
+    fleet.sample(hot.name, gpu=20.0)  # capacity the candidate's filter accepts
+    gw.refresh_now()
+    t.join(120)
+    assert answer.get("status") == 200, answer
+    assert answer["node"] == hot.name
+    gw.wait(lambda: gw.app.retiring is None and gw.app.admission.twin is None, what="the ended arm unlinked")
