@@ -18,7 +18,8 @@ phase: time to verdict (from the canary's start), requests served by each arm (f
 of each arm, of the whole during the rollout and of the stable policy alone before it (the client's view).
 
     .venv/bin/python bench/canary.py [--nodes 6] [--duration 480] [--lead 150] [--load 0.75] [--steps 5:120,25:60,50:60]
-        [--against switchback] [--switchback 10] [--early-settle 10] [--seed 7]
+        [--against switchback] [--switchback 10] [--switchback-periods 4] [--early-settle 10] [--seed 7]
+        [--trace DIR] [--failure-limit 1]
 """
 
 from __future__ import annotations
@@ -283,11 +284,13 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
                              "min_requests": args.min_requests, "failure_limit": args.failure_limit,
                              "initial_delay_s": args.initial_delay, "settle_s": args.settle,
                              "baseline_s": args.baseline, "latency_against": args.against,
-                             "switchback_s": args.switchback, "early_settle_s": args.early_settle}},
+                             "switchback_s": args.switchback, "switchback_periods": args.switchback_periods,
+                             "early_settle_s": args.early_settle}},
                 Origin.system("bench-canary"))
             plan = ", ".join(f"{s['weight']:g} % for {s['pause_s']} s" for s in steps)
             log(f"  canary {c.pk}: {candidate} against {stable}, steps {plan}, latency against {args.against}"
-                + (f" (every {args.switchback} s)" if args.against == "switchback" else "")
+                + (f" ({args.switchback}-s periods, {args.switchback_periods} of each per verdict)"
+                   if args.against == "switchback" else "")
                 + (f", early window {args.early_settle} s ago" if args.early_settle else ""))
             return c
 
@@ -352,6 +355,8 @@ def main() -> None:
     ap.add_argument("--against", default="switchback", choices=("before", "arms", "switchback"),
                     help="analysis latency_against (default switchback)")
     ap.add_argument("--switchback", type=int, default=10, help="analysis switchback_s (default 10)")
+    ap.add_argument("--switchback-periods", type=int, default=4,
+                    help="analysis switchback_periods: whole on and off periods (each) a verdict needs (default 4)")
     ap.add_argument("--early-settle", type=int, default=10,
                     help="analysis early_settle_s (default 10; 0: no early window)")
     ap.add_argument("--load", type=float, default=0.75,
