@@ -225,13 +225,18 @@ def fmt_ms(x: float | None) -> str:
     return "unbounded" if x is None else f"{x / 1000:.2f}s"
 
 
+def duration(args: argparse.Namespace, label: str) -> float:
+    """Seconds of load in phase `label`: --bad-duration for the bad phase when given (its verdict comes early)."""
+    return args.bad_duration if label == "bad" and args.bad_duration > 0 else args.duration
+
+
 def load(args: argparse.Namespace, gw: str, rate: float, label: str) -> tuple[list[Any], float]:
     from control.loadgen import curves, runner
     from control.loadgen.mix import parse_mix
 
     spec = runner.LoadSpec(
         url=gw, model=MODEL, curve=curves.build(curves.CurveSpec(kind="constant", rate=rate)),
-        duration_s=args.duration, prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
+        duration_s=duration(args, label), prompt_tokens=parse_mix(args.prompt_tokens, int, "--prompt-tokens", 1, 8000),
         max_tokens=parse_mix(args.max_tokens, int, "--max-tokens", 1, 4096), classes=parse_mix("standard", str, "x"),
         stream_fraction=args.stream_fraction, temperature=0.7, timeout_s=args.timeout, seed=args.seed,
         extra_body={"ignore_eos": True})
@@ -306,7 +311,7 @@ def phase(args: argparse.Namespace, gw: str, control: str, rate: float, stable: 
         analyst.join(10)
         probe.stop.set()
     result: dict[str, Any] = {"label": label}
-    end = t0 + args.duration
+    end = t0 + duration(args, label)
     start = t0
     c = analyst.canary
     if c is not None:
@@ -348,6 +353,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=480.0,
                     help="seconds of load per phase (default 480: the lead-in, then three steps, each judged only "
                          "once its requests have settled)")
+    ap.add_argument("--bad-duration", type=float, default=0.0,
+                    help="seconds of load in the bad phase (default: --duration); a bad candidate is aborted within "
+                         "two minutes of its start, so the rest of a long phase only holds the bench lock")
     ap.add_argument("--lead", type=float, default=150.0,
                     help="seconds of the stable policy alone before the canary starts (default 150: 30 s of "
                          "warm-up and the analysis baseline_s)")
