@@ -218,6 +218,10 @@ def test_a_pooled_difference_the_periods_do_not_agree_on_does_not_fail() -> None
     goodput = next(c for c in checks if c["metric"] == "goodput_ratio")
     assert goodput["ok"] is None and "not consistently worse" in goodput["note"]
     assert goodput["periods"]["p"] > analysis.SWITCHBACK_ALPHA
+    # The stored summary says how close it came rather than "every check within its bound".
+    assert analysis._summary(verdict, checks) == (
+        f"no check failed; past its bound but the periods do not agree: goodput_ratio 0.75 "
+        f"(rank p {goodput['periods']['p']:g})")
     agree = {"on": [period(100, good=0.5), period(100, good=0.55), period(100, good=0.52), period(100, good=0.6)],
              "off": [period(100, good=0.7), period(100, good=0.8), period(100, good=0.9), period(100, good=0.75)]}
     verdict, checks = analysis.judge(stable, canary, SWITCHBACK, whole, None, off, agree)
