@@ -22,7 +22,7 @@ ANALYSIS: dict[str, tuple[float, float, float, bool, str]] = {
                    "is what the whole fleet's latency, TTFT and goodput are compared with"),
     "switchback_s": (15, 2, 300, True,
                      "latency_against=switchback: the length of each period, on (the candidate routes) or off (the "
-                     "stable policy alone) by a coin per period (at most half of window_s)"),
+                     "stable policy alone) at random, two of each per block of four periods (at most half of window_s)"),
     "switchback_periods": (4, 2, 100, True,
                            "latency_against=switchback: whole on periods and whole off periods (each) a verdict "
                            "needs; the compared span reaches back within the step as far as it takes, else the run "
@@ -51,7 +51,7 @@ CHOICES: dict[str, dict[str, tuple[tuple[str, ...], str, str]]] = {
                             "before: the whole fleet's p95 latency / TTFT and goodput during the canary against the "
                             "stable policy alone before it (both arms share the nodes, so an arm's own latency also "
                             "shows what the other arm left it); arms: canary arm against stable arm (Argo's); "
-                            "switchback: the candidate on or off by a coin every switchback_s, the whole fleet and "
+                            "switchback: the candidate on or off at random every switchback_s (two of each per four periods), the whole fleet and "
                             "the canary arm in the on periods against the stable policy alone in the off periods "
                             "of the same window (a drift of the fleet shows in both and cancels)"),
     },

@@ -13,7 +13,7 @@ import pytest
 
 from control.canary import analysis, spec
 from control.canary.models import AnalysisRun, Canary
-from control.canary.split import period_on, switched_on
+from control.canary.split import BLOCK, period_on, switched_on
 from tests.canary.helpers import candidate, start
 from tests.canary.test_analysis import figures, log_plain, log_requests
 from tests.scheduler.conftest import MODEL, Fleet
@@ -34,16 +34,22 @@ def test_the_schedule_is_a_function_of_the_time_and_the_canary_alone() -> None:
         period_on(7, int((t / 3) // 2)) for t in range(60)]
 
 
-def test_periods_are_on_by_a_fair_coin_per_canary_not_in_turn() -> None:
-    """About half the periods are on, not strictly alternating (long runs occur), and another canary has another
+def test_periods_are_on_at_random_half_of_each_block_not_in_turn() -> None:
+    """Each block of four periods holds two on and two off in a random order (no streak longer than four, so a
+    verdict never waits long for periods of one kind), not strictly alternating, and another canary has another
     schedule: nothing periodic for the fleet's own cycles to line up with."""
     n = 10_000
     on = [period_on(42, k) for k in range(n)]
-    assert abs(sum(on) / n - 0.5) <= 0.02, sum(on)
     assert [period_on(42, k) for k in range(n)] == on  # deterministic
+    assert all(sum(on[b:b + BLOCK]) == BLOCK // 2 for b in range(0, n, BLOCK))
+    assert max(len(run) for run in "".join("1" if x else "0" for x in on).replace("10", "1 0")
+               .replace("01", "0 1").split()) <= BLOCK
+    # every balanced arrangement occurs, about equally often: an order drawn per block, not a fixed pattern
+    blocks = [tuple(on[b:b + BLOCK]) for b in range(0, n, BLOCK)]
+    counts = {a: blocks.count(a) for a in set(blocks)}
+    assert len(counts) == 6 and all(abs(c / len(blocks) - 1 / 6) <= 0.03 for c in counts.values()), counts
     alternations = sum(on[k] != on[k + 1] for k in range(n - 1))
-    assert abs(alternations / (n - 1) - 0.5) <= 0.03, alternations  # a coin, not "on, off, on, off"
-    assert any(on[k:k + 4] in ([True] * 4, [False] * 4) for k in range(n - 4))
+    assert 0.55 <= alternations / (n - 1) <= 0.70, alternations  # ~0.625, far from "on, off, on, off" (1.0)
     other = [period_on(43, k) for k in range(n)]
     assert 0.45 <= sum(a == b for a, b in zip(on, other, strict=True)) / n <= 0.55
 
@@ -53,7 +59,7 @@ def test_another_process_computes_the_same_schedule() -> None:
     import subprocess
     import sys
 
-    code = ("from control.canary.split import period_on, switched_on;"
+    code = ("from control.canary.split import BLOCK, period_on, switched_on;"
             "print(''.join('1' if switched_on(1e9 + t * 0.7, 1e9, 5, 11) else '0' for t in range(2000)))")
     here = "".join("1" if switched_on(1e9 + t * 0.7, 1e9, 5, 11) else "0" for t in range(2000))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
