@@ -447,6 +447,17 @@ def pyspy_workers(pyspy: str, server_pid: int, seconds: float, out: Path) -> lis
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in workers]
 
 
+def commits(db: str) -> int:
+    """Transactions committed in the bench database so far (pg_stat_database; the statistics lag by up to
+    PostgreSQL's stats interval, so a window's difference is approximate)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot(); SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                    [db])
+        return int(cur.fetchone()[0])
+
+
 def switchyard_disk() -> tuple[int, int]:
     """(bytes of the raw sample tables with their indexes, values stored in them)."""
     from django.db import connection
@@ -585,6 +596,7 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         pg = pg_procs(args.database)
         spies = pyspy_workers(args.py_spy, server.pid, window, Path(args.py_spy_dir) / f"{label}-{n}") \
             if args.py_spy else []
+        x0 = commits(args.database)
         c0, p0, r0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), cpu_of(redis_procs), machine_idle()
         me0 = time.process_time()
         t0 = time.monotonic()
@@ -597,9 +609,10 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         c1, p1, r1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), cpu_of(redis_procs), \
             machine_idle()
         loadgen = time.process_time() - me0
+        time.sleep(1)  # let the statistics collector catch up (PostgreSQL 15 flushes them within a second)
+        xacts = commits(args.database) - x0 - 2  # less the bench's own two statements (pg_procs, this read)
         for spy in spies:
             spy.wait()
-        time.sleep(1)
         stored = ingest_bench.stored_samples()[0] - before
         values = stored * (args.gpus * 33 + 25)
         server_cpu, pg_cpu, redis_cpu = cpu_delta(c0, c1), cpu_delta(p0, p1), cpu_delta(r0, r1)
@@ -610,7 +623,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                 "errors": stats.errors, "lost": lost, "p50_ms": round(percentile(stats.latencies, 0.5) * 1000, 1),
                 "p95_ms": round(p95, 1), "server_cpu_cores": round(server_cpu / took, 3),
                 "pg_cpu_cores": round(pg_cpu / took, 3), "redis_cpu_cores": round(redis_cpu / took, 3),
-                "measured_s": round(elapsed, 2),
+                "measured_s": round(elapsed, 2), "commits_s": round(xacts / elapsed, 1),
+                "pushes_per_commit": round(stats.ok / xacts, 2) if xacts > 0 else None,
                 # Server + PostgreSQL + Redis (its own redis-server; 0 with --shared-redis); without Redis as in
                 # rounds 1-3 next to it.
                 "cpu_s_per_million": round((server_cpu + pg_cpu + redis_cpu) / values * 1e6, 2) if values else None,
