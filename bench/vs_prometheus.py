@@ -513,6 +513,9 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
             "fleet_avg_raw_ms": timed(lambda: sql(raw_sql)), "rollup_s": rollup_s}
 
 
+_CONFIGURED_REDIS: dict[str, str] = {}
+
+
 def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1,
                    http: str = "ingest", group_wait_ms: str = "", root: Path | None = None) -> dict[str, Any]:
     """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
@@ -526,13 +529,16 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     label = switchyard_label(batch, http, group_wait_ms) if root is None else (
         switchyard_label(batch, "ingest", group_wait_ms) + f" ({root.name})")
     log(f"{label}: preparing {max(sweep)} nodes in database {args.database} ...")
+    from django.conf import settings
+
+    from dashboard.metrics.latest import redis_client
+
+    # The configured Redis again (the last sweep's own redis-server is gone) for the set-up.
+    settings.REDIS_URL = _CONFIGURED_REDIS.setdefault("url", settings.REDIS_URL)
+    redis_client.cache_clear()
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus, args.database, args.redis_db)
     own_redis = None if args.shared_redis else start_redis(started)
     if own_redis is not None:
-        from django.conf import settings
-
-        from dashboard.metrics.latest import redis_client
-
         redis_url = settings.REDIS_URL = own_redis[1]
         redis_client.cache_clear()
     random.seed(11)
