@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import random
@@ -100,7 +101,7 @@ def exposition_parts(gpus: int, seed: int) -> list[list[bytes]]:
     return out
 
 
-def serve_exposition(port: int, gpus: int) -> None:
+def serve_exposition(port: int, gpus: int, gzipped: bool = True) -> None:
     """GET /n/<i>: node i's exposition, keep-alive; GET /count: how many node expositions it has served (the
     bench's own count of what Prometheus scraped). Runs until terminated."""
     parts = exposition_parts(gpus, seed=port)
@@ -122,8 +123,14 @@ def serve_exposition(port: int, gpus: int) -> None:
                 n = scrapes[index] = scrapes.get(index, index) + 1
                 served += 1
                 body = NODE_NAME.format(index).encode().join(parts[n % VARIANTS])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                encoding = b""
+                if gzipped and b"gzip" in head.lower():  # Prometheus asks for it (Accept-Encoding: gzip)
+                    # As node_exporter and every promhttp exporter answer: Prometheus then inflates each scrape,
+                    # as Switchyard inflates each push (the agents gzip). Level 1, as the bench's agents.
+                    body = gzip.compress(body, compresslevel=1)
+                    encoding = b"Content-Encoding: gzip\r\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n" + encoding
+                             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
             pass
@@ -381,7 +388,7 @@ def run_prometheus(binary: str, sweep: list[int], args: argparse.Namespace, work
                    values_per_node: int, started: list[Any]) -> dict[str, Any]:
     expo_port = free_port()
     expo = subprocess.Popen([sys.executable, __file__, "--serve-exposition", str(expo_port), "--gpus",
-                             str(args.gpus)])
+                             str(args.gpus)] + (["--plain-exposition"] if args.plain_exposition else []))
     started.append(expo)
     benchlib.wait_port(expo_port, expo, "the exposition server")
     prom = Prometheus(binary, workdir, args.interval, expo_port, started)
@@ -521,7 +528,6 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
     --interval seconds, the same values per second in fewer, larger pushes. `root`: serve another checkout's code
     (--also-root), started without --http."""
-    import gzip
 
     import ingest as ingest_bench
     import orjson
@@ -794,13 +800,16 @@ def main() -> int:
     parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: record each server worker during every "
                         "Switchyard step's window (collapsed stacks under --py-spy-dir)")
     parser.add_argument("--py-spy-dir", default="pyspy-out", help="where --py-spy writes (default ./pyspy-out)")
+    parser.add_argument("--plain-exposition", action="store_true",
+                        help="answer Prometheus's scrapes uncompressed even though it asks for gzip (rounds 1-3; "
+                             "the bench's agents always gzip their pushes)")
     parser.add_argument("--query-rounds", type=int, default=5, help="times each query is timed; median (default 5)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--serve-exposition", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_exposition:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        serve_exposition(args.serve_exposition, args.gpus)
+        serve_exposition(args.serve_exposition, args.gpus, not args.plain_exposition)
         return 0
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
