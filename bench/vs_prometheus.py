@@ -579,18 +579,38 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                  **({"PYTHONPATH": str(root)} if root else {})))
     started.append(server)
     benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
+    # One event loop and one agent (one kept-alive connection) per node for the whole sweep, as real agents keep
+    # theirs and Prometheus keeps its connections to the targets: rounds 1-3 reconnected every agent at every step
+    # (and after its warm-up push), and a new connection that the kernel handed to the other worker found the
+    # node's token not in that worker's cache: about one push in eight of every window took the uncached path.
+    loop = asyncio.new_event_loop()
+    fleet = []
+    for i, (name, token) in enumerate(nodes[:max(sweep)]):
+        a = Agent(name, token, "127.0.0.1", port, templates[0])
+        a.offset = i  # type: ignore[attr-defined]
+        fleet.append(a)
+    try:
+        return run_switchyard_steps(label, sweep, args, batch, server, own_redis, loop, fleet, period, window)
+    finally:
+        for a in fleet:
+            if a.writer is not None:
+                a.writer.close()
+        loop.close()
+
+
+def run_switchyard_steps(label: str, sweep: list[int], args: argparse.Namespace, batch: int, server: Any,
+                         own_redis: Any, loop: asyncio.AbstractEventLoop, fleet: list[Any], period: float,
+                         window: float) -> dict[str, Any]:
+    import ingest as ingest_bench
+
     steps = []
     warmed = 0
     for n in sweep:
         log(f"{label}: {n} nodes x {args.gpus} GPUs every {args.interval:g} s, {batch} sample(s) per push ...")
-        agents = []
-        for i, (name, token) in enumerate(nodes[:n]):
-            a = Agent(name, token, "127.0.0.1", port, templates[0])
-            a.offset = i  # type: ignore[attr-defined]
-            agents.append(a)
+        agents = fleet[:n]
         # Every agent pushes once before the window, as Prometheus scrapes every target once before its window:
         # a node's first push registers its GPUs and its token in the workers' caches, a cost paid once.
-        asyncio.run(warm_up(agents[warmed:]))
+        loop.run_until_complete(warm_up(agents[warmed:]))
         warmed = n
         redis_procs = tree(own_redis[0].pid) if own_redis is not None else []
         idle: dict[str, float] = {}
@@ -611,7 +631,8 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
         c0, p0, r0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), cpu_of(redis_procs), machine_idle()
         me0 = time.process_time()
         t0 = time.monotonic()
-        stats = asyncio.run(ingest_bench.run_load(agents, period, window, f"{n} nodes", linger=False))
+        stats = loop.run_until_complete(ingest_bench.run_load(agents, period, window, f"{n} nodes", linger=False,
+                                                              close=False))
         # Without linger, run_load returns when the last push of the window is answered: the CPU read around it
         # covers the pushes (rounds 1-3 also counted up to an interval of idle time after them). Rates are per
         # window second, as bench/ingest.py reports them.
@@ -670,10 +691,6 @@ async def warm_up(agents: list[Any]) -> None:
             await agent.push(stats)
 
     await asyncio.gather(*(one(a) for a in agents))
-    for a in agents:  # the load opens its own connections
-        if a.writer is not None:
-            a.writer.close()
-            a.writer = None
 
 
 # --- the report -------------------------------------------------------------------------------------------------
