@@ -160,3 +160,22 @@ def test_a_group_tells_live_readers_of_all_its_nodes_in_one_message(pushes: Push
     # Pub/sub ignores the database number: other users of this Redis may publish on the channel too.
     messages = [m for m in messages if "gpu-a-1" in m.split("\n") or "gpu-a-2" in m.split("\n")]
     assert len(messages) == 1 and sorted(messages[0].split("\n")) == ["gpu-a-1", "gpu-a-2"], messages
+
+
+@pytest.mark.parametrize(("rate", "wait_ms", "expected_ms"), [
+    (0.0, 50, 0.0),  # nothing measured yet, or a quiet fleet: commit at once
+    (10.0, 50, 0.0),  # under one more push expected within the wait: waiting would only add latency
+    (100.0, 50, 50.0),  # 16 pushes take 160 ms at 100/s: the most it may wait
+    (400.0, 50, 40.0),  # 16 pushes take 40 ms
+    (2000.0, 50, 8.0),  # a busy worker: groups of 16 come quickly, so latency stays low
+    (400.0, 0, 0.0),  # SWITCHYARD_INGEST_GROUP_WAIT_MS=0 turns the wait off
+])
+def test_the_group_wait_aims_at_a_group_of_16_within_the_configured_most(
+        settings: Any, rate: float, wait_ms: int, expected_ms: float) -> None:
+    from dashboard.fleet.group_commit import GROUP_TARGET, Committer
+
+    assert GROUP_TARGET == 16
+    settings.INGEST_GROUP_WAIT_MS = wait_ms
+    c = Committer()
+    c.rate = rate
+    assert c.group_wait() * 1000 == pytest.approx(expected_ms)
