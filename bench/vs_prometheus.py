@@ -9,15 +9,19 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
 1. Prometheus (Debian's `prometheus` on PATH; this script installs nothing, `apt-get install prometheus` does)
    scrapes a text exposition of the fleet every --interval seconds: one lightweight HTTP server (a child process of
    this script) answers /n/<i> for every node with Switchyard's own exposition format
-   (dashboard/metrics/exposition.py), each scrape with new values. Each step of the sweep sets N targets (file_sd),
-   lets every target be scraped once, then measures a --window: samples appended (prometheus_tsdb_head_samples_
-   appended_total), scrapes that failed (up == 0) or came late (mean scrape interval over 1.05 x --interval), the
-   scrape duration p99 across targets, Prometheus's CPU. It falls behind when a scrape fails or is late, or it
-   appends under 95 % of the values the fleet exposes.
+   (dashboard/metrics/exposition.py), each scrape with new values, gzip'd when Prometheus asks (as exporters do;
+   --plain-exposition: never). Each step of the sweep sets N targets (file_sd), lets every target be scraped once,
+   then measures a --window: the fleet's values ingested (the expositions the server answered in the window x the
+   catalogue values, as Switchyard's are counted; what Prometheus appends besides, its 5 series per scrape and the
+   2 extra series of each exposition, is printed apart), scrapes that failed (up == 0) or came late (mean scrape
+   interval over 1.05 x --interval), the scrape duration p99 across targets, Prometheus's CPU. It falls behind when
+   a scrape fails or is late, or it ingests under 95 % of the values the fleet exposes.
 2. Switchyard: `manage.py serve --workers W` on its own database (`switchyard_bench`, emptied) with N virtual agents
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
-   over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
-   PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
+   over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. Each agent keeps one connection for the
+   whole sweep. CPU is the server's processes plus the PostgreSQL backends of the bench database and PostgreSQL's
+   WAL writer, checkpointer and background writer, plus a Redis server of the bench's own (--shared-redis: the
+   configured one, not counted), from the window's start to the last push's answer.
    With --batch 1,4,12 (the default) it sweeps three times: one sample per push, then 4 and 12 samples per push
    every 4 and 12 x --interval (as an agent with --batch-interval, or back from an outage, sends them): the same
    values per second.
