@@ -132,7 +132,13 @@ class Agent:
             stats.error(str(status))
 
 
-async def run_load(agents: list[Agent], interval: float, duration: float, label: str) -> Stats:
+async def run_load(agents: list[Agent], interval: float, duration: float, label: str, linger: bool = True,
+                   close: bool = True) -> Stats:
+    """Each agent pushes every `interval` from a random phase until `duration` has passed. With linger (this
+    bench's way) each agent then sleeps until its next turn; without it the call returns as soon as the last push is
+    answered, so a CPU measurement around the call covers the pushes and not up to an interval of idle time after
+    them (bench/vs_prometheus.py). Without close the agents keep their connections for the caller's next load (in
+    the same event loop)."""
     stats = Stats()
     from tqdm import tqdm
 
@@ -145,6 +151,8 @@ async def run_load(agents: list[Agent], interval: float, duration: float, label:
         while next_at < deadline:
             await agent.push(stats)
             next_at += interval
+            if not linger and next_at >= deadline:
+                break
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def progress() -> None:
@@ -157,9 +165,12 @@ async def run_load(agents: list[Agent], interval: float, duration: float, label:
             bar.set_postfix(ok=stats.ok, err=sum(stats.errors.values()), p95_ms=f"{p95:.0f}", refresh=False)
             bar.refresh()
 
-    await asyncio.gather(progress(), *(one(a) for a in agents))
+    ticker = asyncio.create_task(progress())
+    await asyncio.gather(*(one(a) for a in agents))
+    ticker.cancel()
+    await asyncio.gather(ticker, return_exceptions=True)
     bar.close()
-    for a in agents:
+    for a in agents if close else []:
         if a.writer is not None:
             a.writer.close()
     return stats

@@ -9,15 +9,19 @@ per GPU: 289 values a node, as the agent sends them), every value different at e
 1. Prometheus (Debian's `prometheus` on PATH; this script installs nothing, `apt-get install prometheus` does)
    scrapes a text exposition of the fleet every --interval seconds: one lightweight HTTP server (a child process of
    this script) answers /n/<i> for every node with Switchyard's own exposition format
-   (dashboard/metrics/exposition.py), each scrape with new values. Each step of the sweep sets N targets (file_sd),
-   lets every target be scraped once, then measures a --window: samples appended (prometheus_tsdb_head_samples_
-   appended_total), scrapes that failed (up == 0) or came late (mean scrape interval over 1.05 x --interval), the
-   scrape duration p99 across targets, Prometheus's CPU. It falls behind when a scrape fails or is late, or it
-   appends under 95 % of the values the fleet exposes.
+   (dashboard/metrics/exposition.py), each scrape with new values, gzip'd when Prometheus asks (as exporters do;
+   --plain-exposition: never). Each step of the sweep sets N targets (file_sd), lets every target be scraped once,
+   then measures a --window: the fleet's values ingested (the expositions the server answered in the window x the
+   catalogue values, as Switchyard's are counted; what Prometheus appends besides, its 5 series per scrape and the
+   2 extra series of each exposition, is printed apart), scrapes that failed (up == 0) or came late (mean scrape
+   interval over 1.05 x --interval), the scrape duration p99 across targets, Prometheus's CPU. It falls behind when
+   a scrape fails or is late, or it ingests under 95 % of the values the fleet exposes.
 2. Switchyard: `manage.py serve --workers W` on its own database (`switchyard_bench`, emptied) with N virtual agents
    (bench/ingest.py's) each pushing one gzip'd sample every --interval seconds; it falls behind when push p95 goes
-   over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. CPU is the server's processes plus the
-   PostgreSQL backends of the bench database and PostgreSQL's WAL writer, checkpointer and background writer.
+   over 250 ms, a push fails, or a sample acknowledged is not in PostgreSQL. Each agent keeps one connection for the
+   whole sweep. CPU is the server's processes plus the PostgreSQL backends of the bench database and PostgreSQL's
+   WAL writer, checkpointer and background writer, plus a Redis server of the bench's own (--shared-redis: the
+   configured one, not counted), from the window's start to the last push's answer.
    With --batch 1,4,12 (the default) it sweeps three times: one sample per push, then 4 and 12 samples per push
    every 4 and 12 x --interval (as an agent with --batch-interval, or back from an outage, sends them): the same
    values per second.
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import random
@@ -100,20 +105,36 @@ def exposition_parts(gpus: int, seed: int) -> list[list[bytes]]:
     return out
 
 
-def serve_exposition(port: int, gpus: int) -> None:
-    """GET /n/<i>: node i's exposition, keep-alive, nothing else. Runs until terminated."""
+def serve_exposition(port: int, gpus: int, gzipped: bool = True) -> None:
+    """GET /n/<i>: node i's exposition, keep-alive; GET /count: how many node expositions it has served (the
+    bench's own count of what Prometheus scraped). Runs until terminated."""
     parts = exposition_parts(gpus, seed=port)
     scrapes: dict[int, int] = {}
+    served = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                index = int(head.split(b" ", 2)[1].rsplit(b"/", 1)[1])
+                path = head.split(b" ", 2)[1]
+                if path == b"/count":
+                    body = b"%d" % served
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                    await writer.drain()
+                    continue
+                index = int(path.rsplit(b"/", 1)[1])
                 n = scrapes[index] = scrapes.get(index, index) + 1
+                served += 1
                 body = NODE_NAME.format(index).encode().join(parts[n % VARIANTS])
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                encoding = b""
+                if gzipped and b"gzip" in head.lower():  # Prometheus asks for it (Accept-Encoding: gzip)
+                    # As node_exporter and every promhttp exporter answer: Prometheus then inflates each scrape,
+                    # as Switchyard inflates each push (the agents gzip). Level 1, as the bench's agents.
+                    body = gzip.compress(body, compresslevel=1)
+                    encoding = b"Content-Encoding: gzip\r\n"
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n" + encoding
+                             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
             pass
@@ -292,6 +313,12 @@ def appended(m: dict[str, float]) -> float:
     return sum(v for k, v in m.items() if k.startswith("prometheus_tsdb_head_samples_appended_total"))
 
 
+def served(expo_port: int) -> int:
+    """Node expositions the exposition server has answered so far (its /count)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{expo_port}/count", timeout=30) as r:
+        return int(r.read())
+
+
 def interval_stats(m: dict[str, float], interval: float) -> tuple[float, float]:
     key = f'prometheus_target_interval_length_seconds_%s{{interval="{interval:g}s"}}'
     return m.get(key % "sum", 0.0), m.get(key % "count", 0.0)
@@ -307,8 +334,10 @@ def prometheus_step(prom: Prometheus, expo: subprocess.Popen[bytes], n: int, arg
         time.sleep(0.5)
     time.sleep(args.interval + 1)  # every target scraped once: its loop has started
     m0, c0, e0, i0 = prom.metrics(), cpu_of(tree(prom.proc.pid)), cpu_of(tree(expo.pid)), machine_idle()
+    sv0 = served(prom.expo_port)
     t0 = time.monotonic()
     time.sleep(args.window)
+    sv1 = served(prom.expo_port)
     m1, c1, e1, i1 = prom.metrics(), cpu_of(tree(prom.proc.pid)), cpu_of(tree(expo.pid)), machine_idle()
     took = time.monotonic() - t0
     w = f"{int(took)}s"
@@ -317,20 +346,26 @@ def prometheus_step(prom: Prometheus, expo: subprocess.Popen[bytes], n: int, arg
     s0, k0 = interval_stats(m0, args.interval)
     s1, k1 = interval_stats(m1, args.interval)
     mean_interval = (s1 - s0) / (k1 - k0) if k1 > k0 else float("inf")
-    # Values ingested: the samples of the scrapes in the window (scrape_samples_scraped, as Prometheus recorded
-    # them), less node_up and the last-sample timestamp each node exposes besides its catalogue values.
-    # (prometheus_tsdb_head_samples_appended_total grows faster than scrapes x samples on this version once the
-    # fleet is large, so it is kept as a diagnostic only.)
+    # Values ingested, counted as Switchyard's are (the fleet's values, nothing else), between the two moments the
+    # CPU is read: the node expositions the exposition server answered in the window x the catalogue values in
+    # each. Prometheus appends more than that: each exposition's switchyard_node_up and last-sample timestamp
+    # (EXPOSED_EXTRA) and the 5 series it adds to every scrape itself (up, scrape_duration_seconds,
+    # scrape_samples_scraped, scrape_samples_post_metric_relabeling, scrape_series_added): printed apart, from
+    # prometheus_tsdb_head_samples_appended_total. (Rounds 1-3 counted sum_over_time(scrape_samples_scraped) over
+    # a range ending when the query ran, not at the window's end: kept as `values_s_by_query`.)
     secs = int(took)
     scraped = prom.scalar(f'sum(sum_over_time(scrape_samples_scraped{{job="fleet"}}[{secs}s]))')
-    values = scraped * values_per_node / (values_per_node + EXPOSED_EXTRA)
+    by_query = scraped * values_per_node / (values_per_node + EXPOSED_EXTRA) / secs
+    scrapes = sv1 - sv0
+    values = scrapes * values_per_node
     samples = appended(m1) - appended(m0)
-    took = float(secs)
+    extra = samples - values
     expected = n * values_per_node * took / args.interval
     cpu = cpu_delta(c0, c1)
     held = failed == 0 and mean_interval <= args.interval * 1.05 and values >= 0.95 * expected
-    scrapes = k1 - k0
     return {"system": "prometheus", "nodes": n, "values_s": round(values / took), "scrapes": int(scrapes),
+            "window_s": round(took, 2), "values_s_by_query": round(by_query),
+            "appended_s": round(samples / took), "appended_not_fleet_s": round(extra / took),
             "appended_per_scrape": round(samples / scrapes, 1) if scrapes else None, "expected_values_s":
             round(expected / took), "failed_targets": int(failed), "mean_interval_s": round(mean_interval, 3),
             "scrape_p99_ms": round(scrape_p99 * 1000, 1), "cpu_cores": round(cpu / took, 3),
@@ -357,7 +392,7 @@ def run_prometheus(binary: str, sweep: list[int], args: argparse.Namespace, work
                    values_per_node: int, started: list[Any]) -> dict[str, Any]:
     expo_port = free_port()
     expo = subprocess.Popen([sys.executable, __file__, "--serve-exposition", str(expo_port), "--gpus",
-                             str(args.gpus)])
+                             str(args.gpus)] + (["--plain-exposition"] if args.plain_exposition else []))
     started.append(expo)
     benchlib.wait_port(expo_port, expo, "the exposition server")
     prom = Prometheus(binary, workdir, args.interval, expo_port, started)
@@ -395,6 +430,42 @@ def pg_procs(db: str) -> list[Any]:
         if p.info["pid"] in pids or any(k in cmd for k in ("walwriter", "checkpointer", "background writer")):
             procs.append(p)
     return procs
+
+
+def start_redis(started: list[Any]) -> tuple[subprocess.Popen[bytes], str] | None:
+    """A Redis server of the bench's own (no persistence: the samples' store is PostgreSQL), so that its CPU can
+    be counted with the server's: Prometheus does in its one process what Switchyard splits over three. None when
+    `redis-server` is not on PATH (then the configured Redis serves, and its CPU is not counted)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        return None
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", tempfile.gettempdir(), "--loglevel", "warning"],
+                            stdout=subprocess.DEVNULL)
+    started.append(proc)
+    benchlib.wait_port(port, proc, "the bench's redis-server")
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def pyspy_workers(pyspy: str, server_pid: int, seconds: float, out: Path) -> list[subprocess.Popen[bytes]]:
+    """py-spy (collapsed stacks, 100 Hz, without pausing the process) on each of the server's worker processes
+    for `seconds`: where a worker's CPU goes during a step (--py-spy)."""
+    out.mkdir(parents=True, exist_ok=True)
+    workers = [p for p in tree(server_pid)[1:] if "python" in " ".join(p.cmdline()).lower()] or tree(server_pid)
+    return [subprocess.Popen([pyspy, "record", "--pid", str(p.pid), "--duration", str(int(seconds)), "--rate", "100",
+                              "--nonblocking", "--format", "raw", "--output", str(out / f"{p.pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in workers]
+
+
+def commits(db: str) -> int:
+    """Transactions committed in the bench database so far (pg_stat_database; the statistics lag by up to
+    PostgreSQL's stats interval, so a window's difference is approximate)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = %s", [db])
+        return int(cur.fetchone()[0])
 
 
 def switchyard_disk() -> tuple[int, int]:
@@ -453,12 +524,14 @@ def switchyard_queries(rounds: int) -> dict[str, float]:
             "fleet_avg_raw_ms": timed(lambda: sql(raw_sql)), "rollup_s": rollup_s}
 
 
+_CONFIGURED_REDIS: dict[str, str] = {}
+
+
 def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any], batch: int = 1,
                    http: str = "ingest", group_wait_ms: str = "", root: Path | None = None) -> dict[str, Any]:
     """Switchyard's sweep. `batch` > 1: each agent pushes `batch` samples (--interval apart) every batch x
     --interval seconds, the same values per second in fewer, larger pushes. `root`: serve another checkout's code
     (--also-root), started without --http."""
-    import gzip
 
     import ingest as ingest_bench
     import orjson
@@ -466,7 +539,18 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
     label = switchyard_label(batch, http, group_wait_ms) if root is None else (
         switchyard_label(batch, "ingest", group_wait_ms) + f" ({root.name})")
     log(f"{label}: preparing {max(sweep)} nodes in database {args.database} ...")
+    from django.conf import settings
+
+    from dashboard.metrics.latest import redis_client
+
+    # The configured Redis again (the last sweep's own redis-server is gone) for the set-up.
+    settings.REDIS_URL = _CONFIGURED_REDIS.setdefault("url", settings.REDIS_URL)
+    redis_client.cache_clear()
     nodes, db_url, redis_url = ingest_bench.setup_database(max(sweep), args.gpus, args.database, args.redis_db)
+    own_redis = None if args.shared_redis else start_redis(started)
+    if own_redis is not None:
+        redis_url = settings.REDIS_URL = own_redis[1]
+        redis_client.cache_clear()
     random.seed(11)
     templates = [ingest_bench.sample_template(args.gpus) for _ in range(VARIANTS)]
     period = args.interval * batch
@@ -499,41 +583,89 @@ def run_switchyard(sweep: list[int], args: argparse.Namespace, started: list[Any
                  **({"PYTHONPATH": str(root)} if root else {})))
     started.append(server)
     benchlib.wait_port(port, server, "the Switchyard server", timeout_s=60)
+    # One event loop and one agent (one kept-alive connection) per node for the whole sweep, as real agents keep
+    # theirs and Prometheus keeps its connections to the targets: rounds 1-3 reconnected every agent at every step
+    # (and after its warm-up push), and a new connection that the kernel handed to the other worker found the
+    # node's token not in that worker's cache: about one push in eight of every window took the uncached path.
+    loop = asyncio.new_event_loop()
+    fleet = []
+    for i, (name, token) in enumerate(nodes[:max(sweep)]):
+        a = Agent(name, token, "127.0.0.1", port, templates[0])
+        a.offset = i  # type: ignore[attr-defined]
+        fleet.append(a)
+    try:
+        return run_switchyard_steps(label, sweep, args, batch, server, own_redis, loop, fleet, period, window)
+    finally:
+        for a in fleet:
+            if a.writer is not None:
+                a.writer.close()
+        loop.close()
+
+
+def run_switchyard_steps(label: str, sweep: list[int], args: argparse.Namespace, batch: int, server: Any,
+                         own_redis: Any, loop: asyncio.AbstractEventLoop, fleet: list[Any], period: float,
+                         window: float) -> dict[str, Any]:
+    import ingest as ingest_bench
+
     steps = []
     warmed = 0
     for n in sweep:
         log(f"{label}: {n} nodes x {args.gpus} GPUs every {args.interval:g} s, {batch} sample(s) per push ...")
-        agents = []
-        for i, (name, token) in enumerate(nodes[:n]):
-            a = Agent(name, token, "127.0.0.1", port, templates[0])
-            a.offset = i  # type: ignore[attr-defined]
-            agents.append(a)
+        agents = fleet[:n]
         # Every agent pushes once before the window, as Prometheus scrapes every target once before its window:
         # a node's first push registers its GPUs and its token in the workers' caches, a cost paid once.
-        asyncio.run(warm_up(agents[warmed:]))
+        loop.run_until_complete(warm_up(agents[warmed:]))
         warmed = n
+        redis_procs = tree(own_redis[0].pid) if own_redis is not None else []
+        idle: dict[str, float] = {}
+        if args.idle_window > 0:
+            # The fleet registered and warm, nobody pushing: what the server, PostgreSQL and Redis cost by
+            # themselves (timers, pollers), which a light load pays per value.
+            c0, p0, r0 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), cpu_of(redis_procs)
+            time.sleep(args.idle_window)
+            c1, p1, r1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), cpu_of(redis_procs)
+            idle = {"idle_server_cores": round(cpu_delta(c0, c1) / args.idle_window, 4),
+                    "idle_pg_cores": round(cpu_delta(p0, p1) / args.idle_window, 4),
+                    "idle_redis_cores": round(cpu_delta(r0, r1) / args.idle_window, 4)}
         before = ingest_bench.stored_samples()[0]
         pg = pg_procs(args.database)
-        c0, p0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), machine_idle()
+        spies = pyspy_workers(args.py_spy, server.pid, window, Path(args.py_spy_dir) / f"{label}-{n}") \
+            if args.py_spy else []
+        x0 = commits(args.database)
+        c0, p0, r0, i0 = cpu_of(tree(server.pid)), cpu_of(pg), cpu_of(redis_procs), machine_idle()
         me0 = time.process_time()
-        stats = asyncio.run(ingest_bench.run_load(agents, period, window, f"{n} nodes"))
-        # run_load sleeps after each agent's last push until its next turn: the pushes span the window, not
-        # the whole call, so rates are per window second (as bench/ingest.py reports them).
+        t0 = time.monotonic()
+        stats = loop.run_until_complete(ingest_bench.run_load(agents, period, window, f"{n} nodes", linger=False,
+                                                              close=False))
+        # Without linger, run_load returns when the last push of the window is answered: the CPU read around it
+        # covers the pushes (rounds 1-3 also counted up to an interval of idle time after them). Rates are per
+        # window second, as bench/ingest.py reports them.
         took = window
-        c1, p1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), machine_idle()
+        elapsed = time.monotonic() - t0
+        c1, p1, r1, i1 = cpu_of(tree(server.pid)), cpu_of(pg_procs(args.database)), cpu_of(redis_procs), \
+            machine_idle()
         loadgen = time.process_time() - me0
-        time.sleep(1)
+        time.sleep(1)  # let the statistics collector catch up (PostgreSQL 15 flushes them within a second)
+        xacts = commits(args.database) - x0  # the bench's own couple of statements included: approximate
+        for spy in spies:
+            spy.wait()
         stored = ingest_bench.stored_samples()[0] - before
         values = stored * (args.gpus * 33 + 25)
-        server_cpu, pg_cpu = cpu_delta(c0, c1), cpu_delta(p0, p1)
+        server_cpu, pg_cpu, redis_cpu = cpu_delta(c0, c1), cpu_delta(p0, p1), cpu_delta(r0, r1)
         p95 = percentile(stats.latencies, 0.95) * 1000
         lost = stats.ok * batch - stored
         step = {"system": label, "batch": batch, "nodes": n, "values_s": round(values / took),
                 "expected_values_s": round(n * (args.gpus * 33 + 25) / args.interval), "pushes_ok": stats.ok,
                 "errors": stats.errors, "lost": lost, "p50_ms": round(percentile(stats.latencies, 0.5) * 1000, 1),
                 "p95_ms": round(p95, 1), "server_cpu_cores": round(server_cpu / took, 3),
-                "pg_cpu_cores": round(pg_cpu / took, 3),
-                "cpu_s_per_million": round((server_cpu + pg_cpu) / values * 1e6, 2) if values else None,
+                "pg_cpu_cores": round(pg_cpu / took, 3), "redis_cpu_cores": round(redis_cpu / took, 3),
+                "measured_s": round(elapsed, 2), "commits_s": round(xacts / elapsed, 1),
+                "pushes_per_commit": round(stats.ok / xacts, 2) if xacts > 0 else None,
+                # Server + PostgreSQL + Redis (its own redis-server; 0 with --shared-redis); without Redis as in
+                # rounds 1-3 next to it.
+                "cpu_s_per_million": round((server_cpu + pg_cpu + redis_cpu) / values * 1e6, 2) if values else None,
+                "cpu_s_per_million_server_pg": round((server_cpu + pg_cpu) / values * 1e6, 2) if values else None,
+                **idle,
                 "loadgen_cpu_cores": round(loadgen / took, 3), "machine_idle_cores": round(idle_cores(i0, i1), 2),
                 "rss_bytes": rss_of(tree(server.pid)), "pg_uss_bytes": uss_of(pg_procs(args.database)),
                 "held": p95 <= 250 and lost <= 0 and not stats.errors}
@@ -563,10 +695,6 @@ async def warm_up(agents: list[Any]) -> None:
             await agent.push(stats)
 
     await asyncio.gather(*(one(a) for a in agents))
-    for a in agents:  # the load opens its own connections
-        if a.writer is not None:
-            a.writer.close()
-            a.writer = None
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -595,17 +723,23 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     row("highest fleet held", lambda r, b: f"{b['nodes']:,} nodes x {args.gpus} GPUs" if b else "none")
     row("first step behind", lambda r, b: next((f"{s['nodes']:,} nodes" for s in r["steps"] if not s["held"]),
                                                "none (sweep ended)"))
-    row("values/s held", lambda r, b: f"{b['values_s']:,}")
-    row("CPU-s per million values", lambda r, b: f"{b['cpu_s_per_million']:.2f}")
+    row("values/s held (the fleet's values)", lambda r, b: f"{b['values_s']:,}")
+    row("  besides: appended/s not of the fleet", lambda r, b: f"{b['appended_not_fleet_s']:,}"
+        if "appended_not_fleet_s" in b else "-")
+    row("CPU-s per million values", lambda r, b: f"{b['cpu_s_per_million']:.2f}"
+        + (f" ({b['cpu_s_per_million_server_pg']:.2f} without Redis)" if "cpu_s_per_million_server_pg" in b else ""))
     common = max(set.intersection(*({st["nodes"] for st in r["steps"]} for r in results.values())), default=None)
     if common is not None:
         # On a busy machine latency can fail a step that CPU would hold: the cost per value at a fleet every
         # system ran is the comparison that does not depend on the neighbours.
         row(f"CPU-s per million values at {common:,} nodes (every system ran it)",
             lambda r, b: next(f"{st['cpu_s_per_million']:.2f}" for st in r["steps"] if st["nodes"] == common))
-    row("CPU cores used (of it: PostgreSQL)",
-        lambda r, b: f"{b.get('cpu_cores', 0) or (b['server_cpu_cores'] + b['pg_cpu_cores']):.2f}"
-        + (f" ({b['pg_cpu_cores']:.2f})" if "pg_cpu_cores" in b else ""))
+    row("CPU cores used (of it: PostgreSQL, Redis)",
+        lambda r, b: f"{b.get('cpu_cores', 0) or (b['server_cpu_cores'] + b['pg_cpu_cores'] + b['redis_cpu_cores']):.2f}"
+        + (f" ({b['pg_cpu_cores']:.2f}, {b['redis_cpu_cores']:.2f})" if "pg_cpu_cores" in b else ""))
+    row("idle CPU cores, fleet warm, no pushes (server, PostgreSQL, Redis)",
+        lambda r, b: f"{b['idle_server_cores']:.3f}, {b['idle_pg_cores']:.3f}, {b['idle_redis_cores']:.3f}"
+        if "idle_server_cores" in b else "-")
     row("latency at that fleet", lambda r, b: f"push p95 {b['p95_ms']:.0f} ms" if "p95_ms" in b
         else f"scrape p99 {b['scrape_p99_ms']:.0f} ms")
     row("load generator CPU cores", lambda r, b: f"{b['loadgen_cpu_cores']:.2f}")
@@ -627,11 +761,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> str:
     lines = []
     prom_steps = {st["nodes"]: st for st in results.get("prometheus", {"steps": []})["steps"]}
     for name, r in results.items():
-        both = [st for st in r["steps"] if name != "prometheus" and st["nodes"] in prom_steps]
-        if both:
-            st = both[-1]
+        for st in [st for st in r["steps"] if name != "prometheus" and st["nodes"] in prom_steps]:
+            prom = prom_steps[st["nodes"]]
             lines.append(f"{name} / prometheus, CPU-s per million values at {st['nodes']:,} nodes: "
-                         f"{st['cpu_s_per_million'] / prom_steps[st['nodes']]['cpu_s_per_million']:.2f}x")
+                         f"{st['cpu_s_per_million'] / prom['cpu_s_per_million']:.2f}x"
+                         + (f" ({st['cpu_s_per_million_server_pg'] / prom['cpu_s_per_million']:.2f}x without Redis)"
+                            if st.get("cpu_s_per_million_server_pg") else "")
+                         + f", values/s {st['values_s'] / prom['values_s']:.3f}x")
     for name, r in results.items():
         if name == "prometheus":
             continue
@@ -674,14 +810,27 @@ def main() -> int:
                              "from git archive), labelled with DIR's name, in the same run; repeatable")
     parser.add_argument("--database", default=BENCH_DB,
                         help=f"Switchyard's bench database, emptied first (default {BENCH_DB})")
-    parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard (default: the configured one)")
+    parser.add_argument("--redis-db", type=int, help="Redis database number for Switchyard with --shared-redis "
+                        "(default: the configured one)")
+    parser.add_argument("--shared-redis", action="store_true",
+                        help="use the configured Redis (and --redis-db) instead of a redis-server of the bench's own; "
+                             "its CPU is then not counted (rounds 1-3)")
+    parser.add_argument("--idle-window", type=float, default=0.0,
+                        help="seconds measured before each Switchyard step with the fleet warm and nobody pushing: "
+                             "the CPU the server, PostgreSQL and Redis use by themselves (default 0: skipped)")
+    parser.add_argument("--py-spy", metavar="PATH", help="py-spy binary: record each server worker during every "
+                        "Switchyard step's window (collapsed stacks under --py-spy-dir)")
+    parser.add_argument("--py-spy-dir", default="pyspy-out", help="where --py-spy writes (default ./pyspy-out)")
+    parser.add_argument("--plain-exposition", action="store_true",
+                        help="answer Prometheus's scrapes uncompressed even though it asks for gzip (rounds 1-3; "
+                             "the bench's agents always gzip their pushes)")
     parser.add_argument("--query-rounds", type=int, default=5, help="times each query is timed; median (default 5)")
     parser.add_argument("--json", help="also write every figure to this file")
     parser.add_argument("--serve-exposition", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_exposition:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        serve_exposition(args.serve_exposition, args.gpus)
+        serve_exposition(args.serve_exposition, args.gpus, not args.plain_exposition)
         return 0
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]

@@ -197,9 +197,11 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 INGEST_MAX_BYTES = env_int("INGEST_MAX_BYTES", 4 * 1024 * 1024)
 INGEST_MAX_SAMPLES = env_int("INGEST_MAX_SAMPLES", 1000)
 INGEST_RATE_PER_MINUTE = env_int("INGEST_RATE_PER_MINUTE", 600)
-# How long an ingest worker's committer waits for more pushes to share a commit (dashboard/fleet/group_commit.py):
-# a commit costs about as much as a few pushes' checking, so under load a short wait makes each push cheaper.
-INGEST_GROUP_WAIT_MS = env_int("INGEST_GROUP_WAIT_MS", 20)
+# The most an ingest worker's committer waits for more pushes to share a commit (dashboard/fleet/group_commit.py):
+# a commit costs about as much as a dozen pushes' checking, so under load a short wait makes each push cheaper. It
+# waits about as long as 16 pushes take to arrive at the rate it measures, up to this; not at all when not even one
+# more push is expected within it.
+INGEST_GROUP_WAIT_MS = env_int("INGEST_GROUP_WAIT_MS", 50)
 INGEST_MAX_FUTURE_S = 300
 AGENT_INTERVAL_S = env_int("AGENT_INTERVAL_S", 5)
 STALE_AFTER_INTERVALS = env_int("STALE_AFTER_INTERVALS", 3)

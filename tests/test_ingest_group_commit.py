@@ -14,7 +14,7 @@ from django.db import connection
 
 from dashboard.fleet.group_commit import committer
 from dashboard.fleet.models import Node
-from dashboard.metrics.latest import latest
+from dashboard.metrics.latest import INGEST_CHANNEL, latest, redis_client
 from tests.conftest import AsgiResponse, count, full_sample, make_node
 
 pytestmark = pytest.mark.usefixtures("clean_samples")
@@ -142,3 +142,40 @@ def test_a_connection_lost_mid_group_is_retried_once_on_a_new_one(push: Any, pus
         assert pushes.replies[name].json()["accepted"] == 1
     assert committer.backend_pid != dropped
     assert count("node_sample") == 3
+
+
+def test_a_group_tells_live_readers_of_all_its_nodes_in_one_message(pushes: Pushes) -> None:
+    a, b = make_node("gpu-a-1"), make_node("gpu-a-2")
+    listener = redis_client().pubsub(ignore_subscribe_messages=True)
+    listener.subscribe(INGEST_CHANNEL)
+    try:
+        wait_until(lambda: listener.get_message(timeout=0.1) is None and listener.subscribed, "the subscription")
+        group_of(pushes, {"a": (a, body("gpu-a-1", full_sample(1))), "b": (b, body("gpu-a-2", full_sample(1)))})
+        assert {r.status_code for r in pushes.replies.values()} == {200}
+        messages = []
+        while (m := listener.get_message(timeout=1.0)) is not None:
+            messages.append(m["data"].decode())
+    finally:
+        listener.close()
+    # Pub/sub ignores the database number: other users of this Redis may publish on the channel too.
+    messages = [m for m in messages if "gpu-a-1" in m.split("\n") or "gpu-a-2" in m.split("\n")]
+    assert len(messages) == 1 and sorted(messages[0].split("\n")) == ["gpu-a-1", "gpu-a-2"], messages
+
+
+@pytest.mark.parametrize(("rate", "wait_ms", "expected_ms"), [
+    (0.0, 50, 0.0),  # nothing measured yet, or a quiet fleet: commit at once
+    (10.0, 50, 0.0),  # under one more push expected within the wait: waiting would only add latency
+    (100.0, 50, 50.0),  # 16 pushes take 160 ms at 100/s: the most it may wait
+    (400.0, 50, 40.0),  # 16 pushes take 40 ms
+    (2000.0, 50, 8.0),  # a busy worker: groups of 16 come quickly, so latency stays low
+    (400.0, 0, 0.0),  # SWITCHYARD_INGEST_GROUP_WAIT_MS=0 turns the wait off
+])
+def test_the_group_wait_aims_at_a_group_of_16_within_the_configured_most(
+        settings: Any, rate: float, wait_ms: int, expected_ms: float) -> None:
+    from dashboard.fleet.group_commit import GROUP_TARGET, Committer
+
+    assert GROUP_TARGET == 16
+    settings.INGEST_GROUP_WAIT_MS = wait_ms
+    c = Committer()
+    c.rate = rate
+    assert c.group_wait() * 1000 == pytest.approx(expected_ms)

@@ -14,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from dashboard.fleet import ingest as service
 from dashboard.fleet import node_tokens
 from dashboard.fleet.models import Node, NodeToken
-from tests.conftest import free_port, full_sample, make_node, subprocess_env, wait_for_port
+from tests.conftest import count, free_port, full_sample, make_node, subprocess_env, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("clean_samples")
@@ -111,3 +112,33 @@ def test_a_real_server_with_two_workers_refuses_a_rotated_token_on_the_next_push
         new = rotate()
         assert set(pool.map(push, [token] * 24)) == {401}
         assert set(pool.map(push, [new] * 8)) == {200}
+
+
+@pytest.fixture
+def expiring(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_tokens, "TTL_S", -1.0)  # every cache entry is past its TTL as soon as it is made
+
+
+def test_a_push_whose_entry_expired_is_checked_with_its_group_not_looked_up_alone(
+        push: Any, expiring: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = make_node()
+    assert push(token, {"node": "gpu-a-1", "samples": [full_sample(1)]}).status_code == 200  # cached, expired
+    alone: list[str | None] = []
+    looked_up = service.authenticate
+    monkeypatch.setattr(service, "authenticate", lambda t: alone.append(t) or looked_up(t))
+    reply = push(token, {"node": "gpu-a-1", "samples": [full_sample(2)]})
+    assert reply.status_code == 200 and reply.json()["accepted"] == 1, reply.content
+    assert alone == []  # no thread, no Redis round trip and query of its own: its group asked for it
+    assert count("node_sample") == 2
+
+
+def test_a_token_revoked_behind_the_announcement_is_refused_once_its_entry_expired(push: Any, expiring: None) -> None:
+    token = make_node()
+    assert push(token, {"node": "gpu-a-1", "samples": [full_sample(1)]}).status_code == 200
+    with connection.cursor() as cur:  # raw SQL: no announcement, so only the TTL bounds how long the cache trusts it
+        cur.execute("UPDATE fleet_nodetoken SET revoked = now()")
+    for seq in (2, 3):  # refused, and the entry is gone: the next push is refused too
+        reply = push(token, {"node": "gpu-a-1", "samples": [full_sample(seq)]})
+        assert reply.status_code == 401, reply.content
+        assert "unknown or revoked node token" in reply.json()["error"]
+    assert count("node_sample") == 1 and count("gpu_sample") == 2

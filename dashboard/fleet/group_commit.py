@@ -2,7 +2,8 @@
 
 The event loop hands each push's body to this process's one committer thread (ingest_asgi; a caller on its own
 thread may instead hand over checked rows and wait: submit). The committer takes the first push queued and whatever
-arrives within SWITCHYARD_INGEST_GROUP_WAIT_MS (20) after it, up to MAX_GROUP, checking each body (a bad one is
+arrives within the group wait after it (about what GROUP_TARGET pushes take to arrive, at most
+SWITCHYARD_INGEST_GROUP_WAIT_MS, 50; none on a quiet fleet), up to MAX_GROUP, checking each body (a bad one is
 answered alone, without waiting for the commit); makes the group's one Redis round trip (rate limits, power caps, the token
 revocation counter: ingest.admit); stores the group: one COPY per table, one commit; then one Redis pipeline for
 their latest snapshots. Only then is each push answered, so the 200 still goes out only after the push's rows have
@@ -45,6 +46,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 256  # pushes per commit: bounds one transaction's size (about 2,300 rows at 8 GPUs a node)
+# The group the wait aims for: the committer waits about as long as this many pushes take to arrive at the rate it
+# measures, never longer than SWITCHYARD_INGEST_GROUP_WAIT_MS. A commit costs about what a dozen pushes' checks
+# cost (the Redis round trip, BEGIN, the node refresh, two COPYs, COMMIT, the snapshots' pipeline, and
+# PostgreSQL's side of each), so groups of 2-3 (a 20-ms wait at 100 pushes/s a worker) spent most of their CPU on
+# commits; past this size a larger group saves little and only adds latency.
+GROUP_TARGET = 16
+RATE_WINDOW_S = 1.0  # how often the arrival rate is re-measured
 
 
 @dataclass
@@ -96,6 +104,9 @@ class Committer:
         self.waiting = 0  # pushes submitted and not yet answered (tests poll it; read without the lock)
         self.backend_pid: int | None = None
         self._count = threading.Lock()
+        self.rate = 0.0  # pushes per second taken off the queue, over the last RATE_WINDOW_S or so
+        self._taken = 0
+        self._since = time.monotonic()
 
     def submit(self, p: Pending) -> int:
         """Queue the push and wait for its commit. Returns the samples it stored; raises the error it hit."""
@@ -148,16 +159,36 @@ class Committer:
             with self._gate:
                 self._commit_group(self._gather(first))
 
+    def group_wait(self) -> float:
+        """Seconds to wait for more pushes after the first of a group: about what GROUP_TARGET pushes take to
+        arrive at the measured rate, at most SWITCHYARD_INGEST_GROUP_WAIT_MS, and none when not even one more push
+        is expected within that (a quiet fleet, or tests: waiting would only add latency)."""
+        most = settings.INGEST_GROUP_WAIT_MS / 1000
+        if most <= 0 or self.rate * most < 1.0:
+            return 0.0
+        return min(most, GROUP_TARGET / self.rate)
+
+    def _measure(self, taken: int) -> None:
+        self._taken += taken
+        now = time.monotonic()
+        if now - self._since >= RATE_WINDOW_S:
+            self.rate = self._taken / (now - self._since)
+            self._taken = 0
+            self._since = now
+
     def _gather(self, first: Pending | Incoming) -> list[Pending]:
-        """The next group: `first` and what arrives within the group wait after it, or what is queued already when
-        the wait is off or the group is full. The thread sleeps through the wait rather than waking for each push:
-        a wake-up per push (and the hand-over of the GIL that comes with it) cost the worker more CPU than checking
-        the group's few pushes after the wait adds to their latency (a fraction of a millisecond each)."""
-        wait = settings.INGEST_GROUP_WAIT_MS / 1000
+        """The next group: `first` and what arrives within the group wait after it (group_wait), or what is queued
+        already when there is no wait or the group is full. The thread sleeps through the wait rather than waking
+        for each push: a wake-up per push (and the hand-over of the GIL that comes with it) cost the worker more CPU
+        than checking the group's few pushes after the wait adds to their latency (a fraction of a millisecond
+        each)."""
+        wait = self.group_wait()
         group: list[Pending] = []
         job: Pending | Incoming | None = first
         slept = wait <= 0
+        taken = 0
         while job is not None:
+            taken += 1
             p = job.prepare()
             if p is not None:
                 group.append(p)
@@ -174,6 +205,7 @@ class Committer:
                     job = self._queue.get_nowait()
                 except queue.Empty:
                     break
+        self._measure(taken)
         return group
 
     def _commit_group(self, group: list[Pending]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import psycopg
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from agents.catalogue import GPU_METRICS, HOST_METRICS, INFERENCE_METRICS
@@ -246,6 +246,8 @@ class Pusher:
     # (digest, revocation tag) of a token taken from the cache on the event loop with no Redis round trip yet:
     # the committer makes it for the push's whole group (admit), before anything of the group is stored.
     unchecked: tuple[str, bytes | None] | None = None
+    # Its cache entry was past its TTL: the group looks the token up again (one query for all such) before storing.
+    recheck: bool = False
 
 
 # The last rate-limit count Redis gave this process for each node: (minute, count). The event loop refuses a push
@@ -261,17 +263,26 @@ def from_cache(token: str) -> Pusher | Reply | None:
     Redis round trip is left to its commit group, 429 when the last count Redis gave for its node is at the limit
     already, or None when the token is not cached (then `authenticate` on a thread)."""
     dig = digest(token)
-    cached = token_cache.get(dig)
+    cached = token_cache.get_any(dig)
     if cached is None:
         return None
-    node, tag = cached
+    node, tag, expired = cached
     now = time.time()
     seen = _rate_seen.get(node.id)
     if seen is not None and seen[0] == int(now // 60) and seen[1] >= settings.INGEST_RATE_PER_MINUTE:
         return _limited(now)
     if seen is None and settings.INGEST_RATE_PER_MINUTE <= 0:
         return _limited(now)
-    return Pusher(node, {}, unchecked=(dig, tag))
+    return Pusher(node, {}, unchecked=(dig, tag), recheck=expired)
+
+
+_RECHECK_SQL = (f"SELECT t.digest, {_NODE_COLUMNS} FROM fleet_nodetoken t JOIN fleet_node n ON n.id = t.node_id "
+                "JOIN fleet_pool p ON p.id = n.pool_id WHERE t.digest = ANY(%s::text[]) AND t.revoked IS NULL")
+
+
+def lookup_digests(digests: list[str]) -> dict[str, NodeInfo]:
+    """lookup_digest for several tokens in one (prepared) query: the valid ones, by digest."""
+    return {row[0]: _node_info(row[1:]) for row in fetch_prepared(_RECHECK_SQL, [digests])}
 
 
 def _limited(now: float) -> Reply:
@@ -313,12 +324,31 @@ def admit(group: list[Pending]) -> list[Pending]:
     replies = replies[len(refused_nodes):]
     caps = dict(zip(names, replies[len(todo) + 1], strict=True))
     revocations = replies[-1]
+    # Tokens whose cache entries expired, asked about in one query after the counter was read (so the tag put
+    # with the answer is older than the lookup, as authenticate's).
+    expired = [p.pusher.unchecked[0] for p in todo if p.pusher is not None and p.pusher.recheck
+               and p.pusher.unchecked is not None]
+    try:
+        valid = lookup_digests(list(dict.fromkeys(expired))) if expired else {}
+    except DatabaseError:
+        connection.close()  # the group gets the error (503); the next group reconnects, as after a failed commit
+        raise
     refused: set[int] = set()
     for p, count in zip(todo, replies[:len(todo)], strict=True):
         pusher = p.pusher
         assert pusher is not None and pusher.unchecked is not None
         _rate_seen[p.node.id] = (minute, count)
         dig, tag = pusher.unchecked
+        if pusher.recheck:
+            fresh = valid.get(dig)
+            if fresh is None or fresh.id != p.node.id:  # revoked or deleted meanwhile (or moved: refused too)
+                token_cache.drop(dig)
+                p.refused = error(401, UNKNOWN_TOKEN)
+                refused.add(id(p))
+                p.finish()
+                continue
+            token_cache.put(dig, p.node, revocations)  # the node's fields are refreshed by the commit
+            tag = revocations
         rround = NodeRedis(_limited(now) if count > settings.INGEST_RATE_PER_MINUTE else None,
                            watts_map(_loads(caps[p.node.name])), revocations)
         result = settle(dig, p.node, True, tag, rround)

@@ -287,8 +287,8 @@ class Broadcaster:
                     msg = await ps.get_message(ignore_subscribe_messages=True, timeout=5.0)
                     if msg is not None:
                         data = msg.get("data")
-                        if isinstance(data, bytes):
-                            self.changed.add(data.decode(errors="replace"))
+                        if isinstance(data, bytes):  # a node's name, or a commit group's, one per line
+                            self.changed.update(data.decode(errors="replace").split("\n"))
                         self.dirty.set()
             except asyncio.CancelledError:
                 raise

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.db import connection
+from psycopg import postgres
 
 from agents.catalogue import GPU_METRICS, NODE_METRICS
 from dashboard.metrics.schema import RAW_GPU_COLUMNS, RAW_NODE_COLUMNS
@@ -23,8 +24,11 @@ from dashboard.metrics.schema import RAW_GPU_COLUMNS, RAW_NODE_COLUMNS
 _staged: weakref.WeakSet[Any] = weakref.WeakSet()
 _PG_TYPES = {"real": "float4", "double precision": "float8", "bigint": "int8", "smallint": "int2", "integer": "int4"}
 # Binary COPY: no text formatting of each value in Python, which was the largest CPU cost of a push.
-_NODE_TYPES = ["timestamptz", "int8", "int8"] + [_PG_TYPES[m.sql] for m in NODE_METRICS]
-_GPU_TYPES = ["timestamptz", "int8", "int2", "int8"] + [_PG_TYPES[m.sql] for m in GPU_METRICS]
+# As oids, resolved once: given names, set_types looks each up in the connection's type registry on every COPY,
+# which cost more than writing a group's rows (the built-in types' oids are fixed).
+_NODE_TYPES = [postgres.types[t].oid for t in ["timestamptz", "int8", "int8"] + [_PG_TYPES[m.sql] for m in NODE_METRICS]]
+_GPU_TYPES = [postgres.types[t].oid
+              for t in ["timestamptz", "int8", "int2", "int8"] + [_PG_TYPES[m.sql] for m in GPU_METRICS]]
 
 _STAGE_SQL = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_node_sample (LIKE node_sample) ON COMMIT DELETE ROWS;"
@@ -60,7 +64,7 @@ def ensure_staging() -> None:
         _staged.add(raw)
 
 
-def _copy(cur: Any, sql: str, types: list[str], rows: Sequence[Sequence[Any]]) -> None:
+def _copy(cur: Any, sql: str, types: list[int], rows: Sequence[Sequence[Any]]) -> None:
     # cursor.copy() reaches psycopg directly, past Django's error translation: translate here, so callers
     # catch django.db.IntegrityError / DatabaseError as for any other query.
     with connection.wrap_database_errors, cur.copy(sql) as copy:

@@ -290,3 +290,24 @@ async def test_logout_or_lost_role_closes_an_open_socket(fleet: dict[str, str], 
         closed = await socks[name].receive_output(timeout=10)
         assert closed == {"type": "websocket.close", "code": code}, name
     await socks["stays"].disconnect()
+
+
+async def test_the_broadcaster_hears_every_node_of_a_group_s_message(clean_samples: None) -> None:
+    from dashboard.metrics.latest import INGEST_CHANNEL, redis_client
+
+    b = broadcast.Broadcaster()
+    listener = asyncio.get_running_loop().create_task(b.listen())
+    try:
+        for _ in range(500):  # until the listener has subscribed (the publish reaches someone)
+            if await in_thread(redis_client().publish, INGEST_CHANNEL, "gpu-a-1\ngpu-b-1"):
+                break
+            await asyncio.sleep(0.01)
+        # (Pub/sub ignores the database number: other users of this Redis may add names of their own.)
+        for _ in range(500):
+            if {"gpu-a-1", "gpu-b-1"} <= b.changed:
+                break
+            await asyncio.sleep(0.01)
+        assert {"gpu-a-1", "gpu-b-1"} <= b.changed, b.changed
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
