@@ -385,6 +385,8 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
         f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
+    result["streamed"] = streamed_tail(outs, profiles)
+    log(f"    {result['streamed']['line']}")
     client = {}
     for o in outs:
         if 200 <= o.status < 300:
@@ -401,6 +403,27 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
         for line in result["trace"]["lines"]:
             log(f"    trace: {line}")
     return result
+
+
+def streamed_tail(outs: list[Any], profiles: dict[str, str]) -> dict[str, Any]:
+    """Where the streamed requests went and which nodes serve the fleet's TTFT tail (issue 14): per profile the
+    share of the streamed requests, their TTFT p95, and how many of the requests at or above the fleet's TTFT p95
+    it served."""
+    from control.loadgen import report
+
+    timed = [(profiles.get(o.node, "?"), o.ttft_s) for o in outs
+             if 200 <= o.status < 300 and o.stream and o.ttft_s is not None]
+    p95 = report.quantile([t for _, t in timed], 0.95)
+    out: dict[str, Any] = {"requests": len(timed), "ttft_p95": p95, "per_profile": {}}
+    parts = []
+    for prof in ("h100", "a100", "l40s"):
+        mine = [t for p, t in timed if p == prof]
+        tail = sum(1 for t in mine if p95 is not None and t >= p95)
+        q = report.quantile(mine, 0.95)
+        out["per_profile"][prof] = {"share": len(mine) / max(1, len(timed)), "ttft_p95": q, "tail": tail}
+        parts.append(f"{prof} {len(mine) / max(1, len(timed)):.0%} (TTFT p95 {fmt(q)}, {tail} in the tail)")
+    out["line"] = f"streamed: {len(timed)} requests, TTFT p95 {fmt(p95)}; " + ", ".join(parts)
+    return out
 
 
 def calibrate(args: argparse.Namespace, gw: str, control: str, profiles: dict[str, str], urls: list[str],

@@ -15,9 +15,10 @@ _PRIORITY_DEFAULTS = [
 ]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait) + 2*prefix_affinity: the
-    # classic formula plus the speed-aware expected wait, weighted to dominate under load on mixed hardware
-    # (bench/routing.py), plus cache affinity (bench/prefix.py; a prompt with no match is routed as without it).
+    # score = 0.6*gpu_free + 0.3*(1 - cpu_load) - 0.1*latency + 5*(1 - expected_wait) + 2*prefix_affinity
+    # (+ 3*(1 - expected_ttft) for a streamed request): the classic formula plus the speed-aware expected wait,
+    # weighted to dominate under load on mixed hardware (bench/routing.py), plus cache affinity (bench/prefix.py; a
+    # prompt with no match is routed as without it), plus, for streamed answers, how soon the node starts answering.
     # Queue depth, KV cache and in-flight are ready, weight 0. See docs/gateway.md.
     "scheduler": {
         "scorers": [
@@ -29,6 +30,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
             {"metric": "in_flight", "weight": 0.0, "invert": True},
             {"metric": "expected_wait", "weight": 5.0, "invert": True},
             {"metric": "prefix_affinity", "weight": 2.0, "invert": False},
+            # Streamed requests only: the time to first token the node's streamed requests had (issue 14).
+            {"metric": "expected_ttft", "weight": 3.0, "invert": True},
         ],
         "filters": {
             "require_model": True,

@@ -33,12 +33,12 @@ class Strict(BaseModel):
 
 # --- scheduler --------------------------------------------------------------------------------------------------
 SCORER_METRICS = ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait",
-                  "prefix_affinity")
+                  "prefix_affinity", "expected_ttft")
 
 
 class Scorer(Strict):
     metric: Literal["gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "in_flight", "expected_wait",
-                    "prefix_affinity"] = Field(
+                    "prefix_affinity", "expected_ttft"] = Field(
         description="gpu_free, cpu_load, latency, queue_depth, kv_cache: from the node's latest sample; in_flight: "
                     "the gateway's own requests in flight to the node / load.node_capacity; expected_wait: the time "
                     "a new request should take on the node, seconds per request slot as the gateway measured them "
@@ -46,7 +46,9 @@ class Scorer(Strict):
                     "+ 1), normalised as E / (E + scale), scale = the fleet median seconds per slot over the healthy "
                     "nodes x load.node_capacity (invert it: a shorter wait is better); prefix_affinity: the share "
                     "of the prompt's leading blocks the gateway recently sent to the node (its approximate prefix "
-                    "cache, see the prefix section), 0 below prefix.min_match_blocks")
+                    "cache, see the prefix section), 0 below prefix.min_match_blocks; expected_ttft (streamed "
+                    "requests only): the time to first token the node's streamed requests recently had, as the "
+                    "gateway measured it, normalised as T / (T + the fleet median T) (invert it)")
     weight: Weight
     invert: bool = Field(False, description="score 1 - x instead of x (x is the metric normalised to [0, 1])")
 

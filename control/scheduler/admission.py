@@ -33,10 +33,12 @@ class Admission:
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
 
-    async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int, prefix: Keys = ()) -> Node:
+    async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int, prefix: Keys = (),
+                      stream: bool = False) -> Node:
         """A node reserved for request `rid` (its send already counted), or a Reply saying why there is none.
-        `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them)."""
-        pick = self.sched.pick(model, exclude, prefix)
+        `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them);
+        `stream`: the answer is streamed (expected_ttft counts)."""
+        pick = self.sched.pick(model, exclude, prefix, stream)
         if pick.node is not None:
             self._sent(pick.node, rid, prefix)
             return pick.node
@@ -53,7 +55,7 @@ class Admission:
             raise Reply(429, f"the fleet is saturated and class {cls!r} is shed at saturation; retry after "
                              f"{self.sched.config.retry_after_s} s", type_="rate_limit_error", code="saturated",
                         headers=self.retry_after())
-        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix)
+        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix, stream)
         if waiter is None:
             raise Reply(503, f"the fleet is saturated and the {cls!r} queue is full ({pc.queue_limit} waiting); "
                              "retry later", type_="server_error", code="queue_full", headers=self.retry_after())
@@ -80,7 +82,7 @@ class Admission:
             return
 
         def grant(waiter: Waiter) -> Node | None:
-            pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix)
+            pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix, waiter.stream)
             if pick.node is None:
                 return None
             self._sent(pick.node, waiter.rid, waiter.prefix)
@@ -88,11 +90,11 @@ class Admission:
 
         self.waitq.dispatch([c.name for c in self.priorities.ordered()], grant)
 
-    def finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool) -> None:
-        self.sched.finished(node, rid, ttft_s, ok=ok)
+    def finish(self, node: Node, rid: int, ttft_s: float | None, ok: bool, stream: bool = False) -> None:
+        self.sched.finished(node, rid, ttft_s, ok=ok, stream=stream)
         twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
         if twin is not None:
-            self.twin.sched.finished(twin, rid, ttft_s, ok=ok)
+            self.twin.sched.finished(twin, rid, ttft_s, ok=ok, stream=stream)
         self.dispatch()
         if self.twin is not None:
             self.twin.dispatch()

@@ -121,9 +121,9 @@ class Config:
     @property
     def span(self) -> float:
         """The width of the score's range (sum of |weight| of the metric scorers, not the per-request ones
-        in_flight and expected_wait); 1 when every weight is 0."""
+        in_flight, expected_wait, prefix_affinity and expected_ttft); 1 when every weight is 0."""
         total = sum(abs(w) for m, (w, _) in self.weights.items()
-                    if m not in ("in_flight", "expected_wait", "prefix_affinity"))
+                    if m not in ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft"))
         return total or 1.0
 
     @property

@@ -33,6 +33,13 @@ Why it is built this way (docs/gateway.md has the long version):
   to the same score as everything else: a busy node's expected_wait and burst terms outweigh it, so a hot prefix
   spreads instead of herding). A request without a match takes the heap top unchanged. The `cache_aware` picker
   is SGLang's router policy as a baseline (pickers.py).
+* `expected_ttft` (streamed requests only): a streamed answer's user waits for its first token, a non-streamed
+  one's for the whole answer, so a streamed request is also scored by the time to first token its node's streamed
+  requests recently had (measured by the gateway, an EWMA per node; the fleet median for a node not measured),
+  normalised as T / (T + fleet median T). Each group keeps a second heap keyed by the score plus this term, used
+  by streamed picks only: the streamed requests go to the nodes that start answering soonest and the non-streamed
+  ones (scored as before) fill what they leave, so a slow-prefill node still carries its share of the load but
+  not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s).
 """
 
 from __future__ import annotations
@@ -52,9 +59,10 @@ from control.scheduler.prefix_index import Keys, PrefixIndex
 
 NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
 TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
+STREAM_TTFT_ALPHA = 0.2  # expected_ttft: weight of the newest streamed request's TTFT in its node's average
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
-DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity")  # scorers computed per request, not from the sample
+DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft")  # scorers computed per request, not from the sample
 AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity term (the routing page shows it)
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
@@ -133,7 +141,8 @@ class Node:
 
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
-                 "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base")
+                 "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
+                 "sbase")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -164,6 +173,10 @@ class Node:
         # base_score as of the node's live heap entry (set by _entry): every change to what it depends on relists the
         # node, so the affinity picker reads it instead of re-scoring each prefix holder per request.
         self.base = 0.0
+        # expected_ttft: the TTFT the node's streamed requests had (EWMA, seconds; only streamed requests: a
+        # non-streamed answer's first byte is its whole answer), and the score its stream-heap entry was made with.
+        self.stream_ttft_s: float | None = None
+        self.sbase = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -187,12 +200,15 @@ class Node:
 class Group:
     """The nodes that serve one model, as a heap of (-score bucket, tie-break, seq, version, node)."""
 
-    __slots__ = ("model", "members", "heap", "cursor")
+    __slots__ = ("model", "members", "heap", "cursor", "sheap")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.members: list[Node] = []
         self.heap: list[tuple[float, float, int, int, Node]] = []
+        # expected_ttft: the same nodes keyed by the score plus the expected_ttft term, for streamed requests only
+        # (empty when the policy has no expected_ttft scorer).
+        self.sheap: list[tuple[float, float, int, int, Node]] = []
         self.cursor = 0  # round_robin: index in members where the next walk starts
 
 
@@ -226,6 +242,7 @@ class Scheduler:
         self._fleet_latency: tuple[float, float] = (0.0, 0.0)
         self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
+        self._ttft_default = 0.0  # expected_ttft: fleet median of the nodes' streamed TTFT (0: none measured yet)
         self.prefix = PrefixIndex(config.prefix_index_blocks)
         # Precise mode: the nodes whose index their own KV events keep (kv_events.py); the others' by what was sent.
         self.event_fed: set[str] = set()
@@ -238,6 +255,7 @@ class Scheduler:
         self._cache_aware = config.strategy == "cache_aware"
         self._affinity = config.strategy == "highest" and "prefix_affinity" in config.weights
         self._kv_events = config.prefix_source == "kv_events"
+        self._ttft = config.strategy == "highest" and "expected_ttft" in config.weights
         self._make_entry = self._entry_least if config.strategy in ("least_in_flight", "cache_aware") else self._entry
         if self.prefix.capacity != config.prefix_index_blocks:
             self.prefix.resize(config.prefix_index_blocks)
@@ -290,7 +308,10 @@ class Scheduler:
         for node in changed:
             self._score(node, now)
             self._relist(node)
-        if "expected_wait" in self.config.weights and self._fleet_wait() and self.config.strategy == "highest":
+        rebuild = "expected_wait" in self.config.weights and self._fleet_wait()
+        if self._ttft and self._fleet_ttft():
+            rebuild = True
+        if rebuild and self.config.strategy == "highest":
             self._rebuild()
 
     def _models_of(self, node: Node) -> tuple[str, ...]:
@@ -322,6 +343,8 @@ class Scheduler:
             self._score(node, now)
         if "expected_wait" in cfg.weights:
             self._fleet_wait(force=True)
+        if self._ttft:
+            self._fleet_ttft(force=True)
         self._rebuild()
 
     def _fleet_wait(self, force: bool = False) -> bool:
@@ -336,13 +359,30 @@ class Scheduler:
             self._wait_scale = scale
         return moved
 
+    def _fleet_ttft(self, force: bool = False) -> bool:
+        """Refresh expected_ttft's fleet median (its default and its normalising scale) over the healthy nodes;
+        True when it moved enough that the stream heaps should be rebuilt."""
+        ttfts = sorted(n.stream_ttft_s for n in self.nodes.values() if n.healthy and n.stream_ttft_s is not None)
+        if not ttfts:
+            return False
+        median = ttfts[len(ttfts) // 2]
+        old = self._ttft_default
+        moved = force or old <= 0 or abs(median - old) > SCALE_SLACK * old
+        if moved:
+            self._ttft_default = median
+        return moved
+
     def _rebuild(self) -> None:
         for group in self.groups.values():
             group.heap = []
+            group.sheap = []
             for node in group.members:
                 if node.listed:
                     group.heap.append(self._make_entry(node))
+                    if self._ttft:
+                        group.sheap.append(self._entry_stream(node))
             heapq.heapify(group.heap)
+            heapq.heapify(group.sheap)
 
     def tick(self, now: float) -> None:
         """Time-driven changes between updates: quarantines that ended (half-open), samples that went stale."""
@@ -380,6 +420,21 @@ class Scheduler:
         serial = slot * (len(node.in_flight_ts) + 1)
         floor = node.latency_s
         return serial if floor is None or floor < serial else floor
+
+    def expected_ttft(self, node: Node) -> float | None:
+        """Seconds to the first token a streamed request should have on the node: what its streamed requests
+        recently had, the fleet median for a node not measured yet; None while no node has been measured."""
+        if node.stream_ttft_s is not None:
+            return node.stream_ttft_s
+        return self._ttft_default or None
+
+    def _ttft_part(self, node: Node) -> float:
+        """expected_ttft's term: T / (T + fleet median T), 0.5 for a typical node (and for every node while none is
+        measured, so it then changes nothing)."""
+        weight, invert = self.config.weights["expected_ttft"]
+        t = self.expected_ttft(node)
+        x = NEUTRAL if t is None or self._ttft_default <= 0 else t / (t + self._ttft_default)
+        return weight * ((1.0 - x) if invert else x)
 
     def _wait_part(self, node: Node) -> float:
         weight, invert = self.config.weights["expected_wait"]
@@ -484,6 +539,7 @@ class Scheduler:
             out["expected_wait"] = self._wait_part(node)
         if "prefix_affinity" in cfg.weights:
             out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
+        # expected_ttft is left out: it counts for streamed requests only (the state key shows stream_ttft_s).
         return out
 
     def burst(self, node: Node) -> float:
@@ -519,6 +575,16 @@ class Scheduler:
         self._seq += 1
         return (key, tie, self._seq, node.version, node)
 
+    def _entry_stream(self, node: Node) -> tuple[float, float, int, int, Node]:
+        """A streamed request's heap entry: the score plus the expected_ttft term (node.base is set by _entry,
+        which _relist and _rebuild call first)."""
+        cfg = self.config
+        s = node.sbase = node.base + self._ttft_part(node)
+        key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
+        tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
+        self._seq += 1
+        return (key, tie, self._seq, node.version, node)
+
     def _entry_least(self, node: Node) -> tuple[float, float, int, int, Node]:
         """least_in_flight: the heap top is the node with the fewest requests in flight from this gateway; a fresh
         random draw on every re-push breaks ties, so equal nodes share the load instead of the first taking it."""
@@ -536,15 +602,23 @@ class Scheduler:
             if len(heap) > 2 * len(group.members) + 64:  # too many dead entries: rebuild from the live ones
                 group.heap = [e for e in heap if e[3] == e[4].version]
                 heapq.heapify(group.heap)
+            if self._ttft:
+                sheap = group.sheap
+                heapq.heappush(sheap, self._entry_stream(node))
+                if len(sheap) > 2 * len(group.members) + 64:
+                    group.sheap = [e for e in sheap if e[3] == e[4].version]
+                    heapq.heapify(group.sheap)
         # A node that is no longer listed simply has no live entry; it is re-pushed when it may take work again.
 
     # --- the hot path -----------------------------------------------------------------------------------------
     def group_for(self, model: str) -> Group | None:
         return self.groups.get(ANY_MODEL if not self.config.require_model else model)
 
-    def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset(), prefix: Keys = ()) -> Pick:
+    def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset(), prefix: Keys = (),
+             stream: bool = False) -> Pick:
         """The best node for `model` now (skipping `exclude`, the nodes this request already failed on); `prefix`
-        is the prompt's block keys (prefix_index.block_keys) when the policy routes by cache affinity."""
+        is the prompt's block keys (prefix_index.block_keys) when the policy routes by cache affinity; `stream`:
+        the client streams the answer, so the expected_ttft term counts (the stream heap)."""
         self.counters.decisions += 1
         self.last_affinity = 0.0
         group = self.group_for(model)
@@ -554,12 +628,13 @@ class Scheduler:
             return self._pick_round_robin(group, exclude)
         if self._cache_aware:
             return pickers.cache_aware(self, group, exclude, prefix)
-        heap = group.heap
+        stream = stream and self._ttft
+        heap = group.sheap if stream else group.heap
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
         if heap and not exclude:
             if prefix and self._affinity:
-                return pickers.with_affinity(self, group, heap[0][4], exclude, prefix)
+                return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
         # Best-first walk down the heap past excluded nodes (retries only: a handful of steps).
         frontier = [(heap[0], 0)] if heap else []
@@ -567,7 +642,7 @@ class Scheduler:
             entry, i = heapq.heappop(frontier)
             if entry[3] == entry[4].version and entry[4].name not in exclude:
                 if prefix and self._affinity:
-                    return pickers.with_affinity(self, group, entry[4], exclude, prefix)
+                    return pickers.with_affinity(self, group, entry[4], exclude, prefix, stream)
                 return Pick(entry[4], "ok")
             for child in (2 * i + 1, 2 * i + 2):
                 if child < len(heap):
@@ -608,10 +683,11 @@ class Scheduler:
         self._relist(node)
 
     def finished(self, node: Node, request_id: int, ttft_s: float | None = None, now: float | None = None,
-                 ok: bool | None = None) -> None:
+                 ok: bool | None = None, stream: bool = False) -> None:
         """A request to the node ended. Only a successful one (`ok`; by default: it has a TTFT) teaches the node's
         speed; a stream can succeed without a TTFT (no text generated). `now` defaults to the wall clock, the clock
-        the gateway passes to `sent`."""
+        the gateway passes to `sent`. A streamed request's TTFT (`stream`) teaches expected_ttft; a non-streamed
+        one's `ttft_s` is its whole answer, which says nothing about when a first token comes."""
         if request_id not in node.in_flight_ts:
             return
         now = time.time() if now is None else now
@@ -633,6 +709,11 @@ class Scheduler:
         if ttft_s is not None:
             node.ttft_ewma = ttft_s if node.ttft_ewma is None else (
                 (1 - TTFT_ALPHA) * node.ttft_ewma + TTFT_ALPHA * ttft_s)
+            if stream and ok:
+                node.stream_ttft_s = ttft_s if node.stream_ttft_s is None else (
+                    (1 - STREAM_TTFT_ALPHA) * node.stream_ttft_s + STREAM_TTFT_ALPHA * ttft_s)
+                if self._ttft and not self._ttft_default:
+                    self._ttft_default = ttft_s  # the first measurement: the scale until the next refresh
         self._relist(node)
 
     def succeeded(self, node: Node) -> None:
@@ -670,6 +751,8 @@ class Scheduler:
                 "slot_s": None if node.slot_s is None else round(node.slot_s, 6),
                 # and its floor: the latency its recent requests had (expected_wait is never below it)
                 "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
+                # expected_ttft's measure: the TTFT its streamed requests recently had
+                "stream_ttft_s": None if node.stream_ttft_s is None else round(node.stream_ttft_s, 6),
             })
         return out
 

@@ -17,6 +17,7 @@ spread new prefixes). It walks the group's members: O(nodes) per request, fine f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from control.scheduler.prefix_index import Keys
@@ -26,7 +27,16 @@ if TYPE_CHECKING:
 
 
 def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset[str] | set[str],
-                  prefix: Keys) -> Pick:
+                  prefix: Keys, stream: bool = False) -> Pick:
+    """`stream`: `best` is the top of the stream heap, so every node is compared by the score its stream-heap entry
+    was made with (`Node.sbase`: base plus the expected_ttft term)."""
+    if stream:
+        return _with_affinity(sched, group, best, exclude, prefix, lambda n: n.sbase)
+    return _with_affinity(sched, group, best, exclude, prefix, lambda n: n.base)
+
+
+def _with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset[str] | set[str],
+                   prefix: Keys, base: Callable[[Node], float]) -> Pick:
     from control.scheduler.core import Pick
 
     index = sched.prefix
@@ -36,7 +46,7 @@ def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset
     cfg = sched.config
     per_block = cfg.weights["prefix_affinity"][0] / len(prefix)
     least = cfg.prefix_min_match
-    # node.base is the score the heap ranked the node by (set when its entry was made), so comparing holders costs
+    # base(node) is the score the heap ranked the node by (set when its entry was made), so comparing holders costs
     # a few attribute reads each, not a re-score.
     if best.name in deep:
         count = deepest
@@ -45,28 +55,28 @@ def with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozenset
     else:
         count = 0
     top = per_block * count if count >= least else 0.0
-    best_score = best.base + top
+    best_score = base(best) + top
     nodes = sched.nodes
     if deepest >= least:
         gain = per_block * deepest
         for name in deep:
             node = nodes.get(name)
-            if node is None or node.base + gain <= best_score or node is best or name in exclude \
+            if node is None or base(node) + gain <= best_score or node is best or name in exclude \
                     or not node.listed or group not in node.groups:
                 continue
-            best, best_score, top = node, node.base + gain, gain
+            best, best_score, top = node, base(node) + gain, gain
     # A shallow holder can win only if its score beats the best so far with an affinity below the deepest match:
     # its own depth is looked up only then.
     bound = per_block * (deepest - 1)
     for name in shallow:
         node = nodes.get(name)
-        if node is None or node.base + bound <= best_score or node is best or name in exclude \
+        if node is None or base(node) + bound <= best_score or node is best or name in exclude \
                 or not node.listed or group not in node.groups:
             continue
         count = index.depth(name, prefix, deepest)
         gain = per_block * count
-        if count >= least and node.base + gain > best_score:
-            best, best_score, top = node, node.base + gain, gain
+        if count >= least and base(node) + gain > best_score:
+            best, best_score, top = node, base(node) + gain, gain
     sched.last_affinity = top
     return Pick(best, "ok")
 

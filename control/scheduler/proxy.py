@@ -85,7 +85,7 @@ class Proxy:
             self._rid += 1
             rid = self._rid
             try:
-                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix)
+                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix, ctx.stream)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",
@@ -112,7 +112,7 @@ class Proxy:
             try:
                 await self._deliver(send, ctx, up)
             finally:
-                admission.finish(node, rid, up.ttft_s, ok=up.status < 400)
+                admission.finish(node, rid, up.ttft_s, ok=up.status < 400, stream=ctx.stream)
             return
         raise Reply(502, f"{ctx.error} (tried {len(exclude)} node(s))", type_="server_error",
                     code="upstream_failed", headers=admission.retry_after())

@@ -21,18 +21,19 @@ def test_the_scheduler_default_is_the_classic_weighted_score_plus_the_expected_w
     doc = DEFAULTS["scheduler"]
     weights = {s["metric"]: (s["weight"], s["invert"]) for s in doc["scorers"] if s["weight"]}
     assert weights == {"gpu_free": (0.6, False), "cpu_load": (0.3, True), "latency": (-0.1, False),
-                       "expected_wait": (5.0, True), "prefix_affinity": (2.0, False)}
+                       "expected_wait": (5.0, True), "prefix_affinity": (2.0, False), "expected_ttft": (3.0, True)}
     classic_doc = {**doc, "scorers": [s for s in doc["scorers"]
-                                      if s["metric"] not in ("expected_wait", "prefix_affinity")]}
+                                      if s["metric"] not in ("expected_wait", "prefix_affinity", "expected_ttft")]}
     rng = random.Random(7)
     for _ in range(200):
         v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait",
-                                       "prefix_affinity")}
+                                       "prefix_affinity", "expected_ttft")}
         classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
-        # The classic formula reproduced exactly from its weights; the default adds the expected wait and affinity.
+        # The classic formula reproduced exactly from its weights; the default adds the expected wait and affinity
+        # (and, for a streamed request, the expected time to first token).
         assert score(classic_doc, v) == pytest.approx(classic, abs=1e-12)
-        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"],
-                                              abs=1e-12)
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"]
+                                              + 3.0 * (1 - v["expected_ttft"]), abs=1e-12)
 
 
 def test_scaling_default_rules() -> None:

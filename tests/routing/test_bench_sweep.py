@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.routing import engine_means, sweep_report
+from bench.routing import engine_means, streamed_tail, sweep_report
+from control.loadgen.runner import Outcome
 
 
 def result(p95: float, ttft: float, goodput: float) -> dict[str, Any]:
@@ -76,3 +77,20 @@ def test_the_client_time_split_separates_headers_streaming_and_the_gateway() -> 
     assert split["client"] == 4.0 and split["plain"] == 4.0
     assert split["stream_headers"] == 1.0 and split["stream_body"] == 3.0
     assert split["gateway_total"] == (21.6 - 10.0) / 3 and split["gateway_first"] == 1.0
+
+
+def test_the_streamed_tail_says_which_nodes_serve_the_fleets_ttft_p95() -> None:
+    def out(node: str, ttft: float | None, stream: bool = True, status: int = 200) -> Outcome:
+        o = Outcome(sent_at=0.0, cls="standard", stream=stream)
+        o.status, o.node, o.ttft_s = status, node, ttft
+        return o
+
+    profiles = {"h": "h100", "a": "a100", "l": "l40s"}
+    outs = ([out("h", 0.07) for _ in range(12)] + [out("a", 0.12) for _ in range(6)] + [out("l", 0.17)] * 2
+            + [out("l", 5.0, stream=False), out("h", None, status=500)])  # neither counts: not streamed, failed
+    tail = streamed_tail(outs, profiles)
+    # 20 streamed answers: the p95 is the 19th fastest, an l40s one; both l40s answers are in the tail.
+    assert tail["requests"] == 20 and tail["ttft_p95"] == 0.17
+    per = tail["per_profile"]
+    assert (per["l40s"]["share"], per["l40s"]["tail"], per["a100"]["tail"], per["h100"]["tail"]) == (0.1, 2, 0, 0)
+    assert per["h100"]["ttft_p95"] == 0.07 and "l40s 10% (TTFT p95 0.17 s, 2 in the tail)" in tail["line"]

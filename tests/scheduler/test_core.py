@@ -58,15 +58,16 @@ def test_the_classic_formula_from_its_weights() -> None:
                                               abs=1e-12)
 
 
-def test_the_default_is_the_classic_formula_plus_the_expected_wait_and_prefix_affinity() -> None:
+def test_the_default_is_the_classic_formula_plus_the_expected_wait_prefix_affinity_and_expected_ttft() -> None:
     doc = validate("scheduler", default_document("scheduler"))
     rng = random.Random(3)
     for _ in range(200):
         v = {m: rng.random() for m in ("gpu_free", "cpu_load", "latency", "queue_depth", "kv_cache", "expected_wait",
-                                       "prefix_affinity")}
+                                       "prefix_affinity", "expected_ttft")}
         classic = 0.6 * v["gpu_free"] + 0.3 * (1 - v["cpu_load"]) - 0.1 * v["latency"]
-        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"],
-                                              abs=1e-12)
+        # expected_ttft counts for streamed requests only (tests/scheduler/test_expected_ttft.py)
+        assert score(doc, v) == pytest.approx(classic + 5.0 * (1 - v["expected_wait"]) + 2.0 * v["prefix_affinity"]
+                                              + 3.0 * (1 - v["expected_ttft"]), abs=1e-12)
 
 
 def test_node_scores_equal_the_policy_score_of_their_normalised_metrics() -> None:

@@ -241,12 +241,13 @@ def test_the_schema_refuses_bad_prefix_fields_at_their_path(section: str, field:
 
 def test_the_schema_refuses_a_misspelt_or_repeated_affinity_scorer() -> None:
     doc = default_document("scheduler")
-    doc["scorers"][-1]["metric"] = "prefix_affinty"
+    i = next(i for i, s in enumerate(doc["scorers"]) if s["metric"] == "prefix_affinity")
+    doc["scorers"][i]["metric"] = "prefix_affinty"
     with pytest.raises(DocumentError) as err:
         validate("scheduler", doc)
-    assert list(err.value.fields) == ["scorers[7].metric"]
-    assert "prefix_affinity" in err.value.fields["scorers[7].metric"]
-    doc["scorers"][-1]["metric"] = "prefix_affinity"
+    assert list(err.value.fields) == [f"scorers[{i}].metric"]
+    assert "prefix_affinity" in err.value.fields[f"scorers[{i}].metric"]
+    doc["scorers"][i]["metric"] = "prefix_affinity"
     doc["scorers"][0]["metric"] = "prefix_affinity"
     with pytest.raises(DocumentError) as err:
         validate("scheduler", doc)

@@ -1,0 +1,116 @@
+"""expected_ttft (issue 14): a streamed request also weighs how soon a node's streamed requests got their first
+token; a non-streamed one is routed as before. No I/O: the core on its own (the gateway path is in
+test_gateway.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from control.policy.defaults import default_document
+from control.policy.schemas import validate
+from control.scheduler.config import Config
+from control.scheduler.core import Metrics, NodeSpec, Scheduler
+from tests.scheduler.core_fleet import NOW, default_fleet
+
+
+def teach(sched: Scheduler, name: str, latency_s: float, ttft_s: float, k: int = 4, rounds: int = 30) -> None:
+    """Rounds of k requests sent together, each taking latency_s; half of them streamed with a first token after
+    ttft_s (the other half non-streamed: their `ttft_s` is the whole answer, as the proxy reports it)."""
+    node = sched.nodes[name]
+    for r in range(rounds):
+        t = NOW - 900 + r * (latency_s + 1)
+        ids = [hash((name, r, i)) for i in range(k)]
+        for rid in ids:
+            sched.sent(node, rid, t)
+        for i, rid in enumerate(ids):
+            stream = i % 2 == 0
+            sched.finished(node, rid, ttft_s=ttft_s if stream else latency_s, now=t + latency_s, ok=True,
+                           stream=stream)
+
+
+def two_nodes() -> Scheduler:
+    """'quick' and 'slow' finish their requests alike (same slot, same latency), but quick's streamed requests got
+    their first token after 0.07 s and slow's after 0.18 s (an h100's and an l40s's prefill step)."""
+    sched = default_fleet(["quick", "slow"])
+    teach(sched, "quick", 2.0, 0.07)
+    teach(sched, "slow", 2.0, 0.18)
+    sched.recompute(NOW)
+    return sched
+
+
+def test_a_streamed_request_goes_where_the_first_token_comes_soonest_a_plain_one_as_before() -> None:
+    sched = two_nodes()
+    quick, slow = sched.nodes["quick"], sched.nodes["slow"]
+    assert quick.stream_ttft_s == pytest.approx(0.07) and slow.stream_ttft_s == pytest.approx(0.18)
+    assert quick.latency_s == pytest.approx(slow.latency_s) and quick.slot_s == pytest.approx(slow.slot_s)
+    # quick has 4 requests in flight (past the 4 its requests ran at: expected 2.5 s against slow's 2.0 s), so
+    # without the streamed term slow is the better node for anyone.
+    for rid in range(4):
+        sched.sent(quick, rid, NOW - 2)  # sent before the sample: no burst correction, only expected_wait sees it
+    assert sched.expected_wait(quick) > sched.expected_wait(slow)
+    assert sched.base_score(slow) > sched.base_score(quick)
+    assert sched.pick("m").node is slow  # non-streamed: expected_wait decides, as before
+    assert sched.pick("m", stream=True).node is quick  # streamed: its first token comes 0.11 s sooner there
+
+
+def test_a_streamed_request_leaves_the_quick_node_when_its_queue_outweighs_the_first_token() -> None:
+    sched = two_nodes()
+    picks = []
+    for rid in range(40):  # streamed requests only, none finishing: quick's expected wait grows with each one
+        node = sched.pick("m", stream=True).node
+        assert node is not None
+        sched.sent(node, 100 + rid, NOW + 1)
+        picks.append(node.name)
+    assert picks[0] == "quick"
+    assert "slow" in picks  # it does not herd: past some queue, slow starts sooner after all
+    assert picks.count("quick") > picks.count("slow")
+
+
+def test_a_plain_answer_does_not_teach_the_time_to_first_token() -> None:
+    sched = default_fleet(["n"])
+    node = sched.nodes["n"]
+    sched.sent(node, 1, NOW)
+    sched.finished(node, 1, ttft_s=3.0, now=NOW + 3, ok=True)  # non-streamed: its first byte is its whole answer
+    assert node.stream_ttft_s is None and node.latency_s == pytest.approx(3.0)
+    sched.sent(node, 2, NOW + 4)
+    sched.finished(node, 2, ttft_s=0.2, now=NOW + 7, ok=True, stream=True)
+    assert node.stream_ttft_s == pytest.approx(0.2)
+    sched.sent(node, 3, NOW + 8)
+    sched.finished(node, 3, ttft_s=None, now=NOW + 8.5, ok=False, stream=True)  # a failure teaches nothing
+    assert node.stream_ttft_s == pytest.approx(0.2)
+    assert sched.describe(NOW + 9)[0]["stream_ttft_s"] == pytest.approx(0.2)
+
+
+def test_without_the_scorer_a_streamed_request_is_routed_like_any_other() -> None:
+    doc = default_document("scheduler")
+    doc["scorers"] = [s for s in doc["scorers"] if s["metric"] != "expected_ttft"]
+    sched = Scheduler(Config.from_document(validate("scheduler", doc)), random.Random(1))
+    specs = [NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in ("quick", "slow")]
+    sched.update(NOW, specs=specs, samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0)
+                                            for n in ("quick", "slow")})
+    teach(sched, "quick", 2.0, 0.07)
+    teach(sched, "slow", 2.0, 0.18)
+    sched.recompute(NOW)
+    for rid in range(4):
+        sched.sent(sched.nodes["quick"], rid, NOW - 2)
+    assert sched.pick("m", stream=True).node is sched.nodes["slow"]
+
+
+def test_no_measurement_anywhere_changes_nothing() -> None:
+    # A fresh gateway: no node has a streamed TTFT yet, so the term is the same for every node (neutral).
+    sched = default_fleet(["a", "b", "c"])
+    sched.sent(sched.nodes["a"], 1, NOW - 2)
+    sched.sent(sched.nodes["b"], 2, NOW - 2)
+    assert sched.pick("m", stream=True).node is sched.nodes["c"]
+    assert sched.pick("m").node is sched.nodes["c"]
+
+
+def test_the_policy_field_is_validated() -> None:
+    doc = default_document("scheduler")
+    weights = {s["metric"]: (s["weight"], s["invert"]) for s in validate("scheduler", doc)["scorers"]}
+    assert weights["expected_ttft"] == (3.0, True)
+    assert "expected_ttft" in Config.from_document(validate("scheduler", doc)).weights
+    # Not part of the span the burst correction is scaled by (a per-request term, like expected_wait).
+    assert Config.from_document(validate("scheduler", doc)).span == pytest.approx(1.0)
