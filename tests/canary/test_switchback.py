@@ -105,6 +105,18 @@ def log_drifting_fleet(redis: Any, c: Canary, t0: float, seconds: float, candida
             log_requests(redis, c.pk, "canary" if on else "stable", 1, drift + (candidate_ms if on else 0), at=t)
 
 
+def drifting_switchback(api: Any, redis: Any, window_s: int, min_requests: int, seconds: float,
+                        candidate_ms: float) -> tuple[Canary, float]:
+    """An operator's switchback canary (5-s periods) on a drifting fleet (log_drifting_fleet), and its start."""
+    op = api("operator")
+    assert start(op, candidate(op), interval_s=1, min_requests=min_requests, settle_s=2, window_s=window_s,
+                 switchback_s=5, initial_delay_s=0, failure_limit=0, latency_against="switchback").status_code == 201
+    c = Canary.objects.get()
+    t0 = c.created.timestamp()
+    log_drifting_fleet(redis, c, t0, seconds, candidate_ms=candidate_ms)
+    return c, t0
+
+
 def test_a_drift_cancels_under_switchback_and_fails_a_comparison_with_before(api: Any, redis_db: Any) -> None:
     op = api("operator")
     for against in ("before", "switchback"):
@@ -130,12 +142,7 @@ def test_a_drift_cancels_under_switchback_and_fails_a_comparison_with_before(api
 
 
 def test_a_slow_candidate_fails_under_switchback_on_the_same_drifting_fleet(api: Any, redis_db: Any) -> None:
-    op = api("operator")
-    assert start(op, candidate(op), interval_s=1, min_requests=50, settle_s=2, window_s=40, switchback_s=5,
-                 initial_delay_s=0, failure_limit=0, latency_against="switchback").status_code == 201
-    c = Canary.objects.get()
-    t0 = c.created.timestamp()
-    log_drifting_fleet(redis_db, c, t0, 160, candidate_ms=1000.0)
+    c, t0 = drifting_switchback(api, redis_db, window_s=40, min_requests=50, seconds=160, candidate_ms=1000.0)
     assert analysis.tick(datetime.fromtimestamp(t0 + 163, UTC)) == [f"canary {c.pk}: aborted"]
     run = AnalysisRun.objects.get()
     failed = {x["metric"] for x in run.checks if x["ok"] is False}
@@ -277,12 +284,7 @@ def test_the_span_reaches_back_for_enough_periods_within_the_step() -> None:
 def test_the_run_window_extends_back_in_the_step_for_enough_periods(api: Any, redis_db: Any) -> None:
     """A 20-s window of 5-s periods holds four periods; the run's window reaches back within the step until it holds
     four on and four off ones, and its stored span says so."""
-    op = api("operator")
-    assert start(op, candidate(op), interval_s=1, min_requests=20, settle_s=2, window_s=20, switchback_s=5,
-                 initial_delay_s=0, failure_limit=0, latency_against="switchback").status_code == 201
-    c = Canary.objects.get()
-    t0 = c.created.timestamp()
-    log_drifting_fleet(redis_db, c, t0, 200, candidate_ms=0.0)
+    c, t0 = drifting_switchback(api, redis_db, window_s=20, min_requests=20, seconds=200, candidate_ms=0.0)
     analysis.tick(datetime.fromtimestamp(t0 + 203, UTC))
     run = AnalysisRun.objects.get()
     on, off = run.arms["periods"]["on"], run.arms["periods"]["off"]

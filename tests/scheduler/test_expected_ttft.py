@@ -12,22 +12,13 @@ from control.policy.defaults import default_document
 from control.policy.schemas import validate
 from control.scheduler.config import Config
 from control.scheduler.core import Metrics, NodeSpec, Scheduler
-from tests.scheduler.core_fleet import NOW, default_fleet
+from tests.scheduler.core_fleet import NOW, default_fleet, serve_rounds
 
 
 def teach(sched: Scheduler, name: str, latency_s: float, ttft_s: float, k: int = 4, rounds: int = 30) -> None:
     """Rounds of k requests sent together, each taking latency_s; half of them streamed with a first token after
     ttft_s (the other half non-streamed: their `ttft_s` is the whole answer, as the proxy reports it)."""
-    node = sched.nodes[name]
-    for r in range(rounds):
-        t = NOW - 900 + r * (latency_s + 1)
-        ids = [hash((name, r, i)) for i in range(k)]
-        for rid in ids:
-            sched.sent(node, rid, t)
-        for i, rid in enumerate(ids):
-            stream = i % 2 == 0
-            sched.finished(node, rid, ttft_s=ttft_s if stream else latency_s, now=t + latency_s, ok=True,
-                           stream=stream)
+    serve_rounds(sched, name, k, latency_s, rounds, since_s=900.0, streamed_ttft_s=ttft_s)
 
 
 def two_nodes() -> Scheduler:

@@ -6,19 +6,12 @@ from __future__ import annotations
 import pytest
 
 from control.scheduler.core import Scheduler
-from tests.scheduler.core_fleet import NOW, default_fleet
+from tests.scheduler.core_fleet import NOW, default_fleet, serve_rounds
 
 
 def serve_together(sched: Scheduler, name: str, k: int, latency_s: float, rounds: int = 30) -> None:
     """Rounds of k requests sent at once that each take latency_s (a batching engine running them side by side)."""
-    node = sched.nodes[name]
-    for r in range(rounds):
-        t = NOW - 500 + r * (latency_s + 1)
-        ids = [hash((name, r, i)) for i in range(k)]
-        for rid in ids:
-            sched.sent(node, rid, t)
-        for rid in ids:
-            sched.finished(node, rid, ttft_s=0.05, now=t + latency_s)
+    serve_rounds(sched, name, k, latency_s, rounds)
 
 
 def test_an_idle_node_is_expected_to_take_as_long_as_its_requests_took() -> None:
