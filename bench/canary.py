@@ -185,6 +185,7 @@ def write_trace(path: Path, c: Any, t0: float, outs: list[Any], probe: Probe) ->
         "runs": [] if c is None else [[r.ts.timestamp(), r.step, r.weight, r.verdict, r.summary]
                                       for r in c.runs.order_by("pk")],
     }
+    path.parent.mkdir(parents=True, exist_ok=True)  # --trace DIR need not exist: a phase's figures must not be lost to it
     path.write_bytes(orjson.dumps(doc))
     log(f"  trace: {path}")
 
