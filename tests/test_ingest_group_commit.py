@@ -3,10 +3,14 @@ acknowledged only after that commit, and a failure reaches exactly the pushes it
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +183,24 @@ def test_the_group_wait_aims_at_a_group_of_16_within_the_configured_most(
     c = Committer()
     c.rate = rate
     assert c.group_wait() * 1000 == pytest.approx(expected_ms)
+
+
+@pytest.mark.parametrize(("environment", "expected_ms"), [
+    (None, 100),  # the shipped default: 1,000 nodes every 5 s on 2 workers (100 pushes/s each) wait 100 ms
+    ("30", 30),  # SWITCHYARD_INGEST_GROUP_WAIT_MS still sets the most
+])
+def test_a_worker_at_100_pushes_a_second_waits_100_ms_unless_the_environment_says_otherwise(
+        environment: str | None, expected_ms: int) -> None:
+    """At 50 ms a worker of a 1,000-node fleet committed about 4 pushes at a time, and the commits cost more CPU per
+    value than Prometheus spends on a whole scrape (bench/vs_prometheus.py); the settings are read as a fresh server
+    reads them, in a new process."""
+    env = {k: v for k, v in os.environ.items() if k != "SWITCHYARD_INGEST_GROUP_WAIT_MS"}
+    if environment is not None:
+        env["SWITCHYARD_INGEST_GROUP_WAIT_MS"] = environment
+    env["DJANGO_SETTINGS_MODULE"] = "dashboard.settings"
+    code = ("import django; django.setup()\n"
+            "from dashboard.fleet.group_commit import Committer\n"
+            "c = Committer(); c.rate = 100.0; print(round(c.group_wait() * 1000))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert int(out.stdout.split()[-1]) == expected_ms

@@ -3,7 +3,7 @@
 The event loop hands each push's body to this process's one committer thread (ingest_asgi; a caller on its own
 thread may instead hand over checked rows and wait: submit). The committer takes the first push queued and whatever
 arrives within the group wait after it (about what GROUP_TARGET pushes take to arrive, at most
-SWITCHYARD_INGEST_GROUP_WAIT_MS, 50; none on a quiet fleet), up to MAX_GROUP, checking each body (a bad one is
+SWITCHYARD_INGEST_GROUP_WAIT_MS, 100; none on a quiet fleet), up to MAX_GROUP, checking each body (a bad one is
 answered alone, without waiting for the commit); makes the group's one Redis round trip (rate limits, power caps, the token
 revocation counter: ingest.admit); stores the group: one COPY per table, one commit; then one Redis pipeline for
 their latest snapshots. Only then is each push answered, so the 200 still goes out only after the push's rows have
