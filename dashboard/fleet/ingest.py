@@ -111,12 +111,21 @@ def refresh_nodes(nodes: list[NodeInfo]) -> None:
             n.__dict__.update(fresh.__dict__)
 
 
+_PREPARE_ONLY_WHEN_ASKED = 2**31 - 1
+
+
 def fetch_prepared(sql: str, params: list[Any], rows: bool = True) -> list[tuple[Any, ...]]:
     """One query of every commit group, on a server-side-bound cursor with a prepared statement: Django's cursor
     binds parameters in Python and PostgreSQL parses and plans the text again each time, which cost more than the
     query itself at a few pushes a group. Errors are Django's, as for any other query."""
     connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cur:
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django turns psycopg's prepared statements off on its connections (prepare_threshold None), and then
+        # prepare=True is ignored: every group's query was parsed and planned again. An unreachable threshold
+        # instead prepares only what asks for it (Django's own cursors bind client-side and never prepare).
+        raw.prepare_threshold = _PREPARE_ONLY_WHEN_ASKED
+    with connection.wrap_database_errors, psycopg.Cursor(raw) as cur:
         cur.execute(sql, params, prepare=True)
         return cur.fetchall() if rows else []
 
