@@ -420,3 +420,34 @@ def test_a_raw_client_with_a_bad_token_gets_401_without_sending_its_body(ingest_
     payload = json.dumps(body(full_sample(1))).encode()
     answer = _raw_post(ingest_server, token, len(payload), payload, close=True)
     assert answer.startswith(b"HTTP/1.1 200 ") and stored() == (1, 2)
+
+
+def test_the_latest_snapshot_holds_each_gpu_as_stored_whether_or_not_it_came_exactly_as_stored(push: Any) -> None:
+    """A GPU object that holds exactly its row goes into the latest snapshot as sent; any other (a whole float for
+    an integer metric, an int for a float one, an unknown key, a null uuid, a missing name) is built from the
+    checked values: either way the snapshot is the same catalogue-ordered, converted, known-keys-only object."""
+    token = make_node()
+    sample = full_sample(1, gpus=5)
+    int_metric = next(m for m in GPU_METRICS if m.integer)
+    float_metric = next(m for m in GPU_METRICS if not m.integer)
+    sample["gpus"][1][int_metric.name] = float(sample["gpus"][1][int_metric.name])
+    sample["gpus"][2][float_metric.name] = int(sample["gpus"][2][float_metric.name])
+    sample["gpus"][3]["fan_rpm_future"] = 1200
+    sample["gpus"][3]["uuid"] = None
+    del sample["gpus"][4]["name"]
+    resp = push(token, body(sample))
+    assert resp.status_code == 200, resp.content
+    assert resp.json()["ignored"] == ["fan_rpm_future"]
+    gpus = latest("gpu-a-1")["gpus"]
+    for sent, got in zip(sample["gpus"], gpus, strict=True):
+        expected = {"index": sent["index"], "uuid": sent.get("uuid") or "", "name": sent.get("name") or "",
+                    **{m.name: (int(sent[m.name]) if m.integer else float(sent[m.name])) for m in GPU_METRICS}}
+        assert got == expected
+        assert all(type(got[m.name]) is (int if m.integer else float) for m in GPU_METRICS)
+    # Only the first came exactly as stored: it alone is taken as sent.
+    from dashboard.fleet.validation import validate
+
+    now = datetime.now(UTC)
+    batch, errors = validate(body(sample), now, now - timedelta(days=7), 1000)
+    assert batch is not None, errors.fields
+    assert [g.as_sent is not None for g in batch.samples[0].gpus] == [True, False, False, False, False]

@@ -58,6 +58,9 @@ class GpuRow:
     uuid: str
     name: str
     values: list[Any]
+    # The GPU's object as sent when it is exactly what the row holds (index, uuid, name and every metric, each
+    # stored as sent, nothing else): the latest snapshot then takes it as it is instead of building it again.
+    as_sent: dict[str, Any] | None = None
 
 
 @dataclass
@@ -122,15 +125,21 @@ _SPECS = {id(ms): _compile(ms) for ms in (GPU_METRICS, HOST_METRICS, INFERENCE_M
 
 
 def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, ignored: set[str]) -> list[Any]:
-    """The metrics of one object, in catalogue order. A value that is null, or an int or float within range (and
+    return _metrics_sent(metrics, obj, path, errors, ignored)[0]
+
+
+def _metrics_sent(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, ignored: set[str]
+                  ) -> tuple[list[Any], bool]:
+    """The metrics of one object, in catalogue order, and whether each is the value sent (all present, none
+    converted) with no unknown key in the object. A value that is null, or an int or float within range (and
     whole for an integer metric) is taken in the loop; anything else goes to check_metric, the one place that
     words an error, so the messages and paths are the same whichever way a value takes. NaN and +-inf fail the
     range comparisons and so reach check_metric too. A valid push (289 values) builds no path string."""
     if obj is None:
-        return [None] * len(metrics)
+        return [None] * len(metrics), False
     if not isinstance(obj, dict):
         errors.add(path, "must be an object of metric name to number or null")
-        return [None] * len(metrics)
+        return [None] * len(metrics), False
     get = obj.get
     names, types, los, his = _FAST[id(metrics)]
     values = list(map(get, names))
@@ -141,7 +150,8 @@ def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, i
         # Every metric is present: any other key than them and the GPU's ids is unknown.
         if len(obj) != len(names) + ("index" in obj) + ("uuid" in obj) + ("name" in obj):
             _note_unknown(metrics, obj, ignored)
-        return values
+            return values, False
+        return values, True
     out: list[Any] = []
     append = out.append
     for name, lo, hi, integer, m in _SPECS[id(metrics)]:
@@ -164,7 +174,7 @@ def _metrics(metrics: tuple[Metric, ...], obj: Any, path: str, errors: Errors, i
             continue
         append(check_metric(m, value, f"{path}.{name}", errors))
     _note_unknown(metrics, obj, ignored)
-    return out
+    return out, False
 
 
 def _note_unknown(metrics: tuple[Metric, ...], obj: dict[Any, Any], ignored: set[str]) -> None:
@@ -174,6 +184,7 @@ def _note_unknown(metrics: tuple[Metric, ...], obj: dict[Any, Any], ignored: set
         ignored.update(str(k)[:64] for k in list(extra)[:20])
 
 
+_GPU_KEYS = len(GPU_METRICS) + len(GPU_ID_KEYS)  # a GPU object with its ids and every metric, nothing else
 _NAMES = {id(ms): frozenset(m.name for m in ms) for ms in (GPU_METRICS, HOST_METRICS, INFERENCE_METRICS)}
 # (names, the type each is stored as, lows, highs) per catalogue group, for the all-valid check of _metrics.
 _FAST = {id(ms): (tuple(m.name for m in ms), tuple(int if m.integer else float for m in ms),
@@ -241,8 +252,10 @@ def _gpu(obj: Any, path: str, errors: Errors, ignored: set[str], seen: set[int])
     seen.add(index)
     uuid = _string(obj, "uuid", f"{path}.uuid", errors, 96) or ""
     name = _string(obj, "name", f"{path}.name", errors, 128) or ""
-    values = _metrics(GPU_METRICS, obj, path, errors, ignored)
-    return GpuRow(index, uuid, name, values)
+    values, as_sent = _metrics_sent(GPU_METRICS, obj, path, errors, ignored)
+    # As sent: every metric and the three ids (uuid and name given as valid strings), and no other key.
+    exact = as_sent and uuid is obj.get("uuid") and name is obj.get("name") and len(obj) == _GPU_KEYS
+    return GpuRow(index, uuid, name, values, obj if exact else None)
 
 
 def validate(doc: Any, now: datetime, oldest: datetime, max_samples: int) -> tuple[Batch | None, Errors]:
