@@ -109,7 +109,12 @@ class Agent:
         stats.sent += 1
         start = time.perf_counter()
         try:
-            if self.writer is None:
+            if self.writer is None or self.reader is None or self.reader.at_eof():
+                # A kept-alive connection the server has closed meanwhile (idle past its keep-alive, 75 s: an agent
+                # pushing every 60 s that sat out a step of a sweep) is replaced before the push, as an HTTP client's
+                # connection pool does, rather than failing the push on it.
+                if self.writer is not None:
+                    self.writer.close()
                 self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
             assert self.reader is not None
             self.writer.write(head + data)
