@@ -147,12 +147,17 @@ async def run_load(agents: list[Agent], interval: float, duration: float, label:
     stats = Stats()
     from tqdm import tqdm
 
-    deadline = time.monotonic() + duration
+    start = time.monotonic()
+    deadline = start + duration
     bar = tqdm(total=int(duration), desc=label, unit="s", leave=False, file=sys.stderr)
 
     async def one(agent: Agent) -> None:
-        await asyncio.sleep(random.random() * interval)  # random phase, as real agents have
-        next_at = time.monotonic()
+        # A random phase, as real agents have, on a fixed grid from the start: reading the clock after the first
+        # sleep would let the load generator's own event-loop lag (5,000 agents starting in one process) push an
+        # agent with a phase near the interval past the deadline, one push short of the fleet's rate, and a
+        # system would be charged for pushes that were never sent.
+        next_at = start + random.random() * interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         while next_at < deadline:
             await agent.push(stats)
             next_at += interval
