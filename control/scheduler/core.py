@@ -64,6 +64,9 @@ SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slo
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
 DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft")  # scorers computed per request, not from the sample
 AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity term (the routing page shows it)
+# slo: what a node whose expected wait is past the SLO limit loses, more than every other term together can give,
+# so that any node within the limit ranks above it.
+SLO_MISS = 100.0
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
@@ -546,6 +549,8 @@ class Scheduler:
             out["in_flight"] = weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             out["expected_wait"] = self._wait_part(node)
+        if self._slo:
+            out["slo"] = self._slo_part(node)
         if "prefix_affinity" in cfg.weights:
             out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
         # expected_ttft is left out: it counts for streamed requests only (the state key shows stream_ttft_s).
@@ -574,7 +579,14 @@ class Scheduler:
             s += weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             s += self._wait_part(node)
+        if self._slo:
+            s += self._slo_part(node)
         return s
+
+    def _slo_part(self, node: Node) -> float:
+        """slo: a node where a new request should take longer than the SLO limit scores as a miss (-SLO_MISS), so
+        requests go where they still make the SLO; when no node does, pick() sends them to the fewest in flight."""
+        return -SLO_MISS if self.expected_wait(node) > self._slo_limit else 0.0
 
     def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
         cfg = self.config
