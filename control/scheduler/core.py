@@ -60,6 +60,11 @@ from control.scheduler.prefix_index import Keys, PrefixIndex
 NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
 TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
 STREAM_TTFT_ALPHA = 0.2  # expected_ttft: weight of the newest streamed request's TTFT in its node's average
+# expected_ttft: a node that no streamed request has measured for this long drifts toward the fleet median with this
+# time constant, so that a node the term steered away from (its last figure stays its figure) is tried again and a
+# node that got faster is noticed. Longer than a bench run: within one, a slow node's figure holds.
+STREAM_TTFT_STALE_S = 60.0
+STREAM_TTFT_DECAY_S = 120.0
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
 DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft")  # scorers computed per request, not from the sample
@@ -145,7 +150,7 @@ class Node:
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
                  "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
-                 "sbase")
+                 "sbase", "stream_ttft_at")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -180,6 +185,8 @@ class Node:
         # non-streamed answer's first byte is its whole answer), and the score its stream-heap entry was made with.
         self.stream_ttft_s: float | None = None
         self.sbase = 0.0
+        # when stream_ttft_s was last measured or moved toward the fleet median (tick)
+        self.stream_ttft_at = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -406,6 +413,24 @@ class Scheduler:
             if ended or stale:
                 self._score(node, now)
                 self._relist(node)
+        if self._ttft and self._ttft_default > 0:
+            self._drift_ttft(now)
+
+    def _drift_ttft(self, now: float) -> None:
+        """expected_ttft: a node whose streamed TTFT nobody measured for STREAM_TTFT_STALE_S moves toward the fleet
+        median (time constant STREAM_TTFT_DECAY_S). Without it a node the term steered streams away from kept its
+        last figure for good, however much faster it became."""
+        median = self._ttft_default
+        for node in self.nodes.values():
+            t = node.stream_ttft_s
+            if t is None or t == median or not node.healthy:
+                continue
+            step = now - node.stream_ttft_at - STREAM_TTFT_STALE_S  # the time past the threshold not yet applied
+            if step <= 0:
+                continue
+            node.stream_ttft_s = median + (t - median) * math.exp(-step / STREAM_TTFT_DECAY_S)
+            node.stream_ttft_at = now - STREAM_TTFT_STALE_S  # so that the next step covers only the time after now
+            self._relist(node)
 
     # --- scoring ----------------------------------------------------------------------------------------------
     def _latency_ms(self, node: Node) -> float | None:
@@ -754,6 +779,7 @@ class Scheduler:
             if stream and ok:
                 node.stream_ttft_s = ttft_s if node.stream_ttft_s is None else (
                     (1 - STREAM_TTFT_ALPHA) * node.stream_ttft_s + STREAM_TTFT_ALPHA * ttft_s)
+                node.stream_ttft_at = now
                 if self._ttft and not self._ttft_default:
                     self._ttft_default = ttft_s  # the first measurement: the scale until the next refresh
         self._relist(node)
