@@ -398,6 +398,10 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     for o in outs:
         if 200 <= o.status < 300:
             client.setdefault(profiles.get(o.node, "?"), []).append(o.latency_s)
+    misses = {prof: sum(1 for x in xs if x > slo_s) for prof, xs in client.items()}
+    result["slo_misses"] = misses
+    log(f"    past the {slo_s:g}-s SLO, per profile (missed / served): " + ", ".join(
+        f"{prof} {misses[prof]}/{len(client[prof])}" for prof in sorted(client)))
     log("    engines (mean e2e / queue / TTFT, model s) vs client mean latency: " + "; ".join(
         f"{prof} {e.get('e2e', 0):.2f} / {e.get('queue', 0):.2f} / {e.get('ttft', 0):.2f} vs "
         f"{sum(client.get(prof, [0])) / max(1, len(client.get(prof, []))):.2f}"
