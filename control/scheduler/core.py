@@ -39,7 +39,13 @@ Why it is built this way (docs/gateway.md has the long version):
   normalised as T / (T + fleet median T). Each group keeps a second heap keyed by the score plus this term, used
   by streamed picks only: the streamed requests go to the nodes that start answering soonest and the non-streamed
   ones (scored as before) fill what they leave, so a slow-prefill node still carries its share of the load but
-  not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s).
+  not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s). A node
+  no streamed request measured for a minute drifts toward the fleet median, so one it steered away is tried again.
+* `slo` (a latency target the operator sets; none by default): a node where a new request's expected wait is past
+  slo.latency_s x slo.margin scores as a miss (-SLO_MISS), so requests go where they still make the SLO; when even
+  the best node is past it (the request misses everywhere), a non-streamed request goes to the node with the
+  fewest requests in flight (a third heap, keyed like least_in_flight's), the fewest others it can delay, instead
+  of onto the fast nodes' queues, whose requests would then end just past the SLO too.
 """
 
 from __future__ import annotations
