@@ -10,7 +10,8 @@ sample, then sends the same seeded open-loop Poisson sequence (`control.loadgen.
     least_in_flight  picker.strategy least_in_flight (the gateway's own in-flight count per node)
     classic          highest score with only 0.6*gpu_free + 0.3*(1-cpu_load) - 0.1*latency, burst correction 0,
                      on the agents' 5-second samples (what the literal weighted formula does)
-    switchyard       the default scheduler policy (the classic weights plus expected_wait)
+    switchyard       the default scheduler policy (the classic weights plus expected_wait), told the bench's goodput
+                     SLO as its slo.latency_s (the operator's latency target; `--no-policy-slo`: left null)
 
 The rate is calibrated, not trusted from the hardware profiles: the saturation computed from them (a full batch on
 every node, routed in exact proportion to speed) is printed, then least_in_flight runs short probes at rising shares
