@@ -10,7 +10,8 @@ sample, then sends the same seeded open-loop Poisson sequence (`control.loadgen.
     least_in_flight  picker.strategy least_in_flight (the gateway's own in-flight count per node)
     classic          highest score with only 0.6*gpu_free + 0.3*(1-cpu_load) - 0.1*latency, burst correction 0,
                      on the agents' 5-second samples (what the literal weighted formula does)
-    switchyard       the default scheduler policy (the classic weights plus expected_wait)
+    switchyard       the default scheduler policy (the classic weights plus expected_wait), told the bench's goodput
+                     SLO as its slo.latency_s (the operator's latency target; `--no-policy-slo`: left null)
 
 The rate is calibrated, not trusted from the hardware profiles: the saturation computed from them (a full batch on
 every node, routed in exact proportion to speed) is printed, then least_in_flight runs short probes at rising shares
@@ -106,6 +107,8 @@ def unloaded_latency(profile: Any, prompt: float, out: float) -> float:
 
 # --- the policies -----------------------------------------------------------------------------------------------
 CUSTOM: dict[str, dict[str, Any]] = {}  # --custom NAME=FILE: extra configurations (partial documents)
+MARGIN: list[float] = []  # --slo-margin
+POLICY_SLO: list[float] = []  # the goodput SLO, told to the default policy (slo.latency_s) unless --no-policy-slo
 
 
 def policy(name: str) -> dict[str, Any]:
@@ -119,6 +122,11 @@ def policy(name: str) -> dict[str, Any]:
             else:
                 doc[key] = value
     doc["cache"]["enabled"] = False  # no repeated prompts anyway; keep Redis out of the request path
+    if POLICY_SLO and name not in CUSTOM:
+        # The operator's SLO is the bench's goodput SLO: the default routes for it past saturation (issue 14).
+        doc["slo"]["latency_s"] = POLICY_SLO[0]
+    if MARGIN:
+        doc["slo"]["margin"] = MARGIN[0]
     if name in ("round_robin", "least_in_flight"):
         doc["picker"]["strategy"] = name
     elif name == "classic":
@@ -391,6 +399,10 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
     for o in outs:
         if 200 <= o.status < 300:
             client.setdefault(profiles.get(o.node, "?"), []).append(o.latency_s)
+    misses = {prof: sum(1 for x in xs if x > slo_s) for prof, xs in client.items()}
+    result["slo_misses"] = misses
+    log(f"    past the {slo_s:g}-s SLO, per profile (missed / served): " + ", ".join(
+        f"{prof} {misses[prof]}/{len(client[prof])}" for prof in sorted(client)))
     log("    engines (mean e2e / queue / TTFT, model s) vs client mean latency: " + "; ".join(
         f"{prof} {e.get('e2e', 0):.2f} / {e.get('queue', 0):.2f} / {e.get('ttft', 0):.2f} vs "
         f"{sum(client.get(prof, [0])) / max(1, len(client.get(prof, []))):.2f}"
@@ -599,6 +611,11 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true",
                     help="during switchyard's runs, match each request with the expected_wait the gateway held for "
                          "its node when it was sent (printed per profile)")
+    ap.add_argument("--no-policy-slo", action="store_true",
+                    help="do not tell the scheduler policy the goodput SLO (slo.latency_s stays null: routing by "
+                         "score alone, as before issue 14's SLO rule)")
+    ap.add_argument("--slo-margin", type=float, default=0.0,
+                    help="the policy's slo.margin (default: the policy's default)")
     ap.add_argument("--json", dest="json_path", default="", help="also write the results as JSON here")
     ap.add_argument("--database", default="sy_bench_routing", help="throw-away database (default %(default)s)")
     ap.add_argument("--redis-db", type=int, default=int(os.environ.get("TEST_REDIS_DB", "11")),
@@ -637,6 +654,11 @@ def main() -> None:
     log("unloaded latency of the mean request: " + ", ".join(
         f"{k} {unloaded_latency(PROFILES[k], prompt, out):.2f} s" for k in MIXED))
     why = "" if args.slo else " (1.5 x the slowest profile's unloaded latency)"
+    if not args.no_policy_slo:
+        POLICY_SLO.append(slo_s)
+        why += "; the default policy is told it (slo.latency_s)"
+    if args.slo_margin:
+        MARGIN.append(args.slo_margin)
     log(f"SLO for goodput {slo_s:g} s{why}; {args.duration:g} s per configuration, seed {args.seed}, "
         f"{args.stream_fraction:.0%} streamed")
     probes: list[dict[str, Any]] = []

@@ -8,6 +8,9 @@ gateway's event loop.
 
     .venv/bin/python bench/scheduler.py [--decisions 20000] [--sizes 100,1000,10000] [--affinity]
 
+`--slo S` gives the policy slo.latency_s = S (default: none, as the default policy) and prints how many picks went
+past it (to the fewest in flight).
+
 `--affinity` adds the prefix_affinity scorer (weight 2) and gives every request a 2,000-token prompt (8,000
 characters: one of 200 shared system prompts of 1,800 tokens plus its own 200-token question); a decision then also
 cuts the prompt into blocks and hashes them (what the gateway does per request), looks the blocks up in the prefix
@@ -30,18 +33,26 @@ from tqdm import tqdm  # noqa: E402
 from bench.benchlib import percentile  # noqa: E402
 from control.policy.defaults import default_document  # noqa: E402
 from control.policy.schemas import validate  # noqa: E402
-from control.scheduler.config import Config, default_config  # noqa: E402
+from control.scheduler.config import Config  # noqa: E402
 from control.scheduler.core import Metrics, NodeSpec, Scheduler  # noqa: E402
 from control.scheduler.prefix_index import block_keys, prompt_text  # noqa: E402
 
 CPU_CLOCK = False
+PAST_SLO: list[Scheduler] = []  # the schedulers run, for the count of picks past the SLO
+SLO_S = 0.0  # --slo: the policy's slo.latency_s (0: none, as the default)
+
+
+def with_slo(doc: dict) -> Config:
+    if SLO_S:
+        doc["slo"]["latency_s"] = SLO_S
+    return Config.from_document(validate("scheduler", doc))
 
 
 def affinity_config() -> Config:
     doc = default_document("scheduler")
     doc["scorers"] = [s for s in doc["scorers"] if s["metric"] != "prefix_affinity"]
     doc["scorers"].append({"metric": "prefix_affinity", "weight": 2.0, "invert": False})
-    return Config.from_document(validate("scheduler", doc))
+    return with_slo(doc)
 
 
 def prompts(rng: random.Random, n: int = 2000) -> list[dict[str, object]]:
@@ -66,7 +77,8 @@ def run(n: int, decisions: int, concurrency: int,
     rng = random.Random(n)
     now = time.time()
     specs, samples = fleet(n, rng, now)
-    sched = Scheduler(affinity_config() if affinity else default_config(), rng)
+    sched = Scheduler(affinity_config() if affinity else with_slo(default_document("scheduler")), rng)
+    PAST_SLO.append(sched)
     bodies = prompts(random.Random(1)) if affinity is not None else []
     cfg = sched.config
     t0 = time.perf_counter()
@@ -114,9 +126,13 @@ def main() -> None:
                         help="2,000-token prompts with the prefix_affinity scorer, beside the same without it")
     parser.add_argument("--cpu-clock", action="store_true",
                         help="time decisions in this thread's CPU time instead of wall time (a loaded machine)")
+    parser.add_argument("--slo", type=float, default=0.0,
+                        help="the policy's slo.latency_s in seconds (default: none, as the default policy); a small "
+                             "value sends most picks down the past-the-SLO path")
     args = parser.parse_args()
-    global CPU_CLOCK
+    global CPU_CLOCK, SLO_S
     CPU_CLOCK = args.cpu_clock
+    SLO_S = args.slo
     if args.affinity:
         print(f"one decision, {'thread CPU' if CPU_CLOCK else 'wall'} time: with affinity = the prompt's text from the "
               "body + its block keys (hashing) + pick + recording the send in the prefix index; without = pick + "
@@ -129,6 +145,7 @@ def main() -> None:
             print(f"{n:>7} {percentile(on, 0.5):>11.1f}us {p99:>7.1f}us {percentile(off, 0.5):>10.1f}us "
                   f"{percentile(off, 0.99):>7.1f}us {p99 / percentile(off, 0.99):>9.2f}x"
                   + (f"   target p99 < 100 us: {'met' if p99 < 100 else 'NOT met'}" if n == 1000 else ""))
+        slo_line()
         return
     print(f"{'nodes':>7} {'decide p50':>11} {'decide p99':>11} {'finish p50':>11} {'finish p99':>11} "
           f"{'full re-score':>14} {'1 s refresh':>12}")
@@ -138,6 +155,14 @@ def main() -> None:
         fus = [v / 1000 for v in finishes]
         print(f"{n:>7} {percentile(us, 0.5):>9.1f}us {percentile(us, 0.99):>9.1f}us "
               f"{percentile(fus, 0.5):>9.1f}us {percentile(fus, 0.99):>9.1f}us {refresh_ms:>12.1f}ms {second_ms:>10.1f}ms")
+    slo_line()
+
+
+def slo_line() -> None:
+    if SLO_S:
+        past = sum(x.counters.extra.get("past_slo", 0) for x in PAST_SLO)
+        total = sum(x.counters.decisions for x in PAST_SLO)
+        print(f"slo.latency_s {SLO_S:g} s: {past} of {total} picks went past the SLO (to the fewest in flight)")
 
 
 if __name__ == "__main__":

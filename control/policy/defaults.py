@@ -55,6 +55,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # The gateway's approximate prefix index (prefix_affinity scorer, cache_aware picker; docs/gateway.md).
         "prefix": {"block_chars": 256, "index_blocks": 10000, "min_match_blocks": 2, "max_blocks": 128,
                    "source": "sent"},
+        # No SLO unless the operator sets one: the scheduler cannot know what latency counts as good (docs/gateway.md).
+        "slo": {"latency_s": None, "margin": 0.8},
     },
     "scaling": {
         "default": {

@@ -150,6 +150,19 @@ class Shedding(Strict):
     retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After on 429 and 503 answers")
 
 
+class Slo(Strict):
+    """The latency target the gateway routes for past saturation (issue 14): see docs/gateway.md (*The SLO*)."""
+
+    latency_s: float | None = Field(
+        None, gt=0, le=3600, description="seconds a request should finish within (the SLO goodput counts against); "
+                                         "null: none, requests are routed by score alone")
+    margin: float = Field(
+        0.8, gt=0, le=1, description="a request counts as missing the SLO on the best node when that node's "
+                                     "expected wait exceeds latency_s x this (expected_wait is for the mean request; "
+                                     "a longer answer takes longer); it then goes to the node with the fewest "
+                                     "requests in flight, where it delays the fewest others")
+
+
 class Scheduler(Strict):
     scorers: list[Scorer] = Field(min_length=1, max_length=len(SCORER_METRICS))
     filters: Filters = Field(default_factory=Filters)
@@ -162,6 +175,7 @@ class Scheduler(Strict):
     cache: Cache = Field(default_factory=Cache)
     shedding: Shedding = Field(default_factory=Shedding)
     prefix: Prefix = Field(default_factory=Prefix)
+    slo: Slo = Field(default_factory=Slo)
 
     @field_validator("scorers")
     @classmethod

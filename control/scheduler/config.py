@@ -89,6 +89,10 @@ class Config:
     cache_threshold: float = 0.5
     balance_abs: int = 32
     balance_rel: float = 1.1
+    # The SLO (slo section): 0 = none. A request whose best node's expected wait exceeds slo_s x slo_margin goes to
+    # the node with the fewest requests in flight instead (core.py).
+    slo_s: float = 0.0
+    slo_margin: float = 0.8
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> Config:
@@ -110,7 +114,7 @@ class Config:
             cache_enabled=bool(cache["enabled"]), cache_ttl_s=int(cache["ttl_s"]),
             cache_max_entry_bytes=int(cache["max_entry_bytes"]), cache_shared=bool(cache.get("shared", False)),
             retry_after_s=int(shed["retry_after_s"]),
-            strategy=p.get("strategy", "highest"), **_prefix_fields(doc),
+            strategy=p.get("strategy", "highest"), **_prefix_fields(doc), **_slo_fields(doc),
         )
 
     @property
@@ -142,6 +146,11 @@ def _prefix_fields(doc: dict[str, Any]) -> dict[str, Any]:
         cache_threshold=float(p.get("cache_threshold", 0.5)), balance_abs=int(p.get("balance_abs_threshold", 32)),
         balance_rel=float(p.get("balance_rel_threshold", 1.1)),
     )
+
+
+def _slo_fields(doc: dict[str, Any]) -> dict[str, Any]:
+    slo = doc.get("slo") or {}
+    return dict(slo_s=float(slo.get("latency_s") or 0.0), slo_margin=float(slo.get("margin", 0.8)))
 
 
 def default_config() -> Config:

@@ -39,7 +39,13 @@ Why it is built this way (docs/gateway.md has the long version):
   normalised as T / (T + fleet median T). Each group keeps a second heap keyed by the score plus this term, used
   by streamed picks only: the streamed requests go to the nodes that start answering soonest and the non-streamed
   ones (scored as before) fill what they leave, so a slow-prefill node still carries its share of the load but
-  not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s).
+  not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s). A node
+  no streamed request measured for a minute drifts toward the fleet median, so one it steered away is tried again.
+* `slo` (a latency target the operator sets; none by default): a node where a new request's expected wait is past
+  slo.latency_s x slo.margin scores as a miss (-SLO_MISS), so requests go where they still make the SLO; when even
+  the best node is past it (the request misses everywhere), a non-streamed request goes to the node with the
+  fewest requests in flight (a third heap, keyed like least_in_flight's), the fewest others it can delay, instead
+  of onto the fast nodes' queues, whose requests would then end just past the SLO too.
 """
 
 from __future__ import annotations
@@ -60,10 +66,18 @@ from control.scheduler.prefix_index import Keys, PrefixIndex
 NEUTRAL = 0.5  # a metric the node does not report (null) scores in the middle: neither favoured nor punished
 TTFT_ALPHA = 0.2  # weight of the newest observation in the gateway's own TTFT average per node
 STREAM_TTFT_ALPHA = 0.2  # expected_ttft: weight of the newest streamed request's TTFT in its node's average
+# expected_ttft: a node that no streamed request has measured for this long drifts toward the fleet median with this
+# time constant, so that a node the term steered away from (its last figure stays its figure) is tried again and a
+# node that got faster is noticed. Longer than a bench run: within one, a slow node's figure holds.
+STREAM_TTFT_STALE_S = 60.0
+STREAM_TTFT_DECAY_S = 120.0
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
 DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft")  # scorers computed per request, not from the sample
 AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity term (the routing page shows it)
+# slo: what a node whose expected wait is past the SLO limit loses, more than every other term together can give,
+# so that any node within the limit ranks above it.
+SLO_MISS = 100.0
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
@@ -142,7 +156,7 @@ class Node:
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
                  "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
-                 "sbase")
+                 "sbase", "stream_ttft_at")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -177,6 +191,8 @@ class Node:
         # non-streamed answer's first byte is its whole answer), and the score its stream-heap entry was made with.
         self.stream_ttft_s: float | None = None
         self.sbase = 0.0
+        # when stream_ttft_s was last measured or moved toward the fleet median (tick)
+        self.stream_ttft_at = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -200,7 +216,7 @@ class Node:
 class Group:
     """The nodes that serve one model, as a heap of (-score bucket, tie-break, seq, version, node)."""
 
-    __slots__ = ("model", "members", "heap", "cursor", "sheap")
+    __slots__ = ("model", "members", "heap", "cursor", "sheap", "fheap")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -210,6 +226,9 @@ class Group:
         # (empty when the policy has no expected_ttft scorer).
         self.sheap: list[tuple[float, float, int, int, Node]] = []
         self.cursor = 0  # round_robin: index in members where the next walk starts
+        # slo: the same nodes keyed by the gateway's in-flight count (as least_in_flight), where a request goes when
+        # its best node cannot finish it within the SLO (empty without an SLO).
+        self.fheap: list[tuple[float, float, int, int, Node]] = []
 
 
 @dataclass
@@ -256,6 +275,8 @@ class Scheduler:
         self._affinity = config.strategy == "highest" and "prefix_affinity" in config.weights
         self._kv_events = config.prefix_source == "kv_events"
         self._ttft = config.strategy == "highest" and "expected_ttft" in config.weights
+        self._slo = config.strategy == "highest" and config.slo_s > 0
+        self._slo_limit = config.slo_s * config.slo_margin
         self._make_entry = self._entry_least if config.strategy in ("least_in_flight", "cache_aware") else self._entry
         if self.prefix.capacity != config.prefix_index_blocks:
             self.prefix.resize(config.prefix_index_blocks)
@@ -376,13 +397,17 @@ class Scheduler:
         for group in self.groups.values():
             group.heap = []
             group.sheap = []
+            group.fheap = []
             for node in group.members:
                 if node.listed:
                     group.heap.append(self._make_entry(node))
                     if self._ttft:
                         group.sheap.append(self._entry_stream(node))
+                    if self._slo:
+                        group.fheap.append(self._entry_least(node))
             heapq.heapify(group.heap)
             heapq.heapify(group.sheap)
+            heapq.heapify(group.fheap)
 
     def tick(self, now: float) -> None:
         """Time-driven changes between updates: quarantines that ended (half-open), samples that went stale."""
@@ -394,6 +419,24 @@ class Scheduler:
             if ended or stale:
                 self._score(node, now)
                 self._relist(node)
+        if self._ttft and self._ttft_default > 0:
+            self._drift_ttft(now)
+
+    def _drift_ttft(self, now: float) -> None:
+        """expected_ttft: a node whose streamed TTFT nobody measured for STREAM_TTFT_STALE_S moves toward the fleet
+        median (time constant STREAM_TTFT_DECAY_S). Without it a node the term steered streams away from kept its
+        last figure for good, however much faster it became."""
+        median = self._ttft_default
+        for node in self.nodes.values():
+            t = node.stream_ttft_s
+            if t is None or t == median or not node.healthy:
+                continue
+            step = now - node.stream_ttft_at - STREAM_TTFT_STALE_S  # the time past the threshold not yet applied
+            if step <= 0:
+                continue
+            node.stream_ttft_s = median + (t - median) * math.exp(-step / STREAM_TTFT_DECAY_S)
+            node.stream_ttft_at = now - STREAM_TTFT_STALE_S  # so that the next step covers only the time after now
+            self._relist(node)
 
     # --- scoring ----------------------------------------------------------------------------------------------
     def _latency_ms(self, node: Node) -> float | None:
@@ -537,6 +580,8 @@ class Scheduler:
             out["in_flight"] = weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             out["expected_wait"] = self._wait_part(node)
+        if self._slo:
+            out["slo"] = self._slo_part(node)
         if "prefix_affinity" in cfg.weights:
             out["prefix_affinity"] = node.affinity  # the mean over recent picks: affinity depends on the prompt
         # expected_ttft is left out: it counts for streamed requests only (the state key shows stream_ttft_s).
@@ -565,7 +610,14 @@ class Scheduler:
             s += weight * ((1.0 - x) if invert else x)
         if "expected_wait" in cfg.weights:
             s += self._wait_part(node)
+        if self._slo:
+            s += self._slo_part(node)
         return s
+
+    def _slo_part(self, node: Node) -> float:
+        """slo: a node where a new request should take longer than the SLO limit scores as a miss (-SLO_MISS), so
+        requests go where they still make the SLO; when no node does, pick() sends them to the fewest in flight."""
+        return -SLO_MISS if self.expected_wait(node) > self._slo_limit else 0.0
 
     def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
         cfg = self.config
@@ -608,6 +660,12 @@ class Scheduler:
                 if len(sheap) > 2 * len(group.members) + 64:
                     group.sheap = [e for e in sheap if e[3] == e[4].version]
                     heapq.heapify(group.sheap)
+            if self._slo:
+                fheap = group.fheap
+                heapq.heappush(fheap, self._entry_least(node))
+                if len(fheap) > 2 * len(group.members) + 64:
+                    group.fheap = [e for e in fheap if e[3] == e[4].version]
+                    heapq.heapify(group.fheap)
         # A node that is no longer listed simply has no live entry; it is re-pushed when it may take work again.
 
     # --- the hot path -----------------------------------------------------------------------------------------
@@ -633,6 +691,8 @@ class Scheduler:
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
         if heap and not exclude:
+            if self._slo and not stream and self.expected_wait(heap[0][4]) > self._slo_limit:
+                return self._pick_past_slo(group)
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
@@ -648,6 +708,19 @@ class Scheduler:
                 if child < len(heap):
                     heapq.heappush(frontier, (heap[child], child))
         return self._none_left(group, exclude)
+
+    def _pick_past_slo(self, group: Group) -> Pick:
+        """The request would miss the SLO even on its best node (expected wait past slo_s x margin): it goes to the
+        node with the fewest requests in flight, the fewest others it can delay. Filling the best nodes on to the
+        same expected finish everywhere instead (what the score does) holds their requests right at the SLO, where
+        a longer answer or one more prefill pushes them past it (issue 14: goodput 0.90 x least-in-flight at 110 %
+        of its stable rate, the h100s' mean latency 6.4 s against an 8.7-s SLO); a request that misses anyway
+        should not take the fast nodes' requests down with it."""
+        fheap = group.fheap
+        while fheap and fheap[0][3] != fheap[0][4].version:
+            heapq.heappop(fheap)
+        self.counters.extra["past_slo"] = self.counters.extra.get("past_slo", 0) + 1
+        return Pick(fheap[0][4], "ok")
 
     def _none_left(self, group: Group, exclude: frozenset[str] | set[str]) -> Pick:
         healthy = any(n.healthy and n.quarantined_until is None and n.name not in exclude for n in group.members)
@@ -712,6 +785,7 @@ class Scheduler:
             if stream and ok:
                 node.stream_ttft_s = ttft_s if node.stream_ttft_s is None else (
                     (1 - STREAM_TTFT_ALPHA) * node.stream_ttft_s + STREAM_TTFT_ALPHA * ttft_s)
+                node.stream_ttft_at = now
                 if self._ttft and not self._ttft_default:
                     self._ttft_default = ttft_s  # the first measurement: the scale until the next refresh
         self._relist(node)

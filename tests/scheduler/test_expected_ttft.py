@@ -4,6 +4,7 @@ test_gateway.py)."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -105,3 +106,46 @@ def test_the_policy_field_is_validated() -> None:
     assert "expected_ttft" in Config.from_document(validate("scheduler", doc)).weights
     # Not part of the span the burst correction is scaled by (a per-request term, like expected_wait).
     assert Config.from_document(validate("scheduler", doc)).span == pytest.approx(1.0)
+
+
+def three_nodes() -> Scheduler:
+    """'a' and 'b' start streams after 0.07 s, 'slow' after 0.5 s; all three finish requests alike."""
+    sched = default_fleet(["a", "b", "slow"])
+    teach(sched, "a", 2.0, 0.07)
+    teach(sched, "b", 2.0, 0.07)
+    teach(sched, "slow", 2.0, 0.5)
+    sched.recompute(NOW)
+    return sched
+
+
+def test_a_node_steered_away_from_drifts_back_to_the_fleet_median() -> None:
+    sched = three_nodes()
+    slow = sched.nodes["slow"]
+    last = slow.stream_ttft_at
+    assert slow.stream_ttft_s == pytest.approx(0.5)
+    assert sched.pick("m", stream=True).node is not slow
+
+    def at(t: float) -> None:  # fresh samples (the nodes stay healthy), then the gateway's periodic tick
+        sched.update(t, samples={n: Metrics(t - 1, int(t), 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in sched.nodes})
+        sched.tick(t)
+
+    at(last + 30)  # measured 30 s ago: it holds
+    assert slow.stream_ttft_s == pytest.approx(0.5)
+    at(last + 60 + 120)  # two minutes past the stale threshold: e^-1 of the gap to the median is left
+    assert slow.stream_ttft_s == pytest.approx(0.07 + 0.43 * math.exp(-1))
+    at(last + 60 + 240)  # step by step, the same curve
+    assert slow.stream_ttft_s == pytest.approx(0.07 + 0.43 * math.exp(-2))
+    for rid in range(16):  # a and b get 8 requests in flight each: the drifted slow node is now the better start
+        sched.sent(sched.nodes["ab"[rid % 2]], 50 + rid, last + 298)  # before the sample: no burst correction
+    assert sched.pick("m", stream=True).node is slow
+    sched.sent(slow, 70, last + 300)
+    sched.finished(slow, 70, ttft_s=0.08, now=last + 301, ok=True, stream=True)  # it did get faster: noticed
+    assert slow.stream_ttft_s < 0.15 and slow.stream_ttft_at == last + 301
+
+
+def test_a_measured_node_does_not_drift() -> None:
+    sched = three_nodes()
+    a = sched.nodes["a"]
+    before = a.stream_ttft_s
+    sched.tick(a.stream_ttft_at + 59)
+    assert a.stream_ttft_s == before

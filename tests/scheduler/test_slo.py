@@ -1,0 +1,136 @@
+"""The slo policy section (issue 14): a request its best node cannot finish within the SLO goes to the node with the
+fewest requests in flight instead of onto the fast nodes' queues. No I/O for the core; the policy API path at the
+end (400 naming the field, nothing stored)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+from rest_framework.test import APIClient
+
+from control.policy.defaults import default_document
+from control.policy.models import PolicyRevision
+from control.policy.schemas import DocumentError, validate
+from control.scheduler.config import Config
+from control.scheduler.core import Metrics, NodeSpec, Scheduler
+from core.audit.models import AuditEvent
+from tests.conftest import make_user
+from tests.scheduler.core_fleet import NOW, serve_rounds
+
+
+def fleet(slo_s: float | None, margin: float = 0.8) -> Scheduler:
+    """'fast' (2-s requests at 4 in flight: 0.5 s per slot) and two 'slow' nodes (6-s requests: 1.5 s per slot),
+    on the default policy with slo.latency_s = slo_s."""
+    doc = default_document("scheduler")
+    doc["slo"] = {"latency_s": slo_s, "margin": margin}
+    sched = Scheduler(Config.from_document(validate("scheduler", doc)), random.Random(1))
+    names = ["fast", "slow1", "slow2"]
+    specs = [NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in names]
+    sched.update(NOW, specs=specs, samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in names})
+    serve_rounds(sched, "fast", 4, 2.0)
+    serve_rounds(sched, "slow1", 4, 6.0)
+    serve_rounds(sched, "slow2", 4, 6.0)
+    sched.recompute(NOW)
+    return sched
+
+
+def load_fast(sched: Scheduler, k: int) -> None:
+    for rid in range(k):  # sent before the sample: only expected_wait sees them, not the burst correction
+        sched.sent(sched.nodes["fast"], 10_000 + rid, NOW - 2)
+
+
+def test_a_request_that_would_miss_the_slo_on_its_best_node_goes_where_fewest_are_in_flight() -> None:
+    with_slo, without = fleet(5.0), fleet(None)
+    for sched in (with_slo, without):
+        load_fast(sched, 9)  # fast: 0.5 s x 10 = 5.0 s expected, still better than a slow node's 6 s
+        sched.sent(sched.nodes["slow1"], 1, NOW - 2)
+        fast = sched.nodes["fast"]
+        assert sched.expected_wait(fast) == pytest.approx(5.0)
+        assert sched.expected_wait(sched.nodes["slow2"]) == pytest.approx(6.0)
+        assert max(sched.nodes.values(), key=sched.base_score) is fast
+    assert without.pick("m").node is without.nodes["fast"]  # by score: onto the fast node's queue
+    # 5.0 s > 5.0 x 0.8: the request misses there; slow2 has nothing in flight, so it delays nobody there.
+    assert with_slo.pick("m").node is with_slo.nodes["slow2"]
+    assert with_slo.counters.extra["past_slo"] == 1
+
+
+def test_within_the_slo_the_score_decides_as_before() -> None:
+    sched = fleet(5.0)
+    load_fast(sched, 6)  # 3.5 s expected on fast: within 4.0 s
+    assert sched.pick("m").node is sched.nodes["fast"]
+    assert "past_slo" not in sched.counters.extra
+
+
+def test_a_streamed_request_keeps_its_first_token_objective() -> None:
+    sched = fleet(5.0)
+    load_fast(sched, 9)
+    assert sched.pick("m").node is not sched.nodes["fast"]
+    assert sched.pick("m", stream=True).node is sched.nodes["fast"]
+
+
+def test_past_the_slo_a_burst_spreads_instead_of_queueing_on_the_fast_node() -> None:
+    picks = {}
+    for slo in (None, 5.0):
+        sched = fleet(slo)
+        for rid in range(30):  # none finishes: every node's expected wait grows with its queue
+            node = sched.pick("m").node
+            assert node is not None
+            sched.sent(node, rid, NOW - 2)
+        picks[slo] = {n.name: n.in_flight for n in sched.nodes.values()}
+    # Without an SLO the fast node takes requests until its expected wait matches the slow ones' (~ 2.5x their
+    # count); with it, the fast node stops at the SLO (8 in flight: 0.5 s x 9 > 4 s) and the rest spread evenly.
+    assert picks[None]["fast"] > 15
+    assert picks[5.0]["fast"] <= 10
+    assert abs(picks[5.0]["slow1"] - picks[5.0]["slow2"]) <= 1
+
+
+def test_the_default_has_no_slo_and_the_section_reaches_the_config() -> None:
+    doc = validate("scheduler", default_document("scheduler"))
+    assert doc["slo"] == {"latency_s": None, "margin": 0.8}
+    assert Config.from_document(doc).slo_s == 0.0
+    doc["slo"] = {"latency_s": 8.7, "margin": 0.7}
+    cfg = Config.from_document(validate("scheduler", doc))
+    assert (cfg.slo_s, cfg.slo_margin) == (8.7, 0.7)
+    old = default_document("scheduler")
+    old.pop("slo")  # a document stored before the section existed
+    assert validate("scheduler", old)["slo"] == {"latency_s": None, "margin": 0.8}
+
+
+@pytest.mark.parametrize("field, value", [
+    ("latency_s", 0), ("latency_s", -3), ("latency_s", "fast"), ("latency_s", float("inf")), ("margin", 0),
+    ("margin", 1.5), ("margin", None), ("unknown", 1),
+])
+def test_the_schema_refuses_bad_slo_fields_at_their_path(field: str, value: Any) -> None:
+    doc = default_document("scheduler")
+    doc["slo"][field] = value
+    with pytest.raises(DocumentError) as err:
+        validate("scheduler", doc)
+    assert list(err.value.fields) == [f"slo.{field}"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field, value", [("latency_s", -1), ("margin", 2.0), ("latency_s", "soon")])
+def test_the_policy_api_answers_400_naming_the_slo_field_and_stores_nothing(settings: Any, field: str,
+                                                                            value: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {make_user('operator', 'operator')}")
+    current = client.get("/api/v1/policies/scheduler/").json()
+    doc = copy.deepcopy(current["document"])
+    doc["slo"][field] = value
+    revisions, audits = PolicyRevision.objects.count(), AuditEvent.objects.count()
+    bad = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "slo",
+                                                                 "parent": current["id"]}, format="json")
+    assert bad.status_code == 400, bad.content
+    fields = bad.json()["fields"]
+    assert f"document.slo.{field}" in fields or f"slo.{field}" in fields
+    assert PolicyRevision.objects.count() == revisions and AuditEvent.objects.count() == audits
+    doc = copy.deepcopy(current["document"])
+    doc["slo"] = {"latency_s": 8.7, "margin": 0.75}
+    good = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "an SLO",
+                                                                  "parent": current["id"]}, format="json")
+    assert good.status_code == 201, good.content
+    assert client.get("/api/v1/policies/scheduler/").json()["document"]["slo"] == {"latency_s": 8.7, "margin": 0.75}
