@@ -643,29 +643,28 @@ class Scheduler:
         self._seq += 1
         return (node.in_flight, self.rng.random(), self._seq, node.version, node)
 
+    @staticmethod
+    def _push(heap: list[tuple[float, float, int, int, Node]], entry: tuple[float, float, int, int, Node],
+              members: int) -> list[tuple[float, float, int, int, Node]]:
+        """Pushes a node's fresh entry; rebuilds the heap from its live entries when dead ones (older versions) have
+        piled up. Returns the heap to keep."""
+        heapq.heappush(heap, entry)
+        if len(heap) > 2 * members + 64:
+            heap = [e for e in heap if e[3] == e[4].version]
+            heapq.heapify(heap)
+        return heap
+
     def _relist(self, node: Node) -> None:
         """The node's score or eligibility changed: invalidate its old entries and push a fresh one."""
         node.version += 1
         if not node.listed:
             return
         for group in node.groups:
-            heap = group.heap
-            heapq.heappush(heap, self._make_entry(node))
-            if len(heap) > 2 * len(group.members) + 64:  # too many dead entries: rebuild from the live ones
-                group.heap = [e for e in heap if e[3] == e[4].version]
-                heapq.heapify(group.heap)
+            group.heap = self._push(group.heap, self._make_entry(node), len(group.members))
             if self._ttft:
-                sheap = group.sheap
-                heapq.heappush(sheap, self._entry_stream(node))
-                if len(sheap) > 2 * len(group.members) + 64:
-                    group.sheap = [e for e in sheap if e[3] == e[4].version]
-                    heapq.heapify(group.sheap)
+                group.sheap = self._push(group.sheap, self._entry_stream(node), len(group.members))
             if self._slo:
-                fheap = group.fheap
-                heapq.heappush(fheap, self._entry_least(node))
-                if len(fheap) > 2 * len(group.members) + 64:
-                    group.fheap = [e for e in fheap if e[3] == e[4].version]
-                    heapq.heapify(group.fheap)
+                group.fheap = self._push(group.fheap, self._entry_least(node), len(group.members))
         # A node that is no longer listed simply has no live entry; it is re-pushed when it may take work again.
 
     # --- the hot path -----------------------------------------------------------------------------------------

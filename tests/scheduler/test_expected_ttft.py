@@ -22,14 +22,20 @@ def teach(sched: Scheduler, name: str, latency_s: float, ttft_s: float, k: int =
     serve_rounds(sched, name, k, latency_s, rounds, since_s=900.0, streamed_ttft_s=ttft_s)
 
 
+def taught(ttft_s: dict[str, float]) -> Scheduler:
+    """The default fleet of these nodes, each taught 2-s requests whose streamed ones got their first token after
+    its ttft_s."""
+    sched = default_fleet(list(ttft_s))
+    for name, ttft in ttft_s.items():
+        teach(sched, name, 2.0, ttft)
+    sched.recompute(NOW)
+    return sched
+
+
 def two_nodes() -> Scheduler:
     """'quick' and 'slow' finish their requests alike (same slot, same latency), but quick's streamed requests got
     their first token after 0.07 s and slow's after 0.18 s (an h100's and an l40s's prefill step)."""
-    sched = default_fleet(["quick", "slow"])
-    teach(sched, "quick", 2.0, 0.07)
-    teach(sched, "slow", 2.0, 0.18)
-    sched.recompute(NOW)
-    return sched
+    return taught({"quick": 0.07, "slow": 0.18})
 
 
 def test_a_streamed_request_goes_where_the_first_token_comes_soonest_a_plain_one_as_before() -> None:
@@ -110,12 +116,7 @@ def test_the_policy_field_is_validated() -> None:
 
 def three_nodes() -> Scheduler:
     """'a' and 'b' start streams after 0.07 s, 'slow' after 0.5 s; all three finish requests alike."""
-    sched = default_fleet(["a", "b", "slow"])
-    teach(sched, "a", 2.0, 0.07)
-    teach(sched, "b", 2.0, 0.07)
-    teach(sched, "slow", 2.0, 0.5)
-    sched.recompute(NOW)
-    return sched
+    return taught({"a": 0.07, "b": 0.07, "slow": 0.5})
 
 
 def test_a_node_steered_away_from_drifts_back_to_the_fleet_median() -> None:

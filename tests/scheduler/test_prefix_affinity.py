@@ -4,22 +4,18 @@ SGLang-style cache_aware picker, and the policy fields' validation (400 naming t
 
 from __future__ import annotations
 
-import copy
 import random
 from collections import Counter
 from typing import Any
 
 import pytest
-from rest_framework.test import APIClient
 
 from control.policy.defaults import default_document
-from control.policy.models import PolicyRevision
 from control.policy.schemas import DocumentError, validate
 from control.scheduler.config import Config
 from control.scheduler.core import Metrics, NodeSpec, Scheduler
 from control.scheduler.prefix_index import PrefixIndex, block_keys, prompt_text
-from core.audit.models import AuditEvent
-from tests.conftest import make_user
+from tests.scheduler.policy_api import refused_then_stored
 
 NOW = 1_800_000_000.0
 SYSTEM = "You are the support assistant of a shop that sells very particular things. " * 40  # ~3,000 characters
@@ -262,22 +258,7 @@ def test_the_schema_refuses_a_misspelt_or_repeated_affinity_scorer() -> None:
 def test_the_policy_api_answers_400_naming_the_field_and_stores_nothing(settings: Any, section: str, field: str,
                                                                         value: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {make_user('operator', 'operator')}")
-    current = client.get("/api/v1/policies/scheduler/").json()
-    doc = copy.deepcopy(current["document"])
-    doc.setdefault(section, {})[field] = value
-    revisions, audits = PolicyRevision.objects.count(), AuditEvent.objects.count()
-    bad = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "cache-aware",
-                                                                 "parent": current["id"]}, format="json")
-    assert bad.status_code == 400, bad.content
-    assert f"document.{section}.{field}" in bad.json()["fields"] or f"{section}.{field}" in bad.json()["fields"]
-    assert PolicyRevision.objects.count() == revisions and AuditEvent.objects.count() == audits
-    doc = copy.deepcopy(current["document"])
-    doc["picker"]["strategy"] = "cache_aware"
-    doc["prefix"] = {"block_chars": 128, "index_blocks": 5000, "min_match_blocks": 4, "max_blocks": 256}
-    good = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "baseline",
-                                                                  "parent": current["id"]}, format="json")
-    assert good.status_code == 201, good.content
-    stored = client.get("/api/v1/policies/scheduler/").json()["document"]
+    good = {"picker": {"strategy": "cache_aware"},
+            "prefix": {"block_chars": 128, "index_blocks": 5000, "min_match_blocks": 4, "max_blocks": 256}}
+    stored = refused_then_stored(section, field, value, good)
     assert stored["prefix"]["block_chars"] == 128 and stored["picker"]["strategy"] == "cache_aware"

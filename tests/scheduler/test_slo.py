@@ -4,21 +4,17 @@ end (400 naming the field, nothing stored)."""
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
 import pytest
-from rest_framework.test import APIClient
 
 from control.policy.defaults import default_document
-from control.policy.models import PolicyRevision
 from control.policy.schemas import DocumentError, validate
 from control.scheduler.config import Config
 from control.scheduler.core import Metrics, NodeSpec, Scheduler
-from core.audit.models import AuditEvent
-from tests.conftest import make_user
 from tests.scheduler.core_fleet import NOW, serve_rounds
+from tests.scheduler.policy_api import refused_then_stored
 
 
 def fleet(slo_s: float | None, margin: float = 0.8) -> Scheduler:
@@ -116,21 +112,5 @@ def test_the_schema_refuses_bad_slo_fields_at_their_path(field: str, value: Any)
 def test_the_policy_api_answers_400_naming_the_slo_field_and_stores_nothing(settings: Any, field: str,
                                                                             value: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {make_user('operator', 'operator')}")
-    current = client.get("/api/v1/policies/scheduler/").json()
-    doc = copy.deepcopy(current["document"])
-    doc["slo"][field] = value
-    revisions, audits = PolicyRevision.objects.count(), AuditEvent.objects.count()
-    bad = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "slo",
-                                                                 "parent": current["id"]}, format="json")
-    assert bad.status_code == 400, bad.content
-    fields = bad.json()["fields"]
-    assert f"document.slo.{field}" in fields or f"slo.{field}" in fields
-    assert PolicyRevision.objects.count() == revisions and AuditEvent.objects.count() == audits
-    doc = copy.deepcopy(current["document"])
-    doc["slo"] = {"latency_s": 8.7, "margin": 0.75}
-    good = client.post("/api/v1/policies/scheduler/revisions/", {"document": doc, "reason": "an SLO",
-                                                                  "parent": current["id"]}, format="json")
-    assert good.status_code == 201, good.content
-    assert client.get("/api/v1/policies/scheduler/").json()["document"]["slo"] == {"latency_s": 8.7, "margin": 0.75}
+    stored = refused_then_stored("slo", field, value, {"slo": {"latency_s": 8.7, "margin": 0.75}})
+    assert stored["slo"] == {"latency_s": 8.7, "margin": 0.75}
