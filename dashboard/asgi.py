@@ -1,5 +1,6 @@
 """ASGI entry point: agent ingest on its lean path, other HTTP through Django, websockets through Channels."""
 
+import gc
 import os
 from typing import Any
 
@@ -42,3 +43,7 @@ application = ProtocolTypeRouter({
     "http": http_router,
     "websocket": ExplainedOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
 })
+
+# What is loaded by now (Django, the apps, the routers) lives as long as the process: frozen out of the collector's
+# view, it is no longer walked by every full collection, which a busy ingest's per-push allocations keep triggering.
+gc.freeze()
