@@ -92,5 +92,5 @@ class AnswerCache:
     async def put(self, ckey: str, entry: Entry, ttl_s: int) -> None:
         try:
             await self.redis.set(ckey, entry.encode(), ex=ttl_s)
-        except Exception as exc:  # noqa: BLE001 - the answer was delivered; caching it is best effort
+        except Exception as exc:  # noqa: BLE001 - caching is best effort: the answer goes out either way
             log.debug("cache write failed: %s", exc)

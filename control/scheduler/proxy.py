@@ -170,11 +170,13 @@ class Proxy:
         if up.body is not None:
             await send({"type": "http.response.start", "status": up.status,
                         "headers": [*extra, (b"content-length", str(len(up.body)).encode())]})
-            await send({"type": "http.response.body", "body": up.body})
-            await up.response.aclose()
+            # Cached before the answer's last byte goes out: a client that sends the same request as soon as it has
+            # the answer must find it (put after the send, a quick repeat raced the write and missed).
             if up.status == 200:
                 ctx.prompt_tokens, ctx.completion_tokens = usage(up.body)
                 await self._cache_put(ctx, up.content_type, up.body)
+            await send({"type": "http.response.body", "body": up.body})
+            await up.response.aclose()
             return
         await send({"type": "http.response.start", "status": up.status, "headers": extra})
         keep: list[bytes] | None = [] if ctx.ckey else None
@@ -215,10 +217,10 @@ class Proxy:
             if gone is not None and not gone.done():
                 gone.cancel()
             await up.response.aclose()
-        await send({"type": "http.response.body", "body": b""})
         ctx.completion_tokens = max(0, events - 1)  # one token per event in vLLM's stream, less the [DONE] marker
         if keep is not None and up.status == 200:
-            await self._cache_put(ctx, up.content_type, b"".join(keep))
+            await self._cache_put(ctx, up.content_type, b"".join(keep))  # before the stream ends, as above
+        await send({"type": "http.response.body", "body": b""})
 
     async def _cache_put(self, ctx: RequestContext, content_type: str, body: bytes) -> None:
         cfg = self.sched.config
