@@ -87,6 +87,8 @@ def test_a_shared_prefix_burst_hits_the_cache_more_with_the_affinity_scorer(
     # Blind: a group's prompts land on several nodes, each paying the prefill once. With affinity only the first.
     assert rate_on > rate_off + 0.15, (rate_on, rate_off)
     assert rate_on > 0.7
-    # And the groups still spread over the fleet (no herding onto one node).
+    # And the groups still spread over the fleet (no herding onto one node). Not ">= 3": on a loaded machine the
+    # groups' first prompts can reach an idle fleet one after another, and then the score rightly prefers the nodes
+    # the "off" burst measured fastest (CI saw all 8 groups on 2 of the 4 nodes).
     used = {r.headers["X-Switchyard-Node"] for r in on}
-    assert len(used) >= 3
+    assert len(used) >= 2
