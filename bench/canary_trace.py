@@ -10,6 +10,7 @@ on periods are slower than the off ones period by period or only by the luck of 
 
 from __future__ import annotations
 
+import argparse
 import bisect
 import math
 import sys
@@ -65,7 +66,11 @@ def periods(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    doc = orjson.loads(Path(sys.argv[1]).read_bytes())
+    ap = argparse.ArgumentParser(description="Per switchback period of a canary trace: the client's sends against the "
+                                 "gateway's arrival stamps, latencies, /healthz round trips and the waiting queue.")
+    ap.add_argument("trace", type=Path, help="a file that `bench/canary.py --trace DIR` wrote (DIR/good.json, ...)")
+    args = ap.parse_args()
+    doc = orjson.loads(args.trace.read_bytes())
     c = doc["canary"]
     rows = periods(doc)
     print(f"canary {c['id']} ({c['state']}), {c['analysis']['switchback_s']}-s periods, {len(rows)} whole periods")

@@ -606,7 +606,7 @@ def main() -> None:
                     help="--sweep: shares of least_in_flight's stable rate (default %(default)s)")
     ap.add_argument("--sweep-all", action="store_true",
                     help="--sweep: round_robin at every point too (by default only below "
-                         f"{LIGHT:.0%}, where it is a target)")
+                         f"{LIGHT * 100:.0f}%%, where it is a target)")
     ap.add_argument("--long", action="store_true", help=f"long prompts: --prompt-tokens {LONG_PROMPTS}")
     ap.add_argument("--trace", action="store_true",
                     help="during switchyard's runs, match each request with the expected_wait the gateway held for "
