@@ -162,7 +162,8 @@ def slo_line() -> None:
     if SLO_S:
         past = sum(x.counters.extra.get("past_slo", 0) for x in PAST_SLO)
         total = sum(x.counters.decisions for x in PAST_SLO)
-        print(f"slo.latency_s {SLO_S:g} s: {past} of {total} picks went past the SLO (to the fewest in flight)")
+        print(f"slo.latency_s {SLO_S:g} s: {past} of {total} picks went past the SLO (to the fewest in flight, or "
+              "a holder of the prompt's prefix within one request of it)")
 
 
 if __name__ == "__main__":

@@ -691,7 +691,7 @@ class Scheduler:
             heapq.heappop(heap)
         if heap and not exclude:
             if self._slo and not stream and self.expected_wait(heap[0][4]) > self._slo_limit:
-                return self._pick_past_slo(group)
+                return self._pick_past_slo(group, prefix)
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
@@ -708,18 +708,23 @@ class Scheduler:
                     heapq.heappush(frontier, (heap[child], child))
         return self._none_left(group, exclude)
 
-    def _pick_past_slo(self, group: Group) -> Pick:
+    def _pick_past_slo(self, group: Group, prefix: Keys = ()) -> Pick:
         """The request would miss the SLO even on its best node (expected wait past slo_s x margin): it goes to the
         node with the fewest requests in flight, the fewest others it can delay. Filling the best nodes on to the
         same expected finish everywhere instead (what the score does) holds their requests right at the SLO, where
         a longer answer or one more prefill pushes them past it (issue 14: goodput 0.90 x least-in-flight at 110 %
         of its stable rate, the h100s' mean latency 6.4 s against an 8.7-s SLO); a request that misses anyway
-        should not take the fast nodes' requests down with it."""
+        should not take the fast nodes' requests down with it. With the prefix_affinity scorer, a node holding the
+        prompt's prefix is taken over the fewest in flight when it has at most one request more
+        (pickers.past_slo_holder)."""
         fheap = group.fheap
         while fheap and fheap[0][3] != fheap[0][4].version:
             heapq.heappop(fheap)
         self.counters.extra["past_slo"] = self.counters.extra.get("past_slo", 0) + 1
-        return Pick(fheap[0][4], "ok")
+        fewest = fheap[0][4]
+        if prefix and self._affinity:
+            return Pick(pickers.past_slo_holder(self, group, fewest, prefix), "ok")
+        return Pick(fewest, "ok")
 
     def _none_left(self, group: Group, exclude: frozenset[str] | set[str]) -> Pick:
         healthy = any(n.healthy and n.quarantined_until is None and n.name not in exclude for n in group.members)

@@ -81,6 +81,34 @@ def _with_affinity(sched: Scheduler, group: Group, best: Node, exclude: frozense
     return Pick(best, "ok")
 
 
+# Past the SLO (core.Scheduler._pick_past_slo), a node holding the prompt's prefix is taken over the one with the
+# fewest requests in flight while it has at most this many more: it skips the cached part of the prefill, about what
+# one more request ahead of it costs, and a request that misses the SLO anyway should not also lose its cache hit.
+PAST_SLO_HOLDER_SLACK = 1
+
+
+def past_slo_holder(sched: Scheduler, group: Group, fewest: Node, prefix: Keys) -> Node:
+    """The node for a request past the SLO: among the deepest holders of its prefix (at most
+    prefix_index.MAX_MATCHES), the one with the fewest in flight when that is within PAST_SLO_HOLDER_SLACK of
+    `fewest`'s; else `fewest`. Keeping such a request on its prefix's node also keeps the index's write a refresh of
+    blocks the node already holds rather than a whole prompt's worth of new ones."""
+    deepest, deep, _ = sched.prefix.lookup(prefix)
+    if deepest < sched.config.prefix_min_match:
+        return fewest
+    nodes = sched.nodes
+    best, limit = None, fewest.in_flight + PAST_SLO_HOLDER_SLACK
+    for name in deep:
+        node = nodes.get(name)
+        if node is None or node.in_flight > limit or not node.listed or group not in node.groups:
+            continue
+        if best is None or node.in_flight < best.in_flight:
+            best = node
+    if best is None:
+        return fewest
+    sched.last_affinity = sched.config.weights["prefix_affinity"][0] * deepest / len(prefix)
+    return best
+
+
 def cache_aware(sched: Scheduler, group: Group, exclude: frozenset[str] | set[str], prefix: Keys) -> Pick:
     from control.scheduler.core import Pick
 

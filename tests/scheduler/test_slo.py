@@ -13,6 +13,7 @@ from control.policy.defaults import default_document
 from control.policy.schemas import DocumentError, validate
 from control.scheduler.config import Config
 from control.scheduler.core import Metrics, NodeSpec, Scheduler
+from control.scheduler.prefix_index import block_keys
 from tests.scheduler.core_fleet import NOW, serve_rounds
 from tests.scheduler.policy_api import refused_then_stored
 
@@ -81,6 +82,39 @@ def test_past_the_slo_a_burst_spreads_instead_of_queueing_on_the_fast_node() -> 
     assert picks[None]["fast"] > 15
     assert picks[5.0]["fast"] <= 10
     assert abs(picks[5.0]["slow1"] - picks[5.0]["slow2"]) <= 1
+
+
+def test_past_the_slo_a_node_holding_the_prompts_prefix_is_kept_within_one_request_of_the_fewest() -> None:
+    sched = fleet(5.0)  # the default policy: prefix_affinity on
+    cfg = sched.config
+    prompt = block_keys("system: " + "the shared instructions " * 80, cfg.prefix_block_chars, cfg.prefix_max_blocks)
+    load_fast(sched, 9)  # every node past the SLO: fast by its queue, the slow ones by their 6-s requests
+    slow1, slow2 = sched.nodes["slow1"], sched.nodes["slow2"]
+    sched.sent(slow1, 1, NOW - 2, prompt)  # slow1 holds the prompt, with 1 in flight; slow2 has none
+    assert sched.pick("m").node is slow2  # no prompt: the fewest in flight, as before
+    # The holder has one request more than the fewest: the cached prefill is worth that much, so it keeps the prompt.
+    assert sched.pick("m", prefix=prompt).node is slow1
+    assert sched.last_affinity > 0
+    sched.sent(slow1, 2, NOW - 2, prompt)  # two more than slow2: the cache no longer pays for the queue
+    assert sched.pick("m", prefix=prompt).node is slow2
+    assert sched.counters.extra["past_slo"] == 3
+
+
+def test_past_the_slo_without_the_affinity_scorer_the_prefix_is_not_looked_at() -> None:
+    doc = default_document("scheduler")
+    doc["scorers"] = [s for s in doc["scorers"] if s["metric"] != "prefix_affinity"]
+    doc["slo"] = {"latency_s": 5.0, "margin": 0.8}
+    sched = Scheduler(Config.from_document(validate("scheduler", doc)), random.Random(1))
+    names = ["a", "b"]
+    sched.update(NOW, specs=[NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in names],
+                 samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in names})
+    serve_rounds(sched, "a", 4, 6.0)
+    serve_rounds(sched, "b", 4, 6.0)
+    sched.recompute(NOW)
+    prompt = block_keys("system: " + "the shared instructions " * 80, 256, 128)
+    sched.prefix.add("a", prompt)
+    sched.sent(sched.nodes["a"], 1, NOW - 2)
+    assert sched.pick("m", prefix=prompt).node is sched.nodes["b"]
 
 
 def test_the_default_has_no_slo_and_the_section_reaches_the_config() -> None:
