@@ -36,7 +36,7 @@ and <= 0.8 x cache_aware, hit rate >= cache_aware's; independent p95 within 5 % 
 Approximate against precise where it matters, KV capacity pressure (more groups' system prompts than the nodes'
 caches hold, so the nodes evict prefixes the approximate index still believes in):
 
-    .venv/bin/python bench/prefix.py --workloads shared-prefix --policies prefix_affinity,precise --block-chars 64 \
+    .venv/bin/python bench/prefix.py --workloads shared-prefix --policies prefix_affinity,precise --block-chars 64 \\
         --groups 96 --system-tokens 4096
 
 `--gateways 2`: each policy runs twice, through one gateway and spread in turn over two (as a round-robin load
