@@ -9,7 +9,12 @@ gateway's event loop.
     .venv/bin/python bench/scheduler.py [--decisions 20000] [--sizes 100,1000,10000] [--affinity]
 
 `--slo S` gives the policy slo.latency_s = S (default: none, as the default policy) and prints how many picks went
-past it (to the fewest in flight).
+past it (to the fewest in flight, or a holder of the prompt's prefix within one request of it).
+
+`--index-memory N` instead fills a prefix index as N nodes' worth of the default policy's prefix.index_blocks
+(10,000 blocks each, 31-block prompts no other node holds: the worst case, one holder per block) and prints its
+memory (the process's resident growth), bytes per block and how long a full garbage collection then takes (the
+gateway freezes its start-up heap, but the per-node tables are made later, so every full collection walks them).
 
 `--affinity` adds the prefix_affinity scorer (weight 2) and gives every request a 2,000-token prompt (8,000
 characters: one of 200 shared system prompts of 1,800 tokens plus its own 200-token question); a decision then also
@@ -20,6 +25,7 @@ index and records the send there. The same run without the scorer is printed bes
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -117,6 +123,35 @@ def run(n: int, decisions: int, concurrency: int,
     return pick_ns, finish_ns, refresh_ms, second_ms
 
 
+def index_memory(nodes: int) -> None:
+    import gc
+
+    from control.scheduler.prefix_index import PrefixIndex
+
+    def rss_mib() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    capacity = Config.from_document(validate("scheduler", default_document("scheduler"))).prefix_index_blocks
+    rng = random.Random(nodes)
+    gc.collect()
+    gc.freeze()  # as the gateway does at start-up: what is left for the collector is what the index adds
+    before = rss_mib()
+    index = PrefixIndex(capacity)
+    for n in tqdm(range(nodes), desc="filling", unit="node", leave=False, mininterval=0.5):
+        name = f"node-{n:05d}"
+        for _ in range(capacity // 31 + 1):
+            index.add(name, tuple(rng.getrandbits(63) for _ in range(31)))
+    grown = rss_mib() - before
+    blocks = sum(index.size(f"node-{n:05d}") for n in range(nodes))
+    pauses = []
+    for _ in range(3):
+        t = time.perf_counter()
+        gc.collect()
+        pauses.append((time.perf_counter() - t) * 1000)
+    print(f"{nodes} nodes x {capacity} blocks = {blocks:,} blocks: {grown:,.0f} MiB resident "
+          f"({grown * 2**20 / blocks:.0f} B/block); a full collection then takes {min(pauses):.1f}-{max(pauses):.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--decisions", type=int, default=20000, help="decisions timed per fleet size")
@@ -129,7 +164,13 @@ def main() -> None:
     parser.add_argument("--slo", type=float, default=0.0,
                         help="the policy's slo.latency_s in seconds (default: none, as the default policy); a small "
                              "value sends most picks down the past-the-SLO path")
+    parser.add_argument("--index-memory", type=int, default=0, metavar="N",
+                        help="instead: the prefix index's memory and full-collection pause for N nodes, each with the "
+                             "default prefix.index_blocks of blocks only it holds")
     args = parser.parse_args()
+    if args.index_memory:
+        index_memory(args.index_memory)
+        return
     global CPU_CLOCK, SLO_S
     CPU_CLOCK = args.cpu_clock
     SLO_S = args.slo
