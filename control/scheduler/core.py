@@ -757,8 +757,8 @@ class Scheduler:
 
         Except a request that asked for a longer answer than the fleet's mean (`longer`): it takes the best node
         anyway. Past saturation the long answers are the ones that miss (issue 14, long prompts at 110 %: every
-        a100 and h100 request past the SLO had a 192-token answer; the a100s' 192-token answers missed 57-84 %,
-        their 64-token ones 0-5 %), and only where the wait is shortest does a long answer have a chance; a short
+        a100 and h100 request past the SLO had a 192-token answer; the a100s' 192-token answers missed 50-84 %,
+        their 64-token ones 0-30 %), and only where the wait is shortest does a long answer have a chance; a short
         one can still make the SLO on a slower, less loaded node, and leaves the fast nodes to the long ones."""
         if longer:
             self.counters.extra["past_slo_long"] = self.counters.extra.get("past_slo_long", 0) + 1
