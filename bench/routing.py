@@ -210,6 +210,9 @@ class Tracer:
 
         times = [t for t, _ in self.rows]
         per: dict[str, dict[str, list[float]]] = {}
+        # One row per answered request (the --json file's trace.requests): what the scheduler held about its node
+        # at the send against what the request then had, to find which requests miss an SLO and why.
+        requests: list[dict[str, Any]] = []
         for o in outs:
             if not (200 <= o.status < 300) or not o.node:
                 continue
@@ -220,6 +223,15 @@ class Tracer:
             if not entry or entry.get("slot_s") is None:
                 continue
             e = max(entry["slot_s"] * (entry["in_flight"] + 1), entry.get("latency_s") or 0.0)  # the core's E
+            requests.append({"t": round(o.sent_at, 3), "node": o.node, "profile": profiles.get(o.node, "?"),
+                             "stream": o.stream, "prompt_tokens": o.prompt_tokens, "max_tokens": o.max_tokens,
+                             "latency_s": round(o.latency_s, 3),
+                             "ttft_s": None if o.ttft_s is None else round(o.ttft_s, 3),
+                             "e": round(e, 3), "in_flight": entry["in_flight"], "slot_s": entry["slot_s"],
+                             "floor_s": entry.get("latency_s"),
+                             "others": {n: (x.get("in_flight"), x.get("slot_s"), x.get("latency_s"),
+                                            (x.get("parts") or {}).get("slo"))
+                                        for n, x in self.rows[i][1].items()}})
             d = per.setdefault(profiles.get(o.node, "?"), {"e": [], "lat": [], "inf": [], "slot": [], "ttft": []})
             if o.ttft_s is not None:
                 d["ttft"].append(o.ttft_s)
@@ -260,7 +272,7 @@ class Tracer:
                          f"expected_wait {mean['e']:.2f} s vs realised latency {mean['lat']:.2f} s "
                          f"(x{mean['lat'] / max(1e-9, mean['e']):.2f}), TTFT p95 "
                          f"{fmt(ttfts[int(0.95 * len(ttfts))] if ttfts else None)}")
-        return {"per_profile": summary, "lines": lines, "samples": len(self.rows)}
+        return {"per_profile": summary, "lines": lines, "samples": len(self.rows), "requests": requests}
 
 
 ENGINE_FIGURES = {"e2e": "vllm:e2e_request_latency_seconds", "queue": "vllm:request_queue_time_seconds",
@@ -393,6 +405,11 @@ def run_config(name: str, args: argparse.Namespace, gw: str, control: str, profi
         f"{share['h100']:.0%}/{share['a100']:.0%}/{share['l40s']:.0%}, engine lag {lag:.1f} s")
     for err in result["errors_seen"]:
         log(f"    error: {err}")
+    # Every request of the run, compact (the --json file): [sent at, profile, node, streamed, prompt tokens asked,
+    # max_tokens, status, latency, TTFT].
+    result["requests"] = [[round(o.sent_at, 3), profiles.get(o.node, "?"), o.node, o.stream, o.prompt_tokens,
+                           o.max_tokens, o.status, round(o.latency_s, 3),
+                           None if o.ttft_s is None else round(o.ttft_s, 3)] for o in outs]
     result["streamed"] = streamed_tail(outs, profiles)
     log(f"    {result['streamed']['line']}")
     client = {}

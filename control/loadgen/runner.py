@@ -39,6 +39,10 @@ class Outcome:
     # Seconds to the answer's status line and headers: for a streamed answer the rest is streaming; a non-streamed
     # one has its headers only once the whole answer is ready (the benches split the client's time with it).
     headers_s: float | None = None
+    # What was asked (independent prompts only; 0 for a workload's requests): lets a bench's trace tell long
+    # prompts and answers from short ones.
+    prompt_tokens: int = 0
+    max_tokens: int = 0
 
 
 @dataclass
@@ -179,8 +183,9 @@ async def run(spec: LoadSpec, progress: Callable[[float, int], None] | None = No
                 out.error = "client overloaded (--max-outstanding reached)"
                 continue
             if messages is None:
-                messages = [{"role": "user", "content": spec.prompt_tag + prompt_of(spec.prompt_tokens.pick(rng), rng)}]
-                max_tokens = spec.max_tokens.pick(rng)
+                out.prompt_tokens = spec.prompt_tokens.pick(rng)
+                messages = [{"role": "user", "content": spec.prompt_tag + prompt_of(out.prompt_tokens, rng)}]
+                max_tokens = out.max_tokens = spec.max_tokens.pick(rng)
             payload = {"model": spec.model, "messages": messages, "max_tokens": max_tokens,
                        "temperature": spec.temperature, "stream": stream, **spec.extra_body}
             client = clients[(len(outcomes) - 1) % len(clients)]

@@ -157,10 +157,12 @@ class Slo(Strict):
         None, gt=0, le=3600, description="seconds a request should finish within (the SLO goodput counts against); "
                                          "null: none, requests are routed by score alone")
     margin: float = Field(
-        0.8, gt=0, le=1, description="a request counts as missing the SLO on the best node when that node's "
-                                     "expected wait exceeds latency_s x this (expected_wait is for the mean request; "
-                                     "a longer answer takes longer); it then goes to the node with the fewest "
-                                     "requests in flight, where it delays the fewest others")
+        0.8, gt=0, le=1, description="a node counts as past the SLO when its expected wait exceeds latency_s x this "
+                                     "(expected_wait is for the mean request; a longer answer takes longer), until "
+                                     "the gateway has measured how far past their expected wait the node's slow "
+                                     "requests end (its tail factor), which then replaces 1 / margin; past the SLO "
+                                     "on every node, a request that asks for a longer answer than the fleet's mean "
+                                     "goes to the best node, any other to the one with the fewest requests in flight")
 
 
 class Scheduler(Strict):

@@ -34,11 +34,11 @@ class Admission:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
 
     async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int, prefix: Keys = (),
-                      stream: bool = False) -> Node:
+                      stream: bool = False, answer: int = 0) -> Node:
         """A node reserved for request `rid` (its send already counted), or a Reply saying why there is none.
         `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them);
-        `stream`: the answer is streamed (expected_ttft counts)."""
-        pick = self.sched.pick(model, exclude, prefix, stream)
+        `stream`: the answer is streamed (expected_ttft counts); `answer`: the answer length asked for (0: none)."""
+        pick = self.sched.pick(model, exclude, prefix, stream, answer)
         if pick.node is not None:
             self._sent(pick.node, rid, prefix)
             return pick.node
@@ -55,7 +55,7 @@ class Admission:
             raise Reply(429, f"the fleet is saturated and class {cls!r} is shed at saturation; retry after "
                              f"{self.sched.config.retry_after_s} s", type_="rate_limit_error", code="saturated",
                         headers=self.retry_after())
-        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix, stream)
+        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix, stream, answer)
         if waiter is None:
             raise Reply(503, f"the fleet is saturated and the {cls!r} queue is full ({pc.queue_limit} waiting); "
                              "retry later", type_="server_error", code="queue_full", headers=self.retry_after())
@@ -82,7 +82,7 @@ class Admission:
             return
 
         def grant(waiter: Waiter) -> Node | None:
-            pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix, waiter.stream)
+            pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix, waiter.stream, waiter.answer)
             if pick.node is None:
                 return None
             self._sent(pick.node, waiter.rid, waiter.prefix)

@@ -89,8 +89,8 @@ class Config:
     cache_threshold: float = 0.5
     balance_abs: int = 32
     balance_rel: float = 1.1
-    # The SLO (slo section): 0 = none. A request whose best node's expected wait exceeds slo_s x slo_margin goes to
-    # the node with the fewest requests in flight instead (core.py).
+    # The SLO (slo section): 0 = none. A node is past it when its expected wait x its tail factor (1 / slo_margin
+    # until measured) exceeds slo_s; past it everywhere, a short answer goes to the fewest in flight (core.py).
     slo_s: float = 0.0
     slo_margin: float = 0.8
 

@@ -40,6 +40,7 @@ class RequestContext:
     canary_id: int | None = None
     admission: Any = None
     need_tokens: int = 0  # prompt + completion, estimated (length.py); 0: not checked
+    answer_tokens: int = 0  # the answer length asked for (max_tokens); 0: not given (the slo rule routes by it)
     filtered: str = ""  # nodes skipped for this request and why (too short a max_model_len)
 
     def headers(self) -> list[tuple[bytes, bytes]]:

@@ -41,11 +41,14 @@ Why it is built this way (docs/gateway.md has the long version):
   ones (scored as before) fill what they leave, so a slow-prefill node still carries its share of the load but
   not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s). A node
   no streamed request measured for a minute drifts toward the fleet median, so one it steered away is tried again.
-* `slo` (a latency target the operator sets; none by default): a node where a new request's expected wait is past
-  slo.latency_s x slo.margin scores as a miss (-SLO_MISS), so requests go where they still make the SLO; when even
-  the best node is past it (the request misses everywhere), a non-streamed request goes to the node with the
-  fewest requests in flight (a third heap, keyed like least_in_flight's), the fewest others it can delay, instead
-  of onto the fast nodes' queues, whose requests would then end just past the SLO too.
+* `slo` (a latency target the operator sets; none by default): a node where a new request's slow case, its expected
+  wait x the node's tail factor (how far past their expected wait its slow requests end, learned per node as mean
+  + TAIL_DEVS mean deviations of realised / expected latency; 1 / slo.margin until measured), is past
+  slo.latency_s scores as a miss (-SLO_MISS), so requests go where they still make the SLO. When even the best
+  node is past it, a non-streamed request that asked for a longer answer than the fleet's mean (max_tokens) takes
+  the best node anyway (long answers are the ones that miss, and only there might it make it), and any other goes
+  to the node with the fewest requests in flight (a third heap, keyed like least_in_flight's): a short answer can
+  still make the SLO on a slower, less loaded node, and it leaves the fast nodes to the long ones.
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ AFFINITY_ALPHA = 0.1  # weight of the newest pick in a node's average affinity t
 # slo: what a node whose expected wait is past the SLO limit loses, more than every other term together can give,
 # so that any node within the limit ranks above it.
 SLO_MISS = 100.0
+# slo: a node's tail factor is the mean of realised / expected latency plus this many mean deviations (about the
+# 90th-95th percentile for the answer-length mixes of bench/routing.py), learned with this EWMA weight.
+TAIL_DEVS = 2.0
+TAIL_ALPHA = 0.1
+ANSWER_ALPHA = 0.05  # slo: weight of the newest request in the fleet's mean answer length asked for (max_tokens)
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
@@ -156,7 +164,7 @@ class Node:
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
                  "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
-                 "sbase", "stream_ttft_at")
+                 "sbase", "stream_ttft_at", "sent_e", "tail_mean", "tail_dev", "slo_tail")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -193,6 +201,13 @@ class Node:
         self.sbase = 0.0
         # when stream_ttft_s was last measured or moved toward the fleet median (tick)
         self.stream_ttft_at = 0.0
+        # slo: the expected wait each request in flight had when it was sent, and the mean and mean deviation
+        # (EWMAs) of realised latency / that expected wait over its successful requests; slo_tail = mean + TAIL_DEVS
+        # x deviation, how far past the expectation its slow requests end (0: not measured yet).
+        self.sent_e: dict[int, float] = {}
+        self.tail_mean = 0.0
+        self.tail_dev = 0.0
+        self.slo_tail = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -258,6 +273,7 @@ class Scheduler:
         self.groups: dict[str, Group] = {}
         self.counters = Counters()
         self._seq = 0
+        self._answer_mean = 0.0  # slo: the mean answer length (max_tokens) of the requests that gave one (EWMA)
         self._fleet_latency: tuple[float, float] = (0.0, 0.0)
         self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
@@ -276,7 +292,8 @@ class Scheduler:
         self._kv_events = config.prefix_source == "kv_events"
         self._ttft = config.strategy == "highest" and "expected_ttft" in config.weights
         self._slo = config.strategy == "highest" and config.slo_s > 0
-        self._slo_limit = config.slo_s * config.slo_margin
+        self._slo_s = config.slo_s
+        self._slo_first_tail = 1.0 / config.slo_margin  # a node's tail factor until its own is measured
         self._make_entry = self._entry_least if config.strategy in ("least_in_flight", "cache_aware") else self._entry
         if self.prefix.capacity != config.prefix_index_blocks:
             self.prefix.resize(config.prefix_index_blocks)
@@ -614,10 +631,15 @@ class Scheduler:
             s += self._slo_part(node)
         return s
 
+    def past_slo(self, node: Node) -> bool:
+        """slo: a new request's slow case on the node, its expected wait x the node's tail factor (realised /
+        expected latency of its slow requests, 1 / slo.margin until measured), ends past the SLO."""
+        return self.expected_wait(node) * (node.slo_tail or self._slo_first_tail) > self._slo_s
+
     def _slo_part(self, node: Node) -> float:
-        """slo: a node where a new request should take longer than the SLO limit scores as a miss (-SLO_MISS), so
-        requests go where they still make the SLO; when no node does, pick() sends them to the fewest in flight."""
-        return -SLO_MISS if self.expected_wait(node) > self._slo_limit else 0.0
+        """slo: a node past the SLO (past_slo, inlined: every relist scores it) scores as a miss (-SLO_MISS), so
+        requests go where they still make the SLO; when no node does, pick() decides by the answer length."""
+        return -SLO_MISS if self.expected_wait(node) * (node.slo_tail or self._slo_first_tail) > self._slo_s else 0.0
 
     def _entry(self, node: Node) -> tuple[float, float, int, int, Node]:
         cfg = self.config
@@ -629,9 +651,18 @@ class Scheduler:
 
     def _entry_stream(self, node: Node) -> tuple[float, float, int, int, Node]:
         """A streamed request's heap entry: the score plus the expected_ttft term (node.base is set by _entry,
-        which _relist and _rebuild call first)."""
+        which _relist and _rebuild call first). With an SLO, a streamed request counts a node as past it by the
+        node's mean request (expected wait x 1 / slo.margin), not its slow case: its client's target is the first
+        token, and judging by the tail factor moved streams off the h100s onto the a100s' slower prefills (issue
+        14, long prompts at 95 %: TTFT p95 0.90 x least-in-flight against 0.45-0.65 x with the margin)."""
         cfg = self.config
-        s = node.sbase = node.base + self._ttft_part(node)
+        s = node.base + self._ttft_part(node)
+        if self._slo and node.slo_tail:
+            e = self.expected_wait(node)
+            by_tail, by_mean = e * node.slo_tail > self._slo_s, e * self._slo_first_tail > self._slo_s
+            if by_tail != by_mean:  # base has the tail's verdict: replace it with the mean's
+                s += SLO_MISS if by_tail else -SLO_MISS
+        node.sbase = s
         key = -math.floor(s / cfg.tie_epsilon + 1e-9) if cfg.tie_epsilon > 0 else -s
         tie = self.rng.random() if cfg.tie_break == "random" else float(node.order)
         self._seq += 1
@@ -672,10 +703,11 @@ class Scheduler:
         return self.groups.get(ANY_MODEL if not self.config.require_model else model)
 
     def pick(self, model: str, exclude: frozenset[str] | set[str] = frozenset(), prefix: Keys = (),
-             stream: bool = False) -> Pick:
+             stream: bool = False, answer: int = 0) -> Pick:
         """The best node for `model` now (skipping `exclude`, the nodes this request already failed on); `prefix`
         is the prompt's block keys (prefix_index.block_keys) when the policy routes by cache affinity; `stream`:
-        the client streams the answer, so the expected_ttft term counts (the stream heap)."""
+        the client streams the answer, so the expected_ttft term counts (the stream heap); `answer`: the answer
+        length the request asked for (max_tokens, 0: not given), which the slo rule routes by past the SLO."""
         self.counters.decisions += 1
         self.last_affinity = 0.0
         group = self.group_for(model)
@@ -690,8 +722,15 @@ class Scheduler:
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
         if heap and not exclude:
-            if self._slo and not stream and self.expected_wait(heap[0][4]) > self._slo_limit:
-                return self._pick_past_slo(group, prefix)
+            if self._slo and not stream:
+                longer = False
+                if answer > 0:
+                    mean = self._answer_mean
+                    longer = 0 < mean < answer
+                    self._answer_mean = mean + ANSWER_ALPHA * (answer - mean) if mean else float(answer)
+                top = heap[0][4]
+                if self.expected_wait(top) * (top.slo_tail or self._slo_first_tail) > self._slo_s:  # past_slo
+                    return self._pick_past_slo(group, top, longer, prefix)
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
@@ -708,7 +747,7 @@ class Scheduler:
                     heapq.heappush(frontier, (heap[child], child))
         return self._none_left(group, exclude)
 
-    def _pick_past_slo(self, group: Group, prefix: Keys = ()) -> Pick:
+    def _pick_past_slo(self, group: Group, best: Node, longer: bool, prefix: Keys = ()) -> Pick:
         """The request would miss the SLO even on its best node (expected wait past slo_s x margin): it goes to the
         node with the fewest requests in flight, the fewest others it can delay. Filling the best nodes on to the
         same expected finish everywhere instead (what the score does) holds their requests right at the SLO, where
@@ -716,7 +755,19 @@ class Scheduler:
         of its stable rate, the h100s' mean latency 6.4 s against an 8.7-s SLO); a request that misses anyway
         should not take the fast nodes' requests down with it. With the prefix_affinity scorer, a node holding the
         prompt's prefix is taken over the fewest in flight when it has at most one request more
-        (pickers.past_slo_holder)."""
+        (pickers.past_slo_holder).
+
+        Except a request that asked for a longer answer than the fleet's mean (`longer`): it takes the best node
+        anyway (by score and, with the scorer, prefix affinity, as within the SLO). Past saturation the long answers
+        are the ones that miss (issue 14, long prompts at 110 %: every a100 and h100 request past the SLO had a
+        192-token answer; the a100s' 192-token answers missed 50-84 %, their 64-token ones 0-30 %), and only where
+        the wait is shortest does a long answer have a chance; a short one can still make the SLO on a slower, less
+        loaded node, and leaves the fast nodes to the long ones."""
+        if longer:
+            self.counters.extra["past_slo_long"] = self.counters.extra.get("past_slo_long", 0) + 1
+            if prefix and self._affinity:
+                return pickers.with_affinity(self, group, best, frozenset(), prefix)
+            return Pick(best, "ok")
         fheap = group.fheap
         while fheap and fheap[0][3] != fheap[0][4].version:
             heapq.heappop(fheap)
@@ -754,6 +805,12 @@ class Scheduler:
             node.affinity += AFFINITY_ALPHA * (self.last_affinity - node.affinity)
         node.advance(now)
         node.sent_area[request_id] = node.area
+        floor = node.latency_s
+        if self._slo and floor is not None:
+            # expected_wait as pick() judged it (before the request counts), inlined: this is the hot path. slot_s
+            # is set with latency_s; an unmeasured node's guess would teach the tail nothing.
+            serial = node.slot_s * (len(node.in_flight_ts) + 1)
+            node.sent_e[request_id] = serial if floor < serial else floor
         node.in_flight_ts[request_id] = now
         if node.metrics is None or now > node.metrics.ts:
             node.unseen += 1
@@ -781,6 +838,11 @@ class Scheduler:
             node.slot_s = slot if node.slot_s is None else (1 - SLOT_ALPHA) * node.slot_s + SLOT_ALPHA * slot
             node.latency_s = latency if node.latency_s is None else (
                 (1 - SLOT_ALPHA) * node.latency_s + SLOT_ALPHA * latency)
+            expected = node.sent_e.pop(request_id, 0.0)
+            if expected > 0:
+                self._learn_tail(node, latency / expected)
+        else:
+            node.sent_e.pop(request_id, None)
         if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
             node.unseen -= 1
         if ttft_s is not None:
@@ -793,6 +855,22 @@ class Scheduler:
                 if self._ttft and not self._ttft_default:
                     self._ttft_default = ttft_s  # the first measurement: the scale until the next refresh
         self._relist(node)
+
+    @staticmethod
+    def _learn_tail(node: Node, ratio: float) -> None:
+        """slo: one successful request's realised / expected latency. expected_wait is the node's mean request;
+        the requests that miss an SLO are its slow ones (issue 14, long prompts past saturation: every h100 and
+        a100 request past the SLO had a 192-token answer, 1.35 x the expected wait on average, the 64-token ones
+        0.55 x), so the SLO test scales the expected wait by how far past it the node's slow requests end: mean +
+        TAIL_DEVS mean deviations of the ratio (TCP's retransmission timeout is the same estimator), never below 1
+        (a node is never expected to beat its own mean)."""
+        if node.slo_tail == 0.0:
+            node.tail_mean, node.tail_dev = ratio, ratio / 2
+        else:
+            node.tail_dev += TAIL_ALPHA * (abs(ratio - node.tail_mean) - node.tail_dev)
+            node.tail_mean += TAIL_ALPHA * (ratio - node.tail_mean)
+        tail = node.tail_mean + TAIL_DEVS * node.tail_dev
+        node.slo_tail = tail if tail > 1.0 else 1.0
 
     def succeeded(self, node: Node) -> None:
         if node.failures:
@@ -831,6 +909,8 @@ class Scheduler:
                 "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
                 # expected_ttft's measure: the TTFT its streamed requests recently had
                 "stream_ttft_s": None if node.stream_ttft_s is None else round(node.stream_ttft_s, 6),
+                # slo: realised / expected latency of its slow requests (0: not measured or no SLO)
+                "slo_tail": round(node.slo_tail, 4),
             })
         return out
 

@@ -30,7 +30,7 @@ from control.scheduler.context import RequestContext, account
 from control.scheduler.core import Scheduler
 from control.scheduler.intake import DEFAULT_MAX_BODY, ROUTES, header_map, parse, read_body, usage
 from control.scheduler.kv_events import KVEvents, parse_endpoints
-from control.scheduler.length import need_tokens
+from control.scheduler.length import answer_tokens, need_tokens
 from control.scheduler.prefix_index import block_keys, prompt_text
 from control.scheduler.priority import request_class
 from control.scheduler.prom import GatewayMetrics
@@ -247,7 +247,7 @@ class Gateway:
         ctx = RequestContext(ts=ts, t0=t0, model=body["model"], cls=cls, stream=bool(body.get("stream", False)),
                              cache="off", ckey=None, path=scope["path"], raw=raw,
                              request_id=headers.get("x-request-id", ""), receive=receive,
-                             need_tokens=need_tokens(body))
+                             need_tokens=need_tokens(body), answer_tokens=answer_tokens(body))
         canary = self.canary
         if canary is not None:
             self._keys += 1

@@ -31,6 +31,12 @@ def _text(content: Any) -> str:
     return ""
 
 
+def answer_tokens(body: dict[str, Any]) -> int:
+    """The answer length the request asked for (max_completion_tokens / max_tokens); 0 when it gave none."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+
+
 def need_tokens(body: dict[str, Any]) -> int:
     """Tokens (prompt + completion) the request needs in a node's context, by the estimate above."""
     if isinstance(body.get("messages"), list):
@@ -43,9 +49,7 @@ def need_tokens(body: dict[str, Any]) -> int:
         else:
             text = raw if isinstance(raw, str) else "".join(p for p in raw or [] if isinstance(p, str))
             prompt = math.ceil(len(text) / 4)
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    completion = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 1
-    return max(1, prompt) + completion
+    return max(1, prompt) + (answer_tokens(body) or 1)
 
 
 def too_short(sched: Scheduler, model: str, need: int) -> dict[str, int]:

@@ -85,7 +85,8 @@ class Proxy:
             self._rid += 1
             rid = self._rid
             try:
-                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix, ctx.stream)
+                node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix, ctx.stream,
+                                               ctx.answer_tokens)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",
