@@ -85,6 +85,7 @@ SLO_MISS = 100.0
 # 90th-95th percentile for the answer-length mixes of bench/routing.py), learned with this EWMA weight.
 TAIL_DEVS = 2.0
 TAIL_ALPHA = 0.1
+LONG_FIT_STEPS = 16  # slo: live heap entries _long_fit looks at, best first, before it settles for the top
 ANSWER_ALPHA = 0.05  # slo: weight of the newest request in the fleet's mean answer length asked for (max_tokens)
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
@@ -164,7 +165,8 @@ class Node:
     __slots__ = ("spec", "metrics", "order", "healthy", "reason", "static", "parts", "room", "in_flight_ts",
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
                  "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
-                 "sbase", "stream_ttft_at", "sent_e", "tail_mean", "tail_dev", "slo_tail")
+                 "sbase", "stream_ttft_at", "sent_e", "tail_mean", "tail_dev", "slo_tail", "sent_long", "long_mean",
+                 "long_dev", "long_tail")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -208,6 +210,13 @@ class Node:
         self.tail_mean = 0.0
         self.tail_dev = 0.0
         self.slo_tail = 0.0
+        # slo: the same over the node's long answers only (asked for more than the fleet's mean max_tokens;
+        # sent_long: those in flight). A slow node's long answers are the ones a prefill arriving mid-answer stalls
+        # longest (an l40s prefills a 7,800-token prompt in 2 s), so their tail is the node's heaviest.
+        self.sent_long: set[int] = set()
+        self.long_mean = 0.0
+        self.long_dev = 0.0
+        self.long_tail = 0.0
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -282,6 +291,7 @@ class Scheduler:
         # Precise mode: the nodes whose index their own KV events keep (kv_events.py); the others' by what was sent.
         self.event_fed: set[str] = set()
         self.last_affinity = 0.0  # the affinity term of the latest pick (0: none), recorded by sent()
+        self.last_long = False  # slo: the latest pick was for a long answer (sent() records it for the long tail)
         self._use_strategy(config)
 
     def _use_strategy(self, config: Config) -> None:
@@ -710,6 +720,7 @@ class Scheduler:
         length the request asked for (max_tokens, 0: not given), which the slo rule routes by past the SLO."""
         self.counters.decisions += 1
         self.last_affinity = 0.0
+        self.last_long = False
         group = self.group_for(model)
         if group is None:
             return Pick(None, "unknown_model")
@@ -726,11 +737,17 @@ class Scheduler:
                 longer = False
                 if answer > 0:
                     mean = self._answer_mean
-                    longer = 0 < mean < answer
+                    longer = self.last_long = 0 < mean < answer
                     self._answer_mean = mean + ANSWER_ALPHA * (answer - mean) if mean else float(answer)
                 top = heap[0][4]
                 if self.expected_wait(top) * (top.slo_tail or self._slo_first_tail) > self._slo_s:  # past_slo
                     return self._pick_past_slo(group, top, longer, prefix)
+                if longer:
+                    fit = self._long_fit(group, top)
+                    if fit is not top:
+                        if prefix and self._affinity:
+                            return pickers.with_affinity(self, group, fit, exclude, prefix, stream)
+                        return Pick(fit, "ok")
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
@@ -765,6 +782,7 @@ class Scheduler:
         loaded node, and leaves the fast nodes to the long ones."""
         if longer:
             self.counters.extra["past_slo_long"] = self.counters.extra.get("past_slo_long", 0) + 1
+            best = self._long_fit(group, best)
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, best, frozenset(), prefix)
             return Pick(best, "ok")
@@ -776,6 +794,33 @@ class Scheduler:
         if prefix and self._affinity:
             return Pick(pickers.past_slo_holder(self, group, fewest, prefix), "ok")
         return Pick(fewest, "ok")
+
+    def _long_fit(self, group: Group, top: Node) -> Node:
+        """slo: the node for a long answer, the best-scored one (`top`, the heap's) where the answer's own slow case,
+        the expected wait x the node's long-answer tail factor, makes the SLO; `top` when none of the best
+        LONG_FIT_STEPS does. The score ranks nodes by the mean request, and a long answer ends later than that by a
+        factor of its own, heaviest on slow nodes: in issue 14's long-prompt sweep at 50 % the default's p95 latency
+        was its l40s' 192-token answers (4 of 7 past the 8.7-s SLO, none of the h100s' 45), sent there whenever an
+        l40s's 5.8-s unloaded latency equalled a loaded h100's expected wait. A node whose long tail is not measured
+        yet counts by its tail factor over all requests (so until then the pick is the score's)."""
+        limit, first = self._slo_s, self._slo_first_tail
+        if self.expected_wait(top) * (top.long_tail or top.slo_tail or first) <= limit:
+            return top
+        heap = group.heap
+        frontier = [(heap[0], 0)] if heap else []
+        steps = 0
+        while frontier and steps < LONG_FIT_STEPS:
+            entry, i = heapq.heappop(frontier)
+            node = entry[4]
+            if entry[3] == node.version:
+                steps += 1
+                if self.expected_wait(node) * (node.long_tail or node.slo_tail or first) <= limit:
+                    self.counters.extra["long_fit"] = self.counters.extra.get("long_fit", 0) + 1
+                    return node
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return top
 
     def _none_left(self, group: Group, exclude: frozenset[str] | set[str]) -> Pick:
         healthy = any(n.healthy and n.quarantined_until is None and n.name not in exclude for n in group.members)
@@ -811,6 +856,9 @@ class Scheduler:
             # is set with latency_s; an unmeasured node's guess would teach the tail nothing.
             serial = node.slot_s * (len(node.in_flight_ts) + 1)
             node.sent_e[request_id] = serial if floor < serial else floor
+            if self.last_long:
+                node.sent_long.add(request_id)
+        self.last_long = False  # one pick, one send: a send without a pick (what-if previews) is not long
         node.in_flight_ts[request_id] = now
         if node.metrics is None or now > node.metrics.ts:
             node.unseen += 1
@@ -841,8 +889,11 @@ class Scheduler:
             expected = node.sent_e.pop(request_id, 0.0)
             if expected > 0:
                 self._learn_tail(node, latency / expected)
+                if request_id in node.sent_long:
+                    self._learn_long_tail(node, latency / expected)
         else:
             node.sent_e.pop(request_id, None)
+        node.sent_long.discard(request_id)
         if node.unseen > 0 and (node.metrics is None or sent_at > node.metrics.ts):
             node.unseen -= 1
         if ttft_s is not None:
@@ -871,6 +922,17 @@ class Scheduler:
             node.tail_mean += TAIL_ALPHA * (ratio - node.tail_mean)
         tail = node.tail_mean + TAIL_DEVS * node.tail_dev
         node.slo_tail = tail if tail > 1.0 else 1.0
+
+    @staticmethod
+    def _learn_long_tail(node: Node, ratio: float) -> None:
+        """slo: _learn_tail over the node's long answers only (long_tail, which _long_fit judges by)."""
+        if node.long_tail == 0.0:
+            node.long_mean, node.long_dev = ratio, ratio / 2
+        else:
+            node.long_dev += TAIL_ALPHA * (abs(ratio - node.long_mean) - node.long_dev)
+            node.long_mean += TAIL_ALPHA * (ratio - node.long_mean)
+        tail = node.long_mean + TAIL_DEVS * node.long_dev
+        node.long_tail = tail if tail > 1.0 else 1.0
 
     def succeeded(self, node: Node) -> None:
         if node.failures:
@@ -911,6 +973,8 @@ class Scheduler:
                 "stream_ttft_s": None if node.stream_ttft_s is None else round(node.stream_ttft_s, 6),
                 # slo: realised / expected latency of its slow requests (0: not measured or no SLO)
                 "slo_tail": round(node.slo_tail, 4),
+                # and over its long answers only (0: none measured), which a long answer is judged by
+                "slo_long_tail": round(node.long_tail, 4),
             })
         return out
 
