@@ -48,7 +48,9 @@ Why it is built this way (docs/gateway.md has the long version):
   node is past it, a non-streamed request that asked for a longer answer than the fleet's mean (max_tokens) takes
   the best node anyway (long answers are the ones that miss, and only there might it make it), and any other goes
   to the node with the fewest requests in flight (a third heap, keyed like least_in_flight's): a short answer can
-  still make the SLO on a slower, less loaded node, and it leaves the fast nodes to the long ones.
+  still make the SLO on a slower, less loaded node, and it leaves the fast nodes to the long ones. A long answer
+  is judged by its own slow case too: the node's tail factor over its long answers only; within the SLO it skips
+  the score's pick for the best node where that makes the SLO (_long_fit), and past it that node is its best.
 """
 
 from __future__ import annotations

@@ -323,3 +323,65 @@ def test_a_streamed_request_judges_a_node_by_its_mean_request_not_its_slow_case(
     for rid in range(4):  # 0.5 s x 12 = 6.0 s: 7.5 s by its mean, past it too
         sched.sent(fast, 20_000 + rid, NOW - 2)
     assert sched.pick("m", stream=True).node is not fast
+
+
+# --- within the SLO, a long answer is judged by its own slow case -------------------------------------------------
+def train_answer_mean(sched: Scheduler) -> None:
+    for _ in range(100):  # the fleet's requests ask for 128-token answers on average
+        sched.pick("m", answer=64)
+        sched.pick("m", answer=192)
+    sched.counters.extra.clear()
+
+
+def test_a_nodes_long_answer_tail_is_learned_from_its_long_answers_only() -> None:
+    """The long answers (more than the fleet's mean max_tokens) end later than the node's mean request; their own
+    tail factor is learned beside the node's, from the requests picked for a long answer."""
+    sched = fleet(5.0)
+    train_answer_mean(sched)
+    fast = sched.nodes["fast"]
+    t = NOW - 400
+    for i in range(80):
+        answer, ratio = (192, 1.5) if i % 2 else (64, 0.5)
+        expected = sched.expected_wait(fast)
+        sched.pick("m", answer=answer)
+        sched.sent(fast, 60_000 + i, t)
+        t += ratio * expected
+        sched.finished(fast, 60_000 + i, ttft_s=0.05, now=t)
+        t += 0.1
+    assert fast.long_tail == pytest.approx(1.5, abs=0.05)  # the long answers alone: no spread
+    assert fast.slo_tail == pytest.approx(2.0, abs=0.15)  # all of them: 1 + 2 x 0.5
+    assert not fast.sent_long and not fast.sent_e
+    assert sched.describe(NOW)[0]["slo_long_tail"] == pytest.approx(fast.long_tail, abs=1e-3)
+    # A send without a pick for a long answer (a what-if preview) does not count as long.
+    sched.pick("m", answer=192)
+    sched.sent(fast, 1, NOW)
+    sched.sent(fast, 2, NOW)
+    assert fast.sent_long == {1}
+
+
+def test_within_the_slo_a_long_answer_skips_a_node_where_its_own_slow_case_misses() -> None:
+    """Issue 14, long prompts at 50 %: the default's p95 latency was the l40s' 192-token answers (4 of 7 past the
+    SLO), sent there whenever an idle l40s's unloaded latency equalled a loaded h100's expected wait. Here the slow
+    nodes (6 s expected) rank above 'fast' (7 s) for the mean request, but a long answer's slow case there (6 s x
+    1.8) misses a 10-s SLO, while on 'fast' (7 s x 1.3) it makes it: the long answer goes to 'fast', a short one and
+    one of unknown length still to a slow node."""
+    sched = fleet(10.0)
+    train_answer_mean(sched)
+    load_fast(sched, 13)  # fast: 0.5 s x 14 = 7.0 s expected
+    nodes = sched.nodes.values()
+    fast = sched.nodes["fast"]
+    for node in nodes:
+        node.slo_tail = 1.2
+    sched.recompute(NOW)
+    assert not any(sched.past_slo(n) for n in nodes)
+    assert sched.pick("m").node is not fast
+    assert sched.pick("m", answer=192).node is not fast  # no long tail measured: the score's pick, as before
+    for node in nodes:
+        node.long_tail = 1.3 if node is fast else 1.8
+    assert sched.pick("m", answer=192).node is fast
+    assert sched.pick("m", answer=64).node is not fast
+    assert sched.pick("m").node is not fast
+    assert sched.counters.extra == {"long_fit": 1}
+    # Where it makes the SLO on none of them, the score's pick stands.
+    fast.long_tail = 1.5
+    assert sched.pick("m", answer=192).node is not fast
