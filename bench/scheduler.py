@@ -11,6 +11,12 @@ gateway's event loop.
 `--slo S` gives the policy slo.latency_s = S (default: none, as the default policy) and prints how many picks went
 past it (to the fewest in flight, or a holder of the prompt's prefix within one request of it).
 
+`--answers 64,192` gives the picks those answer lengths (max_tokens) in turn, so that with `--slo` the answer-length
+rules run: a long answer past the SLO, and within it `_long_fit`, which looks for the best node where the answer's own
+slow case makes the SLO. `--worst-long-walk` makes every node's long-answer tail so large that no node fits: each long
+answer within the SLO then walks the whole LONG_FIT_STEPS heap entries before it settles for the top (the worst case;
+use it with a large `--slo`, e.g. 1000, so that picks are within the SLO).
+
 `--index-memory N` instead fills a prefix index as N nodes' worth of the default policy's prefix.index_blocks
 (10,000 blocks each, 31-block prompts no other node holds: the worst case, one holder per block) and prints its
 memory (the process's resident growth), bytes per block and how long a full garbage collection then takes (the
@@ -46,6 +52,8 @@ from control.scheduler.prefix_index import block_keys, prompt_text  # noqa: E402
 CPU_CLOCK = False
 PAST_SLO: list[Scheduler] = []  # the schedulers run, for the count of picks past the SLO
 SLO_S = 0.0  # --slo: the policy's slo.latency_s (0: none, as the default)
+ANSWERS: list[int] = []  # --answers: max_tokens of the picks, in turn (empty: none given)
+WORST_LONG_WALK = False  # --worst-long-walk: no node fits a long answer, so _long_fit walks its whole bound
 
 
 def with_slo(doc: dict) -> Config:
@@ -90,6 +98,9 @@ def run(n: int, decisions: int, concurrency: int,
     t0 = time.perf_counter()
     sched.update(now, specs=specs, samples=samples)
     refresh_ms = (time.perf_counter() - t0) * 1000
+    if WORST_LONG_WALK:
+        for node in sched.nodes.values():  # a tail no request's ratio can bring down within the run
+            node.long_mean = node.long_tail = 1e30
     pick_ns: list[float] = []
     finish_ns: list[float] = []
     in_flight: deque = deque()
@@ -98,13 +109,14 @@ def run(n: int, decisions: int, concurrency: int,
     clock = time.thread_time_ns if CPU_CLOCK else time.perf_counter_ns
     for rid in tqdm(range(decisions), desc=f"{n} nodes", unit="dec", leave=False, mininterval=0.5):
         body = bodies[rid % len(bodies)] if bodies else None
+        answer = ANSWERS[rid % len(ANSWERS)] if ANSWERS else 0
         t = clock()
         if body is None:
-            choice = sched.pick("deepseek-r1")
+            choice = sched.pick("deepseek-r1", answer=answer)
             sched.sent(choice.node, rid, now)
         else:
             keys = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks) if affinity else ()
-            choice = sched.pick("deepseek-r1", prefix=keys)
+            choice = sched.pick("deepseek-r1", prefix=keys, answer=answer)
             sched.sent(choice.node, rid, now, keys)
         pick_ns.append(clock() - t)
         in_flight.append((choice.node, rid))
@@ -164,6 +176,11 @@ def main() -> None:
     parser.add_argument("--slo", type=float, default=0.0,
                         help="the policy's slo.latency_s in seconds (default: none, as the default policy); a small "
                              "value sends most picks down the past-the-SLO path")
+    parser.add_argument("--answers", default="", metavar="N,N",
+                        help="answer lengths (max_tokens) the picks ask for, in turn (default: none given)")
+    parser.add_argument("--worst-long-walk", action="store_true",
+                        help="no node fits a long answer: each long answer within the SLO walks LONG_FIT_STEPS heap "
+                             "entries (the worst case of the long-answer rule; use with a large --slo)")
     parser.add_argument("--index-memory", type=int, default=0, metavar="N",
                         help="instead: the prefix index's memory and full-collection pause for N nodes, each with the "
                              "default prefix.index_blocks of blocks only it holds")
@@ -171,9 +188,16 @@ def main() -> None:
     if args.index_memory:
         index_memory(args.index_memory)
         return
-    global CPU_CLOCK, SLO_S
+    global CPU_CLOCK, SLO_S, ANSWERS, WORST_LONG_WALK
     CPU_CLOCK = args.cpu_clock
     SLO_S = args.slo
+    try:
+        ANSWERS = [int(x) for x in args.answers.split(",") if x.strip()]
+    except ValueError:
+        parser.error(f"--answers: comma-separated whole numbers, e.g. 64,192 (got {args.answers!r})")
+    if any(a < 1 for a in ANSWERS):
+        parser.error("--answers: every answer length must be at least 1")
+    WORST_LONG_WALK = args.worst_long_walk
     if args.affinity:
         print(f"one decision, {'thread CPU' if CPU_CLOCK else 'wall'} time: with affinity = the prompt's text from the "
               "body + its block keys (hashing) + pick + recording the send in the prefix index; without = pick + "
@@ -205,6 +229,12 @@ def slo_line() -> None:
         total = sum(x.counters.decisions for x in PAST_SLO)
         print(f"slo.latency_s {SLO_S:g} s: {past} of {total} picks went past the SLO (to the fewest in flight, or "
               "a holder of the prompt's prefix within one request of it)")
+        if ANSWERS:
+            long_past = sum(x.counters.extra.get("past_slo_long", 0) for x in PAST_SLO)
+            fit = sum(x.counters.extra.get("long_fit", 0) for x in PAST_SLO)
+            print(f"answers {','.join(map(str, ANSWERS))}: {long_past} long answers past the SLO took the best node; "
+                  f"{fit} long answers went to another node than the score's pick (_long_fit)"
+                  + ("; every node's long tail set out of reach (--worst-long-walk)" if WORST_LONG_WALK else ""))
 
 
 if __name__ == "__main__":
