@@ -92,6 +92,19 @@ ANSWER_ALPHA = 0.05  # slo: weight of the newest request in the fleet's mean ans
 ANY_MODEL = "*"  # the one group when the policy does not require nodes to serve the requested model
 
 
+def _tail_step(mean: float, dev: float, tail: float, ratio: float) -> tuple[float, float, float]:
+    """slo: a tail estimate (mean and mean deviation of realised / expected latency, and the tail factor mean +
+    TAIL_DEVS deviations, at least 1; tail 0: nothing measured yet) after one more ratio. The first ratio sets the
+    mean and half of it the deviation, as TCP's first round-trip estimate does."""
+    if tail == 0.0:
+        mean, dev = ratio, ratio / 2
+    else:
+        dev += TAIL_ALPHA * (abs(ratio - mean) - dev)
+        mean += TAIL_ALPHA * (ratio - mean)
+    tail = mean + TAIL_DEVS * dev
+    return mean, dev, tail if tail > 1.0 else 1.0
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What the registry (PostgreSQL) says about a node."""
@@ -917,24 +930,12 @@ class Scheduler:
         0.55 x), so the SLO test scales the expected wait by how far past it the node's slow requests end: mean +
         TAIL_DEVS mean deviations of the ratio (TCP's retransmission timeout is the same estimator), never below 1
         (a node is never expected to beat its own mean)."""
-        if node.slo_tail == 0.0:
-            node.tail_mean, node.tail_dev = ratio, ratio / 2
-        else:
-            node.tail_dev += TAIL_ALPHA * (abs(ratio - node.tail_mean) - node.tail_dev)
-            node.tail_mean += TAIL_ALPHA * (ratio - node.tail_mean)
-        tail = node.tail_mean + TAIL_DEVS * node.tail_dev
-        node.slo_tail = tail if tail > 1.0 else 1.0
+        node.tail_mean, node.tail_dev, node.slo_tail = _tail_step(node.tail_mean, node.tail_dev, node.slo_tail, ratio)
 
     @staticmethod
     def _learn_long_tail(node: Node, ratio: float) -> None:
         """slo: _learn_tail over the node's long answers only (long_tail, which _long_fit judges by)."""
-        if node.long_tail == 0.0:
-            node.long_mean, node.long_dev = ratio, ratio / 2
-        else:
-            node.long_dev += TAIL_ALPHA * (abs(ratio - node.long_mean) - node.long_dev)
-            node.long_mean += TAIL_ALPHA * (ratio - node.long_mean)
-        tail = node.long_mean + TAIL_DEVS * node.long_dev
-        node.long_tail = tail if tail > 1.0 else 1.0
+        node.long_mean, node.long_dev, node.long_tail = _tail_step(node.long_mean, node.long_dev, node.long_tail, ratio)
 
     def succeeded(self, node: Node) -> None:
         if node.failures:
