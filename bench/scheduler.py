@@ -14,7 +14,7 @@ past it (to the fewest in flight, or a holder of the prompt's prefix within one 
 `--answers 64,192` gives the picks those answer lengths (max_tokens) in turn, so that with `--slo` the answer-length
 rules run: a long answer past the SLO, and within it `_long_fit`, which looks for the best node where the answer's own
 slow case makes the SLO. `--worst-long-walk` makes every node's long-answer tail so large that no node fits: each long
-answer within the SLO then walks the whole LONG_FIT_STEPS heap entries before it settles for the top (the worst case;
+answer within the SLO then looks at all LONG_FIT_SCAN heap entries before it settles for the top (the worst case;
 use it with a large `--slo`, e.g. 1000, so that picks are within the SLO).
 
 `--index-memory N` instead fills a prefix index as N nodes' worth of the default policy's prefix.index_blocks
@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--answers", default="", metavar="N,N",
                         help="answer lengths (max_tokens) the picks ask for, in turn (default: none given)")
     parser.add_argument("--worst-long-walk", action="store_true",
-                        help="no node fits a long answer: each long answer within the SLO walks LONG_FIT_STEPS heap "
+                        help="no node fits a long answer: each long answer within the SLO looks at all LONG_FIT_SCAN heap "
                              "entries (the worst case of the long-answer rule; use with a large --slo)")
     parser.add_argument("--index-memory", type=int, default=0, metavar="N",
                         help="instead: the prefix index's memory and full-collection pause for N nodes, each with the "
