@@ -385,3 +385,25 @@ def test_within_the_slo_a_long_answer_skips_a_node_where_its_own_slow_case_misse
     # Where it makes the SLO on none of them, the score's pick stands.
     fast.long_tail = 1.5
     assert sched.pick("m", answer=192).node is not fast
+
+
+def test_in_a_large_group_a_long_answer_finds_a_fitting_node_among_the_best_scored() -> None:
+    """More members than LONG_FIT_SCAN: the rule looks at the heap's top entries (the best-scored nodes), not at
+    every node, so a decision stays cheap at 1,000 nodes. The second-best node fits a long answer; the best does not."""
+    sched = Scheduler(fresh_config(10.0), random.Random(1))
+    names = [f"n{i:02d}" for i in range(20)]
+    sched.update(NOW, specs=[NodeSpec(n, "p", "active", f"http://{n}", ("m",)) for n in names],
+                 samples={n: Metrics(NOW - 1, 1, 50.0, 30.0, 1.0, 0.1, 0, 0, 10.0) for n in names})
+    for name in names:
+        serve_rounds(sched, name, 4, 6.0)
+    train_answer_mean(sched)
+    nodes = sched.nodes
+    nodes["n00"].latency_s, nodes["n07"].latency_s = 4.0, 5.0  # the best and the second best by expected wait
+    for node in nodes.values():
+        node.slot_s, node.slo_tail, node.long_tail = 0.1, 1.2, 2.0  # 6 s x 2.0: a long answer misses a 10-s SLO
+    nodes["n00"].long_tail = 3.0  # 12 s: misses
+    nodes["n07"].long_tail = 1.8  # 9 s: makes it
+    sched.recompute(NOW)
+    assert sched.pick("m").node is nodes["n00"]
+    assert sched.pick("m", answer=192).node is nodes["n07"]
+    assert sched.counters.extra == {"long_fit": 1}
