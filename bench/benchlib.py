@@ -57,10 +57,20 @@ def start_server(port: int, workers: int, db_url: str, redis_url: str, **env: st
     raise SystemExit("the server did not start; run `python manage.py serve` by hand to see why")
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port() returned in this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now and that this process has not been given before: the socket is closed before
+    the caller's server binds the port, so two calls in a row could get the same number (seen: the web server and
+    simfleet's control API on one port, the bench then asking Django for the fleet's /nodes until it timed out)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 30.0) -> None:
