@@ -23,24 +23,25 @@ class Admission:
         # capacity freed here is offered to its waiters as well.
         self.twin: Admission | None = None
 
-    def _sent(self, node: Node, rid: int, prefix: Keys = ()) -> None:
+    def _sent(self, node: Node, rid: int, prefix: Keys = (), prompt: int = 0) -> None:
         now = time.time()
-        self.sched.sent(node, rid, now, prefix)
+        self.sched.sent(node, rid, now, prefix, prompt)
         twin = self.twin.sched.nodes.get(node.name) if self.twin is not None else None
         if twin is not None:
-            self.twin.sched.sent(twin, rid, now, prefix)
+            self.twin.sched.sent(twin, rid, now, prefix, prompt)
 
     def retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.sched.config.retry_after_s)}
 
     async def acquire(self, model: str, cls: str, exclude: frozenset[str], rid: int, prefix: Keys = (),
-                      stream: bool = False, answer: int = 0) -> Node:
+                      stream: bool = False, answer: int = 0, prompt: int = 0) -> Node:
         """A node reserved for request `rid` (its send already counted), or a Reply saying why there is none.
         `prefix`: the prompt's block keys, for cache-aware routing (empty when the policy does not use them);
-        `stream`: the answer is streamed (expected_ttft counts); `answer`: the answer length asked for (0: none)."""
+        `stream`: the answer is streamed (expected_ttft counts); `answer`: the answer length asked for (0: none);
+        `prompt`: the prompt's estimated tokens (0: not known), which the node's prefill backlog counts."""
         pick = self.sched.pick(model, exclude, prefix, stream, answer)
         if pick.node is not None:
-            self._sent(pick.node, rid, prefix)
+            self._sent(pick.node, rid, prefix, prompt)
             return pick.node
         if pick.verdict == "unknown_model":
             raise Reply(404, f"no node serves model {model!r}; GET /v1/models lists the models the fleet serves",
@@ -55,7 +56,7 @@ class Admission:
             raise Reply(429, f"the fleet is saturated and class {cls!r} is shed at saturation; retry after "
                              f"{self.sched.config.retry_after_s} s", type_="rate_limit_error", code="saturated",
                         headers=self.retry_after())
-        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix, stream, answer)
+        waiter = self.waitq.add(cls, model, exclude, pc.queue_limit, rid, prefix, stream, answer, prompt)
         if waiter is None:
             raise Reply(503, f"the fleet is saturated and the {cls!r} queue is full ({pc.queue_limit} waiting); "
                              "retry later", type_="server_error", code="queue_full", headers=self.retry_after())
@@ -85,7 +86,7 @@ class Admission:
             pick = self.sched.pick(waiter.model, waiter.exclude, waiter.prefix, waiter.stream, waiter.answer)
             if pick.node is None:
                 return None
-            self._sent(pick.node, waiter.rid, waiter.prefix)
+            self._sent(pick.node, waiter.rid, waiter.prefix, waiter.prompt)
             return pick.node
 
         self.waitq.dispatch([c.name for c in self.priorities.ordered()], grant)

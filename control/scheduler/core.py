@@ -41,6 +41,10 @@ Why it is built this way (docs/gateway.md has the long version):
   ones (scored as before) fill what they leave, so a slow-prefill node still carries its share of the load but
   not the streamed tail (issue 14: the fleet's TTFT p95 was set by the few streamed requests on the l40s). A node
   no streamed request measured for a minute drifts toward the fleet median, so one it steered away is tried again.
+  Once prompt lengths are known (the gateway's estimate, length.py), T also counts what a node was just sent: its
+  prompt tokens not yet prefilled (a backlog worked off at the node's prefill rate, learned from its streams as the
+  tokens a first token waited for over its TTFT), plus a mean prompt, over that rate. A recent TTFT does not show
+  the prefills a burst just queued on a node.
 * `slo` (a latency target the operator sets; none by default): a node where a new request's slow case, its expected
   wait x the node's tail factor (how far past their expected wait its slow requests end, learned per node as mean
   + TAIL_DEVS mean deviations of realised / expected latency; 1 / slo.margin until measured), is past
@@ -76,6 +80,7 @@ STREAM_TTFT_ALPHA = 0.2  # expected_ttft: weight of the newest streamed request'
 # node that got faster is noticed. Longer than a bench run: within one, a slow node's figure holds.
 STREAM_TTFT_STALE_S = 60.0
 STREAM_TTFT_DECAY_S = 120.0
+PROMPT_ALPHA = 0.05  # expected_ttft: weight of the newest request in the fleet's mean prompt length (tokens)
 SLOT_ALPHA = 0.1  # weight of the newest observation in a node's seconds-per-slot average (expected_wait)
 SCALE_SLACK = 0.25  # expected_wait: rebuild the heaps when the fleet scale moved by more than this share
 DYNAMIC = ("in_flight", "expected_wait", "prefix_affinity", "expected_ttft")  # scorers computed per request, not from the sample
@@ -181,7 +186,7 @@ class Node:
                  "unseen", "failures", "quarantined_until", "ttft_ewma", "version", "groups", "latency_ms",
                  "slot_s", "latency_s", "area", "area_t", "sent_area", "affinity", "base", "stream_ttft_s",
                  "sbase", "stream_ttft_at", "sent_e", "tail_mean", "tail_dev", "slo_tail", "sent_long", "long_mean",
-                 "long_dev", "long_tail")
+                 "long_dev", "long_tail", "prefill_tps", "backlog", "backlog_t", "sent_work")
 
     def __init__(self, spec: NodeSpec, order: int) -> None:
         self.spec = spec
@@ -232,6 +237,14 @@ class Node:
         self.long_mean = 0.0
         self.long_dev = 0.0
         self.long_tail = 0.0
+        # expected_ttft: the prompt tokens sent here and (by the model below) not prefilled yet as of backlog_t, the
+        # rate the node works them off (prompt tokens per second, EWMA, learned from its streamed requests' TTFT:
+        # the tokens queued ahead of one plus its own, over its TTFT; 0: not measured), and per request in flight
+        # those tokens as of its send.
+        self.backlog = 0.0
+        self.backlog_t = 0.0
+        self.prefill_tps = 0.0
+        self.sent_work: dict[int, float] = {}
 
     def advance(self, now: float) -> None:
         if now > self.area_t:
@@ -302,6 +315,9 @@ class Scheduler:
         self._slot_default = 1.0  # expected_wait: seconds per slot of a node without observations (fleet median)
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
         self._ttft_default = 0.0  # expected_ttft: fleet median of the nodes' streamed TTFT (0: none measured yet)
+        self._tps_default = 0.0  # expected_ttft: fleet median prefill rate, tokens/s (0: none measured yet)
+        self._prompt_mean = 0.0  # expected_ttft: the mean prompt length sent (estimated tokens, EWMA)
+        self._now = 0.0  # the latest clock reading given (sent, finished, update, tick): heap entries age the backlog
         self.prefix = PrefixIndex(config.prefix_index_blocks)
         # Precise mode: the nodes whose index their own KV events keep (kv_events.py); the others' by what was sent.
         self.event_fed: set[str] = set()
@@ -328,6 +344,7 @@ class Scheduler:
                samples: dict[str, Metrics] | None = None, config: Config | None = None) -> None:
         """Apply a new registry / new samples / a new policy. Only the nodes that changed are re-scored; a new
         policy, a change of who serves what, or fleet-normalised latency re-scores everything."""
+        self._now = now
         if config is not None:
             self.config = config
             self._use_strategy(config)
@@ -425,6 +442,9 @@ class Scheduler:
     def _fleet_ttft(self, force: bool = False) -> bool:
         """Refresh expected_ttft's fleet median (its default and its normalising scale) over the healthy nodes;
         True when it moved enough that the stream heaps should be rebuilt."""
+        rates = sorted(n.prefill_tps for n in self.nodes.values() if n.healthy and n.prefill_tps > 0)
+        if rates:
+            self._tps_default = rates[len(rates) // 2]
         ttfts = sorted(n.stream_ttft_s for n in self.nodes.values() if n.healthy and n.stream_ttft_s is not None)
         if not ttfts:
             return False
@@ -453,6 +473,7 @@ class Scheduler:
 
     def tick(self, now: float) -> None:
         """Time-driven changes between updates: quarantines that ended (half-open), samples that went stale."""
+        self._now = now
         for node in self.nodes.values():
             ended = node.quarantined_until is not None and node.quarantined_until <= now
             stale = node.healthy and node.metrics is not None and now - node.metrics.ts > self.config.max_stale_s
@@ -468,7 +489,7 @@ class Scheduler:
         """expected_ttft: a node whose streamed TTFT nobody measured for STREAM_TTFT_STALE_S moves toward the fleet
         median (time constant STREAM_TTFT_DECAY_S). Without it a node the term steered streams away from kept its
         last figure for good, however much faster it became."""
-        median = self._ttft_default
+        median, tps = self._ttft_default, self._tps_default
         for node in self.nodes.values():
             t = node.stream_ttft_s
             if t is None or t == median or not node.healthy:
@@ -476,7 +497,10 @@ class Scheduler:
             step = now - node.stream_ttft_at - STREAM_TTFT_STALE_S  # the time past the threshold not yet applied
             if step <= 0:
                 continue
-            node.stream_ttft_s = median + (t - median) * math.exp(-step / STREAM_TTFT_DECAY_S)
+            keep = math.exp(-step / STREAM_TTFT_DECAY_S)
+            node.stream_ttft_s = median + (t - median) * keep
+            if node.prefill_tps > 0 and tps > 0:
+                node.prefill_tps = tps + (node.prefill_tps - tps) * keep
             node.stream_ttft_at = now - STREAM_TTFT_STALE_S  # so that the next step covers only the time after now
             self._relist(node)
 
@@ -507,8 +531,20 @@ class Scheduler:
         return serial if floor is None or floor < serial else floor
 
     def expected_ttft(self, node: Node) -> float | None:
-        """Seconds to the first token a streamed request should have on the node: what its streamed requests
-        recently had, the fleet median for a node not measured yet; None while no node has been measured."""
+        """Seconds to the first token a streamed request should have on the node: the prompt tokens queued there
+        (the backlog, worked off at the node's prefill rate since backlog_t) plus a mean prompt, over that rate;
+        a node whose rate is not measured yet counts at the fleet median rate. Before any rate is measured (or
+        without prompt lengths): what its streamed requests recently had, the fleet median for a node not measured
+        yet; None while no node has been measured.
+
+        Why the backlog: the streamed requests' recent TTFT says how soon a node answered, not what it was sent
+        since. During a burst, streams went to a100s that had just been sent 7,800-token prompts and waited 2.6-5.1 s
+        behind those prefills, while the a100s' recent TTFT still said 1.2 s (issue 14, long prompts at 95 %: the
+        default's TTFT p95 1.28 x least-in-flight's)."""
+        tps = node.prefill_tps or self._tps_default
+        if tps > 0 and self._prompt_mean > 0:
+            left = node.backlog - tps * (self._now - node.backlog_t)
+            return ((left if left > 0 else 0.0) + self._prompt_mean) / tps
         if node.stream_ttft_s is not None:
             return node.stream_ttft_s
         return self._ttft_default or None
@@ -860,8 +896,12 @@ class Scheduler:
                 return Pick(node, "ok")
         return self._none_left(group, exclude)
 
-    def sent(self, node: Node, request_id: int, now: float, prefix: Keys = ()) -> None:
-        """A request goes to the node (after pick): count it, and remember its prompt's blocks there."""
+    def sent(self, node: Node, request_id: int, now: float, prefix: Keys = (), prompt: int = 0) -> None:
+        """A request goes to the node (after pick): count it, and remember its prompt's blocks there; `prompt`: its
+        prompt length (estimated tokens, 0: not known), queued on the node's prefill backlog (expected_ttft)."""
+        self._now = now
+        if prompt > 0 and self._ttft:
+            self._queue_prefill(node, request_id, now, prompt)
         if prefix and (self._affinity or self._cache_aware):
             if not (self._kv_events and node.name in self.event_fed):
                 self.prefix.add(node.name, prefix)
@@ -882,6 +922,21 @@ class Scheduler:
             node.unseen += 1
         self._relist(node)
 
+    def _queue_prefill(self, node: Node, request_id: int, now: float, prompt: int) -> None:
+        """expected_ttft: the request's prompt joins the node's backlog (after working off what the node's rate
+        cleared since the last send), and the request remembers the work its first token waits for: the backlog
+        ahead of it plus its own prompt. Until some node's rate is measured the backlog is not modelled (nothing
+        says how fast it clears), and a first TTFT teaches the rate as its own prompt over it."""
+        mean = self._prompt_mean
+        self._prompt_mean = mean + PROMPT_ALPHA * (prompt - mean) if mean else float(prompt)
+        tps = node.prefill_tps or self._tps_default
+        left = 0.0
+        if tps > 0:
+            left = node.backlog - tps * (now - node.backlog_t)
+            left = left + prompt if left > 0 else float(prompt)
+        node.backlog, node.backlog_t = left, now
+        node.sent_work[request_id] = left or prompt
+
     def finished(self, node: Node, request_id: int, ttft_s: float | None = None, now: float | None = None,
                  ok: bool | None = None, stream: bool = False) -> None:
         """A request to the node ended. Only a successful one (`ok`; by default: it has a TTFT) teaches the node's
@@ -891,8 +946,10 @@ class Scheduler:
         if request_id not in node.in_flight_ts:
             return
         now = time.time() if now is None else now
+        self._now = now
         node.advance(now)
         sent_at = node.in_flight_ts.pop(request_id)
+        work = node.sent_work.pop(request_id, 0.0)
         area = node.area - node.sent_area.pop(request_id, node.area)
         latency = now - sent_at
         if ok is None:
@@ -923,6 +980,12 @@ class Scheduler:
                 node.stream_ttft_at = now
                 if self._ttft and not self._ttft_default:
                     self._ttft_default = ttft_s  # the first measurement: the scale until the next refresh
+                if work > 0 and ttft_s > 0:
+                    rate = work / ttft_s  # the tokens its first token waited for, over the time it waited
+                    node.prefill_tps = rate if not node.prefill_tps else (
+                        (1 - STREAM_TTFT_ALPHA) * node.prefill_tps + STREAM_TTFT_ALPHA * rate)
+                    if not self._tps_default:
+                        self._tps_default = rate
         self._relist(node)
 
     @staticmethod
@@ -977,6 +1040,9 @@ class Scheduler:
                 "latency_s": None if node.latency_s is None else round(node.latency_s, 6),
                 # expected_ttft's measure: the TTFT its streamed requests recently had
                 "stream_ttft_s": None if node.stream_ttft_s is None else round(node.stream_ttft_s, 6),
+                # and the prefill rate it implies (prompt tokens per second; 0: not measured), which with the
+                # prompt tokens sent there and not yet worked off gives a streamed request's expected TTFT
+                "prefill_tps": round(node.prefill_tps, 1),
                 # slo: realised / expected latency of its slow requests (0: not measured or no SLO)
                 "slo_tail": round(node.slo_tail, 4),
                 # and over its long answers only (0: none measured), which a long answer is judged by

@@ -81,12 +81,14 @@ class Proxy:
             exclude, ctx.filtered = length.exclude_for(self.sched, ctx.model, ctx.need_tokens,
                                                        "messages" if ctx.path.endswith("chat/completions") else
                                                        "prompt")
+        # the prompt's share of the estimate (length.need_tokens: prompt + the answer asked for, else 1)
+        prompt = max(0, ctx.need_tokens - (ctx.answer_tokens or 1)) if ctx.need_tokens else 0
         for attempt in range(cfg.max_attempts):
             self._rid += 1
             rid = self._rid
             try:
                 node = await admission.acquire(ctx.model, ctx.cls, frozenset(exclude), rid, ctx.prefix, ctx.stream,
-                                               ctx.answer_tokens)
+                                               ctx.answer_tokens, prompt)
             except Reply as reply:
                 if attempt and reply.status in (404, 503) and reply.code in ("model_not_found", "no_node"):
                     raise Reply(502, f"{ctx.error}; no other node was available", type_="server_error",

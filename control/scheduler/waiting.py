@@ -24,6 +24,7 @@ class Waiter:
     prefix: tuple[int, ...] = ()  # the prompt's block keys (cache-aware routing)
     stream: bool = False  # the answer is streamed (the expected_ttft scorer counts)
     answer: int = 0  # the answer length asked for (the slo rule routes by it); 0: not given
+    prompt: int = 0  # the prompt's estimated tokens (the node's prefill backlog counts them); 0: not known
     future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -39,11 +40,11 @@ class WaitQueue:
         return sum(self.waiting.values())
 
     def add(self, cls: str, model: str, exclude: frozenset[str], limit: int, rid: int = 0,
-            prefix: tuple[int, ...] = (), stream: bool = False, answer: int = 0) -> Waiter | None:
+            prefix: tuple[int, ...] = (), stream: bool = False, answer: int = 0, prompt: int = 0) -> Waiter | None:
         """A new waiter, or None when the class's queue is full (or the class is never queued: limit 0)."""
         if self.waiting.get(cls, 0) >= limit:
             return None
-        waiter = Waiter(cls, model, exclude, rid, prefix, stream, answer)
+        waiter = Waiter(cls, model, exclude, rid, prefix, stream, answer, prompt)
         self.queues.setdefault(cls, {}).setdefault(model, deque()).append(waiter)
         self.waiting[cls] = self.waiting.get(cls, 0) + 1
         return waiter

@@ -21,17 +21,17 @@ def default_fleet(names: list[str]) -> Scheduler:
 
 
 def serve_rounds(sched: Scheduler, name: str, k: int, latency_s: float, rounds: int = 30, since_s: float = 500.0,
-                 streamed_ttft_s: float | None = None) -> None:
+                 streamed_ttft_s: float | None = None, prompt: int = 0) -> None:
     """Rounds of k requests sent at once to node `name`, each taking latency_s (a batching engine running them side
     by side), the first round since_s before NOW. With streamed_ttft_s, every other request is streamed and gets
     its first token after that; the rest are plain (their TTFT is the whole answer, as the proxy reports it).
-    Without it, every request is plain with a 0.05-s TTFT."""
+    Without it, every request is plain with a 0.05-s TTFT. `prompt`: each request's prompt tokens (0: not given)."""
     node = sched.nodes[name]
     for r in range(rounds):
         t = NOW - since_s + r * (latency_s + 1)
         ids = [hash((name, r, i)) for i in range(k)]
         for rid in ids:
-            sched.sent(node, rid, t)
+            sched.sent(node, rid, t, prompt=prompt)
         for i, rid in enumerate(ids):
             if streamed_ttft_s is None:
                 sched.finished(node, rid, ttft_s=0.05, now=t + latency_s)

@@ -150,3 +150,62 @@ def test_a_measured_node_does_not_drift() -> None:
     before = a.stream_ttft_s
     sched.tick(a.stream_ttft_at + 59)
     assert a.stream_ttft_s == before
+
+
+def test_a_streamed_request_learns_the_prefill_rate_from_the_tokens_its_first_token_waited_for() -> None:
+    sched = default_fleet(["n"])
+    node = sched.nodes["n"]
+    sched.sent(node, 1, NOW, prompt=1000)  # no rate anywhere yet: only its own prompt is known to be ahead of it
+    sched.finished(node, 1, ttft_s=0.1, now=NOW + 1, ok=True, stream=True)
+    assert node.prefill_tps == pytest.approx(10_000)
+    # Two prompts at once: the second one's first token waits for both prefills (2,000 tokens).
+    sched.sent(node, 2, NOW + 10, prompt=1000)
+    sched.sent(node, 3, NOW + 10, prompt=1000)
+    assert node.sent_work == {2: 1000, 3: 2000}
+    sched.finished(node, 2, ttft_s=3.0, now=NOW + 13, ok=True)  # non-streamed: its TTFT is the whole answer
+    assert node.prefill_tps == pytest.approx(10_000)
+    sched.finished(node, 3, ttft_s=0.4, now=NOW + 13, ok=True, stream=True)  # 2,000 tokens in 0.4 s: 5,000/s
+    assert node.prefill_tps == pytest.approx(0.8 * 10_000 + 0.2 * 5_000)
+    assert sched.describe(NOW + 13)[0]["prefill_tps"] == pytest.approx(9_000)
+    # A prompt sent after the backlog was worked off waits for itself only.
+    sched.sent(node, 4, NOW + 20, prompt=500)
+    assert node.sent_work[4] == 500
+
+
+def prefill_taught() -> Scheduler:
+    """'quick' and 'slow' finish requests alike; quick's streamed 1,000-token prompts got their first token after
+    0.07 s, slow's after 0.18 s."""
+    sched = default_fleet(["quick", "slow"])
+    serve_rounds(sched, "quick", 4, 2.0, since_s=900.0, streamed_ttft_s=0.07, prompt=1000)
+    serve_rounds(sched, "slow", 4, 2.0, since_s=900.0, streamed_ttft_s=0.18, prompt=1000)
+    sched.recompute(NOW)
+    return sched
+
+
+@pytest.mark.parametrize("queued", [False, True])
+def test_a_streamed_request_avoids_a_node_with_long_prompts_queued(queued: bool) -> None:
+    sched = prefill_taught()
+    quick, slow = sched.nodes["quick"], sched.nodes["slow"]
+    assert quick.prefill_tps > 2 * slow.prefill_tps > 0
+    # Three 8,000-token prompts just sent to quick (before its sample: no burst correction). Counted as queued
+    # prefills, quick's first token is now seconds away; counted as requests only (no prompt length given),
+    # quick stays the sooner start, as before.
+    for rid in range(3):
+        sched.sent(quick, 500 + rid, NOW - 2, prompt=8000 if queued else 0)
+    assert sched.pick("m", stream=True).node is (slow if queued else quick)
+    assert sched.pick("m").node is slow  # a plain request: expected_wait decides either way (3 in flight)
+    if queued:
+        assert sched.expected_ttft(quick) > 3 * sched.expected_ttft(slow)
+
+
+def test_the_prefill_backlog_is_worked_off_at_the_node_rate() -> None:
+    sched = prefill_taught()
+    quick = sched.nodes["quick"]
+    idle = sched.expected_ttft(quick)
+    sched.sent(quick, 600, NOW - 2, prompt=20_000)
+    queued = sched.expected_ttft(quick)  # (the mean prompt it adds to the backlog moved up a little too)
+    assert queued > idle + 20_000 / quick.prefill_tps
+    sched.tick(NOW - 2 + 10_000 / quick.prefill_tps)  # half of it worked off
+    assert sched.expected_ttft(quick) == pytest.approx(queued - 10_000 / quick.prefill_tps)
+    sched.tick(NOW + 60)  # all of it, and the backlog stops at empty
+    assert sched.expected_ttft(quick) == pytest.approx(queued - 20_000 / quick.prefill_tps)

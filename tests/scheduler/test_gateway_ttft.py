@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.scheduler.conftest import MODEL, Fleet
 
@@ -58,3 +59,24 @@ def test_streamed_requests_go_where_the_first_token_comes_soonest(fleet: Fleet, 
     # A streamed one, one at a time: where the first token comes soonest.
     after = Counter(streamed(gw.url, user_token, 1)[0] for _ in range(5))
     assert after == {slow_rest.name: 5}, after
+
+
+def test_the_gateway_tells_the_core_each_prompt_length_so_it_learns_the_prefill_rate(
+        fleet: Fleet, upstreams: Any, gateway: Any, user_token: str) -> None:
+    (up,) = upstreams(1)
+    up.control(role_gap=0.2)
+    fleet.add(up.name, up.url)
+    gw = gateway()
+    gw.wait(lambda: gw.eligible() == {up.name}, what="1 eligible node")
+    node = gw.app.sched.nodes[up.name]
+    body = {**STREAM, "messages": [{"role": "user", "content": "x" * 4000}]}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {user_token}"}) as resp:
+        assert resp.status_code == 200
+        for _ in resp.iter_raw():
+            pass
+    # length.need_tokens' estimate of the prompt: 4,000 characters / 4 + 4 for the chat template = 1,004 tokens,
+    # all of them ahead of its first token (nothing else was queued there)
+    assert node.stream_ttft_s is not None and node.stream_ttft_s >= 0.2
+    assert node.prefill_tps == pytest.approx(1004 / node.stream_ttft_s)
+    assert node.sent_work == {}
