@@ -209,3 +209,20 @@ def test_the_prefill_backlog_is_worked_off_at_the_node_rate() -> None:
     assert sched.expected_ttft(quick) == pytest.approx(queued - 10_000 / quick.prefill_tps)
     sched.tick(NOW + 60)  # all of it, and the backlog stops at empty
     assert sched.expected_ttft(quick) == pytest.approx(queued - 20_000 / quick.prefill_tps)
+
+
+def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_not_at_the_fleet_median() -> None:
+    sched = default_fleet(["quick", "slow", "new"])
+    serve_rounds(sched, "quick", 4, 2.0, since_s=900.0, streamed_ttft_s=0.1, prompt=1000)
+    serve_rounds(sched, "slow", 4, 5.0, since_s=900.0, prompt=1000)  # plain requests only: no prefill rate
+    sched.recompute(NOW)
+    quick, slow, new = sched.nodes["quick"], sched.nodes["slow"], sched.nodes["new"]
+    assert quick.prefill_tps > 0 and slow.prefill_tps == 0 and new.prefill_tps == 0
+    assert quick.latency_s == pytest.approx(2.0) and slow.latency_s == pytest.approx(5.0)
+    # slow's requests take 2.5 x as long as quick's: taken to prefill at 1 / 2.5 of quick's rate, so a 1,000-token
+    # prompt's first token is 2.5 x as far there as on an idle quick
+    assert sched.expected_ttft(slow) == pytest.approx(2.5 * sched.expected_ttft(quick))
+    # new has served nothing: taken to prefill at the slowest measured rate (quick's, the only one)
+    assert sched.expected_ttft(new) == pytest.approx(sched.expected_ttft(quick))
+    # so an idle quick is the sooner start for a streamed request, though slow is as idle
+    assert sched.pick("m", stream=True).node is not slow
