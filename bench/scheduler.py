@@ -26,6 +26,12 @@ gateway freezes its start-up heap, but the per-node tables are made later, so ev
 characters: one of 200 shared system prompts of 1,800 tokens plus its own 200-token question); a decision then also
 cuts the prompt into blocks and hashes them (what the gateway does per request), looks the blocks up in the prefix
 index and records the send there. The same run without the scorer is printed beside it (the ratio is the cost).
+Each send also passes the prompt's estimated length (length.need_tokens, as the proxy does), which the node's
+prefill backlog counts (expected_ttft).
+
+`--streamed F` makes that share of the picks streamed ones (the stream heap, with the expected_ttft term and the
+prefill backlog; bench/routing.py's mix streams 0.3), and their finishes report a first token, so that the nodes'
+prefill rates are learned during the run.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from control.policy.defaults import default_document  # noqa: E402
 from control.policy.schemas import validate  # noqa: E402
 from control.scheduler.config import Config  # noqa: E402
 from control.scheduler.core import Metrics, NodeSpec, Scheduler  # noqa: E402
+from control.scheduler.length import need_tokens  # noqa: E402
 from control.scheduler.prefix_index import block_keys, prompt_text  # noqa: E402
 
 CPU_CLOCK = False
@@ -54,6 +61,7 @@ PAST_SLO: list[Scheduler] = []  # the schedulers run, for the count of picks pas
 SLO_S = 0.0  # --slo: the policy's slo.latency_s (0: none, as the default)
 ANSWERS: list[int] = []  # --answers: max_tokens of the picks, in turn (empty: none given)
 WORST_LONG_WALK = False  # --worst-long-walk: no node fits a long answer, so _long_fit walks its whole bound
+STREAMED = 0.0  # --streamed: the share of picks that are streamed
 
 
 def with_slo(doc: dict) -> Config:
@@ -107,23 +115,26 @@ def run(n: int, decisions: int, concurrency: int,
     # --cpu-clock: this thread's CPU time, so that a decision preempted by another process on a loaded machine is
     # not counted as slow (wall time is the default: it is what a request sees).
     clock = time.thread_time_ns if CPU_CLOCK else time.perf_counter_ns
+    tokens = [need_tokens(b) - 1 for b in bodies]  # the prompt's share of the estimate (no max_tokens: + 1)
+    streamed = [rng.random() < STREAMED for _ in range(1000)]
     for rid in tqdm(range(decisions), desc=f"{n} nodes", unit="dec", leave=False, mininterval=0.5):
         body = bodies[rid % len(bodies)] if bodies else None
         answer = ANSWERS[rid % len(ANSWERS)] if ANSWERS else 0
+        stream = streamed[rid % 1000]
         t = clock()
         if body is None:
-            choice = sched.pick("deepseek-r1", answer=answer)
+            choice = sched.pick("deepseek-r1", answer=answer, stream=stream)
             sched.sent(choice.node, rid, now)
         else:
             keys = block_keys(prompt_text(body), cfg.prefix_block_chars, cfg.prefix_max_blocks) if affinity else ()
-            choice = sched.pick("deepseek-r1", prefix=keys, answer=answer)
-            sched.sent(choice.node, rid, now, keys)
+            choice = sched.pick("deepseek-r1", prefix=keys, answer=answer, stream=stream)
+            sched.sent(choice.node, rid, now, keys, tokens[rid % len(tokens)])
         pick_ns.append(clock() - t)
-        in_flight.append((choice.node, rid))
+        in_flight.append((choice.node, rid, stream))
         if len(in_flight) > concurrency:
-            node, old = in_flight.popleft()
+            node, old, was_streamed = in_flight.popleft()
             t = clock()
-            sched.finished(node, old, 0.1)
+            sched.finished(node, old, 0.1, stream=was_streamed)
             finish_ns.append(clock() - t)
     # What the gateway does every second: the registry again, and new samples from a fifth of the nodes (5 s interval).
     fresh = {name: Metrics(now + 1, 2, m.gpu_util_pct, m.cpu_util_pct, m.net_rtt_ms, m.ttft_p50_s, m.running,
@@ -178,6 +189,8 @@ def main() -> None:
                              "value sends most picks down the past-the-SLO path")
     parser.add_argument("--answers", default="", metavar="N,N",
                         help="answer lengths (max_tokens) the picks ask for, in turn (default: none given)")
+    parser.add_argument("--streamed", type=float, default=0.0, metavar="F",
+                        help="the share of picks that are streamed (0-1; default 0: none)")
     parser.add_argument("--worst-long-walk", action="store_true",
                         help="no node fits a long answer: each long answer within the SLO looks at all LONG_FIT_SCAN heap "
                              "entries (the worst case of the long-answer rule; use with a large --slo)")
@@ -188,7 +201,10 @@ def main() -> None:
     if args.index_memory:
         index_memory(args.index_memory)
         return
-    global CPU_CLOCK, SLO_S, ANSWERS, WORST_LONG_WALK
+    global CPU_CLOCK, SLO_S, ANSWERS, WORST_LONG_WALK, STREAMED
+    if not 0 <= args.streamed <= 1:
+        parser.error(f"--streamed: a share between 0 and 1, e.g. 0.3 (got {args.streamed:g})")
+    STREAMED = args.streamed
     CPU_CLOCK = args.cpu_clock
     SLO_S = args.slo
     try:
