@@ -316,10 +316,8 @@ class Scheduler:
         self._wait_scale = float(config.node_capacity)  # expected_wait: E / (E + scale); median slot x capacity
         self._ttft_default = 0.0  # expected_ttft: fleet median of the nodes' streamed TTFT (0: none measured yet)
         self._tps_default = 0.0  # expected_ttft: fleet median prefill rate, tokens/s (0: none measured yet)
-        # expected_ttft's prior for a node whose prefill rate is not measured: the slowest measured rate, and the
-        # fleet median of rate x latency_s (a node whose requests take twice as long is taken to prefill at half
-        # the rate). 0: none measured yet.
-        self._tps_min = 0.0
+        # expected_ttft's prior for a node whose prefill rate is not measured: the fleet median of rate x latency_s
+        # (a node whose requests take twice as long is taken to prefill at half the rate). 0: none measured yet.
         self._tps_k = 0.0
         self._prompt_mean = 0.0  # expected_ttft: the mean prompt length sent (estimated tokens, EWMA)
         self._now = 0.0  # the latest clock reading given (sent, finished, update, tick): heap entries age the backlog
@@ -449,7 +447,7 @@ class Scheduler:
         True when it moved enough that the stream heaps should be rebuilt."""
         rates = sorted(n.prefill_tps for n in self.nodes.values() if n.healthy and n.prefill_tps > 0)
         if rates:
-            self._tps_default, self._tps_min = rates[len(rates) // 2], rates[0]
+            self._tps_default = rates[len(rates) // 2]
             ks = sorted(n.prefill_tps * n.latency_s for n in self.nodes.values()
                         if n.healthy and n.prefill_tps > 0 and n.latency_s)
             if ks:
@@ -542,7 +540,8 @@ class Scheduler:
     def expected_ttft(self, node: Node) -> float | None:
         """Seconds to the first token a streamed request should have on the node: the prompt tokens queued there
         (the backlog, worked off at the node's prefill rate since backlog_t) plus a mean prompt, over that rate;
-        a node whose rate is not measured yet counts at a prior (_rate). Before any rate is measured (or
+        a node whose rate is not measured yet counts at a prior (_rate), and one nothing has measured at all as the
+        slowest start (inf: no stream goes there while a measured node will take it). Before any rate is measured (or
         without prompt lengths): what its streamed requests recently had, the fleet median for a node not measured
         yet; None while no node has been measured.
 
@@ -550,8 +549,10 @@ class Scheduler:
         since. During a burst, streams went to a100s that had just been sent 7,800-token prompts and waited 2.6-5.1 s
         behind those prefills, while the a100s' recent TTFT still said 1.2 s (issue 14, long prompts at 95 %: the
         default's TTFT p95 1.28 x least-in-flight's)."""
-        tps = self._rate(node)
-        if tps > 0 and self._prompt_mean > 0:
+        if self._tps_default > 0 and self._prompt_mean > 0:
+            tps = self._rate(node)
+            if tps <= 0:  # nothing measured it yet: plain requests do (streams start soonest elsewhere)
+                return math.inf
             left = node.backlog - tps * (self._now - node.backlog_t)
             return ((left if left > 0 else 0.0) + self._prompt_mean) / tps
         if node.stream_ttft_s is not None:
@@ -559,23 +560,23 @@ class Scheduler:
         return self._ttft_default or None
 
     def _rate(self, node: Node) -> float:
-        """expected_ttft: the node's prefill rate (prompt tokens/s; 0: none known anywhere). Until its streams
-        measure it, a prior: the fleet's rate x latency product over its recent latency (the latency its plain
-        requests had), or, before it has any, the slowest measured rate. Not the fleet median: an unmeasured node
-        with nothing queued then looked the soonest start of all, and a fresh gateway sent its first streams to
-        the l40s (issue 14, long prompts: 3-4 per run in the first 8 s, the slowest streams of the run)."""
+        """expected_ttft: the node's prefill rate (prompt tokens/s; 0: not known). Until its streams measure it, a
+        prior: the fleet's rate x latency product over the node's recent latency (what its plain requests had); 0
+        while it has none. Not the fleet median: an unmeasured node with nothing queued then looked the soonest
+        start of all, and a fresh gateway sent its first streams to the idle l40s (issue 14, long prompts: 2-5 per
+        run in the first 11 s, the slowest streams of the run)."""
         if node.prefill_tps:
             return node.prefill_tps
         if node.latency_s and self._tps_k:
             return self._tps_k / node.latency_s
-        return self._tps_min
+        return 0.0
 
     def _ttft_part(self, node: Node) -> float:
         """expected_ttft's term: T / (T + fleet median T), 0.5 for a typical node (and for every node while none is
         measured, so it then changes nothing)."""
         weight, invert = self.config.weights["expected_ttft"]
         t = self.expected_ttft(node)
-        x = NEUTRAL if t is None or self._ttft_default <= 0 else t / (t + self._ttft_default)
+        x = NEUTRAL if t is None or self._ttft_default <= 0 else 1.0 if t == math.inf else t / (t + self._ttft_default)
         return weight * ((1.0 - x) if invert else x)
 
     def _wait_part(self, node: Node) -> float:
@@ -1006,7 +1007,7 @@ class Scheduler:
                     node.prefill_tps = rate if not node.prefill_tps else (
                         (1 - STREAM_TTFT_ALPHA) * node.prefill_tps + STREAM_TTFT_ALPHA * rate)
                     if not self._tps_default:  # the first measurement: the fleet figures until the next refresh
-                        self._tps_default = self._tps_min = rate
+                        self._tps_default = rate
                         self._tps_k = rate * node.latency_s if node.latency_s else 0.0
         self._relist(node)
 

@@ -211,7 +211,7 @@ def test_the_prefill_backlog_is_worked_off_at_the_node_rate() -> None:
     assert sched.expected_ttft(quick) == pytest.approx(queued - 20_000 / quick.prefill_tps)
 
 
-def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_not_at_the_fleet_median() -> None:
+def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_and_gets_no_stream_before_that() -> None:
     sched = default_fleet(["quick", "slow", "new"])
     serve_rounds(sched, "quick", 4, 2.0, since_s=900.0, streamed_ttft_s=0.1, prompt=1000)
     serve_rounds(sched, "slow", 4, 5.0, since_s=900.0, prompt=1000)  # plain requests only: no prefill rate
@@ -222,7 +222,16 @@ def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_not_at_the
     # slow's requests take 2.5 x as long as quick's: taken to prefill at 1 / 2.5 of quick's rate, so a 1,000-token
     # prompt's first token is 2.5 x as far there as on an idle quick
     assert sched.expected_ttft(slow) == pytest.approx(2.5 * sched.expected_ttft(quick))
-    # new has served nothing: taken to prefill at the slowest measured rate (quick's, the only one)
-    assert sched.expected_ttft(new) == pytest.approx(sched.expected_ttft(quick))
-    # so an idle quick is the sooner start for a streamed request, though slow is as idle
-    assert sched.pick("m", stream=True).node is not slow
+    # new has served nothing: the slowest start of all until a request measures it
+    assert sched.expected_ttft(new) == math.inf
+    assert sched.pick("m", stream=True).node is quick
+    # quick and slow busy (sent before their samples: no burst correction): a plain request goes to new and
+    # measures it, a streamed one still does not
+    for rid in range(8):
+        sched.sent(quick if rid % 2 else slow, 700 + rid, NOW - 2, prompt=1000)
+    assert sched.pick("m").node is new
+    assert sched.pick("m", stream=True).node is not new
+    sched.sent(new, 800, NOW)
+    sched.finished(new, 800, ttft_s=4.0, now=NOW + 4.0, ok=True)
+    assert sched.expected_ttft(new) == pytest.approx(
+        1000 * 4.0 / (quick.prefill_tps * quick.latency_s))  # a mean prompt at the prior rate
