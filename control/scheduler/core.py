@@ -548,13 +548,20 @@ class Scheduler:
         Why the backlog: the streamed requests' recent TTFT says how soon a node answered, not what it was sent
         since. During a burst, streams went to a100s that had just been sent 7,800-token prompts and waited 2.6-5.1 s
         behind those prefills, while the a100s' recent TTFT still said 1.2 s (issue 14, long prompts at 95 %: the
-        default's TTFT p95 1.28 x least-in-flight's)."""
+        default's TTFT p95 1.28 x least-in-flight's).
+
+        Why never less than the streams' recent TTFT (the floor expected_wait has too): the backlog holds prompt
+        tokens only, so a node slowed by anything else (bigger decode batches, a busy HTTP front) still looked the
+        soonest start while its learned rate lagged. Short prompts at 110 %: the default sent 81 % of its streams
+        to the h100s, whose requests slowed from 2.4 to 6.9 s, and its TTFT p95 was 1.86 x least-in-flight's."""
         if self._tps_default > 0 and self._prompt_mean > 0:
             tps = self._rate(node)
             if tps <= 0:  # nothing measured it yet: plain requests do (streams start soonest elsewhere)
                 return math.inf
             left = node.backlog - tps * (self._now - node.backlog_t)
-            return ((left if left > 0 else 0.0) + self._prompt_mean) / tps
+            t = ((left if left > 0 else 0.0) + self._prompt_mean) / tps
+            floor = node.stream_ttft_s
+            return t if floor is None or floor < t else floor
         if node.stream_ttft_s is not None:
             return node.stream_ttft_s
         return self._ttft_default or None

@@ -204,11 +204,28 @@ def test_the_prefill_backlog_is_worked_off_at_the_node_rate() -> None:
     idle = sched.expected_ttft(quick)
     sched.sent(quick, 600, NOW - 2, prompt=20_000)
     queued = sched.expected_ttft(quick)  # (the mean prompt it adds to the backlog moved up a little too)
-    assert queued > idle + 20_000 / quick.prefill_tps
+    assert queued > idle and queued == pytest.approx((20_000 + sched._prompt_mean) / quick.prefill_tps)
     sched.tick(NOW - 2 + 10_000 / quick.prefill_tps)  # half of it worked off
     assert sched.expected_ttft(quick) == pytest.approx(queued - 10_000 / quick.prefill_tps)
-    sched.tick(NOW + 60)  # all of it, and the backlog stops at empty
-    assert sched.expected_ttft(quick) == pytest.approx(queued - 20_000 / quick.prefill_tps)
+    sched.tick(NOW + 60)  # all of it: the backlog stops at empty, and the estimate at what quick's streams had
+    assert queued - 20_000 / quick.prefill_tps < quick.stream_ttft_s
+    assert sched.expected_ttft(quick) == pytest.approx(quick.stream_ttft_s)
+
+
+def test_a_node_whose_streams_slowed_is_no_sooner_start_than_they_were() -> None:
+    """The floor: quick's last three streams took 1 s to their first token with nothing queued (a slowdown the
+    prompt backlog does not see). Its learned rate, an average of rates, still says a 0.06-s start; the estimate
+    takes what its streams had, and the stream goes to slow (issue 14, short prompts at 110 %)."""
+    sched = prefill_taught()
+    quick, slow = sched.nodes["quick"], sched.nodes["slow"]
+    assert sched.pick("m", stream=True).node is quick
+    for i in range(3):
+        t = NOW - 100 + 10 * i
+        sched.sent(quick, 900 + i, t, prompt=1000)
+        sched.finished(quick, 900 + i, ttft_s=1.0, now=t + 2.0, ok=True, stream=True)
+    assert 1000 / quick.prefill_tps < sched.expected_ttft(slow) < 0.5  # the rate alone: still the sooner start
+    assert sched.expected_ttft(quick) == pytest.approx(quick.stream_ttft_s) and quick.stream_ttft_s > 0.5
+    assert sched.pick("m", stream=True).node is slow
 
 
 def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_and_gets_no_stream_before_that() -> None:
@@ -220,8 +237,8 @@ def test_an_unmeasured_node_is_assumed_to_prefill_as_its_latency_says_and_gets_n
     assert quick.prefill_tps > 0 and slow.prefill_tps == 0 and new.prefill_tps == 0
     assert quick.latency_s == pytest.approx(2.0) and slow.latency_s == pytest.approx(5.0)
     # slow's requests take 2.5 x as long as quick's: taken to prefill at 1 / 2.5 of quick's rate, so a 1,000-token
-    # prompt's first token is 2.5 x as far there as on an idle quick
-    assert sched.expected_ttft(slow) == pytest.approx(2.5 * sched.expected_ttft(quick))
+    # prompt's first token is 2.5 x as far there as its prefill at quick's rate
+    assert sched.expected_ttft(slow) == pytest.approx(2.5 * 1000 / quick.prefill_tps)
     # new has served nothing: the slowest start of all until a request measures it
     assert sched.expected_ttft(new) == math.inf
     assert sched.pick("m", stream=True).node is quick

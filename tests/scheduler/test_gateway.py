@@ -428,8 +428,14 @@ def test_job_shards_are_cached_per_job_owner_and_only_the_internal_token_may_nam
         assert r.status_code == 200, r.text
         return r.headers["X-Switchyard-Cache"]
 
-    assert cache(runner, "41") == "miss"
-    assert cache(runner, "41") == "hit"  # the same owner's next job
-    assert cache(runner, "42") == "miss"  # another owner's job: never answered from the first one's
-    assert cache(user_token, "41") == "miss"  # a user cannot claim someone else's answers with the header
+    # Owners that are not the caller: the caller's own id would be its own cache (the id depends on how many
+    # users earlier tests made; with a fixed "41" the last line failed when the caller happened to be user 41).
+    from django.contrib.auth import get_user_model
+
+    caller = get_user_model().objects.get(username="caller").pk
+    owner, another = str(caller + 1000), str(caller + 1001)
+    assert cache(runner, owner) == "miss"
+    assert cache(runner, owner) == "hit"  # the same owner's next job
+    assert cache(runner, another) == "miss"  # another owner's job: never answered from the first one's
+    assert cache(user_token, owner) == "miss"  # a user cannot claim someone else's answers with the header
     assert node.requests() == 3
