@@ -181,6 +181,7 @@ class Command(BaseCommand):
 
     def stop(self, procs: list[tuple[str, subprocess.Popen[bytes]]]) -> None:
         self.stdout.write("Stopping ...")
+        self.stdout.flush()  # so that a stop that is killed half-way still says it began (stdout is a pipe in tests)
         # The load and the gateway first and on their own: requests still in flight when the fleet goes down
         # would be retried, quarantine every node and fill the gateway's log with what reads like a fault.
         # Then the rest at once.
