@@ -77,9 +77,7 @@ class Demo:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                # The demo's own stop can take 20 s plus 15 s per child that ignores SIGTERM; 60 s was once too
-                # short on a busy CI machine (killed before "Stopped.", and its stop never reported).
-                self.proc.wait(120)
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

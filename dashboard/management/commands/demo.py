@@ -104,7 +104,9 @@ class Command(BaseCommand):
         py = sys.executable
         # The children run in sessions of their own (a Ctrl-C reaches only us, and we stop them in order), so a
         # `kill`, a closed terminal or a supervisor's SIGTERM must take the same way out or they would be orphaned.
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        # SIGINT too: Python leaves Ctrl-C ignored when it starts with SIGINT ignored, as every background job of a
+        # non-interactive shell does (`.ci/run &`), and the demo then never stopped on Ctrl-C.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _interrupt)
         try:
             start("web", [py, "manage.py", "serve", "--host", host, "--port", str(opts["port"])])
