@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.contrib.auth import get_user_model
 
 from control.scheduler.auth import internal_token
 from tests.scheduler.conftest import MODEL, Fleet
@@ -430,8 +431,6 @@ def test_job_shards_are_cached_per_job_owner_and_only_the_internal_token_may_nam
 
     # Owners that are not the caller: the caller's own id would be its own cache (the id depends on how many
     # users earlier tests made; with a fixed "41" the last line failed when the caller happened to be user 41).
-    from django.contrib.auth import get_user_model
-
     caller = get_user_model().objects.get(username="caller").pk
     owner, another = str(caller + 1000), str(caller + 1001)
     assert cache(runner, owner) == "miss"
