@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
-from control.controller import bindings
+from control.controller import bindings, loop, observe
 from control.controller.models import ScalingAction
 from control.policy import service as policies
 from core.audit.context import Origin
 from core.audit.models import AuditEvent
 from dashboard.fleet.models import Node, Pool
+from dashboard.metrics.latest import redis_client
 from tests.conftest import free_port, make_user, subprocess_env, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +40,20 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, procs: dict[
             assert p.poll() is None or name == "loadgen", f"{name} exited: {tail(p)}"
         time.sleep(1.0)
     actions = list(ScalingAction.objects.values_list("id", "kind", "from_size", "to_size", "rule", "state", "error"))
-    raise AssertionError(f"timed out waiting for {what}; actions: {actions}; controller log: "
-                         f"{tail(procs['controller'])}")
+    # Everything a diagnosis needs in one message: CI keeps no tmp_path, only this text.
+    pool = Pool.objects.get(name=POOL)
+    queue = observe.pool_metric(pool.id, "queue_length", 10, timezone.now())
+    # The last tick's decision for the pool, as the scaling page shows it; None means no tick reached the pool.
+    published = redis_client().hget(loop.POOLS_KEY, POOL)
+    logs = "\n".join(f"--- {name} log:\n{tail(p, 1500)}" for name, p in procs.items())
+    raise AssertionError(f"timed out waiting for {what}; actions: {actions}; pool queue over the last 10 s: {queue}; "
+                         f"last tick: {published!r}\n"
+                         f"{logs}")
 
 
-def tail(p: subprocess.Popen[bytes]) -> str:
+def tail(p: subprocess.Popen[bytes], chars: int = 3000) -> str:
     path = getattr(p, "log_path", None)
-    return Path(path).read_text(errors="replace")[-3000:] if path else ""
+    return Path(path).read_text(errors="replace")[-chars:] if path else ""
 
 
 @pytest.fixture
@@ -74,6 +83,7 @@ def test_a_peak_scales_out_and_the_quiet_after_it_scales_in_with_a_drain(
     web, gateway, control = free_port(), free_port(), free_port()
     token = make_user("loader", "operator")
     Pool.objects.create(name=POOL)
+    redis_client().hdel(loop.POOLS_KEY, POOL)  # an earlier run's publication is not this controller's tick
     active = policies.active("scaling")
     doc = dict(active.document)
     doc["pools"] = {POOL: {
@@ -99,6 +109,10 @@ def test_a_peak_scales_out_and_the_quiet_after_it_scales_in_with_a_drain(
     wait_for_port(gateway)
     wait_until(lambda: Node.objects.filter(pool__name=POOL, last_seen__isnull=False).exists(), 60,
                "the first node to report", procs)
+
+    # The controller must be ticking before the peak starts: on a loaded machine its worker and beat can take longer
+    # to boot than the 35-s peak lasts, and a peak no tick saw scales nothing.
+    wait_until(lambda: redis_client().hexists(loop.POOLS_KEY, POOL), 90, "the controller's first tick", procs)
 
     # The peak: more than one L40S node serves, through the gateway.
     start(procs, tmp_path, "loadgen", "loadgen", "--url", f"http://127.0.0.1:{gateway}", "--token", token,
