@@ -55,6 +55,8 @@ Why it is built this way (docs/gateway.md has the long version):
   still make the SLO on a slower, less loaded node, and it leaves the fast nodes to the long ones. A long answer
   is judged by its own slow case too: the node's tail factor over its long answers only; within the SLO it skips
   the score's pick for the best node where that makes the SLO (_long_fit), and past it that node is its best.
+  A streamed long answer does the same within the stream heap's ranking: its first token picks the node, but its
+  whole answer is what the SLO counts.
 """
 
 from __future__ import annotations
@@ -828,6 +830,19 @@ class Scheduler:
                         if prefix and self._affinity:
                             return pickers.with_affinity(self, group, fit, exclude, prefix, stream)
                         return Pick(fit, "ok")
+            elif self._slo and answer > 0 and 0 < self._answer_mean < answer:
+                # A stream that asked for a longer answer than the fleet's mean: its first token decides where it
+                # starts, but its whole answer is what the SLO counts. Kept on the soonest start, those answers
+                # ended past the SLO on the overloaded h100s (issue 14, long prompts at 110 %: 17-25 of the h100s'
+                # 192-token answers per run against least-in-flight's 2-7, goodput 0.97-0.99 x); like a plain
+                # long answer, it takes the best-ranked stream node where its own slow case makes the SLO.
+                self.last_long = True
+                top = heap[0][4]
+                fit = self._long_fit(group, top, stream=True)
+                if fit is not top:
+                    if prefix and self._affinity:
+                        return pickers.with_affinity(self, group, fit, exclude, prefix, stream)
+                    return Pick(fit, "ok")
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
@@ -875,7 +890,7 @@ class Scheduler:
             return Pick(pickers.past_slo_holder(self, group, fewest, prefix), "ok")
         return Pick(fewest, "ok")
 
-    def _long_fit(self, group: Group, top: Node) -> Node:
+    def _long_fit(self, group: Group, top: Node, stream: bool = False) -> Node:
         """slo: the node for a long answer, the best-scored one (`top`, the heap's) where the answer's own slow case,
         the expected wait x the node's long-answer tail factor, makes the SLO; `top` when none of those looked at
         does. The score ranks nodes by the mean request, and a long answer ends later than that by a factor of its
@@ -887,7 +902,9 @@ class Scheduler:
         Looks at every member of a group of at most LONG_FIT_SCAN nodes, else at the heap's first LONG_FIT_SCAN
         entries (its top levels, where the best-scored nodes are), and takes the best-scored one that fits: a scan,
         not a best-first walk, because the walk's pushes and pops of heap entries put the decision's p99 at
-        115-168 us at 1,000 nodes when no node fits (bench/scheduler.py --worst-long-walk)."""
+        115-168 us at 1,000 nodes when no node fits (bench/scheduler.py --worst-long-walk).
+
+        `stream`: the ranking is the stream heap's (score plus the expected_ttft term, node.sbase)."""
         limit, first = self._slo_s, self._slo_first_tail
         if self.expected_wait(top) * (top.long_tail or top.slo_tail or first) <= limit:
             return top
@@ -895,9 +912,11 @@ class Scheduler:
         if len(group.members) <= LONG_FIT_SCAN:
             nodes: Iterable[Node] = (n for n in group.members if n.listed)
         else:  # a heap entry is live while its version is the node's (entries of older versions stay until popped)
-            nodes = (e[4] for e in group.heap[:LONG_FIT_SCAN] if e[3] == e[4].version)
+            heap = group.sheap if stream else group.heap
+            nodes = (e[4] for e in heap[:LONG_FIT_SCAN] if e[3] == e[4].version)
+        rank = "sbase" if stream else "base"
         for node in nodes:
-            if (best is None or node.base > best.base) and (
+            if (best is None or getattr(node, rank) > getattr(best, rank)) and (
                     self.expected_wait(node) * (node.long_tail or node.slo_tail or first) <= limit):
                 best = node
         if best is None:

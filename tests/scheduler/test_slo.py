@@ -387,6 +387,36 @@ def test_within_the_slo_a_long_answer_skips_a_node_where_its_own_slow_case_misse
     assert sched.pick("m", answer=192).node is not fast
 
 
+def test_a_streamed_long_answer_leaves_the_soonest_start_where_its_whole_answer_would_miss_the_slo() -> None:
+    """Issue 14, long prompts at 110 %: the streams went to the h100s for their first token, and the h100s' 192-token
+    answers then ended past the SLO (17-25 per run, least-in-flight's 2-7). A stream for a longer answer than the
+    fleet's mean takes the best stream node where its own slow case makes the SLO; a shorter one, and one of unknown
+    length, keep the soonest start."""
+    sched = fleet(10.0)
+    train_answer_mean(sched)
+    load_fast(sched, 9)  # fast: 0.5 s x 10 = 5.0 s expected; the slow ones 6.0 s
+    nodes = sched.nodes.values()
+    fast = sched.nodes["fast"]
+    for node in nodes:
+        node.slo_tail = 1.2
+    sched.recompute(NOW)
+    assert not any(sched.past_slo(n) for n in nodes)
+    for node in nodes:
+        node.long_tail = 2.2 if node is fast else 1.5  # fast: 5.0 s x 2.2 = 11 s, past; slow: 6.0 s x 1.5 = 9 s
+    assert sched.pick("m", stream=True, answer=64).node is fast
+    assert sched.pick("m", stream=True).node is fast
+    long_pick = sched.pick("m", stream=True, answer=192).node
+    assert long_pick is not None and long_pick is not fast
+    assert sched.counters.extra == {"long_fit": 1}
+    sched.sent(long_pick, 1, NOW)  # its answer teaches the node's long tail
+    assert long_pick.sent_long == {1}
+    # Where it makes the SLO on no node, the soonest start stands.
+    for node in nodes:
+        if node is not fast:
+            node.long_tail = 1.8  # 10.8 s
+    assert sched.pick("m", stream=True, answer=192).node is fast
+
+
 def test_in_a_large_group_a_long_answer_finds_a_fitting_node_among_the_best_scored() -> None:
     """More members than LONG_FIT_SCAN: the rule looks at the heap's top entries (the best-scored nodes), not at
     every node, so a decision stays cheap at 1,000 nodes. The second-best node fits a long answer; the best does not."""
@@ -407,3 +437,7 @@ def test_in_a_large_group_a_long_answer_finds_a_fitting_node_among_the_best_scor
     assert sched.pick("m").node is nodes["n00"]
     assert sched.pick("m", answer=192).node is nodes["n07"]
     assert sched.counters.extra == {"long_fit": 1}
+    # A stream's long answer looks at the stream heap's best-ranked entries the same way.
+    assert sched.pick("m", stream=True).node is nodes["n00"]
+    assert sched.pick("m", stream=True, answer=192).node is nodes["n07"]
+    assert sched.counters.extra == {"long_fit": 2}
