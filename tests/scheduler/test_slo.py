@@ -12,7 +12,7 @@ import pytest
 from control.policy.defaults import default_document
 from control.policy.schemas import DocumentError, validate
 from control.scheduler.config import Config
-from control.scheduler.core import Metrics, NodeSpec, Scheduler
+from control.scheduler.core import Metrics, Node, NodeSpec, Scheduler
 from control.scheduler.prefix_index import block_keys
 from tests.scheduler.core_fleet import NOW, serve_rounds
 from tests.scheduler.policy_api import refused_then_stored
@@ -359,21 +359,27 @@ def test_a_nodes_long_answer_tail_is_learned_from_its_long_answers_only() -> Non
     assert fast.sent_long == {1}
 
 
+def within_slo_fleet(queued_on_fast: int) -> tuple[Scheduler, Node]:
+    """fleet(10.0) with a trained answer mean, `queued_on_fast` requests on 'fast' and every node's tail at 1.2:
+    no node past the SLO. Returns the scheduler and 'fast'."""
+    sched = fleet(10.0)
+    train_answer_mean(sched)
+    load_fast(sched, queued_on_fast)
+    for node in sched.nodes.values():
+        node.slo_tail = 1.2
+    sched.recompute(NOW)
+    assert not any(sched.past_slo(n) for n in sched.nodes.values())
+    return sched, sched.nodes["fast"]
+
+
 def test_within_the_slo_a_long_answer_skips_a_node_where_its_own_slow_case_misses() -> None:
     """Issue 14, long prompts at 50 %: the default's p95 latency was the l40s' 192-token answers (4 of 7 past the
     SLO), sent there whenever an idle l40s's unloaded latency equalled a loaded h100's expected wait. Here the slow
     nodes (6 s expected) rank above 'fast' (7 s) for the mean request, but a long answer's slow case there (6 s x
     1.8) misses a 10-s SLO, while on 'fast' (7 s x 1.3) it makes it: the long answer goes to 'fast', a short one and
     one of unknown length still to a slow node."""
-    sched = fleet(10.0)
-    train_answer_mean(sched)
-    load_fast(sched, 13)  # fast: 0.5 s x 14 = 7.0 s expected
+    sched, fast = within_slo_fleet(13)  # fast: 0.5 s x 14 = 7.0 s expected
     nodes = sched.nodes.values()
-    fast = sched.nodes["fast"]
-    for node in nodes:
-        node.slo_tail = 1.2
-    sched.recompute(NOW)
-    assert not any(sched.past_slo(n) for n in nodes)
     assert sched.pick("m").node is not fast
     assert sched.pick("m", answer=192).node is not fast  # no long tail measured: the score's pick, as before
     for node in nodes:
@@ -392,15 +398,8 @@ def test_a_streamed_long_answer_leaves_the_soonest_start_where_its_whole_answer_
     answers then ended past the SLO (17-25 per run, least-in-flight's 2-7). A stream for a longer answer than the
     fleet's mean takes the best stream node where its own slow case makes the SLO; a shorter one, and one of unknown
     length, keep the soonest start."""
-    sched = fleet(10.0)
-    train_answer_mean(sched)
-    load_fast(sched, 9)  # fast: 0.5 s x 10 = 5.0 s expected; the slow ones 6.0 s
+    sched, fast = within_slo_fleet(9)  # fast: 0.5 s x 10 = 5.0 s expected; the slow ones 6.0 s
     nodes = sched.nodes.values()
-    fast = sched.nodes["fast"]
-    for node in nodes:
-        node.slo_tail = 1.2
-    sched.recompute(NOW)
-    assert not any(sched.past_slo(n) for n in nodes)
     for node in nodes:
         node.long_tail = 2.2 if node is fast else 1.5  # fast: 5.0 s x 2.2 = 11 s, past; slow: 6.0 s x 1.5 = 9 s
     assert sched.pick("m", stream=True, answer=64).node is fast
