@@ -815,34 +815,26 @@ class Scheduler:
         while heap and heap[0][3] != heap[0][4].version:
             heapq.heappop(heap)
         if heap and not exclude:
-            if self._slo and not stream:
+            if self._slo:
                 longer = False
                 if answer > 0:
                     mean = self._answer_mean
                     longer = self.last_long = 0 < mean < answer
-                    self._answer_mean = mean + ANSWER_ALPHA * (answer - mean) if mean else float(answer)
+                    if not stream:  # the mean is the plain requests' (streams keep their own objective below)
+                        self._answer_mean = mean + ANSWER_ALPHA * (answer - mean) if mean else float(answer)
                 top = heap[0][4]
-                if self.expected_wait(top) * (top.slo_tail or self._slo_first_tail) > self._slo_s:  # past_slo
-                    return self._pick_past_slo(group, top, longer, prefix)
+                if not stream and self.expected_wait(top) * (top.slo_tail or self._slo_first_tail) > self._slo_s:
+                    return self._pick_past_slo(group, top, longer, prefix)  # past_slo, inlined
+                # A long answer leaves a node where its own slow case misses the SLO. For a stream too: its first
+                # token decides where it starts, but its whole answer is what the SLO counts; kept on the soonest
+                # start, those answers ended past the SLO on the overloaded h100s (issue 14, long prompts at 110 %:
+                # 17-25 of the h100s' 192-token answers per run against least-in-flight's 2-7, goodput 0.97-0.99 x).
                 if longer:
-                    fit = self._long_fit(group, top)
+                    fit = self._long_fit(group, top, stream)
                     if fit is not top:
                         if prefix and self._affinity:
                             return pickers.with_affinity(self, group, fit, exclude, prefix, stream)
                         return Pick(fit, "ok")
-            elif self._slo and answer > 0 and 0 < self._answer_mean < answer:
-                # A stream that asked for a longer answer than the fleet's mean: its first token decides where it
-                # starts, but its whole answer is what the SLO counts. Kept on the soonest start, those answers
-                # ended past the SLO on the overloaded h100s (issue 14, long prompts at 110 %: 17-25 of the h100s'
-                # 192-token answers per run against least-in-flight's 2-7, goodput 0.97-0.99 x); like a plain
-                # long answer, it takes the best-ranked stream node where its own slow case makes the SLO.
-                self.last_long = True
-                top = heap[0][4]
-                fit = self._long_fit(group, top, stream=True)
-                if fit is not top:
-                    if prefix and self._affinity:
-                        return pickers.with_affinity(self, group, fit, exclude, prefix, stream)
-                    return Pick(fit, "ok")
             if prefix and self._affinity:
                 return pickers.with_affinity(self, group, heap[0][4], exclude, prefix, stream)
             return Pick(heap[0][4], "ok")
